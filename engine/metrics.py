@@ -1,0 +1,84 @@
+"""The HTTP server's own Prometheus metrics, next to vLLM's `vllm:*` ones.
+
+vLLM registers its metrics in prometheus-client's default registry of this
+process; ours go there too, so one /metrics serves both. Label values are
+bounded: endpoints are route templates (unknown paths read "other") and error
+reasons come from a fixed list, pre-created at zero so rate() and absent()
+work from the first scrape.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "slo_engine_"
+
+ENDPOINTS = (
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/health",
+    "/ready",
+    "/metrics",
+    "/admin/fault-injection",
+    "other",
+)
+GENERATION_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
+
+# Why a request failed; one bounded label.
+ERROR_REASONS = (
+    "validation",         # 4xx: malformed or out-of-range input, unknown model, body too large
+    "unauthorized",       # 401: missing or wrong API key
+    "overload",           # 429: admission limit on waiting requests reached
+    "unavailable",        # 503: model still loading, or draining for shutdown
+    "engine_error",       # 5xx: vLLM failed the request (or an injected fault did)
+    "client_disconnect",  # the client went away before the response was complete
+    "timeout",            # 504: the request ran past --request-timeout-s
+)
+
+# Status recorded when no response reached the client (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+
+# From 5 ms to 10 min: LLM requests span four orders of magnitude.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
+                    160.0, 320.0, 640.0)
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY):
+        self.requests = Counter(
+            PREFIX + "http_requests",
+            "HTTP requests handled, by endpoint and status code (499: client closed the request).",
+            ["endpoint", "code"], registry=registry,
+        )
+        self.in_flight = Gauge(
+            PREFIX + "http_requests_in_flight",
+            "HTTP requests being handled now, by endpoint.",
+            ["endpoint"], registry=registry,
+        )
+        self.duration = Histogram(
+            PREFIX + "http_request_duration_seconds",
+            "Time from receiving a request to its last byte, streamed responses included.",
+            ["endpoint"], buckets=DURATION_BUCKETS, registry=registry,
+        )
+        self.errors = Counter(
+            PREFIX + "request_errors",
+            "Failed requests, by reason.",
+            ["reason"], registry=registry,
+        )
+        self.ready = Gauge(
+            PREFIX + "ready",
+            "1 when the model is loaded and the server accepts new requests, else 0.",
+            registry=registry,
+        )
+        for reason in ERROR_REASONS:
+            self.errors.labels(reason=reason)
+        for endpoint in GENERATION_ENDPOINTS:
+            self.in_flight.labels(endpoint=endpoint)
+            self.duration.labels(endpoint=endpoint)
+            self.requests.labels(endpoint=endpoint, code="200")
+
+    def record_error(self, reason: str) -> None:
+        if reason not in ERROR_REASONS:
+            raise ValueError(f"unknown error reason {reason!r}")
+        self.errors.labels(reason=reason).inc()

@@ -1,0 +1,351 @@
+"""The OpenAI-compatible HTTP API around the vLLM backend.
+
+Handlers stay thin: validation is in protocol.py, vLLM is behind backend.py.
+One middleware owns what every request shares: the API key, the error body
+shape, and the request metrics, so no handler can forget them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
+
+from .backend import GenerationStep, VllmBackend
+from .faults import FaultInjector, InjectedFault, disabled_error
+from .health import AcceleratorMemoryProbe, Phase, evaluate_health
+from .metrics import CLIENT_CLOSED_REQUEST, ServerMetrics
+from .protocol import (
+    ApiError,
+    Choice,
+    GenerationRequest,
+    Kind,
+    StreamEncoder,
+    check_context_length,
+    full_response,
+    parse_generation_request,
+    parse_json_body,
+)
+from .settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Set by a handler whose response already went out when the request failed
+# (a stream that broke mid-way): the status the request is counted under.
+OUTCOME_CODE = "slo_outcome_code"
+RETRY_AFTER_S = "1"
+
+
+@dataclass
+class EngineState:
+    """What the server knows about itself; shared by handlers and the lifecycle."""
+
+    settings: EngineSettings
+    served_model_name: str
+    metrics: ServerMetrics
+    backend: VllmBackend | None = None
+    phase: Phase = "loading"
+    active_generations: int = 0
+    started_at: int = field(default_factory=lambda: int(time.time()))
+    faults: FaultInjector = field(default_factory=FaultInjector)
+    memory_probe: AcceleratorMemoryProbe = field(default_factory=AcceleratorMemoryProbe)
+    generations_idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set_phase(self, phase: Phase) -> None:
+        self.phase = phase
+        self.metrics.ready.set(1 if phase == "ready" else 0)
+
+
+STATE_KEY = web.AppKey("engine_state", EngineState)
+
+
+def json_error(error: ApiError) -> web.Response:
+    return web.json_response(error.body(), status=error.status, headers=error.headers)
+
+
+def endpoint_of(request: web.Request) -> str:
+    """The route template, so unknown paths cannot blow up label cardinality."""
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else "other"
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    metrics = state.metrics
+    endpoint = endpoint_of(request)
+    started = time.perf_counter()
+    in_flight = metrics.in_flight.labels(endpoint=endpoint)
+    in_flight.inc()
+    code = 500
+    try:
+        _check_api_key(request, state.settings.api_key)
+        response = await handler(request)
+        code = request.get(OUTCOME_CODE, response.status)
+        return response
+    except ApiError as error:
+        metrics.record_error(error.reason)
+        code = error.status
+        return json_error(error)
+    except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method
+        code = exc.status
+        if not 400 <= exc.status < 500:
+            raise
+        metrics.record_error("validation")
+        error = ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
+                         code=exc.reason.lower().replace(" ", "_"), error_type="invalid_request_error")
+        return web.json_response(error.body(), status=exc.status,
+                                 headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when the client disconnects.
+        code = CLIENT_CLOSED_REQUEST
+        metrics.record_error("client_disconnect")
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        metrics.record_error("engine_error")
+        return json_error(ApiError(500, "internal server error", code="internal_error",
+                                   error_type="server_error", reason="engine_error"))
+    finally:
+        in_flight.dec()
+        metrics.duration.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        metrics.requests.labels(endpoint=endpoint, code=str(code)).inc()
+
+
+def _check_api_key(request: web.Request, api_key: str | None) -> None:
+    """Constant-time check of 'Authorization: Bearer KEY' on the API and admin routes."""
+    if not api_key or not request.path.startswith(("/v1/", "/admin/")):
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, supplied = header.partition(" ")
+    if not (scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), api_key.encode())):
+        raise ApiError(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
+                       code="invalid_api_key", error_type="authentication_error", reason="unauthorized",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+# --- Probes and metrics --------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    memory = await asyncio.get_running_loop().run_in_executor(None, state.memory_probe.read)
+    backend_dead = state.backend is not None and state.backend.dead
+    report = evaluate_health(state.phase, backend_dead, memory)
+    return web.json_response(report.body(), status=report.http_status)
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    is_ready = state.phase == "ready" and not (state.backend is not None and state.backend.dead)
+    status = "ready" if is_ready else ("failed" if state.phase == "ready" else state.phase)
+    return web.json_response({"status": status}, status=200 if is_ready else 503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = await asyncio.get_running_loop().run_in_executor(None, encoder, REGISTRY)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    max_len = state.backend.max_model_len if state.backend else state.settings.max_model_len
+    return web.json_response({
+        "object": "list",
+        "data": [{"id": state.served_model_name, "object": "model", "created": state.started_at,
+                  "owned_by": "slo-sidecar", "max_model_len": max_len}],
+    })
+
+
+async def fault_injection(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    if not state.settings.enable_fault_injection:
+        raise disabled_error()
+    if request.method == "POST":
+        state.faults.configure(parse_json_body(await _read_body(request)))
+        log.warning("fault injection set: %s", state.faults.state())
+    return web.json_response(state.faults.state())
+
+
+# --- Generation ----------------------------------------------------------------------------
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "completion")
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "chat")
+
+
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"request body is larger than {request.app[STATE_KEY].settings.max_body_bytes} bytes",
+                       code="request_too_large") from None
+
+
+def _unavailable(phase: Phase) -> ApiError:
+    message = {"loading": "the model is still loading", "draining": "the server is shutting down"}.get(
+        phase, "the inference engine is not running")
+    return ApiError(503, message, code="unavailable", error_type="server_error", reason="unavailable",
+                    headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    if state.phase != "ready" or state.backend is None:
+        raise _unavailable(state.phase)
+    backend = state.backend
+    generation = parse_generation_request(parse_json_body(await _read_body(request)), kind,
+                                          state.served_model_name)
+    token_ids = backend.prompt_token_ids(generation)
+    max_tokens = check_context_length(generation, len(token_ids), backend.max_model_len)
+    _admit(state, generation.n)
+
+    request_id = ("cmpl-" if kind == "completion" else "chatcmpl-") + uuid.uuid4().hex
+    state.active_generations += 1
+    state.generations_idle.clear()
+    try:
+        async with asyncio.timeout(state.settings.request_timeout_s) as deadline:
+            steps = _steps_with_faults(state, backend, generation, token_ids, max_tokens, request_id)
+            if generation.stream:
+                return await _stream(request, generation, request_id, len(token_ids), steps, deadline)
+            return await _respond_whole(generation, request_id, len(token_ids), steps)
+    except TimeoutError:
+        raise _timeout_error(state) from None
+    finally:
+        state.active_generations -= 1
+        if state.active_generations == 0:
+            state.generations_idle.set()
+
+
+def _admit(state: EngineState, n: int) -> None:
+    """429 when vLLM already holds more waiting requests than the admission limit allows."""
+    limit = state.settings.max_num_seqs + state.settings.max_waiting_requests
+    if state.backend.num_unfinished() + n > limit:
+        raise ApiError(
+            429,
+            f"server overloaded: more than {state.settings.max_waiting_requests} requests waiting; retry later",
+            code="queue_full", error_type="rate_limit_error", reason="overload",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
+
+
+def _timeout_error(state: EngineState) -> ApiError:
+    return ApiError(504, f"request exceeded the {state.settings.request_timeout_s:g} s timeout",
+                    code="timeout", error_type="server_error", reason="timeout")
+
+
+async def _steps_with_faults(state: EngineState, backend: VllmBackend, generation: GenerationRequest,
+                             token_ids: list[int], max_tokens: int, request_id: str):
+    """The backend's steps, after any injected delay or failure (tests and demos only)."""
+    if state.settings.enable_fault_injection:
+        if state.faults.delay_s:
+            await asyncio.sleep(state.faults.delay_s)
+        if state.faults.should_fail():
+            raise InjectedFault()
+    async with contextlib.aclosing(backend.generate(generation, token_ids, max_tokens, request_id)) as steps:
+        async for step in steps:
+            yield step
+
+
+def _injected_fault_error() -> ApiError:
+    return ApiError(500, "injected fault: fault injection is enabled on this engine", code="injected_fault",
+                    error_type="server_error", reason="engine_error")
+
+
+async def _respond_whole(generation: GenerationRequest, request_id: str, prompt_tokens: int,
+                         steps) -> web.Response:
+    choices = {i: Choice(index=i) for i in range(generation.n)}
+    completion_tokens = 0
+    try:
+        async with contextlib.aclosing(steps):
+            async for step in steps:
+                for delta in step.choices:
+                    choice = choices[delta.index]
+                    choice.text += delta.text
+                    choice.finish_reason = delta.finish_reason or choice.finish_reason
+                    completion_tokens += delta.num_tokens
+    except InjectedFault:
+        raise _injected_fault_error() from None
+    body = full_response(generation, request_id, int(time.time()), list(choices.values()),
+                         prompt_tokens, completion_tokens)
+    return web.json_response(body)
+
+
+async def _stream(request: web.Request, generation: GenerationRequest, request_id: str, prompt_tokens: int,
+                  steps, deadline: asyncio.Timeout) -> web.StreamResponse:
+    """Server-sent events; failures after the headers went out end the stream with an error event."""
+    state = request.app[STATE_KEY]
+    encoder = StreamEncoder(generation, request_id)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    completion_tokens = 0
+    first = True
+    try:
+        async with contextlib.aclosing(steps):
+            async for step in steps:
+                if first and not response.prepared:
+                    await response.prepare(request)
+                chunks = []
+                if first and generation.kind == "chat":
+                    chunks.extend(encoder.role_chunk(i) for i in range(generation.n))
+                first = False
+                for delta in step.choices:
+                    completion_tokens += delta.num_tokens
+                    chunks.append(encoder.delta_chunk(delta.index, delta.text, delta.finish_reason))
+                await response.write(b"".join(chunks))
+            if generation.include_usage:
+                await response.write(encoder.usage_chunk(prompt_tokens, completion_tokens))
+            await response.write(StreamEncoder.DONE)
+            await response.write_eof()
+        return response
+    except ConnectionError:
+        request[OUTCOME_CODE] = CLIENT_CLOSED_REQUEST
+        state.metrics.record_error("client_disconnect")
+        return response
+    except asyncio.CancelledError:
+        if not deadline.expired():
+            raise  # the client went away: the middleware counts it
+        error = _timeout_error(state)
+    except InjectedFault:
+        error = _injected_fault_error()
+    except ApiError as exc:
+        error = exc
+    if not response.prepared:
+        raise error
+    state.metrics.record_error(error.reason)
+    request[OUTCOME_CODE] = error.status
+    with contextlib.suppress(ConnectionError):
+        await response.write(StreamEncoder.error_event(error) + StreamEncoder.DONE)
+        await response.write_eof()
+    return response
+
+
+def build_app(state: EngineState) -> web.Application:
+    app = web.Application(middlewares=[api_middleware], client_max_size=state.settings.max_body_bytes)
+    app[STATE_KEY] = state
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_route("*", "/admin/fault-injection", fault_injection)
+    return app

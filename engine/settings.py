@@ -1,0 +1,123 @@
+"""Engine settings: command-line flags, falling back to SLO_ENGINE_* environment variables.
+
+Flags win over the environment, which wins over the defaults. A malformed
+environment value is reported like a bad flag (exit 2), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ENV_PREFIX = "SLO_ENGINE_"
+
+DEFAULT_PORT = 8000
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    host: str
+    port: int
+    model: str | None  # None: the embedded tiny model, built on first use
+    served_model_name: str | None
+    max_model_len: int
+    max_num_seqs: int
+    dtype: str
+    kv_cache_gib: float
+    enforce_eager: bool | None  # None: eager on CPU, compiled/graphs on GPU
+    api_key: str | None
+    max_waiting_requests: int
+    request_timeout_s: float
+    drain_timeout_s: float
+    max_body_bytes: int
+    enable_fault_injection: bool
+    log_level: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "EngineSettings":
+        return cls(**{field: getattr(args, field) for field in cls.__dataclass_fields__})
+
+
+def _env_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _positive(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+class _EnvDefaults:
+    """Reads SLO_ENGINE_<NAME> as the default of each flag, converted like the flag."""
+
+    def __init__(self, parser: argparse.ArgumentParser, environ: dict[str, str]):
+        self.parser = parser
+        self.environ = environ
+
+    def __call__(self, dest: str, convert: Callable[[str], Any], default: Any) -> Any:
+        name = ENV_PREFIX + dest.upper()
+        if name not in self.environ:
+            return default
+        try:
+            return convert(self.environ[name])
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            self.parser.error(f"environment variable {name}: {exc}")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | None = None) -> None:
+    env = _EnvDefaults(parser, dict(os.environ if environ is None else environ))
+    pos_int, pos_float = _positive(int), _positive(float)
+    add = parser.add_argument
+    add("--host", default=env("host", str, "0.0.0.0"), help="address to listen on")
+    add("--port", type=pos_int, default=env("port", pos_int, DEFAULT_PORT))
+    add("--model", default=env("model", str, None),
+        help="local Hugging Face model directory (default: the embedded tiny model)")
+    add("--served-model-name", default=env("served_model_name", str, None),
+        help="model name clients send (default: tiny-llama, or the model directory's name)")
+    add("--max-model-len", type=pos_int, default=env("max_model_len", pos_int, 1024),
+        help="context length: prompt plus generated tokens")
+    add("--max-num-seqs", type=pos_int, default=env("max_num_seqs", pos_int, 32),
+        help="sequences vLLM runs concurrently")
+    add("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+        default=env("dtype", str, "auto"))
+    add("--kv-cache-gib", type=pos_float, default=env("kv_cache_gib", pos_float, 1.0),
+        help="memory for the KV cache, in GiB")
+    add("--enforce-eager", action=argparse.BooleanOptionalAction,
+        default=env("enforce_eager", _env_bool, None),
+        help="skip torch.compile and CUDA graphs (default: on for CPU, off for GPU)")
+    add("--api-key", default=env("api_key", str, None),
+        help="require 'Authorization: Bearer KEY' on /v1/* (env SLO_ENGINE_API_KEY)")
+    add("--max-waiting-requests", type=_non_negative_int,
+        default=env("max_waiting_requests", _non_negative_int, 256),
+        help="admitted requests beyond --max-num-seqs before answering 429")
+    add("--request-timeout-s", type=pos_float, default=env("request_timeout_s", pos_float, 600.0))
+    add("--drain-timeout-s", type=pos_float,
+        default=env("drain_timeout_s", pos_float, DEFAULT_DRAIN_TIMEOUT_S),
+        help="on SIGTERM, how long in-flight requests may take to finish")
+    add("--max-body-bytes", type=pos_int, default=env("max_body_bytes", pos_int, 4 * 1024 * 1024))
+    add("--enable-fault-injection", action=argparse.BooleanOptionalAction,
+        default=env("enable_fault_injection", _env_bool, False),
+        help="FOR TESTS AND DEMOS: expose POST /admin/fault-injection to fail or delay requests")
+    add("--log-level", default=env("log_level", str, "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -1,0 +1,57 @@
+"""The one console command, `slo-sidecar`, and its subcommands.
+
+Each subcommand's module is imported only when it runs: the engine pulls in
+vLLM and torch, which the sidecar and the generators must never pay for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _build_model(args: argparse.Namespace) -> int:
+    from engine.tiny_model import build_model, default_model_dir, is_built
+
+    out = Path(args.out) if args.out else default_model_dir()
+    if is_built(out) and not args.force:
+        print(f"model already built: {out}")
+        return 0
+    print(f"built: {build_model(out)}")
+    return 0
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from engine.main import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slo-sidecar", description="Observability and SLO monitoring for LLM inference pods running vLLM.")
+    parser.add_argument("--version", action="version", version=f"slo-sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = commands.add_parser("build-model", help="build the embedded tiny Llama model")
+    build.add_argument("--out", help="directory to write (default: the user cache)")
+    build.add_argument("--force", action="store_true", help="rebuild even if already built")
+    build.set_defaults(func=_build_model)
+
+    engine = commands.add_parser("engine", help="run the OpenAI-compatible inference server on vLLM")
+    from engine.settings import add_engine_arguments
+
+    add_engine_arguments(engine)
+    engine.set_defaults(func=_engine)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
