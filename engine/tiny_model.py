@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 MODEL_NAME = "tiny-llama"
@@ -80,13 +81,18 @@ def training_corpus() -> list[str]:
     with contextlib.redirect_stdout(io.StringIO()):
         import this  # noqa: F401  (prints the Zen on import)
     texts = [codecs.decode(this.s, "rot13")]
-    for module_name in CORPUS_MODULES:
-        module = importlib.import_module(module_name)
-        if module.__doc__:
-            texts.append(module.__doc__)
-        for name in sorted(vars(module)):
-            if name.startswith("_"):
-                continue
+    with warnings.catch_warnings():  # deprecated members warn when touched; their docs are still text
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for module_name in CORPUS_MODULES:
+            texts.extend(_module_docs(module_name))
+    return texts
+
+
+def _module_docs(module_name: str) -> list[str]:
+    module = importlib.import_module(module_name)
+    texts = [module.__doc__] if module.__doc__ else []
+    for name in sorted(vars(module)):
+        if not name.startswith("_"):
             doc = inspect.getdoc(getattr(module, name))
             if doc:
                 texts.append(doc)
@@ -124,8 +130,12 @@ def build_tokenizer():
     return wrapped
 
 
-def build_model(out_dir: Path) -> Path:
-    """Build the model into out_dir, atomically: a half-built model is never visible."""
+def build_model(out_dir: Path, replace: bool = True) -> Path:
+    """Build the model into out_dir, atomically: a half-built model is never visible.
+
+    With replace=False, a complete model that another process finished first wins
+    and this build is discarded, so concurrent first starts cannot clash.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -160,9 +170,14 @@ def build_model(out_dir: Path) -> Path:
             "sha256": _file_hashes(staging),
         }
         (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
+        if replace and out_dir.exists():
             shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        try:
+            os.rename(staging, out_dir)
+        except OSError:
+            if replace or not is_built(out_dir):
+                raise
+            shutil.rmtree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -173,7 +188,7 @@ def ensure_default_model() -> Path:
     """The default model's directory, building it on first use."""
     model_dir = default_model_dir()
     if not is_built(model_dir):
-        build_model(model_dir)
+        build_model(model_dir, replace=False)
     return model_dir
 
 

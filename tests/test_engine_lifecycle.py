@@ -1,0 +1,87 @@
+"""Start-up and shutdown of a real engine process: loading, ready, drain on SIGTERM, exit 0."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.helpers import EngineProcess, descendants, http_get, pid_alive
+
+pytestmark = pytest.mark.engine
+
+
+def stream_in_thread(url: str, body: dict, result: dict) -> threading.Thread:
+    def read() -> None:
+        request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            result["first_line"] = response.readline()
+            result["rest"] = response.read()
+            result["status"] = response.status
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_loading_then_ready_then_graceful_drain_on_sigterm(tmp_path):
+    engine = EngineProcess(tmp_path / "engine.log", "--max-model-len", "1024", "--drain-timeout-s", "60").start()
+    try:
+        # The server listens before the model loads: its first answer is "loading".
+        first_answer = None
+        deadline = time.monotonic() + 60
+        while first_answer is None and time.monotonic() < deadline:
+            try:
+                first_answer = http_get(engine.url + "/ready", timeout=2)
+            except OSError:
+                time.sleep(0.1)
+        assert first_answer == (503, b'{"status": "loading"}'), engine.log_tail()
+        health_status, health = http_get(engine.url + "/health")
+        assert health_status == 503 and json.loads(health)["reason"] == "model is loading"
+
+        engine.wait_ready()
+        children = descendants(engine.process.pid)
+        assert children, "AsyncLLM runs vLLM's engine core in child processes"
+
+        # A long stream is in flight when SIGTERM arrives.
+        result: dict = {}
+        reader = stream_in_thread(engine.url + "/v1/completions",
+                                  {"prompt": "drain", "max_tokens": 600, "stream": True, "ignore_eos": True}, result)
+        while "first_line" not in result and reader.is_alive():
+            time.sleep(0.01)
+        engine.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+
+        # Draining: not ready, no new work, but still alive.
+        assert http_get(engine.url + "/ready") == (503, b'{"status": "draining"}')
+        status, body = _post(engine.url + "/v1/completions", {"prompt": "late", "max_tokens": 2})
+        assert status == 503 and json.loads(body)["error"]["code"] == "unavailable"
+
+        reader.join(60)
+        assert result["status"] == 200
+        assert result["rest"].rstrip().endswith(b"data: [DONE]"), "the in-flight stream was cut off"
+        assert b'"finish_reason":"length"' in result["rest"]
+
+        assert engine.process.wait(90) == 0, engine.log_tail()
+        deadline = time.monotonic() + 15
+        while any(pid_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in children if pid_alive(pid)], "vLLM child processes left behind"
+    finally:
+        engine.kill_group()
+
+
+def _post(url: str, body: dict) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()

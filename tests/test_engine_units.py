@@ -1,0 +1,95 @@
+"""Fault injection, health evaluation and settings: pure, fast, no engine."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from engine.faults import FaultInjector
+from engine.health import AcceleratorMemoryProbe, evaluate_health
+from engine.metrics import ERROR_REASONS, ServerMetrics
+from engine.protocol import ApiError
+from engine.settings import EngineSettings, add_engine_arguments
+from prometheus_client import CollectorRegistry
+from tests.helpers import REPO
+
+
+@pytest.mark.parametrize("ratio, requests, failures", [(0.0, 10, 0), (0.25, 8, 2), (0.5, 10, 5), (1.0, 4, 4),
+                                                      (0.1, 25, 2), (1 / 3, 9, 3)])
+def test_fault_ratio_fails_exactly_its_share(ratio, requests, failures):
+    faults = FaultInjector()
+    faults.configure({"error_ratio": ratio})
+    assert sum(faults.should_fail() for _ in range(requests)) == failures
+
+
+def test_fault_configuration_is_validated():
+    faults = FaultInjector()
+    for body in ({"error_ratio": 1.5}, {"error_ratio": "half"}, {"delay_s": -1}, {"errors": 1}):
+        with pytest.raises(ApiError):
+            faults.configure(body)
+    faults.configure({"delay_s": 2})
+    assert faults.state() == {"error_ratio": 0.0, "delay_s": 2.0}
+
+
+def test_health_states():
+    assert evaluate_health("ready", False, None).status == "healthy"
+    assert evaluate_health("ready", False, 0.5).status == "healthy"
+    degraded = evaluate_health("ready", False, 0.96)
+    assert (degraded.status, degraded.http_status) == ("degraded", 200)
+    assert "96.0%" in degraded.reason
+    assert evaluate_health("ready", True, 0.5).http_status == 503
+    assert evaluate_health("loading", False, None).status == "unhealthy"
+    assert evaluate_health("failed", False, None).status == "unhealthy"
+    draining = evaluate_health("draining", False, None)
+    assert (draining.status, draining.http_status) == ("healthy", 200)  # liveness: do not kill a draining pod
+
+
+def test_memory_probe_without_nvml_reads_none_and_caches():
+    """The real no-GPU path: this machine has no NVIDIA driver, so NVML cannot load."""
+    now = [0.0]
+    probe = AcceleratorMemoryProbe(max_age_s=5, clock=lambda: now[0])
+    assert probe.read() is None
+    assert probe._nvml_ok is False
+
+
+def test_error_reasons_are_bounded_and_precreated():
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    for reason in ERROR_REASONS:
+        assert registry.get_sample_value("slo_engine_request_errors_total", {"reason": reason}) == 0
+    metrics.record_error("timeout")
+    assert registry.get_sample_value("slo_engine_request_errors_total", {"reason": "timeout"}) == 1
+    with pytest.raises(ValueError):
+        metrics.record_error("something new")
+
+
+def parse_settings(argv: list[str], environ: dict[str, str]) -> EngineSettings:
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser, environ)
+    return EngineSettings.from_args(parser.parse_args(argv))
+
+
+def test_flags_win_over_environment_which_wins_over_defaults():
+    defaults = parse_settings([], {})
+    assert (defaults.port, defaults.api_key, defaults.enforce_eager) == (8000, None, None)
+    from_env = parse_settings([], {"SLO_ENGINE_PORT": "9001", "SLO_ENGINE_API_KEY": "k",
+                                   "SLO_ENGINE_ENABLE_FAULT_INJECTION": "true"})
+    assert (from_env.port, from_env.api_key, from_env.enable_fault_injection) == (9001, "k", True)
+    assert parse_settings(["--port", "9002"], {"SLO_ENGINE_PORT": "9001"}).port == 9002
+
+
+def test_bad_environment_value_exits_2_naming_the_variable():
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "engine"], cwd=REPO, capture_output=True,
+                            text=True, env={"SLO_ENGINE_PORT": "eighty", "PATH": ""}, timeout=60)
+    assert result.returncode == 2
+    assert "SLO_ENGINE_PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_model_directory_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "engine", "--model", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "not a Hugging Face model directory" in result.stderr and "Traceback" not in result.stderr
