@@ -100,4 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = EngineSettings.from_args(args)
     configure_logging(settings.log_level)
-    return asyncio.run(serve(settings))
+    try:
+        import uvloop  # the loop vLLM's own server runs on (through uvicorn); measurably faster
+    except ImportError:
+        return asyncio.run(serve(settings))
+    return uvloop.run(serve(settings))

@@ -322,15 +322,28 @@ def full_response(request: GenerationRequest, response_id: str, created: int, ch
 
 
 class StreamEncoder:
-    """Builds the server-sent events of one streamed response."""
+    """Builds the server-sent events of one streamed response.
+
+    Token chunks are the hot path (one per token per stream), so their JSON is
+    rendered once per response as a template around the index and the text;
+    the rarer chunks go through json.dumps.
+    """
 
     def __init__(self, request: GenerationRequest, response_id: str, created: int | None = None):
         self.request = request
         self.created = int(time.time()) if created is None else created
         chunk_object = "text_completion" if request.kind == "completion" else "chat.completion.chunk"
-        # The constant part of every chunk, rendered once.
         self._head = {"id": response_id, "object": chunk_object, "created": self.created, "model": request.model}
         self._usage_field = {"usage": None} if request.include_usage else {}
+        head = json.dumps(self._head, separators=(",", ":"))[:-1]  # without its closing brace
+        tail = ',"usage":null}' if request.include_usage else "}"
+        text_key = '"text":' if request.kind == "completion" else '"delta":{"content":'
+        text_end = "" if request.kind == "completion" else "}"
+        self._token_template = (
+            f'data: {head},"choices":[{{"index":'.encode(),
+            f",{text_key}".encode(),
+            f'{text_end},"logprobs":null,"finish_reason":null}}]{tail}\n\n'.encode(),
+        )
 
     def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return b"data: " + json.dumps({**self._head, "choices": choices, **extra},
@@ -342,10 +355,14 @@ class StreamEncoder:
                              "logprobs": None, "finish_reason": None}], **self._usage_field)
 
     def delta_chunk(self, index: int, text: str, finish_reason: str | None) -> bytes:
+        if finish_reason is None and (text or self.request.kind == "completion"):
+            before_index, before_text, after_text = self._token_template
+            return b"".join((before_index, str(index).encode(), before_text, json.dumps(text).encode(),
+                             after_text))
         if self.request.kind == "completion":
             choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
         else:
-            delta = {"content": text} if text or finish_reason is None else {}
+            delta = {"content": text} if text else {}
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return self._event([choice], **self._usage_field)
 

@@ -30,6 +30,12 @@ def _engine(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slo-sidecar", description="Observability and SLO monitoring for LLM inference pods running vLLM.")
     parser.add_argument("--version", action="version", version=f"slo-sidecar {__version__}")
@@ -45,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_engine_arguments(engine)
     engine.set_defaults(func=_engine)
+
+    demo = commands.add_parser("demo", help="run the engine, send requests, show its metrics, stop")
+    from .demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(demo)
+    demo.set_defaults(func=_demo)
     return parser
 
 

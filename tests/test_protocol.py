@@ -138,3 +138,20 @@ def test_chat_stream_deltas():
     final = decode(encoder.delta_chunk(0, "", "stop"))["choices"][0]
     assert final["delta"] == {} and final["finish_reason"] == "stop"
     assert StreamEncoder.DONE == b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("kind, body", [("completion", {"prompt": "x"}),
+                                        ("chat", {"messages": [{"role": "user", "content": "x"}]})])
+@pytest.mark.parametrize("usage", [True, False])
+@pytest.mark.parametrize("text", ["tok", "", 'quote " and \\ backslash', "\u00e9\u2603\n\t\x1f", "</s>"])
+def test_token_chunk_template_renders_what_json_would(kind, body, usage, text):
+    options = {"stream_options": {"include_usage": True}} if usage else {}
+    encoder = StreamEncoder(parse({**body, "stream": True, **options}, kind), 'id-"1"', created=9)
+    chunk = decode(encoder.delta_chunk(12, text, None))
+    expected_choice = {"index": 12, "logprobs": None, "finish_reason": None}
+    expected_choice.update({"text": text} if kind == "completion" else {"delta": {"content": text} if text else {}})
+    expected = {"id": 'id-"1"', "object": "text_completion" if kind == "completion" else "chat.completion.chunk",
+                "created": 9, "model": MODEL, "choices": [expected_choice]}
+    if usage:
+        expected["usage"] = None
+    assert chunk == expected

