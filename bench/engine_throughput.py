@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import EngineProcess, free_port  # noqa: E402
+from slo_sidecar.processes import EngineProcess, ManagedProcess, free_port  # noqa: E402
 
 MAX_MODEL_LEN = 1024
 MAX_NUM_SEQS = 16
@@ -125,30 +125,14 @@ async def direct_requester(model_dir: str, args: argparse.Namespace):
     return one_request, engine
 
 
-def start_vllm_openai_server(model_dir: str, log_path: Path) -> EngineProcess:
-    """vLLM's own server, configured like ours: same limits, no access log."""
-    server = EngineProcess(log_path)
-    server.args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-                   "--served-model-name", "tiny-llama", "--host", "127.0.0.1", "--port", str(server.port),
-                   "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", str(MAX_NUM_SEQS),
-                   "--enforce-eager", "--disable-uvicorn-access-log"]
-    return server.start()
-
-
-def wait_http_ready(server: EngineProcess, path: str) -> None:
-    from tests.helpers import http_get
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(server.log_tail())
-        try:
-            if http_get(server.url + path, timeout=2)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(server.log_tail())
+def vllm_openai_server(model_dir: str, log_path: Path) -> tuple[ManagedProcess, str]:
+    """vLLM's own server, configured like ours: same limits, no access log. (process, base url)"""
+    port = free_port()
+    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+            "--served-model-name", "tiny-llama", "--host", "127.0.0.1", "--port", str(port),
+            "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", str(MAX_NUM_SEQS),
+            "--enforce-eager", "--disable-uvicorn-access-log"]
+    return ManagedProcess("vllm-openai", args, log_path), f"http://127.0.0.1:{port}"
 
 
 def summarize(name: str, rounds: list[RoundResult]) -> dict[str, float]:
@@ -206,17 +190,14 @@ def run_block(name: str, model_dir: str, workdir: Path, args: argparse.Namespace
             subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
         return [RoundResult(**r) for r in json.loads(out.read_text())]
     if name == "server":
-        process = EngineProcess(workdir / "server.log", "--max-model-len", str(MAX_MODEL_LEN),
-                                "--max-num-seqs", str(MAX_NUM_SEQS), "--kv-cache-gib", "1").start()
-        ready_path = "/ready"
+        server = EngineProcess(workdir / "server.log", "--max-model-len", str(MAX_MODEL_LEN),
+                               "--max-num-seqs", str(MAX_NUM_SEQS), "--kv-cache-gib", "1")
+        process, url, ready_path = server, server.url, "/ready"
     else:
-        process, ready_path = start_vllm_openai_server(model_dir, workdir / "vllm-openai.log"), "/health"
-    try:
-        wait_http_ready(process, ready_path)
-        return asyncio.run(measure_http(process.url, args))
-    finally:
-        process.terminate()
-        process.kill_group()
+        (process, url), ready_path = vllm_openai_server(model_dir, workdir / "vllm-openai.log"), "/health"
+    with process.start():
+        process.wait_http_ok(url + ready_path)
+        return asyncio.run(measure_http(url, args))
 
 
 def main() -> int:

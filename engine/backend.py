@@ -78,10 +78,6 @@ class VllmBackend:
     def dead(self) -> bool:
         return self.engine is not None and self.engine.errored
 
-    def num_unfinished(self) -> int:
-        """Requests vLLM holds now, waiting and running (a request with n > 1 counts n)."""
-        return self.engine.get_num_unfinished_requests()
-
     def prompt_token_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt_token_ids is not None:
             bad = next((t for t in request.prompt_token_ids if t >= self.vocab_size), None)

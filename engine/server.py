@@ -57,6 +57,7 @@ class EngineState:
     backend: VllmBackend | None = None
     phase: Phase = "loading"
     active_generations: int = 0
+    active_sequences: int = 0  # admitted sequences not yet finished (a request with n > 1 counts n)
     started_at: int = field(default_factory=lambda: int(time.time()))
     faults: FaultInjector = field(default_factory=FaultInjector)
     memory_probe: AcceleratorMemoryProbe = field(default_factory=AcceleratorMemoryProbe)
@@ -221,6 +222,7 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
 
     request_id = ("cmpl-" if kind == "completion" else "chatcmpl-") + uuid.uuid4().hex
     state.active_generations += 1
+    state.active_sequences += generation.n
     state.generations_idle.clear()
     try:
         async with asyncio.timeout(state.settings.request_timeout_s) as deadline:
@@ -232,14 +234,19 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
         raise _timeout_error(state) from None
     finally:
         state.active_generations -= 1
+        state.active_sequences -= generation.n
         if state.active_generations == 0:
             state.generations_idle.set()
 
 
 def _admit(state: EngineState, n: int) -> None:
-    """429 when vLLM already holds more waiting requests than the admission limit allows."""
+    """429 when more sequences would wait than the admission limit allows.
+
+    Counted here, not read from vLLM: the check and the count change happen with
+    no await between them, so a burst cannot slip past the limit together.
+    """
     limit = state.settings.max_num_seqs + state.settings.max_waiting_requests
-    if state.backend.num_unfinished() + n > limit:
+    if state.active_sequences + n > limit:
         raise ApiError(
             429,
             f"server overloaded: more than {state.settings.max_waiting_requests} requests waiting; retry later",
@@ -255,14 +262,17 @@ def _timeout_error(state: EngineState) -> ApiError:
 
 async def _steps_with_faults(state: EngineState, backend: VllmBackend, generation: GenerationRequest,
                              token_ids: list[int], max_tokens: int, request_id: str):
-    """The backend's steps, after any injected delay or failure (tests and demos only)."""
-    if state.settings.enable_fault_injection:
-        if state.faults.delay_s:
-            await asyncio.sleep(state.faults.delay_s)
-        if state.faults.should_fail():
+    """The backend's steps, with any injected delay or failure (tests and demos only)."""
+    faults = state.faults if state.settings.enable_fault_injection else None
+    if faults is not None:
+        if faults.delay_s:
+            await asyncio.sleep(faults.delay_s)
+        if faults.should_fail():
             raise InjectedFault()
     async with contextlib.aclosing(backend.generate(generation, token_ids, max_tokens, request_id)) as steps:
         async for step in steps:
+            if faults is not None and faults.token_delay_s:
+                await asyncio.sleep(faults.token_delay_s * sum(d.num_tokens for d in step.choices))
             yield step
 
 

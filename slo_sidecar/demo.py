@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +16,8 @@ import urllib.error
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
+
+from .processes import EngineProcess
 
 # The /metrics lines worth looking at after a few requests.
 INTERESTING_PREFIXES = (
@@ -35,39 +34,6 @@ INTERESTING_PREFIXES = (
     "slo_engine_request_errors_total",
     "slo_engine_ready",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ManagedProcess:
-    """A child process in its own session, stopped with SIGTERM (then SIGKILL) on exit."""
-
-    def __init__(self, name: str, args: list[str], log_path: Path):
-        self.name = name
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self, timeout_s: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-    def __enter__(self) -> "ManagedProcess":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 def post_json(url: str, body: dict, timeout_s: float = 60.0) -> dict:
@@ -97,35 +63,17 @@ def stream_chat(url: str, body: dict) -> tuple[str, dict | None, float]:
     return text, usage, first_token_s
 
 
-def wait_ready(url: str, process: ManagedProcess, timeout_s: float = 300.0) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if process.process.poll() is not None:
-            raise SystemExit(f"the {process.name} exited early; see {process.log_path}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic() - started
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the {process.name} was not ready after {timeout_s:.0f} s; see {process.log_path}")
-
-
 def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="slo-sidecar-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    port = args.engine_port or free_port()
-    base = f"http://127.0.0.1:{port}"
     print(f"demo: logs in {workdir}")
     with ExitStack() as stack:
         # Ctrl-C and SIGTERM both unwind the stack, which stops every process started here.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        engine = stack.enter_context(ManagedProcess(
-            "engine", [sys.executable, "-m", "slo_sidecar.cli", "engine", "--host", "127.0.0.1",
-                       "--port", str(port)], workdir / "engine.log"))
+        engine = stack.enter_context(EngineProcess(workdir / "engine.log").start())
+        base = engine.url
         print(f"demo: engine starting on {base} (vLLM on the embedded tiny model)...")
-        print(f"demo: engine ready in {wait_ready(base + '/ready', engine):.0f} s")
+        print(f"demo: engine ready in {engine.wait_ready():.0f} s")
 
         completion = post_json(base + "/v1/completions", {"prompt": "An SLO is", "max_tokens": 16})
         print(f"\n[completion] {completion['choices'][0]['text']!r}  usage={completion['usage']}")
@@ -157,4 +105,3 @@ def run(args: argparse.Namespace) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", help="where logs go (default: a new temporary directory)")
-    parser.add_argument("--engine-port", type=int, default=0, help="engine port (default: a free one)")

@@ -30,7 +30,7 @@ def engine(tmp_path_factory):
     try:
         process.wait_ready()
         yield process
-        assert process.terminate() == 0, process.log_tail()
+        assert process.stop() == 0, process.log_tail()
     finally:
         process.kill_group()
 

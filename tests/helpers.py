@@ -1,34 +1,14 @@
-"""Running real processes from tests: the engine, with its log kept for failures."""
+"""Test helpers: process trees from /proc, and reading Prometheus expositions."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from slo_sidecar.processes import EngineProcess, free_port, http_get  # noqa: F401  (re-exported for tests)
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 def descendants(pid: int) -> set[int]:
@@ -55,62 +35,6 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-class EngineProcess:
-    """`slo-sidecar engine` as a child process on a free loopback port."""
-
-    def __init__(self, log_path: Path, *extra_args: str, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.args = [sys.executable, "-m", "slo_sidecar.cli", "engine", "--host", "127.0.0.1",
-                     "--port", str(self.port), *extra_args]
-        self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "EngineProcess":
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait_ready(self, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"engine exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if http_get(self.url + "/ready", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"engine not ready after {timeout_s} s:\n{self.log_tail()}")
-
-    def terminate(self, timeout_s: float = 90.0) -> int:
-        """SIGTERM, wait; SIGKILL the whole process group if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-            raise
-        finally:
-            self._log.close()
-
-    def kill_group(self) -> None:
-        if self.process is not None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:

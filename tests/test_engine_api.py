@@ -247,15 +247,18 @@ async def test_api_key_is_required_on_the_api_only(engine):
 
 @run_async
 async def test_waiting_requests_beyond_the_limit_get_429(engine):
-    body = {"prompt": "load", "max_tokens": 150, "ignore_eos": True}
+    body = {"prompt": "load", "max_tokens": 100, "ignore_eos": True}
     async with session() as s:
         before = metric(await scrape(s, engine.url), "slo_engine_request_errors_total", reason="overload")
-        results = await asyncio.gather(*(post(s, engine.url + "/v1/completions", body) for _ in range(12)))
+        await set_faults(s, engine.url, token_delay_s=0.01)  # each admitted request lasts >= 1 s
+        try:
+            results = await asyncio.gather(*(post(s, engine.url + "/v1/completions", body) for _ in range(12)))
+        finally:
+            await set_faults(s, engine.url, token_delay_s=0.0)
         after = metric(await scrape(s, engine.url), "slo_engine_request_errors_total", reason="overload")
     statuses = sorted(status for status, _, _ in results)
     rejected = [(headers, error) for status, headers, error in results if status == 429]
-    assert set(statuses) == {200, 429}, statuses
-    assert statuses.count(200) >= 6  # 4 running + 2 waiting are always admitted
+    assert statuses == [200] * 6 + [429] * 6  # 4 running + 2 waiting admitted, the rest turned away
     assert all(h["Retry-After"] == "1" and e["error"]["code"] == "queue_full" for h, e in rejected)
     assert after - before == len(rejected)
 
@@ -340,8 +343,12 @@ async def test_request_timeout_is_504_and_counted(engine):
 @run_async
 async def test_stream_cut_by_the_timeout_ends_with_an_error_event(engine):
     async with session() as s:
-        events = await stream_events(s, engine.url + "/v1/completions",
-                                     {"prompt": "x", "max_tokens": 1000, "stream": True, "ignore_eos": True})
+        await set_faults(s, engine.url, token_delay_s=0.02)  # 400 tokens take >= 8 s, past the 5 s timeout
+        try:
+            events = await stream_events(s, engine.url + "/v1/completions",
+                                         {"prompt": "x", "max_tokens": 400, "stream": True, "ignore_eos": True})
+        finally:
+            await set_faults(s, engine.url, token_delay_s=0.0)
         samples = await scrape(s, engine.url)
     assert events[-1] == "[DONE]"
     assert events[-2]["error"]["code"] == "timeout"

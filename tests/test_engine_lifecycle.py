@@ -31,7 +31,8 @@ def stream_in_thread(url: str, body: dict, result: dict) -> threading.Thread:
 
 
 def test_loading_then_ready_then_graceful_drain_on_sigterm(tmp_path):
-    engine = EngineProcess(tmp_path / "engine.log", "--max-model-len", "1024", "--drain-timeout-s", "60").start()
+    engine = EngineProcess(tmp_path / "engine.log", "--max-model-len", "1024", "--drain-timeout-s", "60",
+                           "--enable-fault-injection").start()
     try:
         # The server listens before the model loads: its first answer is "loading".
         first_answer = None
@@ -49,10 +50,12 @@ def test_loading_then_ready_then_graceful_drain_on_sigterm(tmp_path):
         children = descendants(engine.process.pid)
         assert children, "AsyncLLM runs vLLM's engine core in child processes"
 
-        # A long stream is in flight when SIGTERM arrives.
+        # A stream is in flight when SIGTERM arrives; the injected token delay makes it
+        # last >= 3 s however fast this machine generates.
+        assert _post(engine.url + "/admin/fault-injection", {"token_delay_s": 0.01})[0] == 200
         result: dict = {}
         reader = stream_in_thread(engine.url + "/v1/completions",
-                                  {"prompt": "drain", "max_tokens": 600, "stream": True, "ignore_eos": True}, result)
+                                  {"prompt": "drain", "max_tokens": 300, "stream": True, "ignore_eos": True}, result)
         while "first_line" not in result and reader.is_alive():
             time.sleep(0.01)
         engine.process.send_signal(signal.SIGTERM)

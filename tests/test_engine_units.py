@@ -27,11 +27,13 @@ def test_fault_ratio_fails_exactly_its_share(ratio, requests, failures):
 
 def test_fault_configuration_is_validated():
     faults = FaultInjector()
-    for body in ({"error_ratio": 1.5}, {"error_ratio": "half"}, {"delay_s": -1}, {"errors": 1}):
+    for body in ({"error_ratio": 1.5}, {"error_ratio": "half"}, {"delay_s": -1}, {"token_delay_s": 11},
+                 {"errors": 1}):
         with pytest.raises(ApiError):
             faults.configure(body)
     faults.configure({"delay_s": 2})
-    assert faults.state() == {"error_ratio": 0.0, "delay_s": 2.0}
+    faults.configure({"token_delay_s": 0.01})
+    assert faults.state() == {"error_ratio": 0.0, "delay_s": 2.0, "token_delay_s": 0.01}
 
 
 def test_health_states():

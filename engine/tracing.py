@@ -1,0 +1,226 @@
+"""OpenTelemetry tracing for the engine: set-up, and the per-request span tree.
+
+Per request the trace is:
+
+    POST /v1/chat/completions        SERVER   (HTTP semantic conventions)
+    └── chat tiny-llama              INTERNAL (GenAI semantic conventions, event "first_token")
+        ├── queue                    vLLM's queued_ts   -> scheduled_ts
+        ├── prefill                  vLLM's scheduled_ts -> first_token_ts
+        └── decode                   vLLM's first_token_ts -> last_token_ts
+
+The three phase spans are drawn from vLLM's own per-request timestamps
+(RequestOutput.metrics), which are time.monotonic() readings taken in vLLM's
+engine-core process. CLOCK_MONOTONIC is one clock for the whole machine on
+Linux, so they map to wall-clock nanoseconds with an offset measured here; the
+result is checked against arrival_time (wall clock, taken in this process).
+
+Serving comes first: spans go through a bounded batch queue; when the queue is
+full or the exporter fails, spans are dropped, counted, and logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Sequence
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = ("otlp", "jaeger", "console", "none")
+TRACER_NAME = "slo-sidecar.engine"
+DEFAULT_SERVICE_NAME = "slo-sidecar-engine"
+MAX_QUEUE_SIZE = 2048
+
+# Downward-API variables the Kubernetes manifests set, as resource attributes.
+K8S_ENV_ATTRIBUTES = {
+    "POD_NAME": "k8s.pod.name",
+    "POD_NAMESPACE": "k8s.namespace.name",
+    "NODE_NAME": "k8s.node.name",
+    "CONTAINER_NAME": "k8s.container.name",
+}
+
+# A vLLM timestamp converted this far before the request's arrival means the
+# clocks were mixed up; the phase spans are then left out rather than drawn wrong.
+CLOCK_TOLERANCE_NS = 50_000_000
+
+
+def sdk_disabled(environ: dict[str, str] | None = None) -> bool:
+    return (environ if environ is not None else os.environ).get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
+def build_resource(service_version: str, model: str, environ: dict[str, str] | None = None) -> Resource:
+    """Service, version, model and pod identity; OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win."""
+    environ = os.environ if environ is None else environ
+    attributes: dict[str, Any] = {
+        "service.name": DEFAULT_SERVICE_NAME,
+        "service.version": service_version,
+        "gen_ai.request.model": model,
+    }
+    for variable, attribute in K8S_ENV_ATTRIBUTES.items():
+        if environ.get(variable):
+            attributes[attribute] = environ[variable]
+    # Resource.create merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME over these.
+    return Resource.create(attributes)
+
+
+class DropCounter:
+    """Counts spans lost on their way out, by reason, and logs each reason once."""
+
+    REASONS = ("queue_full", "export_failed")
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY):
+        self.counter = Counter("slo_engine_trace_spans_dropped", "Spans dropped instead of exported, by reason.",
+                               ["reason"], registry=registry)
+        for reason in self.REASONS:
+            self.counter.labels(reason=reason)
+        self._logged: set[str] = set()
+
+    def drop(self, reason: str, count: int) -> None:
+        self.counter.labels(reason=reason).inc(count)
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning("dropping trace spans (%s); serving is unaffected, this is logged once", reason)
+
+
+class _CountingExporter(SpanExporter):
+    """Wraps the real exporter: failed batches are counted, and the pending count falls."""
+
+    def __init__(self, exporter: SpanExporter, processor: "BoundedBatchSpanProcessor"):
+        self.exporter = exporter
+        self.processor = processor
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.exporter.export(spans)
+        except Exception:  # an exporter must never take the serving process down
+            result = SpanExportResult.FAILURE
+        self.processor.settle(len(spans))
+        if result is not SpanExportResult.SUCCESS:
+            self.processor.drops.drop("export_failed", len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+class BoundedBatchSpanProcessor(BatchSpanProcessor):
+    """A batch processor that counts what it drops when its queue is full.
+
+    The SDK's processor drops silently past max_queue_size; this one keeps its own
+    count of spans handed over but not yet exported, and refuses (counting) beyond it.
+    """
+
+    def __init__(self, exporter: SpanExporter, drops: DropCounter, max_queue_size: int = MAX_QUEUE_SIZE,
+                 **kwargs: Any):
+        self.drops = drops
+        self.max_queue_size = max_queue_size
+        self._pending = 0
+        self._lock = threading.Lock()
+        super().__init__(_CountingExporter(exporter, self), max_queue_size=max_queue_size, **kwargs)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not span.context.trace_flags.sampled:
+            return
+        with self._lock:
+            full = self._pending >= self.max_queue_size
+            if not full:
+                self._pending += 1
+        if full:
+            self.drops.drop("queue_full", 1)
+            return
+        super().on_end(span)
+
+    def settle(self, count: int) -> None:
+        with self._lock:
+            self._pending = max(0, self._pending - count)
+
+
+def make_exporter(name: str) -> SpanExporter | None:
+    """The exporter named by --trace-exporter; each reads its own OTEL_EXPORTER_* variables."""
+    if name == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if name == "jaeger":
+        try:
+            from opentelemetry.exporter.jaeger.thrift import JaegerExporter
+        except ImportError as exc:
+            raise SystemExit("error: --trace-exporter jaeger needs the optional extra: "
+                             f"pip install 'slo-sidecar[jaeger]' ({exc})") from None
+        return JaegerExporter()  # OTEL_EXPORTER_JAEGER_AGENT_HOST / _PORT (default localhost:6831)
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    return None
+
+
+class RequestTracer:
+    """Builds the span tree of each request; a no-op tracer when tracing is off."""
+
+    def __init__(self, provider: TracerProvider | None):
+        self.provider = provider
+        self.tracer = (provider or trace.NoOpTracerProvider()).get_tracer(TRACER_NAME)
+        self.enabled = provider is not None
+        # Offset from the machine-wide monotonic clock to the wall clock, in ns.
+        self.monotonic_to_wall_ns = time.time_ns() - time.monotonic_ns()
+
+    def shutdown(self) -> None:
+        if self.provider is not None:
+            self.provider.shutdown()
+
+    def wall_ns(self, monotonic_s: float) -> int:
+        return int(monotonic_s * 1e9) + self.monotonic_to_wall_ns
+
+    def add_phase_spans(self, parent: Span, metrics: Any, cached_tokens: int | None) -> None:
+        """queue / prefill / decode children from vLLM's RequestStateStats, and the first-token event."""
+        if not self.enabled or metrics is None:
+            return
+        parent.set_attribute("vllm.num_preemptions", metrics.num_preemptions)
+        if cached_tokens is not None:
+            parent.set_attribute("gen_ai.usage.cache_read.input_tokens", cached_tokens)
+        stamps = [metrics.queued_ts, metrics.scheduled_ts, metrics.first_token_ts, metrics.last_token_ts]
+        if not all(stamps):
+            return  # the request ended before reaching a phase (aborted in the queue, say)
+        queued, scheduled, first_token, last_token = (self.wall_ns(s) for s in stamps)
+        arrival_ns = int(metrics.arrival_time * 1e9)
+        if queued < arrival_ns - CLOCK_TOLERANCE_NS or last_token > time.time_ns() + CLOCK_TOLERANCE_NS:
+            parent.set_attribute("slo_sidecar.phase_spans_skipped", "clock mismatch")
+            log.warning("vLLM timestamps do not line up with the wall clock; phase spans left out")
+            return
+        context = trace.set_span_in_context(parent)
+        for name, start, end in (("queue", queued, scheduled), ("prefill", scheduled, first_token),
+                                 ("decode", first_token, last_token)):
+            span = self.tracer.start_span(name, context=context, kind=SpanKind.INTERNAL, start_time=start)
+            span.end(end_time=end)
+        parent.add_event("first_token", timestamp=first_token)
+
+
+def setup_tracing(exporter_name: str, service_version: str, model: str,
+                  registry: CollectorRegistry = REGISTRY) -> RequestTracer:
+    """A RequestTracer per the flag and the OTEL_* environment; a no-op one when off."""
+    if exporter_name == "none" or sdk_disabled():
+        return RequestTracer(None)
+    exporter = make_exporter(exporter_name)
+    # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, always on).
+    provider = TracerProvider(resource=build_resource(service_version, model))
+    provider.add_span_processor(BoundedBatchSpanProcessor(exporter, DropCounter(registry)))
+    log.info("tracing: exporting spans with %s", exporter_name)
+    return RequestTracer(provider)
+
+
+def set_error(span: Span, reason: str, message: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, f"{reason}: {message}"))
+    span.set_attribute("error.type", reason)

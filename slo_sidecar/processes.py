@@ -1,0 +1,113 @@
+"""Child processes for the demo, the tests and the benchmarks: start, wait, stop, never leak.
+
+Each child gets its own session (process group), so stopping it also stops the
+processes it started (vLLM's engine core and workers), even when it hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """(status, body); HTTP errors are answers too, only connection failures raise OSError."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+class ManagedProcess:
+    """One child process with its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None):
+        self.name = name
+        self.args = args
+        self.log_path = Path(log_path)
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ManagedProcess":
+        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_http_ok(self, url: str, timeout_s: float = 300.0) -> float:
+        """Seconds until url answered 200; raises if the process exits or time runs out."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if http_get(url, timeout=2)[0] == 200:
+                    return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.name} not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 90.0) -> int:
+        """SIGTERM and wait; if it hangs, SIGKILL its whole process group and raise."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill_group()
+                raise
+        return self.process.returncode
+
+    def kill_group(self) -> None:
+        """SIGKILL whatever is left of the process group (a no-op when all exited)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def __enter__(self) -> "ManagedProcess":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self.kill_group()
+
+
+class EngineProcess(ManagedProcess):
+    """`slo-sidecar engine` on a free loopback port."""
+
+    def __init__(self, log_path: Path, *extra_args: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__("engine", [sys.executable, "-m", "slo_sidecar.cli", "engine", "--host", "127.0.0.1",
+                                    "--port", str(self.port), *extra_args], log_path, env=env)
+
+    def wait_ready(self, timeout_s: float = 300.0) -> float:
+        return self.wait_http_ok(self.url + "/ready", timeout_s)
