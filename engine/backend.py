@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from .protocol import ApiError, GenerationRequest, invalid
@@ -34,6 +34,27 @@ class GenerationStep:
     choices: list[ChoiceDelta]
     finished: bool
     metrics: Any  # vLLM's RequestStateStats: per-request timestamps, used by tracing
+    cached_tokens: int | None  # prompt tokens served from the prefix cache
+
+
+@dataclass
+class GenerationTally:
+    """What a request's generation produced so far: for usage, and for its trace."""
+
+    completion_tokens: int = 0
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+    metrics: Any = None
+    cached_tokens: int | None = None
+    error: ApiError | None = None  # how it ended, when it failed after its response had started
+
+    def add(self, step: GenerationStep) -> None:
+        for delta in step.choices:
+            self.completion_tokens += delta.num_tokens
+            if delta.finish_reason:
+                self.finish_reasons[delta.index] = delta.finish_reason
+        self.metrics = step.metrics or self.metrics
+        if step.cached_tokens is not None:
+            self.cached_tokens = step.cached_tokens
 
 
 class VllmBackend:
@@ -118,6 +139,7 @@ class VllmBackend:
                     [ChoiceDelta(o.index, o.text, len(o.token_ids), o.finish_reason) for o in output.outputs],
                     output.finished,
                     output.metrics,
+                    output.num_cached_tokens,
                 )
         except EngineDeadError:
             raise ApiError(503, "the inference engine is not running", code="engine_dead",

@@ -17,9 +17,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from slo_sidecar import __version__
+
 from .metrics import ServerMetrics
 from .server import EngineState, build_app
 from .settings import EngineSettings, add_engine_arguments
+from .tracing import setup_tracing
 
 log = logging.getLogger("engine")
 
@@ -39,7 +42,8 @@ def resolve_model(settings: EngineSettings) -> tuple[str, str]:
 
 async def serve(settings: EngineSettings) -> int:
     model_dir, served_name = resolve_model(settings)
-    state = EngineState(settings=settings, served_model_name=served_name, metrics=ServerMetrics())
+    tracer = setup_tracing(settings.trace_exporter, __version__, served_name)
+    state = EngineState(settings=settings, served_model_name=served_name, metrics=ServerMetrics(), tracer=tracer)
     state.generations_idle.set()
     runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -75,6 +79,7 @@ async def serve(settings: EngineSettings) -> int:
     stopped_early.cancel()
     await runner.cleanup()
     backend.shutdown()
+    tracer.shutdown()  # flushes the spans still queued
     log.info("stopped")
     return exit_code
 

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
-from .backend import GenerationStep, VllmBackend
+from .backend import GenerationTally, VllmBackend
 from .faults import FaultInjector, InjectedFault, disabled_error
 from .health import AcceleratorMemoryProbe, Phase, evaluate_health
 from .metrics import CLIENT_CLOSED_REQUEST, ServerMetrics
@@ -36,6 +38,7 @@ from .protocol import (
     parse_json_body,
 )
 from .settings import EngineSettings
+from .tracing import RequestTracer
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Set by a handler whose response already went out when the request failed
 # (a stream that broke mid-way): the status the request is counted under.
 OUTCOME_CODE = "slo_outcome_code"
+SERVER_SPAN = "slo_server_span"
+TRACE_ID_HEADER = "X-Trace-Id"
 RETRY_AFTER_S = "1"
 
 
@@ -61,6 +66,7 @@ class EngineState:
     started_at: int = field(default_factory=lambda: int(time.time()))
     faults: FaultInjector = field(default_factory=FaultInjector)
     memory_probe: AcceleratorMemoryProbe = field(default_factory=AcceleratorMemoryProbe)
+    tracer: RequestTracer = field(default_factory=lambda: RequestTracer(None))
     generations_idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def set_phase(self, phase: Phase) -> None:
@@ -91,6 +97,12 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     in_flight = metrics.in_flight.labels(endpoint=endpoint)
     in_flight.inc()
     code = 500
+    span, attached = None, None
+    if state.tracer.enabled and request.path.startswith("/v1/"):
+        span = state.tracer.start_server_span(request.method, endpoint, request.path, request.headers,
+                                              request.host)
+        request[SERVER_SPAN] = span
+        attached = otel_context.attach(trace.set_span_in_context(span))
     try:
         _check_api_key(request, state.settings.api_key)
         response = await handler(request)
@@ -121,8 +133,20 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
                                    error_type="server_error", reason="engine_error"))
     finally:
         in_flight.dec()
-        metrics.duration.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        trace_id = state.tracer.trace_id_of(span)
+        metrics.duration.labels(endpoint=endpoint).observe(
+            time.perf_counter() - started, exemplar={"trace_id": trace_id} if trace_id else None)
         metrics.requests.labels(endpoint=endpoint, code=str(code)).inc()
+        if span is not None:
+            state.tracer.end_server_span(span, code)
+            otel_context.detach(attached)
+
+
+async def add_trace_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Every traced response names its trace, for pasting into Jaeger."""
+    trace_id = request.app[STATE_KEY].tracer.trace_id_of(request.get(SERVER_SPAN))
+    if trace_id:
+        response.headers[TRACE_ID_HEADER] = trace_id
 
 
 def _check_api_key(request: web.Request, api_key: str | None) -> None:
@@ -224,19 +248,27 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     state.active_generations += 1
     state.active_sequences += generation.n
     state.generations_idle.clear()
-    try:
-        async with asyncio.timeout(state.settings.request_timeout_s) as deadline:
-            steps = _steps_with_faults(state, backend, generation, token_ids, max_tokens, request_id)
-            if generation.stream:
-                return await _stream(request, generation, request_id, len(token_ids), steps, deadline)
-            return await _respond_whole(generation, request_id, len(token_ids), steps)
-    except TimeoutError:
-        raise _timeout_error(state) from None
-    finally:
-        state.active_generations -= 1
-        state.active_sequences -= generation.n
-        if state.active_generations == 0:
-            state.generations_idle.set()
+    tally = GenerationTally()
+    failure: BaseException | None = None
+    with state.tracer.generation_span(generation, request_id, max_tokens) as span:
+        try:
+            async with asyncio.timeout(state.settings.request_timeout_s) as deadline:
+                steps = _steps_with_faults(state, backend, generation, token_ids, max_tokens, request_id)
+                if generation.stream:
+                    return await _stream(request, generation, request_id, len(token_ids), steps, deadline, tally)
+                return await _respond_whole(generation, request_id, len(token_ids), steps, tally)
+        except TimeoutError:
+            failure = _timeout_error(state)
+            raise failure from None
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            state.active_generations -= 1
+            state.active_sequences -= generation.n
+            if state.active_generations == 0:
+                state.generations_idle.set()
+            state.tracer.finish_generation(span, tally, len(token_ids), failure)
 
 
 def _admit(state: EngineState, n: int) -> None:
@@ -282,35 +314,34 @@ def _injected_fault_error() -> ApiError:
 
 
 async def _respond_whole(generation: GenerationRequest, request_id: str, prompt_tokens: int,
-                         steps) -> web.Response:
+                         steps, tally: GenerationTally) -> web.Response:
     choices = {i: Choice(index=i) for i in range(generation.n)}
-    completion_tokens = 0
     try:
         async with contextlib.aclosing(steps):
             async for step in steps:
+                tally.add(step)
                 for delta in step.choices:
                     choice = choices[delta.index]
                     choice.text += delta.text
                     choice.finish_reason = delta.finish_reason or choice.finish_reason
-                    completion_tokens += delta.num_tokens
     except InjectedFault:
         raise _injected_fault_error() from None
     body = full_response(generation, request_id, int(time.time()), list(choices.values()),
-                         prompt_tokens, completion_tokens)
+                         prompt_tokens, tally.completion_tokens)
     return web.json_response(body)
 
 
 async def _stream(request: web.Request, generation: GenerationRequest, request_id: str, prompt_tokens: int,
-                  steps, deadline: asyncio.Timeout) -> web.StreamResponse:
+                  steps, deadline: asyncio.Timeout, tally: GenerationTally) -> web.StreamResponse:
     """Server-sent events; failures after the headers went out end the stream with an error event."""
     state = request.app[STATE_KEY]
     encoder = StreamEncoder(generation, request_id)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    completion_tokens = 0
     first = True
     try:
         async with contextlib.aclosing(steps):
             async for step in steps:
+                tally.add(step)
                 if first and not response.prepared:
                     await response.prepare(request)
                 chunks = []
@@ -318,17 +349,17 @@ async def _stream(request: web.Request, generation: GenerationRequest, request_i
                     chunks.extend(encoder.role_chunk(i) for i in range(generation.n))
                 first = False
                 for delta in step.choices:
-                    completion_tokens += delta.num_tokens
                     chunks.append(encoder.delta_chunk(delta.index, delta.text, delta.finish_reason))
                 await response.write(b"".join(chunks))
             if generation.include_usage:
-                await response.write(encoder.usage_chunk(prompt_tokens, completion_tokens))
+                await response.write(encoder.usage_chunk(prompt_tokens, tally.completion_tokens))
             await response.write(StreamEncoder.DONE)
             await response.write_eof()
         return response
     except ConnectionError:
         request[OUTCOME_CODE] = CLIENT_CLOSED_REQUEST
         state.metrics.record_error("client_disconnect")
+        tally.error = ApiError(CLIENT_CLOSED_REQUEST, "the client went away mid-stream", reason="client_disconnect")
         return response
     except asyncio.CancelledError:
         if not deadline.expired():
@@ -342,6 +373,7 @@ async def _stream(request: web.Request, generation: GenerationRequest, request_i
         raise error
     state.metrics.record_error(error.reason)
     request[OUTCOME_CODE] = error.status
+    tally.error = error
     with contextlib.suppress(ConnectionError):
         await response.write(StreamEncoder.error_event(error) + StreamEncoder.DONE)
         await response.write_eof()
@@ -351,6 +383,7 @@ async def _stream(request: web.Request, generation: GenerationRequest, request_i
 def build_app(state: EngineState) -> web.Application:
     app = web.Application(middlewares=[api_middleware], client_max_size=state.settings.max_body_bytes)
     app[STATE_KEY] = state
+    app.on_response_prepare.append(add_trace_id_header)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 ENV_PREFIX = "SLO_ENGINE_"
+TRACE_EXPORTERS = ("otlp", "jaeger", "console", "none")
 
 DEFAULT_PORT = 8000
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
@@ -34,6 +35,7 @@ class EngineSettings:
     drain_timeout_s: float
     max_body_bytes: int
     enable_fault_injection: bool
+    trace_exporter: str
     log_level: str
 
     @classmethod
@@ -119,5 +121,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str
     add("--enable-fault-injection", action=argparse.BooleanOptionalAction,
         default=env("enable_fault_injection", _env_bool, False),
         help="FOR TESTS AND DEMOS: expose POST /admin/fault-injection to fail or delay requests")
+    otlp_configured = any(name in env.environ for name in
+                          ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    add("--trace-exporter", choices=list(TRACE_EXPORTERS),
+        default=env("trace_exporter", str, "otlp" if otlp_configured else "none"),
+        help="where spans go (default: otlp when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set, else none); "
+             "OTEL_SDK_DISABLED=true turns tracing off whatever this says")
     add("--log-level", default=env("log_level", str, "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"])

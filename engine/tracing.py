@@ -20,22 +20,31 @@ full or the exporter fails, spans are dropped, counted, and logged once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry import propagate
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from .protocol import ApiError
+
+if TYPE_CHECKING:
+    from .backend import GenerationTally
+    from .protocol import GenerationRequest
 
 log = logging.getLogger(__name__)
 
-EXPORTERS = ("otlp", "jaeger", "console", "none")
+
 TRACER_NAME = "slo-sidecar.engine"
 DEFAULT_SERVICE_NAME = "slo-sidecar-engine"
 MAX_QUEUE_SIZE = 2048
@@ -45,7 +54,6 @@ K8S_ENV_ATTRIBUTES = {
     "POD_NAME": "k8s.pod.name",
     "POD_NAMESPACE": "k8s.namespace.name",
     "NODE_NAME": "k8s.node.name",
-    "CONTAINER_NAME": "k8s.container.name",
 }
 
 # A vLLM timestamp converted this far before the request's arrival means the
@@ -60,16 +68,15 @@ def sdk_disabled(environ: dict[str, str] | None = None) -> bool:
 def build_resource(service_version: str, model: str, environ: dict[str, str] | None = None) -> Resource:
     """Service, version, model and pod identity; OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win."""
     environ = os.environ if environ is None else environ
-    attributes: dict[str, Any] = {
-        "service.name": DEFAULT_SERVICE_NAME,
-        "service.version": service_version,
-        "gen_ai.request.model": model,
-    }
+    attributes: dict[str, Any] = {"service.version": service_version, "gen_ai.request.model": model}
     for variable, attribute in K8S_ENV_ATTRIBUTES.items():
         if environ.get(variable):
             attributes[attribute] = environ[variable]
-    # Resource.create merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME over these.
-    return Resource.create(attributes)
+    detected = Resource.create()  # SDK defaults, then OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
+    merged = Resource(attributes).merge(detected)
+    if str(detected.attributes.get("service.name", "")).startswith("unknown_service"):
+        merged = merged.merge(Resource({"service.name": DEFAULT_SERVICE_NAME}))
+    return merged
 
 
 class DropCounter:
@@ -174,15 +181,98 @@ class RequestTracer:
         self.provider = provider
         self.tracer = (provider or trace.NoOpTracerProvider()).get_tracer(TRACER_NAME)
         self.enabled = provider is not None
-        # Offset from the machine-wide monotonic clock to the wall clock, in ns.
-        self.monotonic_to_wall_ns = time.time_ns() - time.monotonic_ns()
 
     def shutdown(self) -> None:
         if self.provider is not None:
             self.provider.shutdown()
 
-    def wall_ns(self, monotonic_s: float) -> int:
-        return int(monotonic_s * 1e9) + self.monotonic_to_wall_ns
+    # --- The HTTP SERVER span ---------------------------------------------------------------
+
+    def start_server_span(self, method: str, route: str, path: str, headers: Mapping[str, str],
+                          host: str | None) -> Span:
+        """A SERVER span, child of the caller's W3C traceparent when there is one."""
+        parent = propagate.extract(headers)
+        attributes = {"http.request.method": method, "http.route": route, "url.path": path, "url.scheme": "http"}
+        if host:
+            address, _, port = host.partition(":")
+            attributes["server.address"] = address
+            if port.isdigit():
+                attributes["server.port"] = int(port)
+        if headers.get("User-Agent"):
+            attributes["user_agent.original"] = headers["User-Agent"]
+        return self.tracer.start_span(f"{method} {route}", context=parent, kind=SpanKind.SERVER,
+                                      attributes=attributes)
+
+    @staticmethod
+    def end_server_span(span: Span, status_code: int) -> None:
+        span.set_attribute("http.response.status_code", status_code)
+        if status_code >= 500 or status_code == 499:  # 4xx are the client's errors, not the server's
+            span.set_status(Status(StatusCode.ERROR))
+            span.set_attribute("error.type", str(status_code))
+        span.end()
+
+    @staticmethod
+    def trace_id_of(span: Span | None) -> str | None:
+        """The trace id as Jaeger shows it (32 hex digits), when the span is sampled."""
+        if span is None:
+            return None
+        context = span.get_span_context()
+        return format(context.trace_id, "032x") if context.is_valid and context.trace_flags.sampled else None
+
+    # --- The GenAI span and its phases --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def generation_span(self, request: "GenerationRequest", response_id: str, max_tokens: int) -> Iterator[Span]:
+        """The GenAI span (child of the current span); its caller sets the outcome."""
+        operation = "chat" if request.kind == "chat" else "text_completion"
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": "vllm",
+            "gen_ai.system": "vllm",  # the older name, still what many backends group by
+            "gen_ai.request.model": request.model,
+            "gen_ai.request.max_tokens": max_tokens,
+            "gen_ai.request.temperature": request.temperature,
+            "gen_ai.request.top_p": request.top_p,
+            "gen_ai.response.id": response_id,
+            "gen_ai.response.model": request.model,
+        }
+        if request.n != 1:
+            attributes["gen_ai.request.choice.count"] = request.n
+        if request.seed is not None:
+            attributes["gen_ai.request.seed"] = request.seed
+        if request.stop:
+            attributes["gen_ai.request.stop_sequences"] = request.stop
+        with self.tracer.start_as_current_span(f"{operation} {request.model}", kind=SpanKind.INTERNAL,
+                                               attributes=attributes, record_exception=False,
+                                               set_status_on_exception=False) as span:
+            yield span
+
+    def finish_generation(self, span: Span, tally: "GenerationTally", prompt_tokens: int,
+                          error: BaseException | None) -> None:
+        """Usage, finish reasons, outcome and the queue/prefill/decode children."""
+        if not self.enabled:
+            return
+        span.set_attribute("gen_ai.usage.input_tokens", prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", tally.completion_tokens)
+        if tally.finish_reasons:
+            span.set_attribute("gen_ai.response.finish_reasons",
+                               [tally.finish_reasons[i] for i in sorted(tally.finish_reasons)])
+        failure = tally.error or error
+        if isinstance(failure, ApiError):
+            set_error(span, failure.reason, failure.message)
+        elif isinstance(failure, asyncio.CancelledError):
+            set_error(span, "client_disconnect", "the client went away before the response was complete")
+        elif failure is not None:
+            set_error(span, "engine_error", f"{type(failure).__name__}: {failure}")
+        self.add_phase_spans(span, tally.metrics, tally.cached_tokens)
+
+    @staticmethod
+    def monotonic_to_wall_ns() -> int:
+        """The offset from the machine-wide monotonic clock to the wall clock, now.
+
+        Measured per request, so a wall clock slewed by NTP since start-up cannot skew the spans.
+        """
+        return time.time_ns() - time.monotonic_ns()
 
     def add_phase_spans(self, parent: Span, metrics: Any, cached_tokens: int | None) -> None:
         """queue / prefill / decode children from vLLM's RequestStateStats, and the first-token event."""
@@ -194,7 +284,8 @@ class RequestTracer:
         stamps = [metrics.queued_ts, metrics.scheduled_ts, metrics.first_token_ts, metrics.last_token_ts]
         if not all(stamps):
             return  # the request ended before reaching a phase (aborted in the queue, say)
-        queued, scheduled, first_token, last_token = (self.wall_ns(s) for s in stamps)
+        offset = self.monotonic_to_wall_ns()
+        queued, scheduled, first_token, last_token = (int(s * 1e9) + offset for s in stamps)
         arrival_ns = int(metrics.arrival_time * 1e9)
         if queued < arrival_ns - CLOCK_TOLERANCE_NS or last_token > time.time_ns() + CLOCK_TOLERANCE_NS:
             parent.set_attribute("slo_sidecar.phase_spans_skipped", "clock mismatch")

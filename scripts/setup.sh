@@ -36,5 +36,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+# The optional Jaeger thrift exporter needs an older OpenTelemetry SDK than vLLM
+# brings, so its test runs in a small environment of its own.
+jaeger_venv=.venv-jaeger
+jaeger_want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$jaeger_venv/.slo-sidecar-installed" 2>/dev/null)" != "$jaeger_want" ]; then
+    echo "setup: installing slo-sidecar[jaeger] into $jaeger_venv"
+    [ -x "$jaeger_venv/bin/python" ] || "$python" -m venv "$jaeger_venv"
+    "$jaeger_venv/bin/python" -m pip install --quiet -e ".[jaeger]"
+    echo "$jaeger_want" > "$jaeger_venv/.slo-sidecar-installed"
+fi
+
 # The embedded tiny model, built once into the user cache.
 "$venv/bin/slo-sidecar" build-model

@@ -8,6 +8,7 @@ import functools
 import pytest
 
 from tests.helpers import EngineProcess
+from tests.otlp_receiver import OtlpReceiver
 
 API_KEY = "test-key-0123456789"
 
@@ -24,9 +25,30 @@ ENGINE_ARGS = (
 )
 
 
+# The session engine exports its traces, fast, to a receiver in this process, and
+# runs with the downward-API variables a Kubernetes pod would have.
+TRACE_ENV = {
+    "OTEL_SERVICE_NAME": "slo-sidecar-test",
+    "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=test",
+    "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+    "OTEL_BSP_SCHEDULE_DELAY": "100",
+    "POD_NAME": "engine-pod-0",
+    "POD_NAMESPACE": "inference",
+    "NODE_NAME": "node-a",
+}
+
+
 @pytest.fixture(scope="session")
-def engine(tmp_path_factory):
-    process = EngineProcess(tmp_path_factory.mktemp("engine") / "engine.log", *ENGINE_ARGS).start()
+def otlp_receiver():
+    receiver = OtlpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory, otlp_receiver):
+    env = {**TRACE_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint}
+    process = EngineProcess(tmp_path_factory.mktemp("engine") / "engine.log", *ENGINE_ARGS, env=env).start()
     try:
         process.wait_ready()
         yield process
