@@ -117,10 +117,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         if not 400 <= exc.status < 500:
             raise
         metrics.record_error("validation")
-        error = ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
-                         code=exc.reason.lower().replace(" ", "_"), error_type="invalid_request_error")
-        return web.json_response(error.body(), status=exc.status,
-                                 headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+        return json_error(ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
+                                   code=exc.reason.lower().replace(" ", "_"),
+                                   headers={k: v for k, v in exc.headers.items() if k == "Allow"}))
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client disconnects.
         code = CLIENT_CLOSED_REQUEST

@@ -1,0 +1,100 @@
+"""The sidecar's exposition reader agrees with prometheus_client's parser, and catches bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.exposition import ExpositionError, SampleFilter, parse
+
+FIXTURE = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "vllm-0.32.0-cpu-metrics.txt"
+VLLM_FAMILIES = [
+    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+    "vllm:num_preemptions", "vllm:request_success", "vllm:prompt_tokens", "vllm:generation_tokens",
+    "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds", "vllm:e2e_request_latency_seconds",
+    "vllm:request_queue_time_seconds", "vllm:cache_config_info",
+]
+
+
+def reference(text: str, families: list[str], parser=text_string_to_metric_families) -> list[tuple]:
+    """What prometheus_client reads for the same families, as comparable tuples."""
+    wanted = SampleFilter(families)
+    found = []
+    for family in parser(text):
+        for sample in family.samples:
+            if sample.name in wanted.names and not sample.name.endswith("_created"):
+                found.append((sample.name, tuple(sorted(sample.labels.items())), sample.value))
+    return found
+
+
+def ours(text: str, families: list[str], openmetrics: bool = False) -> list[tuple]:
+    return [(s.name, tuple(sorted(s.labels)), s.value) for s in parse(text, SampleFilter(families), openmetrics)]
+
+
+@pytest.mark.skipif(not FIXTURE.exists(), reason="shared/fixtures is beside the checkout in CI and here")
+def test_real_vllm_exposition_reads_like_prometheus_client():
+    text = FIXTURE.read_text()
+    expected = reference(text, VLLM_FAMILIES)
+    assert len(expected) > 100
+    assert sorted(ours(text, VLLM_FAMILIES)) == sorted(expected)
+
+
+def test_escaped_and_awkward_label_values():
+    text = (
+        'm_total{a="plain",b="quote \\" inside",c="back\\\\slash",d="new\\nline"} 3\n'
+        'm_total{a="brace } and , comma",b="hash # sign"} 4 1700000000000\n'
+        'm_total{a="x",} 5\n'
+        'm_total 6\n'
+        'm_total{} 7\n'
+    )
+    assert ours(text, ["m"]) == reference(text, ["m"])
+    values = [s.label("b") for s in parse(text, SampleFilter(["m"]))]
+    assert values[:2] == ['quote " inside', "hash # sign"]
+
+
+def test_special_values():
+    text = 'g{x="1"} NaN\ng{x="2"} +Inf\ng{x="3"} -Inf\ng{x="4"} 1e-3\n'
+    values = [s.value for s in parse(text, SampleFilter(["g"]))]
+    assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf, 0.001]
+
+
+def test_only_wanted_families_and_exact_names():
+    text = ("# HELP vllm:num_requests_waiting waiting\n# TYPE vllm:num_requests_waiting gauge\n"
+            'vllm:num_requests_waiting{engine="0"} 3.0\n'
+            'vllm:num_requests_waiting_by_reason{reason="capacity"} 9.0\n'
+            "other_metric 1\n")
+    samples = parse(text, SampleFilter(["vllm:num_requests_waiting"]))
+    assert [(s.name, s.value) for s in samples] == [("vllm:num_requests_waiting", 3.0)]
+
+
+def test_openmetrics_with_exemplars_and_eof():
+    text = ("# TYPE h histogram\n"
+            'h_bucket{le="0.5"} 2 # {trace_id="4bf92f3577b34da6"} 0.3 1700000000.0\n'
+            'h_bucket{le="+Inf"} 3\nh_count 3\nh_sum 1.5\n# EOF\n')
+    assert ours(text, ["h"], openmetrics=True) == reference(text, ["h"], openmetrics_families)
+    awkward = 'h_bucket{le="0.5"} 2 # {trace_id="a}b"} 0.3\nh_bucket{le="1"} 4 # {t="x\\"}"} 1\n# EOF\n'
+    assert [(s.labels, s.value) for s in parse(awkward, SampleFilter(["h"]), openmetrics=True)] == [
+        ((("le", "0.5"),), 2.0), ((("le", "1"),), 4.0)]
+    with pytest.raises(ExpositionError) as cut:
+        parse(text.replace("# EOF\n", ""), SampleFilter(["h"]), openmetrics=True)
+    assert cut.value.reason == "truncated"
+
+
+@pytest.mark.parametrize("text", [
+    'm_total{a="1"} 3',                  # cut off mid-line: no final newline
+    'm_total{a="1" 3\n',                 # unclosed label set
+    'm_total{a="1"} three\n',            # not a number
+    "m_total\n",                         # no value
+    'm_total{a="unterminated\\"} 3\n',   # escaped quote never closed
+])
+def test_malformed_wanted_lines_raise(text):
+    with pytest.raises(ExpositionError):
+        parse(text, SampleFilter(["m"]))
+
+
+def test_malformed_unwanted_lines_are_not_our_business():
+    assert parse("junk line here\nm_total 1\n", SampleFilter(["m"]))[0].value == 1.0
