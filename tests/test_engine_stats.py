@@ -1,0 +1,65 @@
+"""The sidecar's derived engine snapshot, from the real vLLM fixture and scrapes built from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from sidecar.engine_stats import FAMILIES, EngineStatsDeriver
+from sidecar.exposition import Sample, parse
+from tests.test_exposition import FIXTURE
+
+pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
+
+
+def fixture_samples() -> list[Sample]:
+    return parse(FIXTURE.read_text(), FAMILIES)
+
+
+def advanced(samples: list[Sample], changes: dict[tuple[str, str], float]) -> list[Sample]:
+    """The same scrape with some samples moved on: {(name, le or ""): delta}."""
+    moved = []
+    for sample in samples:
+        delta = changes.get((sample.name, sample.label("le")), 0.0)
+        moved.append(dataclasses.replace(sample, value=sample.value + delta))
+    return moved
+
+
+def test_first_scrape_gives_gauges_but_no_rates_yet():
+    stats = EngineStatsDeriver(window_s=60).update(fixture_samples(), now=0.0)
+    assert stats.gauges == {"queue_depth": 0.0, "running_requests": 0.0, "kv_cache_usage_ratio": 0.0}
+    assert stats.rates == {} and stats.quantiles == {} and stats.error_ratio is None
+
+
+def test_rates_and_windowed_quantiles_from_two_scrapes():
+    deriver = EngineStatsDeriver(window_s=60)
+    first = fixture_samples()
+    deriver.update(first, now=0.0)
+    # 10 s later: 500 more tokens, and 4 requests whose TTFT fell in (0.04, 0.06] and 1 in (0.1, 0.25].
+    ttft = "vllm:time_to_first_token_seconds_bucket"
+    changes = {("vllm:generation_tokens_total", ""): 500.0}
+    for le in ("0.06", "0.08", "0.1"):
+        changes[(ttft, le)] = 4.0
+    for le in ("0.25", "0.5", "0.75", "1.0", "2.5", "5.0", "7.5", "10.0", "20.0", "40.0", "80.0", "160.0",
+               "640.0", "2560.0", "+Inf"):
+        changes[(ttft, le)] = 5.0
+    stats = deriver.update(advanced(first, changes), now=10.0)
+    assert stats.rates["generation_tokens_per_second"] == pytest.approx(50.0)
+    assert stats.rates["prompt_tokens_per_second"] == 0.0
+    # Over the window only the 5 new requests count (the 8 from before are history):
+    # p50 = rank 2.5 of 4 in (0.04, 0.06] -> 0.04 + 0.02 * 2.5 / 4.
+    assert stats.quantiles[("ttft", 0.5)] == pytest.approx(0.0525)
+    assert 0.1 < stats.quantiles[("ttft", 0.99)] <= 0.25
+    assert math.isnan(stats.quantiles[("e2e", 0.5)])  # nothing finished in the window
+
+
+def test_engine_restart_gives_no_rate_spike():
+    deriver = EngineStatsDeriver(window_s=60)
+    first = fixture_samples()
+    deriver.update(first, now=0.0, process_start_time=100.0)
+    # The engine restarted: counters start again small, the start time changed.
+    reset = [dataclasses.replace(s, value=min(s.value, 3.0)) for s in first]
+    stats = deriver.update(reset, now=10.0, process_start_time=200.0)
+    assert 0 <= stats.rates["generation_tokens_per_second"] <= 0.3 + 1e-9
