@@ -14,13 +14,15 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Awaitable, Callable
 
 from aiohttp import web
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from .backend import GenerationTally, VllmBackend
 from .faults import FaultInjector, InjectedFault, disabled_error
@@ -178,8 +180,27 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": status}, status=200 if is_ready else 503)
 
 
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def choose_exposition(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    """prometheus_client's content negotiation, with one correction.
+
+    Its OpenMetrics writer (0.26) checks sample names against the label-name
+    character set when escaping to underscores, so `vllm:num_requests_waiting`
+    would go out as `vllm_num_requests_waiting` under a `# TYPE vllm:...` line,
+    and every vllm:* query would find nothing. With allow-utf-8 escaping, names
+    valid in the classic character set (all of ours and vLLM's) go out unchanged.
+    """
+    encoder, content_type = choose_encoder(accept)
+    if content_type.startswith("application/openmetrics-text"):
+        return partial(openmetrics_exposition.generate_latest, escaping=openmetrics_exposition.ALLOWUTF8), \
+            OPENMETRICS_CONTENT_TYPE
+    return encoder, content_type
+
+
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    encoder, content_type = choose_exposition(request.headers.get("Accept", ""))
     body = await asyncio.get_running_loop().run_in_executor(None, encoder, REGISTRY)
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type

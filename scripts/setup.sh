@@ -36,6 +36,26 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+# Prometheus and promtool (Debian package `prometheus`) for the tests that check
+# expositions and rules. Installing the package would start a system service;
+# a policy-rc.d that exits 101 stops that, and the tests run their own server.
+if ! command -v promtool >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing the prometheus package (promtool), without starting its service"
+        guard_added=0
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            guard_added=1
+        fi
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+        if [ "$guard_added" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+    else
+        echo "setup: promtool not found and cannot install it here (needs root and apt-get); its tests will skip"
+    fi
+fi
+
 # The optional Jaeger thrift exporter needs an older OpenTelemetry SDK than vLLM
 # brings, so its test runs in a small environment of its own.
 jaeger_venv=.venv-jaeger

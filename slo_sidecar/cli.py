@@ -30,6 +30,12 @@ def _engine(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _sidecar(args: argparse.Namespace) -> int:
+    from sidecar.app import run
+
+    return run(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -51,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_engine_arguments(engine)
     engine.set_defaults(func=_engine)
+
+    sidecar = commands.add_parser("sidecar", help="run the sidecar: scrape the engine, serve derived metrics")
+    from sidecar.config import add_arguments as add_sidecar_arguments
+
+    add_sidecar_arguments(sidecar)
+    sidecar.set_defaults(func=_sidecar)
 
     demo = commands.add_parser("demo", help="run the engine, send requests, show its metrics, stop")
     from .demo import add_arguments as add_demo_arguments

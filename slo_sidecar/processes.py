@@ -101,13 +101,27 @@ class ManagedProcess:
 
 
 class EngineProcess(ManagedProcess):
-    """`slo-sidecar engine` on a free loopback port."""
+    """`slo-sidecar engine` on a loopback port (a free one unless given)."""
 
-    def __init__(self, log_path: Path, *extra_args: str, env: dict[str, str] | None = None):
-        self.port = free_port()
+    def __init__(self, log_path: Path, *extra_args: str, env: dict[str, str] | None = None, port: int = 0):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__("engine", [sys.executable, "-m", "slo_sidecar.cli", "engine", "--host", "127.0.0.1",
                                     "--port", str(self.port), *extra_args], log_path, env=env)
 
     def wait_ready(self, timeout_s: float = 300.0) -> float:
         return self.wait_http_ok(self.url + "/ready", timeout_s)
+
+
+class SidecarProcess(ManagedProcess):
+    """`slo-sidecar sidecar` on a free loopback port, scraping engine_url."""
+
+    def __init__(self, log_path: Path, engine_url: str, *extra_args: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__("sidecar", [sys.executable, "-m", "slo_sidecar.cli", "sidecar", "--host", "127.0.0.1",
+                                     "--port", str(self.port), "--engine-url", engine_url, *extra_args],
+                         log_path, env=env)
+
+    def wait_ready(self, timeout_s: float = 60.0) -> float:
+        return self.wait_http_ok(self.url + "/health", timeout_s)

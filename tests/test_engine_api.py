@@ -404,3 +404,9 @@ async def test_metrics_speak_openmetrics_when_asked(engine):
             text = await r.text()
             assert r.headers["Content-Type"].startswith("application/openmetrics-text")
     assert text.rstrip().endswith("# EOF")
+    # vLLM's names keep their colons in the samples, not only in HELP/TYPE.
+    assert 'vllm:num_requests_waiting{engine="0",model_name="tiny-llama"}' in text
+    assert "\nvllm_num_requests_waiting" not in text
+    samples = [line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")]
+    typed = {line.split(" ")[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert all(any(name.startswith(family) for family in typed) for name in samples), "samples renamed"

@@ -1,0 +1,198 @@
+"""`slo-sidecar sidecar`: one asyncio loop, each collector on its own interval and timeout.
+
+A scrape of the sidecar's /metrics never waits on a collector: every collector
+stores its last completed families, and the exposition reads those. A failing
+collector is counted and reported down, its last good values stay (marked stale
+once older than stale_after_s), and the process carries on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder
+
+from .config import ConfigError, SidecarConfig, add_arguments, load_config
+from .engine_collector import CollectError, EngineCollector
+
+log = logging.getLogger("sidecar")
+
+
+class Collector(Protocol):
+    name: str
+    interval_s: float
+    timeout_s: float
+    error_reasons: tuple[str, ...]
+
+    async def collect(self) -> list[Metric]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class CollectorState:
+    families: list[Metric] = field(default_factory=list)
+    last_success: float | None = None  # wall clock
+    last_error: str | None = None
+
+
+class SnapshotCollector:
+    """prometheus_client custom collector: yields the families collectors last stored."""
+
+    def __init__(self, states: dict[str, CollectorState]):
+        self.states = states
+
+    def collect(self) -> Iterable[Metric]:
+        for state in self.states.values():
+            yield from state.families
+
+
+class Sidecar:
+    def __init__(self, config: SidecarConfig, collectors: list[Collector], registry: CollectorRegistry):
+        self.config = config
+        self.collectors = collectors
+        self.registry = registry
+        self.states = {c.name: CollectorState() for c in collectors}
+        registry.register(SnapshotCollector(self.states))
+        self.up = Gauge("sidecar_collector_up", "1 when the collector's last run succeeded.", ["collector"],
+                        registry=registry)
+        self.duration = Gauge("sidecar_collector_duration_seconds", "How long the collector's last run took.",
+                              ["collector"], registry=registry)
+        self.last_success = Gauge("sidecar_collector_last_success_timestamp_seconds",
+                                  "When the collector last succeeded (Unix time).", ["collector"], registry=registry)
+        self.errors = Counter("sidecar_collector_errors", "Failed collector runs, by reason.",
+                              ["collector", "reason"], registry=registry)
+        self.engine_up = Gauge("sidecar_engine_up", "1 when the engine's last scrape succeeded, else 0.",
+                               registry=registry)
+        self.engine_stale = Gauge("sidecar_engine_stale",
+                                  "1 when the engine values served are older than stale_after_s.",
+                                  registry=registry)
+        self.engine_stale.set_function(self._engine_is_stale)
+        for collector in collectors:
+            self.up.labels(collector.name).set(0)
+            for reason in (*collector.error_reasons, "timeout", "internal"):
+                self.errors.labels(collector.name, reason)
+
+    def _engine_is_stale(self) -> float:
+        state = self.states.get("engine")
+        if state is None or state.last_success is None:
+            return 1.0
+        return 1.0 if time.time() - state.last_success > self.config.stale_after_s else 0.0
+
+    async def run_collector(self, collector: Collector) -> None:
+        state = self.states[collector.name]
+        while True:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(collector.timeout_s):
+                    state.families = await collector.collect()
+                state.last_success, state.last_error = time.time(), None
+                self._set_up(collector.name, 1)
+                self.last_success.labels(collector.name).set(state.last_success)
+            except (CollectError, TimeoutError) as exc:
+                reason = exc.reason if isinstance(exc, CollectError) else "timeout"
+                self._failed(collector.name, state, reason, str(exc) or reason)
+            except Exception as exc:  # a collector bug must not take the sidecar down
+                log.exception("collector %s failed", collector.name)
+                self._failed(collector.name, state, "internal", repr(exc))
+            elapsed = time.perf_counter() - started
+            self.duration.labels(collector.name).set(elapsed)
+            await asyncio.sleep(max(0.0, collector.interval_s - elapsed))
+
+    def _set_up(self, name: str, value: int) -> None:
+        self.up.labels(name).set(value)
+        if name == "engine":
+            self.engine_up.set(value)
+
+    def _failed(self, name: str, state: CollectorState, reason: str, detail: str) -> None:
+        if state.last_error is None:
+            log.warning("collector %s down: %s", name, detail)  # once per outage, not every interval
+        state.last_error = detail
+        self.errors.labels(name, reason).inc()
+        self._set_up(name, 0)
+
+    # --- HTTP ------------------------------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        response = web.Response(body=encoder(self.registry))
+        response.headers["Content-Type"] = content_type
+        return response
+
+    async def health(self, request: web.Request) -> web.Response:
+        now = time.time()
+        collectors = {
+            name: {"up": state.last_error is None and state.last_success is not None,
+                   "last_success_age_s": None if state.last_success is None else round(now - state.last_success, 3),
+                   "last_error": state.last_error}
+            for name, state in self.states.items()
+        }
+        # The sidecar itself is alive whatever its collectors say: a dead engine must not restart it.
+        status = "ok" if all(c["up"] for c in collectors.values()) else "degraded"
+        return web.json_response({"status": status, "collectors": collectors})
+
+    def build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/health", self.health)
+        return app
+
+
+async def serve(config: SidecarConfig) -> int:
+    disable_created_metrics()  # *_created series only add noise to the sidecar's small exposition
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    sidecar = Sidecar(config, [EngineCollector(config)], registry)
+    runner = web.AppRunner(sidecar.build_app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port).start()
+    log.info("listening on http://%s:%d; scraping %s every %.1f s", config.host, config.port,
+             config.engine_url, config.engine_interval_s)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    tasks = [asyncio.create_task(sidecar.run_collector(c)) for c in sidecar.collectors]
+    await stop.wait()
+    log.info("stopping")
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for collector in sidecar.collectors:
+        with contextlib.suppress(Exception):
+            await collector.close()
+    await runner.cleanup()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        print(f"slo-sidecar sidecar: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(config))
+
+
+__all__ = ["add_arguments", "run", "Sidecar"]

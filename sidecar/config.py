@@ -1,0 +1,162 @@
+"""Sidecar settings: command-line flags, then SLO_SIDECAR_* environment variables, then a YAML file.
+
+Every bad value, wherever it came from, becomes a ConfigError that names its
+source (the file and line, the variable, or the flag), the field and the reason;
+the command prints it and exits 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+ENV_PREFIX = "SLO_SIDECAR_"
+DEFAULT_PORT = 9400
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, field: str, reason: str):
+        super().__init__(f"{source}: {field}: {reason}")
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    engine_url: str = "http://127.0.0.1:8000"
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    engine_interval_s: float = 1.0
+    engine_timeout_s: float = 0.8
+    engine_max_bytes: int = 4 * 1024 * 1024
+    stale_after_s: float = 10.0
+    rate_window_s: float = 60.0
+    log_level: str = "INFO"
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"expected a number > 0, got {value!r}")
+    return float(value)
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected an integer > 0, got {value!r}")
+    return value
+
+
+def _port(value: Any) -> int:
+    port = _positive_int(value)
+    if port > 65535:
+        raise ValueError(f"expected a port number up to 65535, got {value!r}")
+    return port
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http(s):// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _log_level(value: Any) -> str:
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"expected one of DEBUG, INFO, WARNING, ERROR, got {value!r}")
+    return value
+
+
+# field -> (check, help)
+FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "engine_url": (_url, "the engine's base URL; its /metrics is scraped"),
+    "host": (_string, "address to listen on"),
+    "port": (_port, "port for the sidecar's /metrics and /health"),
+    "engine_interval_s": (_positive_number, "seconds between engine scrapes"),
+    "engine_timeout_s": (_positive_number, "timeout of one engine scrape"),
+    "engine_max_bytes": (_positive_int, "largest engine exposition read; larger is an error"),
+    "stale_after_s": (_positive_number, "age after which last good engine values are marked stale"),
+    "rate_window_s": (_positive_number, "window of the derived rates and quantiles"),
+    "log_level": (_log_level, "DEBUG, INFO, WARNING or ERROR"),
+}
+
+
+def _from_text(check: Callable[[Any], Any], text: str) -> Any:
+    """Environment and flag values arrive as text: read numbers as numbers first."""
+    for convert in (int, float):
+        try:
+            value = convert(text)
+        except ValueError:
+            continue
+        return check(value)
+    return check(text)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """The file's fields, each checked, errors naming the file and line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), "(file)", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(where, "(file)", f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{path}:{node.start_mark.line + 1}", "(file)", "expected a mapping of field: value")
+    values = {}
+    for key_node, value_node in node.value:
+        where = f"{path}:{key_node.start_mark.line + 1}"
+        field = key_node.value
+        if field not in FIELDS:
+            raise ConfigError(where, field, f"unknown field; expected one of {', '.join(FIELDS)}")
+        value = yaml.safe_load(yaml.serialize(value_node))
+        try:
+            values[field] = FIELDS[field][0](value)
+        except ValueError as exc:
+            raise ConfigError(where, field, str(exc)) from None
+    return values
+
+
+def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> SidecarConfig:
+    """Defaults, overridden by the YAML file, then the environment, then the flags."""
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        values.update(load_yaml(Path(config_path)))
+    for field, (check, _) in FIELDS.items():
+        name = ENV_PREFIX + field.upper()
+        if name in environ:
+            try:
+                values[field] = _from_text(check, environ[name])
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {name}", field, str(exc)) from None
+    for field, (check, _) in FIELDS.items():
+        flag_value = getattr(args, field, None)
+        if flag_value is not None:
+            try:
+                values[field] = _from_text(check, flag_value)
+            except ValueError as exc:
+                raise ConfigError("--" + field.replace("_", "-"), field, str(exc)) from None
+    return dataclasses.replace(SidecarConfig(), **values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of settings (flags and SLO_SIDECAR_* variables win over it)")
+    for field, (_, help_text) in FIELDS.items():
+        default = getattr(SidecarConfig(), field)
+        parser.add_argument("--" + field.replace("_", "-"), dest=field, default=None,
+                            help=f"{help_text} (default: {default})")

@@ -1,0 +1,107 @@
+"""Scrapes the engine's /metrics and turns it into the sidecar's engine families.
+
+A failed scrape raises CollectError with a bounded reason; the process keeps the
+last good families and marks them stale as they age (app.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import aiohttp
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from .config import SidecarConfig
+from .engine_stats import FAMILIES, EngineStats, EngineStatsDeriver
+from .exposition import ExpositionError, SampleFilter, parse
+
+PROCESS_START = "process_start_time_seconds"
+SCRAPE_FAMILIES = SampleFilter([*FAMILIES.families, PROCESS_START])
+SCRAPE_ERROR_REASONS = ("connection", "timeout", "http_status", "too_large", "truncated", "malformed")
+ACCEPT = "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;version=0.0.4;q=0.5"
+
+
+class CollectError(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+async def fetch_exposition(session: aiohttp.ClientSession, url: str, max_bytes: int) -> tuple[str, bool]:
+    """(text, is OpenMetrics); the caller bounds the time."""
+    try:
+        async with session.get(url, headers={"Accept": ACCEPT}) as response:
+            if response.status != 200:
+                raise CollectError("http_status", f"{url} answered {response.status}")
+            chunks, size = [], 0
+            async for chunk in response.content.iter_chunked(256 * 1024):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise CollectError("too_large", f"{url} sent more than {max_bytes} bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+            openmetrics = response.headers.get("Content-Type", "").startswith("application/openmetrics-text")
+            return body.decode("utf-8", errors="replace"), openmetrics
+    except aiohttp.ClientPayloadError as exc:
+        raise CollectError("truncated", f"{url}: {exc}") from None
+    except (aiohttp.ClientConnectionError, OSError) as exc:
+        raise CollectError("connection", f"{url}: {exc}") from None
+
+
+class EngineCollector:
+    name = "engine"
+    error_reasons = SCRAPE_ERROR_REASONS
+
+    def __init__(self, config: SidecarConfig):
+        self.config = config
+        self.interval_s = config.engine_interval_s
+        self.timeout_s = config.engine_timeout_s
+        self.url = config.engine_url + "/metrics"
+        self.deriver = EngineStatsDeriver(window_s=config.rate_window_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def collect(self) -> list[Metric]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        text, openmetrics = await fetch_exposition(self._session, self.url, self.config.engine_max_bytes)
+        try:
+            samples = parse(text, SCRAPE_FAMILIES, openmetrics)
+        except ExpositionError as exc:
+            raise CollectError(exc.reason, str(exc)) from None
+        start_time = next((s.value for s in samples if s.name == PROCESS_START), None)
+        return engine_families(self.deriver.update(samples, time.monotonic(), start_time))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def engine_families(stats: EngineStats) -> list[Metric]:
+    """The derived engine metrics, in base units."""
+    families: list[Metric] = []
+
+    def gauge(name: str, documentation: str, value: float | None) -> None:
+        if value is not None:
+            families.append(GaugeMetricFamily("sidecar_engine_" + name, documentation, value=value))
+
+    gauge("queue_depth", "Requests waiting in vLLM's queue (vllm:num_requests_waiting).",
+          stats.gauges.get("queue_depth"))
+    gauge("running_requests", "Requests vLLM is running now.", stats.gauges.get("running_requests"))
+    gauge("kv_cache_usage_ratio", "Share of the KV cache in use, 0-1.", stats.gauges.get("kv_cache_usage_ratio"))
+    for key, documentation in (
+        ("finished_requests_per_second", "Requests vLLM finished per second, over the rate window."),
+        ("preemptions_per_second", "Sequences preempted per second, over the rate window."),
+        ("prompt_tokens_per_second", "Prompt tokens processed per second, over the rate window."),
+        ("generation_tokens_per_second", "Tokens generated per second, over the rate window."),
+    ):
+        gauge(key, documentation, stats.rates.get(key))
+    gauge("error_ratio", "Share of generation requests answered 5xx, over the rate window.", stats.error_ratio)
+    if stats.quantiles:
+        latency = GaugeMetricFamily("sidecar_engine_latency_seconds",
+                                    "Latency quantiles over the rate window, from vLLM's histograms "
+                                    "(NaN when nothing was observed).", labels=["metric", "quantile"])
+        for (metric, q), value in sorted(stats.quantiles.items()):
+            latency.add_metric([metric, f"{q:g}"], value if not math.isinf(value) else math.nan)
+        families.append(latency)
+    return families

@@ -1,0 +1,62 @@
+"""Sidecar settings: flags over environment over YAML over defaults; bad input exits 2, clearly."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from sidecar.config import ConfigError, SidecarConfig, add_arguments, load_config
+from tests.helpers import REPO
+
+
+def config_from(argv: list[str], environ: dict[str, str]) -> SidecarConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return load_config(parser.parse_args(argv), environ)
+
+
+def test_precedence(tmp_path):
+    yaml_file = tmp_path / "sidecar.yaml"
+    yaml_file.write_text("port: 9500\nengine_interval_s: 2\nstale_after_s: 30\n")
+    assert config_from([], {}) == SidecarConfig()
+    from_file = config_from(["--config", str(yaml_file)], {})
+    assert (from_file.port, from_file.engine_interval_s, from_file.stale_after_s) == (9500, 2.0, 30.0)
+    env = {"SLO_SIDECAR_PORT": "9600", "SLO_SIDECAR_ENGINE_URL": "http://engine:8000/"}
+    from_env = config_from(["--config", str(yaml_file)], env)
+    assert (from_env.port, from_env.engine_url, from_env.engine_interval_s) == (9600, "http://engine:8000", 2.0)
+    assert config_from(["--config", str(yaml_file), "--port", "9700"], env).port == 9700
+    assert config_from([], {"SLO_SIDECAR_CONFIG": str(yaml_file)}).port == 9500
+
+
+@pytest.mark.parametrize("text, message", [
+    ("port: 9500\nengin_url: x\n", "sidecar.yaml:2: engin_url: unknown field"),
+    ("engine_interval_s: -1\n", "sidecar.yaml:1: engine_interval_s: expected a number > 0, got -1"),
+    ("engine_url: ftp://x\n", "sidecar.yaml:1: engine_url: expected an http(s):// URL"),
+    ("port: [1, 2]\n", "sidecar.yaml:1: port: expected an integer > 0"),
+    ("port: 1\n  bad: indent\n", "sidecar.yaml:2: (file): not valid YAML"),
+    ("- a list\n", "sidecar.yaml:1: (file): expected a mapping"),
+])
+def test_bad_yaml_names_file_line_field_and_reason(tmp_path, text, message):
+    yaml_file = tmp_path / "sidecar.yaml"
+    yaml_file.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        config_from(["--config", str(yaml_file)], {})
+    assert message in str(caught.value)
+
+
+def test_bad_environment_and_flags_are_named():
+    with pytest.raises(ConfigError, match="environment variable SLO_SIDECAR_PORT: port"):
+        config_from([], {"SLO_SIDECAR_PORT": "many"})
+    with pytest.raises(ConfigError, match="--engine-timeout-s: engine_timeout_s: expected a number > 0, got 0"):
+        config_from(["--engine-timeout-s", "0"], {})
+
+
+def test_command_exits_2_without_a_traceback(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "sidecar", "--config", str(missing)],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"{missing}: (file): cannot read" in result.stderr and "Traceback" not in result.stderr

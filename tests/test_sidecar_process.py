@@ -1,0 +1,158 @@
+"""The real sidecar process: against a server of captured vLLM expositions, and against the real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from slo_sidecar.demo import post_json
+from slo_sidecar.processes import EngineProcess, SidecarProcess, http_get
+from tests.conftest import API_KEY, run_async
+from tests.fake_exposition_server import ExpositionServer
+from tests.helpers import metric, parse_metrics
+from tests.test_exposition import FIXTURE
+
+INTERVAL = "0.2"
+
+
+def scrape(sidecar: SidecarProcess) -> dict:
+    status, body = http_get(sidecar.url + "/metrics")
+    assert status == 200
+    return parse_metrics(body.decode())
+
+
+def wait_for(sidecar: SidecarProcess, condition, timeout_s: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples = scrape(sidecar)
+        if condition(samples):
+            return samples
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout_s} s; last scrape had "
+                                 f"{ {k[0]: v for k, v in samples.items() if k[0].startswith('sidecar_engine')} }")
+        time.sleep(0.1)
+
+
+def errors(samples: dict, reason: str) -> float:
+    return metric(samples, "sidecar_collector_errors_total", collector="engine", reason=reason)
+
+
+@pytest.fixture
+def exposition_server():
+    server = ExpositionServer(FIXTURE.read_text().replace(
+        'vllm:num_requests_waiting{engine="0",model_name="tiny-llama"} 0.0',
+        'vllm:num_requests_waiting{engine="0",model_name="tiny-llama"} 7.0')).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
+def test_bad_scrapes_are_counted_and_last_good_values_kept(tmp_path, exposition_server):
+    with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL,
+                        "--engine-timeout-s", "1", "--stale-after-s", "1.5").start() as sidecar:
+        sidecar.wait_ready()
+        good = wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
+        assert metric(good, "sidecar_engine_queue_depth") == 7
+        assert metric(good, "sidecar_engine_stale") == 0
+
+        for mode in ("malformed", "truncated", "too_large", "http_500"):
+            reason = {"http_500": "http_status"}.get(mode, mode)
+            before = errors(scrape(sidecar), reason)
+            exposition_server.mode = mode
+            bad = wait_for(sidecar, lambda s: errors(s, reason) > before and metric(s, "sidecar_engine_up") == 0)
+            assert metric(bad, "sidecar_engine_queue_depth") == 7, "the last good value stays"
+            exposition_server.mode = "good"
+            wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
+
+        # A hung engine: the collector times out, and the sidecar's own /metrics does not wait for it.
+        exposition_server.mode = "slow"
+        started = time.monotonic()
+        stale = wait_for(sidecar, lambda s: metric(s, "sidecar_engine_stale") == 1)
+        assert metric(stale, "sidecar_engine_up") == 0 and errors(stale, "timeout") >= 1
+        assert metric(stale, "sidecar_engine_queue_depth") == 7
+        scrape_started = time.monotonic()
+        scrape(sidecar)
+        assert time.monotonic() - scrape_started < 0.5, "a scrape waited on the hung collector"
+        # Stale only after stale_after_s (1.5 s) since the last success, which came up to one
+        # interval (0.2 s) before the switch.
+        assert time.monotonic() - started >= 1.5 - 0.2
+        exposition_server.mode = "good"
+        recovered = wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
+        assert metric(recovered, "sidecar_engine_stale") == 0
+        health = http_get(sidecar.url + "/health")
+        assert health[0] == 200
+        assert sidecar.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
+def test_promtool_accepts_the_sidecar_exposition(tmp_path, exposition_server):
+    with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL
+                        ).start() as sidecar:
+        sidecar.wait_ready()
+        wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
+        body = http_get(sidecar.url + "/metrics")[1]
+    result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+@pytest.mark.engine
+@run_async
+async def test_queue_depth_rises_under_a_burst_and_falls_after(engine, tmp_path):
+    with SidecarProcess(tmp_path / "sidecar.log", engine.url, "--engine-interval-s", INTERVAL).start() as sidecar:
+        sidecar.wait_ready()
+        await asyncio.to_thread(wait_for, sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
+        body = {"prompt": "burst", "max_tokens": 200, "ignore_eos": True}
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as session:
+            async def one() -> int:
+                async with session.post(engine.url + "/v1/completions", json=body) as response:
+                    await response.read()
+                    return response.status
+
+            # The session engine runs 4 sequences; the other 2 admitted must wait in vLLM's queue.
+            burst = asyncio.gather(*(one() for _ in range(6)))
+            peak = await asyncio.to_thread(wait_for, sidecar, lambda s: metric(s, "sidecar_engine_queue_depth") >= 2)
+            statuses = await burst
+        assert statuses == [200] * 6
+        assert metric(peak, "sidecar_engine_running_requests") == 4
+        after = await asyncio.to_thread(wait_for, sidecar, lambda s: metric(
+            s, "sidecar_engine_queue_depth") == 0 and metric(s, "sidecar_engine_running_requests") == 0)
+        assert metric(after, "sidecar_engine_generation_tokens_per_second") > 0
+
+
+@pytest.mark.engine
+def test_engine_death_reads_up_0_and_a_restart_brings_no_rate_spike(tmp_path):
+    port_engine = EngineProcess(tmp_path / "engine-1.log", "--max-model-len", "1024")
+    interval = 0.5
+    with port_engine.start() as first, SidecarProcess(
+            tmp_path / "sidecar.log", first.url, "--engine-interval-s", str(interval),
+            "--engine-timeout-s", "0.4", "--rate-window-s", "2").start() as sidecar:
+        first.wait_ready()
+        sidecar.wait_ready()
+        for _ in range(3):  # counters worth a spike if the restart's reset were mishandled
+            post_json(first.url + "/v1/completions", {"prompt": "x", "max_tokens": 200, "ignore_eos": True})
+        wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1
+                 and metric(s, "sidecar_engine_generation_tokens_per_second") > 0)
+
+        first.kill_group()  # the engine dies without a goodbye
+        killed_at = time.monotonic()
+        wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 0, timeout_s=10)
+        assert time.monotonic() - killed_at <= 2 * interval + 0.4 + 0.5  # two intervals, one timeout, slack
+        assert sidecar.process.poll() is None, "the sidecar outlives the engine"
+
+        with EngineProcess(tmp_path / "engine-2.log", "--max-model-len", "1024", port=first.port).start() as second:
+            second.wait_ready()
+            # Counters began again at 0. Read as Prometheus's rate() does, the increase across
+            # the reset is the new value (0 here): a mishandled reset reads -600 or +huge.
+            back = wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1, timeout_s=30)
+            time.sleep(3 * interval)
+            settled = scrape(sidecar)
+            for samples in (back, settled):
+                rate = metric(samples, "sidecar_engine_generation_tokens_per_second")
+                assert 0 <= rate < 1, f"rate spike after the restart: {rate}"
