@@ -200,17 +200,22 @@ def run_block(name: str, model_dir: str, workdir: Path, args: argparse.Namespace
         return asyncio.run(measure_http(url, args))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fixed load, shared by the engine benches so that their figures compare."""
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--prompt", default="Measure the time to first token and the tokens per second " * 2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", default="/tmp/slo-sidecar-bench")
+    parser.add_argument("--json", help="also write the results here")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_load_arguments(parser)
     parser.add_argument("--blocks", type=int, default=2, help="times each configuration is started and measured")
     parser.add_argument("--direct-worker", metavar="OUT", help=argparse.SUPPRESS)
-    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.engine_throughput import MAX_MODEL_LEN, MAX_NUM_SEQS, RoundResult, measure_http, summarize  # noqa: E402
+from bench.engine_throughput import (  # noqa: E402
+    MAX_MODEL_LEN,
+    MAX_NUM_SEQS,
+    RoundResult,
+    add_load_arguments,
+    measure_http,
+    summarize,
+)
 from slo_sidecar.processes import EngineProcess  # noqa: E402
 from tests.otlp_receiver import OtlpReceiver  # noqa: E402
 
@@ -40,14 +47,8 @@ def run_block(tracing: bool, receiver: OtlpReceiver, workdir: Path, args: argpar
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--prompt", default="Measure the time to first token and the tokens per second " * 2)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_load_arguments(parser)
     parser.add_argument("--blocks", type=int, default=3)
-    parser.add_argument("--workdir", default="/tmp/slo-sidecar-bench")
-    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

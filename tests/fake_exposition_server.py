@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 
 from aiohttp import web
 
-from slo_sidecar.processes import free_port
+from tests.threaded_server import ThreadedServer
 
 
-class ExpositionServer:
+class ExpositionServer(ThreadedServer):
     MODES = ("good", "malformed", "truncated", "too_large", "http_500", "slow")
 
     def __init__(self, body: str, slow_s: float = 5.0):
+        super().__init__()
         self.body = body
         self.mode = "good"
         self.slow_s = slow_s
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         mode = self.mode
@@ -42,19 +38,5 @@ class ExpositionServer:
             return web.Response(text=self.body + "# padding\n" * 500_000)
         return web.Response(text=self.body)
 
-    async def _start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    def start(self) -> "ExpositionServer":
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)

@@ -6,7 +6,6 @@ would on port 4318, and keeps the spans for assertions.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import threading
 import time
@@ -20,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from slo_sidecar.processes import free_port
+from tests.threaded_server import ThreadedServer
 
 SPAN_KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 STATUS_CODES = {0: "UNSET", 1: "OK", 2: "ERROR"}
@@ -49,16 +48,14 @@ class ReceivedSpan:
     resource: dict[str, Any] = field(repr=False)
 
 
-class OtlpReceiver:
+class OtlpReceiver(ThreadedServer):
     def __init__(self, decode: bool = True) -> None:
+        super().__init__()
         self.decode = decode  # off: accept and count requests only, as cheap as a remote collector
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = self.url
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -88,22 +85,8 @@ class OtlpReceiver:
         return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
                             content_type="application/x-protobuf")
 
-    async def _start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/traces", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    def start(self) -> "OtlpReceiver":
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
     def trace(self, trace_id: str, until: Callable[[list[ReceivedSpan]], bool],
               timeout_s: float = 15.0) -> list[ReceivedSpan]:
