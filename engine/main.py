@@ -21,7 +21,7 @@ from slo_sidecar import __version__
 
 from .metrics import ServerMetrics
 from .server import EngineState, build_app
-from .settings import EngineSettings, add_engine_arguments
+from .settings import EngineSettings
 from .tracing import setup_tracing
 
 log = logging.getLogger("engine")
@@ -98,15 +98,11 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_engine_arguments(parser)
-
-
 def run(args: argparse.Namespace) -> int:
     settings = EngineSettings.from_args(args)
     configure_logging(settings.log_level)
     try:
-        import uvloop  # the loop vLLM's own server runs on (through uvicorn); measurably faster
+        import uvloop  # the event loop vLLM's own server runs on (uvicorn picks it when installed)
     except ImportError:
         return asyncio.run(serve(settings))
     return uvloop.run(serve(settings))

@@ -19,7 +19,10 @@ from .exposition import ExpositionError, SampleFilter, parse
 PROCESS_START = "process_start_time_seconds"
 SCRAPE_FAMILIES = SampleFilter([*FAMILIES.families, PROCESS_START])
 SCRAPE_ERROR_REASONS = ("connection", "timeout", "http_status", "too_large", "truncated", "malformed")
-ACCEPT = "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;version=0.0.4;q=0.5"
+# The classic text format: the sidecar needs no exemplars, and prometheus_client's
+# OpenMetrics writer (0.26) renames vllm:* samples unless told otherwise, which a
+# stock vLLM server does not do. The reader copes with OpenMetrics all the same.
+ACCEPT = "text/plain;version=0.0.4"
 
 
 class CollectError(Exception):

@@ -35,7 +35,7 @@ def ours(text: str, families: list[str], openmetrics: bool = False) -> list[tupl
     return [(s.name, tuple(sorted(s.labels)), s.value) for s in parse(text, SampleFilter(families), openmetrics)]
 
 
-@pytest.mark.skipif(not FIXTURE.exists(), reason="shared/fixtures is beside the checkout in CI and here")
+@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
 def test_real_vllm_exposition_reads_like_prometheus_client():
     text = FIXTURE.read_text()
     expected = reference(text, VLLM_FAMILIES)
