@@ -101,10 +101,12 @@ def engine_families(stats: EngineStats) -> list[Metric]:
         gauge(key, documentation, stats.rates.get(key))
     gauge("error_ratio", "Share of generation requests answered 5xx, over the rate window.", stats.error_ratio)
     if stats.quantiles:
+        # `percentile`, not `quantile`: that label belongs to summaries, whose _count and _sum
+        # are cumulative; these are estimates over a sliding window, so plain gauges.
         latency = GaugeMetricFamily("sidecar_engine_latency_seconds",
-                                    "Latency quantiles over the rate window, from vLLM's histograms "
-                                    "(NaN when nothing was observed).", labels=["metric", "quantile"])
+                                    "Latency percentiles over the rate window, from vLLM's histograms "
+                                    "(NaN when nothing was observed).", labels=["metric", "percentile"])
         for (metric, q), value in sorted(stats.quantiles.items()):
-            latency.add_metric([metric, f"{q:g}"], value if not math.isinf(value) else math.nan)
+            latency.add_metric([metric, f"{q * 100:g}"], value if not math.isinf(value) else math.nan)
         families.append(latency)
     return families

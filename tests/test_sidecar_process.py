@@ -96,8 +96,11 @@ def test_promtool_accepts_the_sidecar_exposition(tmp_path, exposition_server):
     with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL
                         ).start() as sidecar:
         sidecar.wait_ready()
-        wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
+        # Every family present, the windowed ones included (they need two scrapes).
+        wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1 and any(
+            name == "sidecar_engine_latency_seconds" for name, _ in s))
         body = http_get(sidecar.url + "/metrics")[1]
+    assert b'sidecar_engine_latency_seconds{metric="ttft",percentile="99"}' in body
     result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
 
