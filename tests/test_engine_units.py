@@ -49,12 +49,22 @@ def test_health_states():
     assert (draining.status, draining.http_status) == ("healthy", 200)  # liveness: do not kill a draining pod
 
 
-def test_memory_probe_without_nvml_reads_none_and_caches():
-    """The real no-GPU path: this machine has no NVIDIA driver, so NVML cannot load."""
-    now = [0.0]
-    probe = AcceleratorMemoryProbe(max_age_s=5, clock=lambda: now[0])
+def _nvml_loads() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(_nvml_loads(), reason="NVML loads here: this test is for machines without an NVIDIA driver")
+def test_memory_probe_without_nvml_reads_none():
+    """The real no-GPU path: no NVIDIA driver, so NVML cannot load."""
+    probe = AcceleratorMemoryProbe()
     assert probe.read() is None
-    assert probe._nvml_ok is False
+    assert probe._nvml_ok is False  # and it will not try again on every probe
 
 
 def test_error_reasons_are_bounded_and_precreated():
