@@ -31,6 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -200,6 +201,18 @@ def run_block(name: str, model_dir: str, workdir: Path, args: argparse.Namespace
         return asyncio.run(measure_http(url, args))
 
 
+def run_alternating(names: tuple[str, ...], run_block: Callable[[str], list[RoundResult]],
+                    args: argparse.Namespace) -> dict[str, list[RoundResult]]:
+    """args.blocks blocks, each running every configuration once, in turn, so drift hits all alike."""
+    rounds: dict[str, list[RoundResult]] = {name: [] for name in names}
+    for block in range(args.blocks):
+        for name in names:
+            rounds[name].extend(run_block(name))
+            print(f"  block {block + 1}/{args.blocks} {name}: "
+                  + ", ".join(f"{r.tokens_per_s:.0f}" for r in rounds[name][-args.rounds:]) + " tok/s", flush=True)
+    return rounds
+
+
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     """The fixed load, shared by the engine benches so that their figures compare."""
     parser.add_argument("--requests", type=int, default=64)
@@ -230,12 +243,8 @@ def main() -> int:
         return 0
     print(f"load: {args.requests} streamed completions x {args.max_tokens} tokens, concurrency {args.concurrency}, "
           f"{args.rounds} rounds each; max_num_seqs {MAX_NUM_SEQS}")
-    rounds: dict[str, list[RoundResult]] = {"direct": [], "server": [], "vllm": []}
-    for block in range(args.blocks):
-        for name in ("server", "vllm", "direct"):
-            rounds[name].extend(run_block(name, model_dir, workdir, args))
-            print(f"  block {block + 1}/{args.blocks} {name}: "
-                  + ", ".join(f"{r.tokens_per_s:.0f}" for r in rounds[name][-args.rounds:]) + " tok/s")
+    rounds = run_alternating(("server", "vllm", "direct"),
+                             lambda name: run_block(name, model_dir, workdir, args), args)
     results = {name: summarize(name, rounds[name]) for name in rounds}
 
     server, direct, vllm = results["server"], results["direct"], results["vllm"]

@@ -25,6 +25,7 @@ from bench.engine_throughput import (  # noqa: E402
     MAX_NUM_SEQS,
     RoundResult,
     add_load_arguments,
+    run_alternating,
     measure_http,
     summarize,
 )
@@ -53,15 +54,10 @@ def main() -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     receiver = OtlpReceiver(decode=False).start()
-    rounds: dict[str, list[RoundResult]] = {"off": [], "on": []}
     print(f"load: {args.requests} streamed completions x {args.max_tokens} tokens, concurrency {args.concurrency}; "
           f"{args.blocks} blocks x {args.rounds} rounds each")
     try:
-        for block in range(args.blocks):
-            for name in ("off", "on"):
-                rounds[name].extend(run_block(name == "on", receiver, workdir, args))
-                print(f"  block {block + 1}/{args.blocks} tracing {name}: "
-                      + ", ".join(f"{r.tokens_per_s:.0f}" for r in rounds[name][-args.rounds:]) + " tok/s")
+        rounds = run_alternating(("off", "on"), lambda name: run_block(name == "on", receiver, workdir, args), args)
     finally:
         receiver.stop()
     results = {name: summarize(f"tracing {name}", rounds[name]) for name in rounds}

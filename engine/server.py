@@ -357,17 +357,15 @@ async def _stream(request: web.Request, generation: GenerationRequest, request_i
     state = request.app[STATE_KEY]
     encoder = StreamEncoder(generation, request_id)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    first = True
     try:
         async with contextlib.aclosing(steps):
             async for step in steps:
                 tally.add(step)
-                if first and not response.prepared:
-                    await response.prepare(request)
                 chunks = []
-                if first and generation.kind == "chat":
-                    chunks.extend(encoder.role_chunk(i) for i in range(generation.n))
-                first = False
+                if not response.prepared:  # headers go out with the first token, so earlier errors get a status
+                    await response.prepare(request)
+                    if generation.kind == "chat":
+                        chunks.extend(encoder.role_chunk(i) for i in range(generation.n))
                 for delta in step.choices:
                     chunks.append(encoder.delta_chunk(delta.index, delta.text, delta.finish_reason))
                 await response.write(b"".join(chunks))
