@@ -73,7 +73,7 @@ class EngineStatsDeriver:
         for sample in samples:
             if sample.name.endswith("_bucket"):
                 family = sample.name[: -len("_bucket")]
-                bound = float(sample.label("le"))
+                bound = _bound(sample.label("le"))
                 per_family = buckets.setdefault(family, {})
                 per_family[bound] = per_family.get(bound, 0.0) + sample.value
             elif sample.name == HTTP_REQUESTS:
@@ -115,3 +115,14 @@ class EngineStatsDeriver:
             for q in QUANTILES:
                 quantiles[(key, q)] = histogram_quantile(q, increases)
         return EngineStats(gauges, rates, error_ratio, quantiles)
+
+
+_BOUNDS: dict[str, float] = {}
+
+
+def _bound(le: str) -> float:
+    """float(le), remembered: the same few bucket bounds come back every scrape."""
+    bound = _BOUNDS.get(le)
+    if bound is None:
+        bound = _BOUNDS[le] = float(le)
+    return bound

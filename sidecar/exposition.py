@@ -95,16 +95,34 @@ def _parse_labels(line: str, brace: int) -> tuple[Labels, str]:
             close = line.find("}", close + 1)
         if close < 0:
             raise ExpositionError("malformed", f"unclosed label set: {line[:120]!r}")
-        body = line[brace + 1:close].rstrip(",")
-        labels = []
-        if body:
-            for pair in body.split('",'):
-                key, sep, value = pair.partition('="')
-                if not sep or not key:
-                    raise ExpositionError("malformed", f"bad label {pair!r} in {line[:120]!r}")
-                labels.append((key.strip(), value[:-1] if value.endswith('"') else value))
-        return tuple(labels), line[close + 1:]
+        body = line[brace + 1:close]
+        labels = _LABEL_CACHE.get(body)
+        if labels is None:
+            labels = _split_labels(body, line)
+            if len(_LABEL_CACHE) >= _LABEL_CACHE_MAX:
+                _LABEL_CACHE.clear()
+            _LABEL_CACHE[body] = labels
+        return labels, line[close + 1:]
     return _parse_escaped_labels(line, brace)
+
+
+# An engine's label sets repeat byte for byte from one scrape to the next (a
+# histogram's buckets differ only in `le`), so most are parsed once. Bounded:
+# an engine that churns label values costs a refill, never unbounded memory.
+_LABEL_CACHE: dict[str, Labels] = {}
+_LABEL_CACHE_MAX = 20_000
+
+
+def _split_labels(body: str, line: str) -> Labels:
+    labels = []
+    body = body.rstrip(",")
+    if body:
+        for pair in body.split('",'):
+            key, sep, value = pair.partition('="')
+            if not sep or not key:
+                raise ExpositionError("malformed", f"bad label {pair!r} in {line[:120]!r}")
+            labels.append((key.strip(), value[:-1] if value.endswith('"') else value))
+    return tuple(labels)
 
 
 _UNESCAPE = {"\\": "\\", '"': '"', "n": "\n"}

@@ -13,16 +13,21 @@ counted past the old value.
 from __future__ import annotations
 
 import math
-from collections import deque
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 
 @dataclass
 class CounterSeries:
-    """One counter's reset-adjusted history over the longest window asked of it."""
+    """One counter's reset-adjusted history over the longest window asked of it.
+
+    Times and values sit in two lists searched by bisection: the sidecar keeps a
+    series per histogram bucket and asks each for its window every cycle.
+    """
 
     horizon_s: float
-    _points: deque[tuple[float, float]] = field(default_factory=deque)  # (time, adjusted value)
+    _times: list[float] = field(default_factory=list)
+    _values: list[float] = field(default_factory=list)  # reset-adjusted
     _last_raw: float | None = None
     _offset: float = 0.0
 
@@ -30,32 +35,35 @@ class CounterSeries:
         if self._last_raw is not None and (restarted or raw < self._last_raw):
             self._offset += self._last_raw  # it began again at zero
         self._last_raw = raw
-        self._points.append((t, raw + self._offset))
-        while len(self._points) > 2 and self._points[1][0] <= t - self.horizon_s:
-            self._points.popleft()
+        self._times.append(t)
+        self._values.append(raw + self._offset)
+        # Keep the newest point at or before the horizon (it anchors the longest window) and all
+        # after it; trim only once half the list is dead, so trimming costs O(1) amortised.
+        dead = bisect_right(self._times, t - self.horizon_s) - 1
+        if dead > 0 and dead >= len(self._times) // 2:
+            del self._times[:dead]
+            del self._values[:dead]
 
-    def _span(self, window_s: float, now: float) -> tuple[tuple[float, float], tuple[float, float]] | None:
-        """(first, last) points of the window: the newest point at or before its start anchors it."""
-        if len(self._points) < 2:
+    def _span(self, window_s: float, now: float) -> tuple[int, int] | None:
+        """Indexes of the window's first and last points: the newest point at or before its start anchors it."""
+        if len(self._times) < 2:
             return None
-        start = now - window_s
-        base = self._points[0]
-        for point in self._points:
-            if point[0] > start:
-                break
-            base = point
-        last = self._points[-1]
-        return (base, last) if last[0] > base[0] else None
+        first = max(0, bisect_right(self._times, now - window_s) - 1)
+        last = len(self._times) - 1
+        return (first, last) if self._times[last] > self._times[first] else None
 
     def increase(self, window_s: float, now: float) -> float | None:
         """Increase over the window; None until two points cover some of it."""
         span = self._span(window_s, now)
-        return None if span is None else span[1][1] - span[0][1]
+        return None if span is None else self._values[span[1]] - self._values[span[0]]
 
     def rate(self, window_s: float, now: float) -> float | None:
         """Per-second rate over the covered part of the window (no extrapolation past the data)."""
         span = self._span(window_s, now)
-        return None if span is None else (span[1][1] - span[0][1]) / (span[1][0] - span[0][0])
+        if span is None:
+            return None
+        first, last = span
+        return (self._values[last] - self._values[first]) / (self._times[last] - self._times[first])
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
