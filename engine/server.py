@@ -335,19 +335,17 @@ def _injected_fault_error() -> ApiError:
 
 async def _respond_whole(generation: GenerationRequest, request_id: str, prompt_tokens: int,
                          steps, tally: GenerationTally) -> web.Response:
-    choices = {i: Choice(index=i) for i in range(generation.n)}
+    texts = [""] * generation.n
     try:
         async with contextlib.aclosing(steps):
             async for step in steps:
                 tally.add(step)
                 for delta in step.choices:
-                    choice = choices[delta.index]
-                    choice.text += delta.text
-                    choice.finish_reason = delta.finish_reason or choice.finish_reason
+                    texts[delta.index] += delta.text
     except InjectedFault:
         raise _injected_fault_error() from None
-    body = full_response(generation, request_id, int(time.time()), list(choices.values()),
-                         prompt_tokens, tally.completion_tokens)
+    choices = [Choice(i, text, tally.finish_reasons.get(i)) for i, text in enumerate(texts)]
+    body = full_response(generation, request_id, int(time.time()), choices, prompt_tokens, tally.completion_tokens)
     return web.json_response(body)
 
 

@@ -224,6 +224,9 @@ class RequestTracer:
     @contextlib.contextmanager
     def generation_span(self, request: "GenerationRequest", response_id: str, max_tokens: int) -> Iterator[Span]:
         """The GenAI span (child of the current span); its caller sets the outcome."""
+        if not self.enabled:  # nothing to build on the request path when tracing is off
+            yield trace.INVALID_SPAN
+            return
         operation = "chat" if request.kind == "chat" else "text_completion"
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,

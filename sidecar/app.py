@@ -53,6 +53,10 @@ class CollectorState:
     last_success: float | None = None  # wall clock
     last_error: str | None = None
 
+    @property
+    def up(self) -> bool:
+        return self.last_success is not None and self.last_error is None
+
 
 class SnapshotCollector:
     """prometheus_client custom collector: yields the families collectors last stored."""
@@ -86,10 +90,15 @@ class Sidecar:
                                   "1 when the engine values served are older than stale_after_s.",
                                   registry=registry)
         self.engine_stale.set_function(self._engine_is_stale)
+        # The gauges read the collectors' state at scrape time, so they cannot disagree with /health.
         for collector in collectors:
-            self.up.labels(collector.name).set(0)
+            state = self.states[collector.name]
+            self.up.labels(collector.name).set_function(lambda state=state: float(state.up))
+            self.last_success.labels(collector.name).set_function(lambda state=state: state.last_success or 0.0)
             for reason in (*collector.error_reasons, "timeout", "internal"):
                 self.errors.labels(collector.name, reason)
+        if "engine" in self.states:
+            self.engine_up.set_function(lambda: float(self.states["engine"].up))
 
     def _engine_is_stale(self) -> float:
         state = self.states.get("engine")
@@ -105,8 +114,6 @@ class Sidecar:
                 async with asyncio.timeout(collector.timeout_s):
                     state.families = await collector.collect()
                 state.last_success, state.last_error = time.time(), None
-                self._set_up(collector.name, 1)
-                self.last_success.labels(collector.name).set(state.last_success)
             except (CollectError, TimeoutError) as exc:
                 reason = exc.reason if isinstance(exc, CollectError) else "timeout"
                 self._failed(collector.name, state, reason, str(exc) or reason)
@@ -117,17 +124,11 @@ class Sidecar:
             self.duration.labels(collector.name).set(elapsed)
             await asyncio.sleep(max(0.0, collector.interval_s - elapsed))
 
-    def _set_up(self, name: str, value: int) -> None:
-        self.up.labels(name).set(value)
-        if name == "engine":
-            self.engine_up.set(value)
-
     def _failed(self, name: str, state: CollectorState, reason: str, detail: str) -> None:
         if state.last_error is None:
             log.warning("collector %s down: %s", name, detail)  # once per outage, not every interval
         state.last_error = detail
         self.errors.labels(name, reason).inc()
-        self._set_up(name, 0)
 
     # --- HTTP ------------------------------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class Sidecar:
     async def health(self, request: web.Request) -> web.Response:
         now = time.time()
         collectors = {
-            name: {"up": state.last_error is None and state.last_success is not None,
+            name: {"up": state.up,
                    "last_success_age_s": None if state.last_success is None else round(now - state.last_success, 3),
                    "last_error": state.last_error}
             for name, state in self.states.items()
