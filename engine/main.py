@@ -47,7 +47,11 @@ async def serve(settings: EngineSettings) -> int:
     state.generations_idle.set()
     runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except OSError as exc:  # port taken, address not ours: say so, no traceback
+        raise SystemExit(f"slo-sidecar engine: error: cannot listen on {settings.host}:{settings.port}: "
+                         f"{exc.strerror or exc}") from None
     log.info("listening on http://%s:%d (model loading)", settings.host, settings.port)
 
     stop = asyncio.Event()

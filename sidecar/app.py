@@ -15,8 +15,9 @@ import logging
 import signal
 import sys
 import time
+import os
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Iterable
 
 from aiohttp import web
 from prometheus_client import (
@@ -30,21 +31,15 @@ from prometheus_client import (
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
+from .collector import CollectError, Collector
 from .config import ConfigError, SidecarConfig, add_arguments, load_config
-from .engine_collector import CollectError, EngineCollector
+from .cost import CostCollector
+from .engine_collector import EngineCollector
+from .engine_processes import engine_pids
+from .gpu_collector import GpuCollector
+from .gpu_families import PodLabels
 
 log = logging.getLogger("sidecar")
-
-
-class Collector(Protocol):
-    name: str
-    interval_s: float
-    timeout_s: float
-    error_reasons: tuple[str, ...]
-
-    async def collect(self) -> list[Metric]: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass
@@ -52,6 +47,7 @@ class CollectorState:
     families: list[Metric] = field(default_factory=list)
     last_success: float | None = None  # wall clock
     last_error: str | None = None
+    failures: int = 0  # in a row
 
     @property
     def up(self) -> bool:
@@ -113,7 +109,7 @@ class Sidecar:
             try:
                 async with asyncio.timeout(collector.timeout_s):
                     state.families = await collector.collect()
-                state.last_success, state.last_error = time.time(), None
+                state.last_success, state.last_error, state.failures = time.time(), None, 0
             except (CollectError, TimeoutError) as exc:
                 reason = exc.reason if isinstance(exc, CollectError) else "timeout"
                 self._failed(collector.name, state, reason, str(exc) or reason)
@@ -122,12 +118,13 @@ class Sidecar:
                 self._failed(collector.name, state, "internal", repr(exc))
             elapsed = time.perf_counter() - started
             self.duration.labels(collector.name).set(elapsed)
-            await asyncio.sleep(max(0.0, collector.interval_s - elapsed))
+            await asyncio.sleep(max(0.0, retry_delay(collector, state.failures) - elapsed))
 
     def _failed(self, name: str, state: CollectorState, reason: str, detail: str) -> None:
-        if state.last_error is None:
-            log.warning("collector %s down: %s", name, detail)  # once per outage, not every interval
+        if state.last_error is None:  # once per outage, not every interval
+            log.warning("collector %s down: %s", name, detail)
         state.last_error = detail
+        state.failures += 1
         self.errors.labels(name, reason).inc()
 
     # --- HTTP ------------------------------------------------------------------------------------
@@ -157,15 +154,56 @@ class Sidecar:
         return app
 
 
+def retry_delay(collector: Collector, failures: int) -> float:
+    """The interval while all is well; after failures, doubling up to the collector's backoff_max_s."""
+    if failures == 0:
+        return collector.interval_s
+    return max(collector.interval_s, min(collector.interval_s * 2 ** (failures - 1), collector.backoff_max_s))
+
+
+def build_collectors(config: SidecarConfig) -> tuple[EngineCollector, GpuCollector]:
+    def find_engine() -> set[int]:
+        return engine_pids(config.engine_process_pattern, config.engine_pid)
+
+    if config.fake_gpu:
+        from . import fake_nvml
+
+        log.warning("serving %d FAKE GPU(s) (fake_gpu): the GPU values are made up, not read from NVML",
+                    config.fake_gpu)
+        # The fake GPUs' memory is held by the engine's real process, as vLLM's engine core would hold it.
+        nvml = fake_nvml.fake_gpus(config.fake_gpu, processes=lambda: [
+            (pid, 70 * 1024 ** 3) for pid in sorted(find_engine())[:1]])
+    else:
+        import pynvml as nvml
+    gpu = GpuCollector(nvml, interval_s=config.gpu_interval_s, timeout_s=config.gpu_timeout_s,
+                       backoff_max_s=config.gpu_backoff_max_s,
+                       pod=PodLabels(config.pod, config.namespace, config.container), engine_pids=find_engine,
+                       dcgm_compat=config.dcgm_compat, hostname=os.environ.get("NODE_NAME"))
+    return EngineCollector(config), gpu
+
+
+def generation_rate(engine: EngineCollector) -> float | None:
+    return None if engine.last_stats is None else engine.last_stats.rates.get("generation_tokens_per_second")
+
+
 async def serve(config: SidecarConfig) -> int:
     disable_created_metrics()  # *_created series only add noise to the sidecar's small exposition
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    sidecar = Sidecar(config, [EngineCollector(config)], registry)
+    engine, gpu = build_collectors(config)
+    sidecar = Sidecar(config, [engine, gpu], registry)
+    if config.gpu_hourly_usd is not None:
+        registry.register(CostCollector(
+            config.gpu_hourly_usd, gpus=lambda: gpu.gpu_count or config.gpus,
+            generation_rate=lambda: generation_rate(engine)))
     runner = web.AppRunner(sidecar.build_app(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.port).start()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+    except OSError as exc:  # port taken, address not ours: say so, no traceback
+        raise SystemExit(f"slo-sidecar sidecar: error: cannot listen on {config.host}:{config.port}: "
+                         f"{exc.strerror or exc}") from None
     log.info("listening on http://%s:%d; scraping %s every %.1f s", config.host, config.port,
              config.engine_url, config.engine_interval_s)
     stop = asyncio.Event()

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+
+from .engine_processes import DEFAULT_PATTERN
 
 ENV_PREFIX = "SLO_SIDECAR_"
 DEFAULT_PORT = 9400
@@ -35,6 +38,19 @@ class SidecarConfig:
     engine_max_bytes: int = 4 * 1024 * 1024
     stale_after_s: float = 10.0
     rate_window_s: float = 60.0
+    max_engine_series: int = 20_000
+    gpu_interval_s: float = 2.0
+    gpu_timeout_s: float = 1.5
+    gpu_backoff_max_s: float = 60.0
+    fake_gpu: int = 0
+    dcgm_compat: bool = False
+    engine_pid: int | None = None
+    engine_process_pattern: str = DEFAULT_PATTERN
+    pod: str = ""
+    namespace: str = ""
+    container: str = ""
+    gpu_hourly_usd: float | None = None
+    gpus: int = 1
     log_level: str = "INFO"
 
 
@@ -48,6 +64,37 @@ def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"expected an integer > 0, got {value!r}")
     return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    if value in (0, 1):
+        return bool(value)
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _regex(value: Any) -> str:
+    text = _string(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression ({exc}): {value!r}") from None
+    return text
+
+
+def _label_value(value: Any) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ValueError(f"expected a string, got {value!r}")
+    return str(value)
 
 
 def _port(value: Any) -> int:
@@ -85,19 +132,41 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "engine_max_bytes": (_positive_int, "largest engine exposition read; larger is an error"),
     "stale_after_s": (_positive_number, "age after which last good engine values are marked stale"),
     "rate_window_s": (_positive_number, "window of the derived rates and quantiles"),
+    "max_engine_series": (_positive_int, "most samples taken from one engine scrape; the rest are dropped "
+                          "and counted"),
+    "gpu_interval_s": (_positive_number, "seconds between GPU (NVML) reads"),
+    "gpu_timeout_s": (_positive_number, "timeout of one GPU read"),
+    "gpu_backoff_max_s": (_positive_number, "longest wait between GPU retries while NVML is unavailable"),
+    "fake_gpu": (_count, "serve this many FAKE H100s instead of NVML (demos and tests without a GPU)"),
+    "dcgm_compat": (_bool, "also serve dcgm-exporter's names and labels (DCGM_FI_DEV_GPU_UTIL, ...)"),
+    "engine_pid": (_positive_int, "the engine's PID, for GPU memory attribution (default: found by "
+                   "engine_process_pattern)"),
+    "engine_process_pattern": (_regex, "regex matched against command lines to find the engine's processes"),
+    "pod": (_label_value, "pod label on GPU series (default: $POD_NAME)"),
+    "namespace": (_label_value, "namespace label on GPU series (default: $POD_NAMESPACE)"),
+    "container": (_label_value, "container label on GPU series: the engine's container"),
+    "gpu_hourly_usd": (_positive_number, "price of one GPU-hour in USD; turns on the cost metrics"),
+    "gpus": (_positive_int, "GPUs the engine uses, for cost, when NVML cannot count them"),
     "log_level": (_log_level, "DEBUG, INFO, WARNING or ERROR"),
 }
 
 
 def _from_text(check: Callable[[Any], Any], text: str) -> Any:
-    """Environment and flag values arrive as text: read numbers as numbers first."""
-    for convert in (int, float):
+    """Environment and flag values arrive as text: try them as numbers first, then as text.
+
+    If nothing fits, the error is the one about the first reading ("got 0", not "got '0'").
+    """
+    first_error: ValueError | None = None
+    for convert in (int, float, str):
         try:
             value = convert(text)
         except ValueError:
-            continue
-        return check(value)
-    return check(text)
+            continue  # not a number: the check's verdict is what counts
+        try:
+            return check(value)
+        except ValueError as error:
+            first_error = first_error or error
+    raise first_error  # type: ignore[misc]  # str() always converts, so there was a verdict
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -151,6 +220,9 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
                 values[field] = _from_text(check, flag_value)
             except ValueError as exc:
                 raise ConfigError("--" + field.replace("_", "-"), field, str(exc)) from None
+    # The downward-API variables the engine reads too, when the sidecar's own are not set.
+    values.setdefault("pod", environ.get("POD_NAME", ""))
+    values.setdefault("namespace", environ.get("POD_NAMESPACE", ""))
     return dataclasses.replace(SidecarConfig(), **values)
 
 

@@ -6,12 +6,14 @@ last good families and marks them stale as they age (app.py).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 import aiohttp
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from .collector import CollectError
 from .config import SidecarConfig
 from .engine_stats import FAMILIES, EngineStats, EngineStatsDeriver
 from .exposition import ExpositionError, SampleFilter, parse
@@ -25,10 +27,7 @@ SCRAPE_ERROR_REASONS = ("connection", "timeout", "http_status", "too_large", "tr
 ACCEPT = "text/plain;version=0.0.4"
 
 
-class CollectError(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+log = logging.getLogger("sidecar.engine")
 
 
 async def fetch_exposition(session: aiohttp.ClientSession, url: str, max_bytes: int) -> tuple[str, bool]:
@@ -60,8 +59,11 @@ class EngineCollector:
         self.config = config
         self.interval_s = config.engine_interval_s
         self.timeout_s = config.engine_timeout_s
+        self.backoff_max_s = config.engine_interval_s  # no backoff: a restarted engine is seen at once
         self.url = config.engine_url + "/metrics"
         self.deriver = EngineStatsDeriver(window_s=config.rate_window_s)
+        self.last_stats: EngineStats | None = None
+        self.samples_dropped = 0  # in the last scrape, over max_engine_series
         self._session: aiohttp.ClientSession | None = None
 
     async def collect(self) -> list[Metric]:
@@ -72,8 +74,22 @@ class EngineCollector:
             samples = parse(text, SCRAPE_FAMILIES, openmetrics)
         except ExpositionError as exc:
             raise CollectError(exc.reason, str(exc)) from None
+        samples = self._capped(samples)
         start_time = next((s.value for s in samples if s.name == PROCESS_START), None)
-        return engine_families(self.deriver.update(samples, time.monotonic(), start_time))
+        self.last_stats = self.deriver.update(samples, time.monotonic(), start_time)
+        return [*engine_families(self.last_stats), GaugeMetricFamily(
+            "sidecar_engine_samples_dropped", "Samples of the last engine scrape dropped over max_engine_series "
+            "(an engine exposing unbounded label sets).", value=self.samples_dropped)]
+
+    def _capped(self, samples: list) -> list:
+        """At most max_engine_series samples: the first ones, which hold every family's first label sets."""
+        limit = self.config.max_engine_series
+        dropped = max(0, len(samples) - limit)
+        if dropped and not self.samples_dropped:
+            log.warning("engine exposes %d wanted samples, over max_engine_series=%d; dropping %d",
+                        len(samples), limit, dropped)
+        self.samples_dropped = dropped
+        return samples[:limit] if dropped else samples
 
     async def close(self) -> None:
         if self._session is not None:

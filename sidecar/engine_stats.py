@@ -55,12 +55,21 @@ class EngineStatsDeriver:
     window_s: float = 60.0
     _counters: dict[str, CounterSeries] = field(default_factory=dict)
     _start_time: float | None = None
+    _seen: set[str] = field(default_factory=set)  # series touched by the current update
 
     def _series(self, key: str) -> CounterSeries:
+        self._seen.add(key)
         series = self._counters.get(key)
         if series is None:
             series = self._counters[key] = CounterSeries(horizon_s=self.window_s)
         return series
+
+    def _forget_unseen(self) -> None:
+        """Drop series the engine no longer exposes (a churned `le`, a removed family): memory stays bounded."""
+        if len(self._seen) != len(self._counters):
+            for key in self._counters.keys() - self._seen:
+                del self._counters[key]
+        self._seen = set()
 
     def update(self, samples: list[Sample], now: float, process_start_time: float | None = None) -> EngineStats:
         restarted = (process_start_time is not None and self._start_time is not None
@@ -114,6 +123,7 @@ class EngineStatsDeriver:
                 continue
             for q in QUANTILES:
                 quantiles[(key, q)] = histogram_quantile(q, increases)
+        self._forget_unseen()
         return EngineStats(gauges, rates, error_ratio, quantiles)
 
 

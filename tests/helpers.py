@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.engine_processes import descendants as process_descendants, process_table
 from slo_sidecar.processes import EngineProcess, free_port, http_get  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -13,20 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def descendants(pid: int) -> set[int]:
     """All live descendant pids of pid, read from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # The command name may hold spaces; fields after its closing parenthesis are fixed.
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
+    return process_descendants(pid, process_table())
 
 
 def pid_alive(pid: int) -> bool:

@@ -63,3 +63,17 @@ def test_engine_restart_gives_no_rate_spike():
     reset = [dataclasses.replace(s, value=min(s.value, 3.0)) for s in first]
     stats = deriver.update(reset, now=10.0, process_start_time=200.0)
     assert 0 <= stats.rates["generation_tokens_per_second"] <= 0.3 + 1e-9
+
+
+def test_series_the_engine_stops_exposing_are_forgotten():
+    deriver = EngineStatsDeriver(window_s=60)
+    samples = fixture_samples()
+    deriver.update(samples, now=0.0)
+    kept = len(deriver._counters)
+    # A churned bucket bound: the old one must not stay in memory for ever.
+    churned = [dataclasses.replace(s, labels=tuple((k, "0.07" if (k, v) == ("le", "0.06") else v)
+                                                   for k, v in s.labels)) for s in samples]
+    deriver.update(churned, now=1.0)
+    keys = set(deriver._counters)
+    assert len(keys) == kept
+    assert not [key for key in keys if key.endswith(":0.06")] and [key for key in keys if key.endswith(":0.07")]

@@ -38,6 +38,10 @@ def test_precedence(tmp_path):
     ("port: [1, 2]\n", "sidecar.yaml:1: port: expected an integer > 0"),
     ("port: 1\n  bad: indent\n", "sidecar.yaml:2: (file): not valid YAML"),
     ("- a list\n", "sidecar.yaml:1: (file): expected a mapping"),
+    ("dcgm_compat: maybe\n", "sidecar.yaml:1: dcgm_compat: expected true or false, got 'maybe'"),
+    ("engine_process_pattern: '(unclosed'\n", "sidecar.yaml:1: engine_process_pattern: not a valid regular"),
+    ("fake_gpu: -1\n", "sidecar.yaml:1: fake_gpu: expected an integer >= 0"),
+    ("gpu_hourly_usd: free\n", "sidecar.yaml:1: gpu_hourly_usd: expected a number > 0"),
 ])
 def test_bad_yaml_names_file_line_field_and_reason(tmp_path, text, message):
     yaml_file = tmp_path / "sidecar.yaml"
@@ -47,8 +51,21 @@ def test_bad_yaml_names_file_line_field_and_reason(tmp_path, text, message):
     assert message in str(caught.value)
 
 
+def test_gpu_and_pod_settings(tmp_path):
+    yaml_file = tmp_path / "sidecar.yaml"
+    yaml_file.write_text("dcgm_compat: true\ngpu_hourly_usd: 2.5\npod: from-file\n")
+    config = config_from(["--config", str(yaml_file), "--fake-gpu", "2", "--engine-pid", "4321"],
+                         {"SLO_SIDECAR_DCGM_COMPAT": "false", "POD_NAME": "from-downward-api",
+                          "POD_NAMESPACE": "inference", "SLO_SIDECAR_CONTAINER": "engine"})
+    assert (config.dcgm_compat, config.gpu_hourly_usd, config.fake_gpu, config.engine_pid) == (False, 2.5, 2, 4321)
+    # The sidecar's own setting wins over the downward-API variable; without one, that variable is used.
+    assert (config.pod, config.namespace, config.container) == ("from-file", "inference", "engine")
+    assert config_from([], {"POD_NAME": "p-0"}).pod == "p-0"
+    assert config_from(["--pod", "123"], {}).pod == "123"  # a number-looking name stays a name
+
+
 def test_bad_environment_and_flags_are_named():
-    with pytest.raises(ConfigError, match="environment variable SLO_SIDECAR_PORT: port"):
+    with pytest.raises(ConfigError, match="environment variable SLO_SIDECAR_PORT: port: expected an integer > 0, got .many."):
         config_from([], {"SLO_SIDECAR_PORT": "many"})
     with pytest.raises(ConfigError, match="--engine-timeout-s: engine_timeout_s: expected a number > 0, got 0"):
         config_from(["--engine-timeout-s", "0"], {})

@@ -93,22 +93,70 @@ def test_bad_scrapes_are_counted_and_last_good_values_kept(tmp_path, exposition_
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
 @pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
 def test_promtool_accepts_the_sidecar_exposition(tmp_path, exposition_server):
-    with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL
-                        ).start() as sidecar:
+    with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL,
+                        "--fake-gpu", "2", "--gpu-interval-s", INTERVAL, "--dcgm-compat", "true",
+                        "--gpu-hourly-usd", "4", "--pod", "engine-pod-0", "--namespace", "inference",
+                        "--container", "engine").start() as sidecar:
         sidecar.wait_ready()
         # Every family present, the windowed ones included (they need two scrapes).
-        wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1 and any(
+        wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1 and metric(s, "sidecar_gpus") == 2 and any(
             name == "sidecar_engine_latency_seconds" for name, _ in s))
-        body = http_get(sidecar.url + "/metrics")[1]
-    assert b'sidecar_engine_latency_seconds{metric="ttft",percentile="99"}' in body
-    result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
+        body = http_get(sidecar.url + "/metrics")[1].decode()
+    assert 'sidecar_engine_latency_seconds{metric="ttft",percentile="99"}' in body
+    samples = parse_metrics(body)
+    assert metric(samples, "sidecar_gpu_power_limit_watts", gpu="1", model_name="NVIDIA H100 80GB HBM3",
+                  pod="engine-pod-0", namespace="inference", container="engine") == 700
+    assert metric(samples, "sidecar_cost_usd_per_hour") == 8  # two fake GPUs at $4
+
+    def promtool(text: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+
+    # The sidecar's own names pass promtool's lint as they are.
+    own = "\n".join(line for line in body.splitlines() if "DCGM_" not in line) + "\n"
+    result = promtool(own)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    # dcgm-exporter's names keep its camelCase labels (modelName, UUID): that is the point of them,
+    # and the lint's only complaint.
+    complaints = promtool(body).stderr.decode().splitlines()
+    assert complaints and all(line.startswith("DCGM_") and "camelCase" in line for line in complaints), complaints
+
+
+@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
+def test_without_nvml_the_gpu_collector_is_down_logs_once_and_backs_off(tmp_path, exposition_server):
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        pass
+    else:
+        pynvml.nvmlShutdown()
+        pytest.skip("this machine has an NVIDIA driver")
+    with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL,
+                        "--gpu-interval-s", "0.1", "--gpu-backoff-max-s", "0.8").start() as sidecar:
+        sidecar.wait_ready()
+        started = time.monotonic()
+        wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
+        time.sleep(4)
+        samples = scrape(sidecar)
+        elapsed = time.monotonic() - started
+        assert metric(samples, "sidecar_collector_up", collector="gpu") == 0
+        tries = metric(samples, "sidecar_collector_errors_total", collector="gpu")
+        assert tries == metric(samples, "sidecar_collector_errors_total", collector="gpu", reason="no_library")
+        # Without backoff, one try per 0.1 s; with it, 0.1, 0.1, 0.2, 0.4, then every 0.8 s.
+        assert 3 <= tries <= 4 + elapsed / 0.8, tries
+        assert metric(samples, "sidecar_engine_up") == 1, "the engine side is unaffected"
+        assert sidecar.stop() == 0
+    log_lines = (tmp_path / "sidecar.log").read_text().splitlines()
+    down = [line for line in log_lines if "collector gpu down" in line]
+    assert len(down) == 1 and "libnvidia-ml.so" in down[0], log_lines
 
 
 @pytest.mark.engine
 @run_async
 async def test_queue_depth_rises_under_a_burst_and_falls_after(engine, tmp_path):
-    with SidecarProcess(tmp_path / "sidecar.log", engine.url, "--engine-interval-s", INTERVAL).start() as sidecar:
+    with SidecarProcess(tmp_path / "sidecar.log", engine.url, "--engine-interval-s", INTERVAL,
+                        "--gpu-hourly-usd", "4", "--gpus", "2").start() as sidecar:
         sidecar.wait_ready()
         await asyncio.to_thread(wait_for, sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
         body = {"prompt": "burst", "max_tokens": 200, "ignore_eos": True}
@@ -126,7 +174,13 @@ async def test_queue_depth_rises_under_a_burst_and_falls_after(engine, tmp_path)
         assert metric(peak, "sidecar_engine_running_requests") == 4
         after = await asyncio.to_thread(wait_for, sidecar, lambda s: metric(
             s, "sidecar_engine_queue_depth") == 0 and metric(s, "sidecar_engine_running_requests") == 0)
-        assert metric(after, "sidecar_engine_generation_tokens_per_second") > 0
+        tokens_per_second = metric(after, "sidecar_engine_generation_tokens_per_second")
+        assert tokens_per_second > 0
+        # Cost from the same scrape's rate: two GPUs (no NVML here, so --gpus) at $4 an hour.
+        assert metric(after, "sidecar_cost_usd_per_hour") == 8
+        assert metric(after, "sidecar_cost_usd_per_million_generated_tokens") == pytest.approx(
+            8 / (tokens_per_second * 3600) * 1e6)
+        assert metric(after, "sidecar_generated_tokens_per_gpu_hour") == pytest.approx(tokens_per_second * 1800)
 
 
 @pytest.mark.engine

@@ -1,0 +1,79 @@
+"""The GPU collector: NVML read in a worker thread, never on the event loop.
+
+No NVML library, no driver or no GPU is an expected state (a CPU node, a
+misconfigured pod), not a crash: the collector reports down with one log line
+and retries with exponential backoff. A GPU lost mid-run (XID 79, a reset) is
+reported, NVML is shut down and opened afresh on the next try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import ModuleType
+from typing import Any, Callable
+
+from prometheus_client.core import Metric
+
+from .collector import CollectError
+from .gpu_families import PodLabels, gpu_families
+from .nvml_reader import ALL_ERROR_REASONS, HINTS, GpuReading, NvmlReader, NvmlReadError
+
+
+class GpuCollector:
+    name = "gpu"
+    error_reasons = ALL_ERROR_REASONS
+
+    def __init__(self, nvml: ModuleType | Any, *, interval_s: float, timeout_s: float, backoff_max_s: float,
+                 pod: PodLabels, engine_pids: Callable[[], set[int]] = set, dcgm_compat: bool = False,
+                 hostname: str | None = None):
+        self.interval_s, self.timeout_s, self.backoff_max_s = interval_s, timeout_s, backoff_max_s
+        self.reader = NvmlReader(nvml, engine_pids)
+        self.pod = pod
+        self.dcgm_compat = dcgm_compat
+        self.hostname = hostname or socket.gethostname()
+        self.gpu_count: int | None = None  # from the last good read
+        self.xid_counts: dict[tuple[int, int], int] = {}  # (gpu index, xid) -> events, for the sidecar's life
+        self.last_xid: dict[int, int] = {}
+        self._open = False
+        # One thread: a wedged driver call blocks it, and later tries fail fast instead of piling up threads.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
+        self._running: Future | None = None
+
+    async def collect(self) -> list[Metric]:
+        if self._running is not None and not self._running.done():
+            raise CollectError("timeout", "the previous NVML call has not returned")
+        self._running = self._thread.submit(self._read)
+        try:
+            readings, xids = await asyncio.wrap_future(self._running)
+        except NvmlReadError as error:
+            raise CollectError(error.reason, _explain(error)) from None
+        for index, xid in xids:
+            self.xid_counts[(index, xid)] = self.xid_counts.get((index, xid), 0) + 1
+            self.last_xid[index] = xid
+        self.gpu_count = len(readings)
+        return gpu_families(readings, self.xid_counts, self.pod, self.last_xid, self.dcgm_compat, self.hostname)
+
+    def _read(self) -> tuple[list[GpuReading], list[tuple[int, int]]]:
+        """In the worker thread."""
+        if not self._open:
+            self.reader.open()
+            self._open = True
+        try:
+            return self.reader.read()
+        except NvmlReadError as error:
+            if error.reason == "gpu_lost":
+                self.reader.close()
+                self._open = False
+            raise
+
+    async def close(self) -> None:
+        if self._open and (self._running is None or self._running.done()):
+            await asyncio.wrap_future(self._thread.submit(self.reader.close))
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+def _explain(error: NvmlReadError) -> str:
+    hint = HINTS.get(error.reason)
+    return f"{hint} (NVML: {error.detail})" if hint else error.detail

@@ -1,0 +1,38 @@
+"""The engine collector in-process, against a server of the captured vLLM exposition."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sidecar.config import SidecarConfig
+from sidecar.engine_collector import SCRAPE_FAMILIES, EngineCollector
+from sidecar.exposition import parse
+from tests.conftest import run_async
+from tests.fake_exposition_server import ExpositionServer
+from tests.test_exposition import FIXTURE
+
+pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
+
+
+def family_value(families, name: str) -> float:
+    return next(family.samples[0].value for family in families if family.name == name)
+
+
+@run_async
+async def test_samples_over_the_cap_are_dropped_and_counted():
+    wanted = len(parse(FIXTURE.read_text(), SCRAPE_FAMILIES))
+    server = ExpositionServer(FIXTURE.read_text()).start()
+    try:
+        for cap, dropped in ((SidecarConfig.max_engine_series, 0), (50, wanted - 50)):
+            engine = EngineCollector(dataclasses.replace(SidecarConfig(), engine_url=server.url,
+                                                         max_engine_series=cap))
+            families = await engine.collect()
+            await engine.close()
+            assert family_value(families, "sidecar_engine_samples_dropped") == dropped
+            # vLLM lists its gauges before the histograms: the first 50 samples still hold them.
+            assert family_value(families, "sidecar_engine_queue_depth") == 0
+    finally:
+        server.stop()
+    assert wanted > 50
