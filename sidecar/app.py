@@ -171,8 +171,7 @@ def build_collectors(config: SidecarConfig) -> tuple[EngineCollector, GpuCollect
         log.warning("serving %d FAKE GPU(s) (fake_gpu): the GPU values are made up, not read from NVML",
                     config.fake_gpu)
         # The fake GPUs' memory is held by the engine's real process, as vLLM's engine core would hold it.
-        nvml = fake_nvml.fake_gpus(config.fake_gpu, processes=lambda: [
-            (pid, 70 * 1024 ** 3) for pid in sorted(find_engine())[:1]])
+        nvml = fake_nvml.fake_gpus(config.fake_gpu, processes=fake_nvml.engine_holds_memory(find_engine))
     else:
         import pynvml as nvml
     gpu = GpuCollector(nvml, interval_s=config.gpu_interval_s, timeout_s=config.gpu_timeout_s,

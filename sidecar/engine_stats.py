@@ -9,10 +9,10 @@ what `histogram_quantile(q, sum by (le) (rate(..._bucket[w])))` computes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .exposition import Sample, SampleFilter
-from .rates import CounterSeries, histogram_quantile
+from .rates import CounterVector, histogram_quantile
 
 GAUGES = {
     "queue_depth": "vllm:num_requests_waiting",
@@ -50,89 +50,118 @@ class EngineStats:
     quantiles: dict[tuple[str, float], float]  # (histogram, q) -> seconds; NaN with no observations
 
 
+# Sample name -> (what it is, the key it is summed under).
+GAUGE, COUNTER, BUCKET, HTTP = range(4)
+SAMPLE_KINDS: dict[str, tuple[int, str]] = {
+    **{name: (GAUGE, key) for key, name in GAUGES.items()},
+    **{name: (COUNTER, name) for name in COUNTERS.values()},
+    **{family + "_bucket": (BUCKET, family) for family in HISTOGRAMS.values()},
+    HTTP_REQUESTS: (HTTP, HTTP_REQUESTS),
+}
+HTTP_TOTAL, HTTP_ERRORS = "http:total", "http:errors"
+
+
 @dataclass
 class EngineStatsDeriver:
+    """Keeps every counter of the scrape (bucket counts included) in one CounterVector.
+
+    The vector's layout is the scrape's set of counters; when it changes (a new
+    bucket bound, a family gone) history starts again, so memory follows what
+    the engine exposes now, never what it once did.
+    """
+
     window_s: float = 60.0
-    _counters: dict[str, CounterSeries] = field(default_factory=dict)
+    _series: CounterVector | None = None
+    _layout: tuple = ()
     _start_time: float | None = None
-    _seen: set[str] = field(default_factory=set)  # series touched by the current update
-
-    def _series(self, key: str) -> CounterSeries:
-        self._seen.add(key)
-        series = self._counters.get(key)
-        if series is None:
-            series = self._counters[key] = CounterSeries(horizon_s=self.window_s)
-        return series
-
-    def _forget_unseen(self) -> None:
-        """Drop series the engine no longer exposes (a churned `le`, a removed family): memory stays bounded."""
-        if len(self._seen) != len(self._counters):
-            for key in self._counters.keys() - self._seen:
-                del self._counters[key]
-        self._seen = set()
 
     def update(self, samples: list[Sample], now: float, process_start_time: float | None = None) -> EngineStats:
         restarted = (process_start_time is not None and self._start_time is not None
                      and process_start_time != self._start_time)
         if process_start_time is not None:
             self._start_time = process_start_time
-        sums: dict[str, float] = {}
+        gauges: dict[str, float] = {}
+        counters: dict[str, float] = {}
         buckets: dict[str, dict[float, float]] = {}
-        http_total = http_errors = 0.0
-        for sample in samples:
-            if sample.name.endswith("_bucket"):
-                family = sample.name[: -len("_bucket")]
-                bound = _bound(sample.label("le"))
-                per_family = buckets.setdefault(family, {})
-                per_family[bound] = per_family.get(bound, 0.0) + sample.value
-            elif sample.name == HTTP_REQUESTS:
-                if sample.label("endpoint") in GENERATION_ENDPOINTS:
-                    http_total += sample.value
-                    if sample.label("code").startswith("5"):
-                        http_errors += sample.value
+        for name, labels, value in samples:
+            kind = SAMPLE_KINDS.get(name)
+            if kind is None:
+                continue
+            what, key = kind
+            if what == BUCKET:
+                bound = _bound(labels)
+                if bound is None:  # a bucket without `le` cannot be placed
+                    continue
+                per_family = buckets.get(key)
+                if per_family is None:
+                    per_family = buckets[key] = {}
+                per_family[bound] = per_family.get(bound, 0.0) + value
+            elif what == COUNTER:
+                counters[key] = counters.get(key, 0.0) + value
+            elif what == GAUGE:
+                gauges[key] = gauges.get(key, 0.0) + value
             else:
-                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+                endpoint, code = _endpoint_and_code(labels)
+                if endpoint in GENERATION_ENDPOINTS:
+                    counters[HTTP_TOTAL] = counters.get(HTTP_TOTAL, 0.0) + value
+                    if code.startswith("5"):
+                        counters[HTTP_ERRORS] = counters.get(HTTP_ERRORS, 0.0) + value
+                    else:
+                        counters.setdefault(HTTP_ERRORS, 0.0)
 
-        gauges = {key: sums[name] for key, name in GAUGES.items() if name in sums}
-        rates = {}
-        for key, name in COUNTERS.items():
-            if name in sums:
-                series = self._series(name)
-                series.observe(now, sums[name], restarted)
-                rate = series.rate(self.window_s, now)
-                if rate is not None:
-                    rates[key] = rate
-        error_ratio = None
-        if http_total or http_errors:
-            total, errors = self._series("http:total"), self._series("http:errors")
-            total.observe(now, http_total, restarted)
-            errors.observe(now, http_errors, restarted)
-            total_increase, error_increase = total.increase(self.window_s, now), errors.increase(self.window_s, now)
-            if total_increase:
-                error_ratio = error_increase / total_increase
+        counter_keys = sorted(counters)
+        bucket_keys = [(family, sorted(per_family)) for family, per_family in sorted(buckets.items())]
+        layout = (tuple(counter_keys), tuple((family, tuple(bounds)) for family, bounds in bucket_keys))
+        if layout != self._layout or self._series is None:
+            self._layout, self._series = layout, CounterVector(horizon_s=self.window_s)
+        values = [counters[key] for key in counter_keys]
+        for family, bounds in bucket_keys:
+            per_family = buckets[family]
+            values += [per_family[bound] for bound in bounds]
+        self._series.observe(now, values, restarted)
+        increases = self._series.increase(self.window_s, now)
+        covered_s = self._series.covered_s(self.window_s, now)
+        if increases is None or not covered_s:
+            return EngineStats(gauges, {}, None, {})
+
+        increase = dict(zip(counter_keys, increases))
+        rates = {key: increase[name] / covered_s for key, name in COUNTERS.items() if name in increase}
+        total = increase.get(HTTP_TOTAL)
+        error_ratio = increase[HTTP_ERRORS] / total if total else None
         quantiles = {}
-        for key, family in HISTOGRAMS.items():
-            if family not in buckets:
-                continue
-            increases = []
-            for bound, count in sorted(buckets[family].items()):
-                series = self._series(f"{family}:{bound}")
-                series.observe(now, count, restarted)
-                increases.append((bound, series.increase(self.window_s, now)))
-            if any(increase is None for _, increase in increases):
-                continue
+        position = len(counter_keys)
+        histogram_keys = {family: key for key, family in HISTOGRAMS.items()}
+        for family, bounds in bucket_keys:
+            pairs = list(zip(bounds, increases[position:position + len(bounds)]))
+            position += len(bounds)
             for q in QUANTILES:
-                quantiles[(key, q)] = histogram_quantile(q, increases)
-        self._forget_unseen()
+                quantiles[(histogram_keys[family], q)] = histogram_quantile(q, pairs)
         return EngineStats(gauges, rates, error_ratio, quantiles)
 
 
-_BOUNDS: dict[str, float] = {}
+_BOUNDS: dict[tuple, float] = {}
 
 
-def _bound(le: str) -> float:
-    """float(le), remembered: the same few bucket bounds come back every scrape."""
-    bound = _BOUNDS.get(le)
+def _bound(labels: tuple) -> float | None:
+    """float(le) of a bucket's label set, remembered: the same label sets come back every scrape."""
+    bound = _BOUNDS.get(labels)
     if bound is None:
-        bound = _BOUNDS[le] = float(le)
+        le = next((value for key, value in labels if key == "le"), None)
+        try:
+            bound = float(le)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        if len(_BOUNDS) > 10_000:  # an engine churning label values costs a refill, not memory
+            _BOUNDS.clear()
+        _BOUNDS[labels] = bound
     return bound
+
+
+def _endpoint_and_code(labels: tuple) -> tuple[str, str]:
+    endpoint = code = ""
+    for key, value in labels:
+        if key == "endpoint":
+            endpoint = value
+        elif key == "code":
+            code = value
+    return endpoint, code

@@ -13,8 +13,7 @@ ExpositionError: the caller keeps its last good values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -30,8 +29,9 @@ class ExpositionError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
+    """A tuple, not a dataclass: a scrape builds a few hundred every second."""
+
     name: str
     labels: Labels  # in exposition order
     value: float
@@ -62,27 +62,63 @@ def parse(text: str, wanted: SampleFilter, openmetrics: bool = False) -> list[Sa
         text = stripped[: -len("# EOF")]
     elif text and not text.endswith("\n"):
         raise ExpositionError("truncated", "body does not end with a newline")
-    samples = []
+    samples: list[Sample] = []
+    append = samples.append
     names, prefixes = wanted.names, wanted.prefixes
+    heads = _HEAD_CACHE
     for line in text.split("\n"):
         if not line.startswith(prefixes):
             continue
-        brace = line.find("{")
-        space = line.find(" ")
-        if space < 0:
-            raise ExpositionError("malformed", f"no value: {line[:120]!r}")
-        if 0 <= brace < space:
-            name = line[:brace]
-            if name not in names:
+        # Fast path, for a labelled sample seen before: everything up to the last '}' is its
+        # name and label set, byte for byte the same as last scrape; the rest is its value.
+        head, closed, tail = line.rpartition("}")
+        if closed:
+            known = heads.get(head, _UNKNOWN)
+            if known is None:
+                continue  # a family we were not asked for
+            if known is not _UNKNOWN:
+                try:
+                    value = float(tail)
+                except ValueError:  # a timestamp follows, or junk
+                    value = _parse_value(tail, line)
+                append(Sample(known[0], known[1], value))
                 continue
-            labels, rest = _parse_labels(line, brace)
-        else:
-            name = line[:space]
-            if name not in names:
-                continue
-            labels, rest = (), line[space:]
-        samples.append(Sample(name, labels, _parse_value(rest, line)))
+        sample = _parse_line(line, names)
+        if closed and (sample is None or sample[1] is not None) and len(heads) < _HEAD_CACHE_MAX:
+            # Remember the head only if its label set really ends at this last '}' (not inside an exemplar).
+            if sample is None or sample[1] == tail:
+                heads[head] = None if sample is None else (sample[0].name, sample[0].labels)
+        if sample is not None:
+            append(sample[0])
     return samples
+
+
+# An engine's label sets repeat byte for byte from one scrape to the next (a
+# histogram's buckets differ only in `le`), so most lines are parsed once.
+# Bounded: an engine that churns label values costs parsing, never unbounded memory.
+_HEAD_CACHE: dict[str, tuple[str, Labels] | None] = {}
+_HEAD_CACHE_MAX = 50_000
+_UNKNOWN = object()
+
+
+def _parse_line(line: str, names: frozenset[str]) -> tuple[Sample, str | None] | None:
+    """(the sample, the text after its label set or None if unlabelled), or None for an unwanted name."""
+    brace = line.find("{")
+    space = line.find(" ")
+    if space < 0:
+        if line[:brace if brace >= 0 else len(line)] not in names:
+            return None
+        raise ExpositionError("malformed", f"no value: {line[:120]!r}")
+    if 0 <= brace < space:
+        name = line[:brace]
+        if name not in names:
+            return None
+        labels, rest = _parse_labels(line, brace)
+        return Sample(name, labels, _parse_value(rest, line)), rest
+    name = line[:space]
+    if name not in names:
+        return None
+    return Sample(name, (), _parse_value(line[space:], line)), None
 
 
 def _parse_labels(line: str, brace: int) -> tuple[Labels, str]:
@@ -95,22 +131,8 @@ def _parse_labels(line: str, brace: int) -> tuple[Labels, str]:
             close = line.find("}", close + 1)
         if close < 0:
             raise ExpositionError("malformed", f"unclosed label set: {line[:120]!r}")
-        body = line[brace + 1:close]
-        labels = _LABEL_CACHE.get(body)
-        if labels is None:
-            labels = _split_labels(body, line)
-            if len(_LABEL_CACHE) >= _LABEL_CACHE_MAX:
-                _LABEL_CACHE.clear()
-            _LABEL_CACHE[body] = labels
-        return labels, line[close + 1:]
+        return _split_labels(line[brace + 1:close], line), line[close + 1:]
     return _parse_escaped_labels(line, brace)
-
-
-# An engine's label sets repeat byte for byte from one scrape to the next (a
-# histogram's buckets differ only in `le`), so most are parsed once. Bounded:
-# an engine that churns label values costs a refill, never unbounded memory.
-_LABEL_CACHE: dict[str, Labels] = {}
-_LABEL_CACHE_MAX = 20_000
 
 
 def _split_labels(body: str, line: str) -> Labels:

@@ -13,6 +13,8 @@ time its utilisation is read, i.e. once per collection.
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -192,6 +194,26 @@ class FakeNvml:
     def _check_init(self) -> None:
         if not self.initialized:
             raise fail(pynvml.NVML_ERROR_UNINITIALIZED)
+
+
+def engine_holds_memory(find_engine: Callable[[], set[int]], used: int = 70 * 1024**3
+                        ) -> Callable[[], list[tuple[int, int]]]:
+    """A process list in which the engine's first process holds `used` bytes, as vLLM's would.
+
+    The engine is looked up again when the process found is gone (an engine restart),
+    or every 30 s while none is found.
+    """
+    found: list[int] = []
+    looked_at = [-math.inf]
+
+    def processes() -> list[tuple[int, int]]:
+        stale = not os.path.exists(f"/proc/{found[0]}") if found else time.monotonic() - looked_at[0] > 30
+        if stale:
+            found[:] = sorted(find_engine())[:1]
+            looked_at[0] = time.monotonic()
+        return [(pid, used) for pid in found]
+
+    return processes
 
 
 def fake_gpus(count: int, processes: Callable[[], list[tuple[int, int]]] = list) -> FakeNvml:

@@ -101,6 +101,7 @@ class NvmlReader:
     _handles: list[Any] = field(default_factory=list)
     _events: Any = None
     _unsupported: set[tuple[int, str]] = field(default_factory=set)
+    _is_engine: dict[int, bool] = field(default_factory=dict)  # pid -> the engine's? (scanning /proc is not free)
 
     def open(self) -> None:
         nvml = self.nvml
@@ -153,14 +154,11 @@ class NvmlReader:
         nvml = self.nvml
         try:
             xids = self._drain_xid_events()
-            pids = None
-            readings = []
-            for index, handle in enumerate(self._handles):
-                processes = self._optional(index, "processes", lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle))
-                if processes and pids is None:
-                    pids = self.engine_pids()
-                readings.append(self._read_device(index, handle, processes, pids or set()))
-            return readings, xids
+            processes = [self._optional(index, "processes", lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle))
+                         for index, handle in enumerate(self._handles)]
+            engine = self._engine_pids({p.pid for per_gpu in processes if per_gpu for p in per_gpu})
+            return [self._read_device(index, handle, processes[index], engine)
+                    for index, handle in enumerate(self._handles)], xids
         except nvml.NVMLError as error:
             raise NvmlReadError(reason_of(error), str(error)) from None
 
@@ -202,6 +200,13 @@ class NvmlReader:
                 engine_memory_bytes=float(sum(p.usedGpuMemory or 0 for p in engine)),
                 other_memory_bytes=float(sum(p.usedGpuMemory or 0 for p in other)))
         return GpuReading(self.identities[index], **reading)
+
+    def _engine_pids(self, pids: set[int]) -> set[int]:
+        """Which of these GPU processes are the engine's; /proc is read only when a new PID shows up."""
+        if not pids <= self._is_engine.keys():
+            engine = self.engine_pids()
+            self._is_engine = {pid: pid in engine for pid in pids}
+        return {pid for pid in pids if self._is_engine[pid]}
 
     def _optional(self, index: int, what: str, call: Callable[[], Any]) -> Any:
         """call(), or None if the device does not support it (then never asked again)."""

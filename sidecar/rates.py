@@ -1,7 +1,7 @@
 """Rates and quantiles from scraped counters and histograms, as Prometheus computes them.
 
-Pure code over (time, value) points: the engine collector feeds scrapes in, and
-reads per-second rates and quantile estimates out.
+Pure code over (time, values) points: the engine collector feeds scrapes in, and
+reads increases, per-second rates and quantile estimates out.
 
 Counter resets (an engine restart) follow Prometheus's rule: a counter that went
 down started again from zero, so the increase across the reset is the new value,
@@ -18,31 +18,38 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class CounterSeries:
-    """One counter's reset-adjusted history over the longest window asked of it.
+class CounterVector:
+    """The reset-adjusted history of a fixed list of counters scraped together, over the longest window asked.
 
-    Times and values sit in two lists searched by bisection: the sidecar keeps a
-    series per histogram bucket and asks each for its window every cycle.
+    One vector per scrape instead of one series per counter: the engine's
+    histograms alone are ~90 bucket counters, and this is asked for all of them
+    every cycle. Each element follows Prometheus's reset rule on its own. Times
+    and rows sit in two lists searched by bisection.
     """
 
     horizon_s: float
     _times: list[float] = field(default_factory=list)
-    _values: list[float] = field(default_factory=list)  # reset-adjusted
-    _last_raw: float | None = None
-    _offset: float = 0.0
+    _rows: list[list[float]] = field(default_factory=list)  # reset-adjusted
+    _last_raw: list[float] | None = None
+    _offset: list[float] | None = None
 
-    def observe(self, t: float, raw: float, restarted: bool = False) -> None:
-        if self._last_raw is not None and (restarted or raw < self._last_raw):
-            self._offset += self._last_raw  # it began again at zero
-        self._last_raw = raw
+    def observe(self, t: float, raw: list[float], restarted: bool = False) -> None:
+        last, offset = self._last_raw, self._offset
+        if last is None or offset is None:
+            offset = [0.0] * len(raw)
+        elif restarted:  # every counter began again at zero, whatever its value now
+            offset = [o + old for o, old in zip(offset, last)]
+        else:  # a counter that went down began again at zero
+            offset = [o + old if new < old else o for o, old, new in zip(offset, last, raw)]
+        self._last_raw, self._offset = raw, offset
         self._times.append(t)
-        self._values.append(raw + self._offset)
+        self._rows.append([new + o for new, o in zip(raw, offset)])
         # Keep the newest point at or before the horizon (it anchors the longest window) and all
         # after it; trim only once half the list is dead, so trimming costs O(1) amortised.
         dead = bisect_right(self._times, t - self.horizon_s) - 1
         if dead > 0 and dead >= len(self._times) // 2:
             del self._times[:dead]
-            del self._values[:dead]
+            del self._rows[:dead]
 
     def _span(self, window_s: float, now: float) -> tuple[int, int] | None:
         """Indexes of the window's first and last points: the newest point at or before its start anchors it."""
@@ -52,18 +59,17 @@ class CounterSeries:
         last = len(self._times) - 1
         return (first, last) if self._times[last] > self._times[first] else None
 
-    def increase(self, window_s: float, now: float) -> float | None:
-        """Increase over the window; None until two points cover some of it."""
-        span = self._span(window_s, now)
-        return None if span is None else self._values[span[1]] - self._values[span[0]]
-
-    def rate(self, window_s: float, now: float) -> float | None:
-        """Per-second rate over the covered part of the window (no extrapolation past the data)."""
+    def increase(self, window_s: float, now: float) -> list[float] | None:
+        """Each counter's increase over the window; None until two points cover some of it."""
         span = self._span(window_s, now)
         if span is None:
             return None
-        first, last = span
-        return (self._values[last] - self._values[first]) / (self._times[last] - self._times[first])
+        return [b - a for a, b in zip(self._rows[span[0]], self._rows[span[1]])]
+
+    def covered_s(self, window_s: float, now: float) -> float | None:
+        """How much of the window the points cover: rates divide by this (no extrapolation past the data)."""
+        span = self._span(window_s, now)
+        return None if span is None else self._times[span[1]] - self._times[span[0]]
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -23,7 +22,7 @@ def advanced(samples: list[Sample], changes: dict[tuple[str, str], float]) -> li
     moved = []
     for sample in samples:
         delta = changes.get((sample.name, sample.label("le")), 0.0)
-        moved.append(dataclasses.replace(sample, value=sample.value + delta))
+        moved.append(sample._replace(value=sample.value + delta))
     return moved
 
 
@@ -60,20 +59,20 @@ def test_engine_restart_gives_no_rate_spike():
     first = fixture_samples()
     deriver.update(first, now=0.0, process_start_time=100.0)
     # The engine restarted: counters start again small, the start time changed.
-    reset = [dataclasses.replace(s, value=min(s.value, 3.0)) for s in first]
+    reset = [s._replace(value=min(s.value, 3.0)) for s in first]
     stats = deriver.update(reset, now=10.0, process_start_time=200.0)
     assert 0 <= stats.rates["generation_tokens_per_second"] <= 0.3 + 1e-9
 
 
-def test_series_the_engine_stops_exposing_are_forgotten():
+def test_a_changed_bucket_layout_starts_history_again_and_forgets_the_old():
     deriver = EngineStatsDeriver(window_s=60)
     samples = fixture_samples()
     deriver.update(samples, now=0.0)
-    kept = len(deriver._counters)
+    assert deriver.update(samples, now=1.0).quantiles
     # A churned bucket bound: the old one must not stay in memory for ever.
-    churned = [dataclasses.replace(s, labels=tuple((k, "0.07" if (k, v) == ("le", "0.06") else v)
-                                                   for k, v in s.labels)) for s in samples]
-    deriver.update(churned, now=1.0)
-    keys = set(deriver._counters)
-    assert len(keys) == kept
-    assert not [key for key in keys if key.endswith(":0.06")] and [key for key in keys if key.endswith(":0.07")]
+    churned = [s._replace(labels=tuple((k, "0.07" if (k, v) == ("le", "0.06") else v) for k, v in s.labels))
+               for s in samples]
+    assert deriver.update(churned, now=2.0).quantiles == {}, "no window spans the two layouts"
+    bounds = dict(deriver._layout[1])["vllm:time_to_first_token_seconds"]
+    assert 0.07 in bounds and 0.06 not in bounds
+    assert deriver.update(churned, now=3.0).quantiles

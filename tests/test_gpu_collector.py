@@ -228,13 +228,22 @@ async def test_gpu_memory_is_attributed_to_the_engine_process_tree(process_tree)
 
     nvml = fake_gpus(1, processes=lambda: [(child_pid, 60 * 1024 ** 3), (parent_pid, 512 * MIB),
                                            (os.getpid(), 2 * 1024 ** 3), (999_999_999, None)])
-    for find in (lambda: engine_pids(marker), lambda: engine_pids("no such engine", pid=parent_pid)):
-        samples = await exposition(collector(nvml, engine_pids=find))
+    lookups = []
+
+    def by_pattern() -> set[int]:
+        lookups.append(1)
+        return engine_pids(marker)
+
+    for find in (by_pattern, lambda: engine_pids("no such engine", pid=parent_pid)):
+        gpu = collector(nvml, engine_pids=find)
+        for _ in range(3):
+            samples = await exposition(gpu)
         assert gpu_value(samples, "sidecar_gpu_engine_process_memory_bytes") == 60 * 1024 ** 3 + 512 * MIB
         assert gpu_value(samples, "sidecar_gpu_engine_processes") == 2
         # Someone else's process, and one whose memory the driver cannot report.
         assert gpu_value(samples, "sidecar_gpu_other_process_memory_bytes") == 2 * 1024 ** 3
         assert gpu_value(samples, "sidecar_gpu_other_processes") == 2
+    assert len(lookups) == 1, "/proc is read again only when a new PID appears on a GPU"
 
 
 def test_the_real_no_gpu_path_on_this_machine():
