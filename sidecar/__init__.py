@@ -1,6 +1,5 @@
-"""The sidecar process beside the engine: scrapes it, derives what on-call needs, serves it on /metrics.
+"""The sidecar process beside the engine: scrapes it, reads the GPUs, serves what on-call needs on /metrics.
 
-It never imports the engine; the two talk over HTTP only. Built so far: the
-engine collector and the process around it. To come: the GPU (NVML) collector,
-cost, and live SLO burn rates.
+It never imports the engine; the two talk over HTTP only. Built: the engine and
+GPU collectors, cost, and the process around them. To come: live SLO burn rates.
 """

@@ -12,7 +12,7 @@ class CollectError(Exception):
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 class Collector(Protocol):

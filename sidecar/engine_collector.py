@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from .collector import CollectError
 from .config import SidecarConfig
 from .engine_stats import FAMILIES, EngineStats, EngineStatsDeriver
-from .exposition import ExpositionError, SampleFilter, parse
+from .exposition import SampleFilter, parse
 
 PROCESS_START = "process_start_time_seconds"
 SCRAPE_FAMILIES = SampleFilter([*FAMILIES.families, PROCESS_START])
@@ -70,11 +70,7 @@ class EngineCollector:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         text, openmetrics = await fetch_exposition(self._session, self.url, self.config.engine_max_bytes)
-        try:
-            samples = parse(text, SCRAPE_FAMILIES, openmetrics)
-        except ExpositionError as exc:
-            raise CollectError(exc.reason, str(exc)) from None
-        samples = self._capped(samples)
+        samples = self._capped(parse(text, SCRAPE_FAMILIES, openmetrics))  # ExpositionError is a CollectError
         start_time = next((s.value for s in samples if s.name == PROCESS_START), None)
         self.last_stats = self.deriver.update(samples, time.monotonic(), start_time)
         return [*engine_families(self.last_stats), GaugeMetricFamily(

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple
 
+from .collector import CollectError
+
 Labels = tuple[tuple[str, str], ...]
 
 # The sample-name suffixes a family may carry (counters, histograms, summaries).
 SAMPLE_SUFFIXES = ("", "_total", "_bucket", "_sum", "_count")
 
 
-class ExpositionError(ValueError):
-    """The exposition cannot be trusted; `reason` is a bounded label value."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+class ExpositionError(CollectError):
+    """The exposition cannot be trusted (reason "truncated" or "malformed")."""
 
 
 class Sample(NamedTuple):

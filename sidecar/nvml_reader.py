@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import pynvml
 
+from .collector import CollectError
+
 # The clocks event ("throttle") reasons, by the bit NVML sets: one series each.
 CLOCK_EVENT_REASONS = {
     "gpu_idle": pynvml.nvmlClocksEventReasonGpuIdle,
@@ -49,10 +51,8 @@ HINTS = {
 }
 
 
-class NvmlReadError(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+class NvmlReadError(CollectError):
+    """NVML failed; the reason is one of ALL_ERROR_REASONS."""
 
 
 def reason_of(error: Exception) -> str:

@@ -17,6 +17,19 @@ def descendants(pid: int) -> set[int]:
     return process_descendants(pid, process_table())
 
 
+def skip_if_nvml_loads() -> None:
+    """Tests of the no-GPU path need a machine without an NVIDIA driver."""
+    import pynvml
+    import pytest
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return
+    pynvml.nvmlShutdown()
+    pytest.skip("this machine has an NVIDIA driver")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -23,7 +23,7 @@ from sidecar.gpu_collector import GpuCollector
 from sidecar.gpu_families import PodLabels
 from sidecar.nvml_reader import CLOCK_EVENT_REASONS, NvmlReader, NvmlReadError
 from tests.conftest import run_async
-from tests.helpers import metric, parse_metrics
+from tests.helpers import metric, parse_metrics, skip_if_nvml_loads
 
 POD = PodLabels("engine-pod-0", "inference", "engine")
 
@@ -248,13 +248,7 @@ async def test_gpu_memory_is_attributed_to_the_engine_process_tree(process_tree)
 
 def test_the_real_no_gpu_path_on_this_machine():
     """No driver here: the real pynvml says so, and the reader turns it into a reason."""
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        pass
-    else:
-        pynvml.nvmlShutdown()
-        pytest.skip("this machine has an NVIDIA driver")
+    skip_if_nvml_loads()
     reader = NvmlReader(pynvml)
     with pytest.raises(NvmlReadError) as failure:
         reader.open()

@@ -15,7 +15,7 @@ from slo_sidecar.demo import post_json
 from slo_sidecar.processes import EngineProcess, SidecarProcess, http_get
 from tests.conftest import API_KEY, run_async
 from tests.fake_exposition_server import ExpositionServer
-from tests.helpers import metric, parse_metrics
+from tests.helpers import metric, parse_metrics, skip_if_nvml_loads
 from tests.test_exposition import FIXTURE
 
 INTERVAL = "0.2"
@@ -123,15 +123,7 @@ def test_promtool_accepts_the_sidecar_exposition(tmp_path, exposition_server):
 
 @pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
 def test_without_nvml_the_gpu_collector_is_down_logs_once_and_backs_off(tmp_path, exposition_server):
-    import pynvml
-
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        pass
-    else:
-        pynvml.nvmlShutdown()
-        pytest.skip("this machine has an NVIDIA driver")
+    skip_if_nvml_loads()
     with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL,
                         "--gpu-interval-s", "0.1", "--gpu-backoff-max-s", "0.8").start() as sidecar:
         sidecar.wait_ready()
