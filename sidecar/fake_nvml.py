@@ -72,6 +72,7 @@ class FakeNvml:
         self.initialized = False
         self.init_calls = 0
         self.calls: Counter[str] = Counter()  # device queries by function name
+        self.errors: dict[str, int] = {}  # device function name -> the NVML error code it answers with
 
     def __getattr__(self, name: str) -> Any:
         # Constants (NVML_CLOCK_SM, nvmlEventTypeXidCriticalError, ...) and error classes: the real ones.
@@ -112,6 +113,8 @@ class FakeNvml:
             raise fail(pynvml.NVML_ERROR_GPU_IS_LOST)
         if function in gpu.unsupported:
             raise fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if function in self.errors:
+            raise fail(self.errors[function])
         return gpu
 
     def nvmlDeviceGetIndex(self, gpu: FakeGpu) -> int:

@@ -171,6 +171,24 @@ async def test_no_nvml_no_driver_no_gpu_are_reported_and_recovered_from(fake, re
     assert metric(samples, "sidecar_gpus") == 1
 
 
+@pytest.mark.parametrize("code, reason", [
+    (pynvml.NVML_ERROR_NO_PERMISSION, "no_permission"),
+    (pynvml.NVML_ERROR_INSUFFICIENT_POWER, "nvml_error"),  # anything else NVML can say
+    (pynvml.NVML_ERROR_RESET_REQUIRED, "gpu_lost"),
+])
+@run_async
+async def test_other_nvml_errors_are_counted_by_reason_and_pass(code, reason):
+    nvml = fake_gpus(1)
+    gpu = collector(nvml)
+    await gpu.collect()
+    nvml.errors["nvmlDeviceGetMemoryInfo"] = code
+    with pytest.raises(CollectError) as failure:
+        await gpu.collect()
+    assert failure.value.reason == reason
+    del nvml.errors["nvmlDeviceGetMemoryInfo"]
+    assert gpu_value(await exposition(gpu), "sidecar_gpu_memory_total_bytes") == 81_559 * MIB
+
+
 @run_async
 async def test_a_lost_gpu_is_reported_nvml_restarted_and_reading_resumes():
     nvml = fake_gpus(1)
