@@ -1,1 +1,1 @@
-"""Prometheus recording and alerting rules generated from the SLO spec. Not built yet."""
+"""Prometheus recording and alerting rules generated from the SLO spec (`slo-sidecar generate`)."""

@@ -36,6 +36,49 @@ def _sidecar(args: argparse.Namespace) -> int:
     return run(args)
 
 
+DEFAULT_SPEC = Path(__file__).resolve().parent / "slo.yaml"
+
+
+def _load_spec(path: str | None):
+    """The spec, or None after printing why it cannot be used (the caller exits 2)."""
+    from .spec import SpecError, load_spec
+
+    try:
+        return load_spec(path or str(DEFAULT_SPEC))
+    except SpecError as exc:
+        print(f"slo-sidecar: error: {exc}", file=sys.stderr)
+        return None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.slo)
+    if spec is None:
+        return 2
+    for slo in spec.slos:
+        where = "" if slo.sli.sidecar_can_evaluate else " (PromQL SLI: Prometheus rules only, no live burn rates)"
+        print(f"{slo.name}: {slo.objective:g}% over {slo.period}, {slo.sli.kind}{where}")
+    print(f"{spec.source}: valid, {len(spec.slos)} SLOs")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from alerts.render import render
+
+    from .files import write_atomically
+
+    spec = _load_spec(args.slo)
+    if spec is None:
+        return 2
+    out = Path(args.out)
+    for name, text in render(spec).items():
+        changed = write_atomically(out / name, text)
+        print(f"{'wrote' if changed else 'unchanged'} {out / name}")
+    for slo in spec.slos:
+        if not slo.sli.sidecar_can_evaluate:
+            print(f"note: {slo.name} has a PromQL SLI: the rules cover it, the sidecar serves no live burn rates for it")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -63,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sidecar_arguments(sidecar)
     sidecar.set_defaults(func=_sidecar)
+
+    validate = commands.add_parser("validate", help="check an SLO spec (ours or Sloth's prometheus/v1)")
+    validate.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
+    validate.set_defaults(func=_validate)
+
+    generate = commands.add_parser("generate", help="write Prometheus rules and Alertmanager inhibitions from an SLO spec")
+    generate.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
+    generate.add_argument("--out", required=True, help="directory to write the rule files into")
+    generate.set_defaults(func=_generate)
 
     demo = commands.add_parser("demo", help="run the engine, send requests, show its metrics, stop")
     from .demo import add_arguments as add_demo_arguments

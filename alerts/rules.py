@@ -1,0 +1,251 @@
+"""Prometheus recording and alerting rules from the SLO spec: pure code, spec in, rule groups out.
+
+Recording rules use Sloth's names and labels (`slo:sli_error:ratio_rate5m`,
+`slo:objective:ratio`, ..., `sloth_id`/`sloth_service`/`sloth_slo`/`sloth_window`),
+so dashboards built for Sloth work unchanged. Two differences, both on purpose:
+each window also records its event rate (`slo:sli_total_events:rate<w>`), which
+the minimum-traffic guard needs; and the period's error ratio is the ratio of
+summed 5m event rates, weighted by traffic, not an average of 5m ratios (a quiet
+night must not count as much as a busy day).
+
+Alerts: the SRE Workbook's multi-window, multi-burn-rate page and ticket
+alerts per SLO, an absent-SLI alert, and the operational alerts, each with
+severity, summary, a description with the live value, `for:` and a runbook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slo_sidecar.spec import Slo, Spec, duration_label
+
+PAGE_FOR = "1m"
+TICKET_FOR = "10m"
+ABSENT_FOR = "10m"
+
+
+def sloth_labels(spec: Spec, slo: Slo) -> dict[str, str]:
+    return {"sloth_id": f"{spec.service}-{slo.name}", "sloth_service": spec.service, "sloth_slo": slo.name}
+
+
+def _id_selector(spec: Spec, slo: Slo) -> str:
+    return f'{{sloth_id="{spec.service}-{slo.name}", sloth_service="{spec.service}", sloth_slo="{slo.name}"}}'
+
+
+def _window_queries(slo: Slo, window: str) -> tuple[str, str | None, str | None]:
+    """(error ratio, error event rate, total event rate) over the window, as PromQL."""
+    sli = slo.sli
+    if sli.errors is not None and sli.total is not None:
+        errors, total = sli.errors.rate_promql(window), sli.total.rate_promql(window)
+    elif sli.raw_errors is not None and sli.raw_total is not None:
+        errors = "(" + sli.raw_errors.replace("{{.window}}", window) + ")"
+        total = "(" + sli.raw_total.replace("{{.window}}", window) + ")"
+    else:  # raw ratio: nothing but the ratio is known
+        return "(" + (sli.raw_error_ratio or "").replace("{{.window}}", window) + ")", None, None
+    return f"{errors}\n/\n{total}", errors, total
+
+
+def recording_group(spec: Spec, slo: Slo) -> dict[str, Any]:
+    labels = {**spec.labels, **slo.labels, **sloth_labels(spec, slo)}
+    rules: list[dict[str, Any]] = []
+    windows = [duration_label(w) for w in slo.windows() if w != slo.period_s]
+    for window in windows:
+        ratio, errors, total = _window_queries(slo, window)
+        rules.append({"record": f"slo:sli_error:ratio_rate{window}", "expr": ratio,
+                      "labels": {**labels, "sloth_window": window}})
+        if total is not None:
+            rules.append({"record": f"slo:sli_total_events:rate{window}", "expr": total,
+                          "labels": {**labels, "sloth_window": window}})
+        if errors is not None and window == windows[0]:
+            rules.append({"record": f"slo:sli_error_events:rate{window}", "expr": errors,
+                          "labels": {**labels, "sloth_window": window}})
+    period, shortest, selector = slo.period, windows[0], _id_selector(spec, slo)
+    if _window_queries(slo, shortest)[2] is not None:
+        period_expr = (f"sum_over_time(slo:sli_error_events:rate{shortest}{selector}[{period}])\n"
+                       f"/ ignoring (sloth_window)\n"
+                       f"sum_over_time(slo:sli_total_events:rate{shortest}{selector}[{period}])")
+    else:
+        period_expr = (f"sum_over_time(slo:sli_error:ratio_rate{shortest}{selector}[{period}])\n"
+                       f"/ ignoring (sloth_window)\n"
+                       f"count_over_time(slo:sli_error:ratio_rate{shortest}{selector}[{period}])")
+    rules.append({"record": f"slo:sli_error:ratio_rate{period}", "expr": period_expr,
+                  "labels": {**labels, "sloth_window": period}})
+    return {"name": f"sloth-slo-sli-recordings-{spec.service}-{slo.name}", "rules": rules}
+
+
+def metadata_group(spec: Spec, slo: Slo) -> dict[str, Any]:
+    labels = {**spec.labels, **slo.labels, **sloth_labels(spec, slo)}
+    selector, on = _id_selector(spec, slo), "on (sloth_id, sloth_slo, sloth_service) group_left"
+    budget = f"{slo.error_budget:.12g}"
+    rules = [
+        {"record": "slo:objective:ratio", "expr": f"vector({slo.objective_ratio:.12g})", "labels": labels},
+        {"record": "slo:error_budget:ratio", "expr": f"vector(1 - {slo.objective_ratio:.12g})", "labels": labels},
+        {"record": "slo:time_period:days", "expr": f"vector({slo.period_s // 86400})", "labels": labels},
+        {"record": "slo:current_burn_rate:ratio",
+         "expr": (f"slo:sli_error:ratio_rate{duration_label(slo.windows()[0])}{selector}\n/ {on}\n"
+                  f"slo:error_budget:ratio{selector}"), "labels": labels},
+        {"record": "slo:period_burn_rate:ratio",
+         "expr": f"slo:sli_error:ratio_rate{slo.period}{selector}\n/ {on}\nslo:error_budget:ratio{selector}",
+         "labels": labels},
+        {"record": "slo:period_error_budget_remaining:ratio",
+         "expr": f"1 - slo:period_burn_rate:ratio{selector}", "labels": labels},
+        {"record": "sloth_slo_info", "expr": "vector(1)",
+         "labels": {**labels, "sloth_mode": "cli-gen-prom", "sloth_spec": spec.format,
+                    "sloth_version": "slo-sidecar", "sloth_objective": f"{slo.objective:g}",
+                    "slo_sidecar_error_budget": budget}},
+    ]
+    return {"name": f"sloth-slo-meta-recordings-{spec.service}-{slo.name}", "rules": rules}
+
+
+def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
+    selector = _id_selector(spec, slo)
+    guarded = _window_queries(slo, "5m")[2] is not None
+    rules: list[dict[str, Any]] = []
+    for tier_name, for_ in (("page", PAGE_FOR), ("ticket", TICKET_FOR)):
+        tier = getattr(slo, tier_name)
+        alerts = [a for a in slo.burn_alerts() if a.tier == tier_name]
+        if not tier.enabled:
+            continue
+        terms = []
+        for alert in alerts:
+            threshold = f"({alert.factor:g} * {slo.error_budget:.12g})"
+            long, short = duration_label(alert.long_s), duration_label(alert.short_s)
+            term = (f"(\n  max(slo:sli_error:ratio_rate{short}{selector} > {threshold}) without (sloth_window)\n"
+                    f"  and\n  max(slo:sli_error:ratio_rate{long}{selector} > {threshold}) without (sloth_window)")
+            if guarded and slo.min_events:
+                term += (f"\n  and\n  max(slo:sli_total_events:rate{long}{selector} * {alert.long_s} >= "
+                         f"{slo.min_events}) without (sloth_window)")
+            terms.append(term + "\n)")
+        windows = " or ".join(f"{a.factor:g}x over {duration_label(a.long_s)} and {duration_label(a.short_s)}"
+                              for a in alerts)
+        rules.append({
+            "alert": slo.alert_name,
+            "expr": "\nor\n".join(terms),
+            "for": for_,
+            "labels": {**spec.labels, **slo.labels, **tier.labels, "severity": tier.severity,
+                       "sloth_severity": tier_name, "tier": tier_name, **sloth_labels(spec, slo)},
+            "annotations": {
+                "summary": f"{spec.service}: the {slo.name} SLO ({slo.objective:g}% over {slo.period}) is burning "
+                           f"its error budget too fast",
+                "description": (f"{slo.description}. Error ratio {{{{ $value | humanizePercentage }}}} over the "
+                                f"short window; the {tier_name} fires at a burn of {windows} (error budget "
+                                f"{slo.error_budget * 100:.3g}%)."),
+                "runbook_url": spec.runbook_base_url + "slo-burn.md",
+                **tier.annotations,
+            },
+        })
+    total = slo.sli.total
+    if total is not None:
+        rules.append({
+            "alert": slo.alert_name + "SLIAbsent",
+            "expr": " and ".join(f"absent({selection.promql()})" for _, selection in total.terms),
+            "for": ABSENT_FOR,
+            "labels": {**spec.labels, **slo.labels, "severity": slo.ticket.severity, "tier": "ticket",
+                       **sloth_labels(spec, slo)},
+            "annotations": {
+                "summary": f"{spec.service}: the {slo.name} SLO has no data",
+                "description": (f"No series for the {slo.name} SLI ({total.terms[0][1].promql()}) for "
+                                f"{ABSENT_FOR}: the SLO and its burn-rate alerts are blind. Value "
+                                f"{{{{ $value }}}}."),
+                "runbook_url": spec.runbook_base_url + "sli-absent.md",
+            },
+        })
+    return {"name": f"sloth-slo-alerts-{spec.service}-{slo.name}", "rules": rules}
+
+
+def slo_rule_groups(spec: Spec) -> list[dict[str, Any]]:
+    groups = []
+    for slo in spec.slos:
+        groups += [recording_group(spec, slo), metadata_group(spec, slo), alert_group(spec, slo)]
+    return groups
+
+
+GENERATION = '{endpoint=~"/v1/completions|/v1/chat/completions"}'
+
+
+def operational_group(spec: Spec) -> dict[str, Any]:
+    """Alerts on the pod's machinery, at the thresholds in the spec's `operational` section."""
+    op = spec.operational
+    base = spec.runbook_base_url
+
+    def alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str,
+              runbook: str) -> dict[str, Any]:
+        return {"alert": name, "expr": expr, "for": for_,
+                "labels": {**spec.labels, "severity": severity, "service": spec.service},
+                "annotations": {"summary": summary, "description": description, "runbook_url": base + runbook}}
+
+    rules = [
+        alert("LLMEngineDown", "sidecar_engine_up == 0", "1m", "critical",
+              "The inference engine is not answering its /metrics",
+              "The sidecar on {{ $labels.instance }} has failed to scrape the engine for over a minute "
+              "(sidecar_engine_up {{ $value }}).", "engine-down.md"),
+        alert("LLMSidecarCollectorFailing", "sidecar_collector_up == 0", "5m", "warning",
+              "A sidecar collector is failing",
+              "The {{ $labels.collector }} collector on {{ $labels.instance }} has been down for 5 minutes; "
+              "see sidecar_collector_errors_total for the reason.", "sidecar-collector.md"),
+        alert("LLMSidecarAbsent", "absent(sidecar_collector_up)", "5m", "warning",
+              "Prometheus sees no slo-sidecar",
+              "No sidecar_collector_up series for 5 minutes: the sidecar is down or not scraped (value "
+              "{{ $value }}).", "sidecar-collector.md"),
+        alert("LLMHighLatencyP99",
+              f"histogram_quantile(0.99, sum by (le, instance) "
+              f"(rate(vllm:time_to_first_token_seconds_bucket[5m]))) > {op.latency_p99_alert_s:g}",
+              "5m", "warning", "P99 time to first token is above its alert threshold",
+              f"P99 TTFT on {{{{ $labels.instance }}}} is {{{{ $value | humanizeDuration }}}} (alert above "
+              f"{op.latency_p99_alert_s:g} s).", "high-latency.md"),
+        alert("LLMHighErrorRate",
+              f'sum by (instance) (rate(slo_engine_http_requests_total{{endpoint=~"/v1/completions|'
+              f'/v1/chat/completions",code=~"5.."}}[5m]))\n/\nsum by (instance) '
+              f"(rate(slo_engine_http_requests_total{GENERATION}[5m])) > {op.error_ratio_alert:g}",
+              "5m", "critical", "More than {:g}% of generation requests fail".format(op.error_ratio_alert * 100),
+              "{{ $value | humanizePercentage }} of generation requests on {{ $labels.instance }} answered 5xx "
+              "over 5 minutes.", "high-error-rate.md"),
+        alert("LLMQueueDepthHigh", f"sum by (instance) (vllm:num_requests_waiting) > {op.queue_depth_alert:g}",
+              "5m", "warning", "Requests are piling up in vLLM's queue",
+              f"{{{{ $value }}}} requests waiting on {{{{ $labels.instance }}}} (alert above "
+              f"{op.queue_depth_alert:g}).", "high-latency.md"),
+        alert("LLMGpuUnderutilizedWhileBusy",
+              f"(avg by (instance) (sidecar_gpu_utilization_ratio) < {op.gpu_utilization_low:g})\nand on (instance)\n"
+              f"(sum by (instance) (sidecar_engine_queue_depth + sidecar_engine_running_requests) > 0)",
+              "15m", "warning", "GPUs are underused while requests are waiting or running",
+              f"GPU utilisation {{{{ $value | humanizePercentage }}}} on {{{{ $labels.instance }}}} with work to "
+              f"do (alert under {op.gpu_utilization_low:g}).", "low-throughput.md"),
+        alert("LLMGpuMemoryHigh",
+              f"sidecar_gpu_memory_used_bytes / sidecar_gpu_memory_total_bytes > {op.gpu_memory_high_ratio:g}",
+              "10m", "warning", "GPU memory is nearly full",
+              f"GPU {{{{ $labels.gpu }}}} on {{{{ $labels.instance }}}} is {{{{ $value | humanizePercentage }}}} "
+              f"full (alert above {op.gpu_memory_high_ratio:g}).", "oom.md"),
+        alert("LLMKvCacheNearFull", f"vllm:kv_cache_usage_perc > {op.kv_cache_high_ratio:g}", "10m", "warning",
+              "The KV cache is nearly full",
+              f"KV cache {{{{ $value | humanizePercentage }}}} used on {{{{ $labels.instance }}}} (alert above "
+              f"{op.kv_cache_high_ratio:g}); expect preemptions.", "oom.md"),
+        alert("LLMPreemptions",
+              f"sum by (instance) (rate(vllm:num_preemptions_total[5m])) > {op.preemptions_per_second_alert:g}",
+              "10m", "warning", "vLLM is preempting sequences",
+              "{{ $value | humanize }} preemptions per second on {{ $labels.instance }}: the KV cache is too "
+              "small for the load.", "oom.md"),
+        alert("LLMGpuXidErrors", "increase(sidecar_gpu_xid_errors_total[10m]) > 0", "1m", "critical",
+              "The GPU reported XID errors",
+              "XID {{ $labels.xid }} on GPU {{ $labels.gpu }} ({{ $labels.instance }}): {{ $value | humanize }} "
+              "events in 10 minutes.", "gpu-health.md"),
+        alert("LLMGpuTemperatureHigh", f"sidecar_gpu_temperature_celsius > {op.gpu_temperature_high_celsius:g}",
+              "5m", "warning", "A GPU is running hot",
+              f"GPU {{{{ $labels.gpu }}}} on {{{{ $labels.instance }}}} at {{{{ $value }}}} °C (alert above "
+              f"{op.gpu_temperature_high_celsius:g}).", "gpu-health.md"),
+        alert("LLMGpuThrottled",
+              'max by (instance, gpu, reason) (sidecar_gpu_clock_throttle_reason_active{reason=~"hw_slowdown|'
+              'hw_thermal_slowdown|hw_power_brake_slowdown|sw_thermal_slowdown"}) == 1',
+              "10m", "warning", "A GPU's clocks are throttled",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} throttled by {{ $labels.reason }} for 10 minutes.",
+              "gpu-health.md"),
+    ]
+    return {"name": f"slo-sidecar-operational-{spec.service}", "rules": rules}
+
+
+def inhibit_rules(spec: Spec) -> dict[str, Any]:
+    """Alertmanager: a firing page silences the ticket of the same SLO."""
+    return {"inhibit_rules": [{
+        "source_matchers": ['tier="page"'],
+        "target_matchers": ['tier="ticket"'],
+        "equal": ["sloth_id"],
+    }]}
