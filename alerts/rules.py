@@ -153,13 +153,6 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     return {"name": f"sloth-slo-alerts-{spec.service}-{slo.name}", "rules": rules}
 
 
-def slo_rule_groups(spec: Spec) -> list[dict[str, Any]]:
-    groups = []
-    for slo in spec.slos:
-        groups += [recording_group(spec, slo), metadata_group(spec, slo), alert_group(spec, slo)]
-    return groups
-
-
 GENERATION = '{endpoint=~"/v1/completions|/v1/chat/completions"}'
 
 
@@ -181,8 +174,8 @@ def operational_group(spec: Spec) -> dict[str, Any]:
               "(sidecar_engine_up {{ $value }}).", "engine-down.md"),
         alert("LLMSidecarCollectorFailing", "sidecar_collector_up == 0", "5m", "warning",
               "A sidecar collector is failing",
-              "The {{ $labels.collector }} collector on {{ $labels.instance }} has been down for 5 minutes; "
-              "see sidecar_collector_errors_total for the reason.", "sidecar-collector.md"),
+              "The {{ $labels.collector }} collector on {{ $labels.instance }} has been down for 5 minutes "
+              "(up {{ $value }}); see sidecar_collector_errors_total for the reason.", "sidecar-collector.md"),
         alert("LLMSidecarAbsent", "absent(sidecar_collector_up)", "5m", "warning",
               "Prometheus sees no slo-sidecar",
               "No sidecar_collector_up series for 5 minutes: the sidecar is down or not scraped (value "
@@ -236,7 +229,7 @@ def operational_group(spec: Spec) -> dict[str, Any]:
               'max by (instance, gpu, reason) (sidecar_gpu_clock_throttle_reason_active{reason=~"hw_slowdown|'
               'hw_thermal_slowdown|hw_power_brake_slowdown|sw_thermal_slowdown"}) == 1',
               "10m", "warning", "A GPU's clocks are throttled",
-              "GPU {{ $labels.gpu }} on {{ $labels.instance }} throttled by {{ $labels.reason }} for 10 minutes.",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} throttled by {{ $labels.reason }} for 10 minutes (active {{ $value }}).",
               "gpu-health.md"),
     ]
     return {"name": f"slo-sidecar-operational-{spec.service}", "rules": rules}

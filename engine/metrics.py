@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from slo_sidecar.spec import HTTP_DURATION_BUCKETS
+
 PREFIX = "slo_engine_"
 
 ENDPOINTS = (
@@ -40,8 +42,8 @@ ERROR_REASONS = (
 CLIENT_CLOSED_REQUEST = 499
 
 # From 5 ms to 10 min: LLM requests span four orders of magnitude.
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
-                    160.0, 320.0, 640.0)
+# The spec module owns the bounds: a latency SLO on this histogram must use one of them.
+DURATION_BUCKETS = HTTP_DURATION_BUCKETS
 
 
 class ServerMetrics:

@@ -1,0 +1,149 @@
+"""The SLO spec: the default parses, bad specs name file, line, field and reason, Sloth specs read the same."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from slo_sidecar.cli import DEFAULT_SPEC
+from slo_sidecar.spec import KNOWN_BUCKETS, Matcher, SpecError, load_spec, parse_spec
+from tests.helpers import REPO
+from tests.test_exposition import FIXTURE
+
+HEAD = "version: slo-sidecar/v1\nservice: llm\nslos:\n"
+AVAILABILITY = """  - name: availability
+    objective: 99.9
+    sli:
+      availability:
+        errors: {metric: slo_engine_http_requests_total, matchers: ['code=~"5.."']}
+        total: {metric: slo_engine_http_requests_total}
+"""
+
+
+def test_the_default_spec():
+    spec = load_spec(str(DEFAULT_SPEC))
+    assert [slo.name for slo in spec.slos] == ["availability", "ttft", "e2e-latency", "queue-time"]
+    availability = spec.slos[0]
+    assert availability.objective == 99.9 and availability.error_budget == 0.001 and availability.period == "30d"
+    assert [a.factor for a in availability.burn_alerts()] == [14.4, 6.0, 3.0, 1.0]
+    assert availability.windows() == [300, 1800, 3600, 7200, 21600, 86400, 259200, 2592000]
+    assert (REPO / "slo.yaml").resolve() == DEFAULT_SPEC.resolve(), "the top-level slo.yaml is the embedded one"
+
+
+@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
+def test_known_bucket_bounds_are_the_ones_vllm_exposes():
+    from sidecar.exposition import SampleFilter, parse
+
+    families = [name for name in KNOWN_BUCKETS if name.startswith("vllm:")]
+    exposed: dict[str, set[float]] = {}
+    for sample in parse(FIXTURE.read_text(), SampleFilter(families)):
+        if sample.name.endswith("_bucket") and sample.label("le") != "+Inf":
+            exposed.setdefault(sample.name.removesuffix("_bucket"), set()).add(float(sample.label("le")))
+    assert exposed == {name: set(KNOWN_BUCKETS[name]) for name in families}
+
+
+def test_engine_http_histogram_uses_the_spec_buckets():
+    from engine.metrics import DURATION_BUCKETS
+
+    assert DURATION_BUCKETS == KNOWN_BUCKETS["slo_engine_http_request_duration_seconds"]
+
+
+@pytest.mark.parametrize("body, message", [
+    (AVAILABILITY + "    window: 30d\n", "slo.yaml:10: slos[0].window: unknown field"),
+    (AVAILABILITY.replace("99.9", "100"), "slo.yaml:5: slos[0].objective: expected a percentage strictly"),
+    (AVAILABILITY.replace("99.9", "0"), "slo.yaml:5: slos[0].objective: expected a percentage strictly"),
+    (AVAILABILITY + "    period: 31d\n", "slo.yaml:10: slos[0].period: unknown compliance window '31d'"),
+    (AVAILABILITY + "    selector: []\n", "slo.yaml:10: slos[0].selector: empty selector"),
+    (AVAILABILITY.replace("['code=~\"5..\"']", "['code=5']"),
+     "slo.yaml:8: slos[0].sli.availability.errors.matchers[0]: expected a label matcher"),
+    (AVAILABILITY.replace("99.9", "90"),
+     "slos[0].objective: the page alert over 1h fires at a 14.4x burn, an error ratio of 1.44: above 1"),
+    ("  - name: ttft\n    objective: 99\n    sli:\n      latency:\n"
+     "        histogram: 'vllm:time_to_first_token_seconds'\n        threshold_s: 0.3\n",
+     "slo.yaml:9: slos[0].sli.latency.threshold_s: 0.3 s is not a bucket boundary of "
+     "vllm:time_to_first_token_seconds"),
+    ("  - name: lat\n    objective: 99\n    sli:\n      latency: {histogram: my_seconds, threshold_s: 1}\n",
+     "slos[0].sli.latency.histogram: unknown histogram 'my_seconds': give its bucket bounds"),
+    ("  - name: gp\n    objective: 99\n    sli:\n      goodput: {}\n", "slos[0].sli.goodput: expected at least one"),
+    (AVAILABILITY + AVAILABILITY, "slos[1].name: duplicate SLO name 'availability'"),
+])
+def test_bad_specs_name_line_field_and_reason(body, message):
+    with pytest.raises(SpecError) as caught:
+        parse_spec(HEAD + body, "slo.yaml")
+    assert message in str(caught.value)
+
+
+def test_a_non_boundary_threshold_lists_the_real_boundaries():
+    body = ("  - name: ttft\n    objective: 99\n    sli:\n      latency:\n"
+            "        histogram: 'vllm:time_to_first_token_seconds'\n        threshold_s: 0.3\n")
+    with pytest.raises(SpecError, match=r"0\.25, 0\.5, 0\.75"):
+        parse_spec(HEAD + body, "slo.yaml")
+
+
+def test_low_objectives_are_fine_once_the_impossible_alert_is_off():
+    body = AVAILABILITY.replace("99.9", "90") + "    alerting:\n      page: {enabled: false}\n"
+    slo = parse_spec(HEAD + body, "slo.yaml").slos[0]
+    assert not slo.page.enabled and slo.ticket.enabled
+
+
+def test_matchers_match_as_prometheus_does():
+    assert Matcher.parse('code=~"5.."').matches({"code": "503"})
+    assert not Matcher.parse('code=~"5.."').matches({"code": "1503"})  # anchored
+    assert Matcher.parse('code!~"4.."').matches({})  # a missing label is ""
+    assert Matcher.parse('path="a\\"b"').value == 'a"b'
+    assert Matcher.parse('path="a\\"b"').promql() == 'path="a\\"b"'
+
+
+SLOTH = """version: "prometheus/v1"
+service: "llm"
+labels: {owner: ml-platform}
+slos:
+  - name: "requests-availability"
+    objective: 99.9
+    description: "Common SLO based on availability for HTTP request responses."
+    sli:
+      events:
+        error_query: sum(rate(http_requests_total{job="llm",code=~"(5..|429)"}[{{.window}}]))
+        total_query: sum(rate(http_requests_total{job="llm"}[{{.window}}]))
+    alerting:
+      name: LLMHighErrorRate
+      labels: {category: "availability"}
+      page_alert: {labels: {severity: pageteam}}
+      ticket_alert: {labels: {severity: slack}}
+  - name: "latency"
+    objective: 99
+    sli:
+      raw:
+        error_ratio_query: 1 - (sum(rate(h_bucket{le="0.5"}[{{.window}}])) / sum(rate(h_count[{{.window}}])))
+    alerting:
+      page_alert: {disable: true}
+"""
+
+
+def test_sloth_specs_are_read_into_the_same_model():
+    spec = parse_spec(SLOTH, "sloth.yaml")
+    events, raw = spec.slos
+    assert spec.format == "prometheus/v1" and spec.labels == {"owner": "ml-platform"}
+    assert events.alert_name == "LLMHighErrorRate" and events.page.severity == "pageteam"
+    assert events.ticket.severity == "slack" and events.labels == {}
+    assert "{{.window}}" in events.sli.raw_errors and not events.sli.sidecar_can_evaluate
+    assert raw.sli.kind == "raw" and not raw.page.enabled and raw.ticket.enabled
+
+
+def test_sloth_errors_are_named_too():
+    with pytest.raises(SpecError, match=r"sloth.yaml:10: slos\[0\].sli.events.error_query: expected the range"):
+        parse_spec(SLOTH.replace("[{{.window}}]))\n        total", "[5m]))\n        total", 1), "sloth.yaml")
+
+
+def test_validate_and_generate_exit_2_without_a_traceback(tmp_path):
+    bad = tmp_path / "slo.yaml"
+    bad.write_text(HEAD + AVAILABILITY.replace("99.9", "101"))
+    for command in (["validate"], ["generate", "--out", str(tmp_path / "out")]):
+        result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", *command, "--slo", str(bad)],
+                                cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert f"{bad}:5: slos[0].objective: expected a percentage" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists(), "nothing written from a bad spec"
