@@ -238,7 +238,7 @@ def le_label(bound: float) -> str:
 # --- parsing ----------------------------------------------------------------------------------------
 
 TOP_FIELDS = ("version", "service", "labels", "runbook_base_url", "operational", "slos")
-SLO_FIELDS = ("name", "description", "objective", "period", "sli", "selector", "labels", "alerting")
+SLO_FIELDS = ("name", "description", "objective", "period", "selector", "labels", "sli", "alerting")
 ALERTING_FIELDS = ("name", "labels", "annotations", "min_events", "page", "ticket")
 TIER_FIELDS = ("enabled", "severity", "labels", "annotations")
 SLI_KINDS = ("availability", "latency", "goodput")

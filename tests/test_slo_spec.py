@@ -147,3 +147,27 @@ def test_validate_and_generate_exit_2_without_a_traceback(tmp_path):
         assert f"{bad}:5: slos[0].objective: expected a percentage" in result.stderr
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists(), "nothing written from a bad spec"
+
+
+def test_the_json_schema_accepts_the_default_and_knows_the_parsers_fields():
+    import json
+
+    import jsonschema
+    import yaml
+
+    from slo_sidecar import spec as model
+
+    schema = json.loads((DEFAULT_SPEC.parent / "slo.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load(DEFAULT_SPEC.read_text()), schema)
+    slo = schema["$defs"]["slo"]
+    assert tuple(schema["properties"]) == model.TOP_FIELDS
+    assert tuple(slo["properties"]) == model.SLO_FIELDS
+    assert tuple(slo["properties"]["alerting"]["properties"]) == model.ALERTING_FIELDS
+    assert tuple(schema["$defs"]["tier"]["properties"]) == model.TIER_FIELDS
+    assert tuple(slo["properties"]["sli"]["properties"]) == model.SLI_KINDS
+    assert tuple(slo["properties"]["period"]["enum"]) == tuple(model.PERIODS)
+    assert set(schema["properties"]["operational"]["properties"]) == set(model.Operational.__dataclass_fields__)
+    bad = yaml.safe_load(HEAD + AVAILABILITY.replace("99.9", "100"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
