@@ -1,0 +1,119 @@
+"""The sidecar's live SLO maths: windows, burn rates, alert states that agree with the generated rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alerts.unit_tests import BASELINE_MIN, alert_condition, scenarios
+from sidecar.exposition import Sample
+from sidecar.slo_tracker import SloTracker, dumps
+from slo_sidecar.cli import DEFAULT_SPEC
+from slo_sidecar.spec import load_spec
+
+SPEC = load_spec(str(DEFAULT_SPEC))
+ENDPOINT = ("endpoint", "/v1/completions")
+
+
+def scrape(ok: float, failed: float, client_errors: float = 0.0) -> list[Sample]:
+    name = "slo_engine_http_requests_total"
+    return [Sample(name, (("code", "200"), ENDPOINT), ok), Sample(name, (("code", "500"), ENDPOINT), failed),
+            Sample(name, (("code", "400"), ENDPOINT), client_errors)]
+
+
+def availability(tracker: SloTracker, now: float):
+    return next(state for state in tracker.states(now) if state.slo.name == "availability")
+
+
+def window(state, label: str):
+    return next(w for w in state.windows if w.window == label)
+
+
+def test_error_ratio_burn_rate_and_filled_windows():
+    tracker = SloTracker(SPEC)
+    ok = failed = 0.0
+    for second in range(0, 3601, 10):  # an hour at 10 req/s, 1% failing, some client errors
+        tracker.observe(scrape(ok, failed, client_errors=second), float(second))
+        ok, failed = ok + 99, failed + 1
+    state = availability(tracker, 3600.0)
+    five = window(state, "5m")
+    assert five.error_ratio == pytest.approx(0.01) and five.burn_rate == pytest.approx(10.0)
+    assert five.filled and window(state, "1h").filled and not window(state, "6h").filled
+    assert five.events == pytest.approx(3000)  # 4xx are in neither side
+    # 10x: short of the 14.4x page, over the 6x one; its 6h window is not filled, and like
+    # Prometheus's rate() the sidecar judges it on the data there is.
+    assert state.firing == {"page": True, "ticket": True}
+
+
+def test_a_new_series_counts_from_its_second_sample_and_resets_count_the_new_value():
+    tracker = SloTracker(SPEC)
+    tracker.observe(scrape(1000, 0)[:1], 0.0)  # no 5xx series yet
+    tracker.observe(scrape(1100, 7), 10.0)  # the 500 series appears at 7: not an increase yet
+    assert window(availability(tracker, 10.0), "5m").error_ratio == 0
+    tracker.observe(scrape(1200, 9), 20.0)
+    assert window(availability(tracker, 20.0), "5m").error_ratio == pytest.approx(2 / 202)
+    tracker.observe(scrape(50, 1), 30.0)  # the engine restarted: counters began again
+    five = window(availability(tracker, 30.0), "5m")
+    assert five.events == pytest.approx(100 + 100 + 2 + 51) and five.error_ratio == pytest.approx(3 / 253)
+
+
+def test_no_traffic_is_no_ratio_not_zero_errors():
+    tracker = SloTracker(SPEC)
+    for second in range(0, 600, 10):
+        tracker.observe(scrape(5, 0), float(second))
+    five = window(availability(tracker, 590.0), "5m")
+    assert five.error_ratio is None and five.burn_rate is None and five.events == 0
+
+
+@pytest.mark.parametrize("scenario", scenarios(SPEC.slos[0]), ids=lambda s: s.name)
+def test_alert_states_agree_with_the_generated_rules(scenario):
+    """Minute by minute, the sidecar's page and ticket states match the rules' conditions (as promtool checks)."""
+    slo = SPEC.slos[0]
+    tracker = SloTracker(SPEC)
+    ok = failed = 0.0
+    disagreements = []
+    for minute in range(-BASELINE_MIN, scenario.length_min + 1):
+        now = (minute + BASELINE_MIN) * 60.0
+        tracker.observe(scrape(ok, failed), now)
+        if minute >= 0:
+            state = availability(tracker, now)
+            for tier in ("page", "ticket"):
+                if state.firing[tier] != alert_condition(slo, scenario, tier, minute):
+                    disagreements.append((minute, tier, state.firing[tier]))
+        burning = 0 <= minute < scenario.burn_min
+        share = scenario.error_ratio if burning else 0.0
+        ok += scenario.per_minute * (1 - share)
+        failed += scenario.per_minute * share
+    # The rules compare at minute boundaries with Prometheus's extrapolation: allow the edges.
+    assert len(disagreements) <= 2, disagreements
+
+
+def test_memory_stays_flat_over_30_days():
+    tracker = SloTracker(SPEC)
+    ok = failed = 0.0
+    sizes = []
+    for step in range(31 * 1440):  # a scrape a minute for 31 days
+        tracker.observe(scrape(ok, failed), step * 60.0)
+        ok, failed = ok + 600, failed + (1 if step % 7 == 0 else 0)
+        if step in (5 * 1440, 30 * 1440):
+            sizes.append(sum(len(tier.ends) for tracked in tracker.slos for tier in tracked.tiers))
+    assert sizes[1] <= sizes[0] * 6 + 100  # the 10-min tier fills up to 31 days; finer tiers stay put
+    assert max(len(tier.ends) for tracked in tracker.slos for tier in tracked.tiers) <= 2 * (31 * 144 + 6)
+    period = window(availability(tracker, (31 * 1440 - 1) * 60.0), "30d")
+    assert period.filled and period.error_ratio == pytest.approx(1 / (7 * 600 + 1), rel=0.02)
+
+
+def test_state_survives_a_restart_but_not_another_spec_or_old_age():
+    tracker = SloTracker(SPEC)
+    for second in range(0, 601, 10):
+        tracker.observe(scrape(second * 10, second // 10), float(second))
+    saved = json.loads(dumps(tracker.snapshot()))
+    again = SloTracker(SPEC)
+    assert again.restore(saved, now=700.0) is None
+    assert window(availability(again, 600.0), "5m") == window(availability(tracker, 600.0), "5m")
+    again.observe(scrape(7000, 70), 700.0)  # the counters went on while the sidecar was away
+    assert window(availability(again, 700.0), "5m").events > 0
+    other = load_spec(str(DEFAULT_SPEC)).__class__(**{**SPEC.__dict__, "slos": SPEC.slos[:1]})
+    assert "another SLO spec" in SloTracker(other).restore(saved, now=700.0)
+    assert "older than" in SloTracker(SPEC).restore(saved, now=600.0 + 31 * 86_400)
