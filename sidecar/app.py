@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import json
+import os
 import sys
 import time
-import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 from aiohttp import web
@@ -31,6 +33,9 @@ from prometheus_client import (
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
+from slo_sidecar.files import write_atomically
+from slo_sidecar.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
+
 from .collector import CollectError, Collector
 from .config import ConfigError, SidecarConfig, add_arguments, load_config
 from .cost import CostCollector
@@ -38,6 +43,8 @@ from .engine_collector import EngineCollector
 from .engine_processes import engine_pids
 from .gpu_collector import GpuCollector
 from .gpu_families import PodLabels
+from .slo_families import SloCollector
+from .slo_tracker import SloTracker, dumps
 
 log = logging.getLogger("sidecar")
 
@@ -161,7 +168,8 @@ def retry_delay(collector: Collector, failures: int) -> float:
     return max(collector.interval_s, min(collector.interval_s * 2 ** (failures - 1), collector.backoff_max_s))
 
 
-def build_collectors(config: SidecarConfig) -> tuple[EngineCollector, GpuCollector]:
+def build_collectors(config: SidecarConfig, tracker: SloTracker | None = None
+                     ) -> tuple[EngineCollector, GpuCollector]:
     def find_engine() -> set[int]:
         return engine_pids(config.engine_process_pattern, config.engine_pid)
 
@@ -178,19 +186,51 @@ def build_collectors(config: SidecarConfig) -> tuple[EngineCollector, GpuCollect
                        backoff_max_s=config.gpu_backoff_max_s,
                        pod=PodLabels(config.pod, config.namespace, config.container), engine_pids=find_engine,
                        dcgm_compat=config.dcgm_compat, hostname=os.environ.get("NODE_NAME"))
-    return EngineCollector(config), gpu
+    return EngineCollector(config, tracker), gpu
 
 
 def generation_rate(engine: EngineCollector) -> float | None:
     return None if engine.last_stats is None else engine.last_stats.rates.get("generation_tokens_per_second")
 
 
-async def serve(config: SidecarConfig) -> int:
+def load_slo_state(tracker: SloTracker, path: str) -> None:
+    if not path or not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        why_not = tracker.restore(saved, time.time())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why_not = f"it cannot be read ({exc})"
+    if why_not:
+        log.warning("SLO state %s not used: %s; starting afresh", path, why_not)
+    else:
+        log.info("SLO state restored from %s", path)
+
+
+def save_slo_state(tracker: SloTracker, path: str) -> None:
+    if path:
+        try:
+            write_atomically(Path(path), dumps(tracker.snapshot()))
+        except OSError as exc:
+            log.warning("cannot save the SLO state to %s: %s", path, exc)
+
+
+async def keep_saving(tracker: SloTracker, config: SidecarConfig) -> None:
+    while True:
+        await asyncio.sleep(config.slo_state_interval_s)
+        await asyncio.to_thread(save_slo_state, tracker, config.slo_state_file)
+
+
+async def serve(config: SidecarConfig, spec: Spec) -> int:
     disable_created_metrics()  # *_created series only add noise to the sidecar's small exposition
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    engine, gpu = build_collectors(config)
+    tracker = SloTracker(spec)
+    load_slo_state(tracker, config.slo_state_file)
+    registry.register(SloCollector(tracker))
+    engine, gpu = build_collectors(config, tracker)
     sidecar = Sidecar(config, [engine, gpu], registry)
     if config.gpu_hourly_usd is not None:
         registry.register(CostCollector(
@@ -210,6 +250,8 @@ async def serve(config: SidecarConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     tasks = [asyncio.create_task(sidecar.run_collector(c)) for c in sidecar.collectors]
+    if config.slo_state_file:
+        tasks.append(asyncio.create_task(keep_saving(tracker, config)))
     await stop.wait()
     log.info("stopping")
     for task in tasks:
@@ -218,6 +260,7 @@ async def serve(config: SidecarConfig) -> int:
     for collector in sidecar.collectors:
         with contextlib.suppress(Exception):
             await collector.close()
+    save_slo_state(tracker, config.slo_state_file)
     await runner.cleanup()
     return 0
 
@@ -228,9 +271,17 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"slo-sidecar sidecar: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        spec = load_spec(config.slo or str(DEFAULT_SPEC))
+    except SpecError as exc:
+        print(f"slo-sidecar sidecar: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(serve(config))
+    for slo in spec.slos:
+        if not slo.sli.sidecar_can_evaluate:
+            log.warning("SLO %s has a PromQL SLI: Prometheus's rules cover it, the sidecar cannot", slo.name)
+    return asyncio.run(serve(config, spec))
 
 
 __all__ = ["add_arguments", "run", "Sidecar"]

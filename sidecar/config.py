@@ -51,6 +51,9 @@ class SidecarConfig:
     container: str = ""
     gpu_hourly_usd: float | None = None
     gpus: int = 1
+    slo: str = ""  # the SLO spec; empty: the embedded default
+    slo_state_file: str = ""
+    slo_state_interval_s: float = 60.0
     log_level: str = "INFO"
 
 
@@ -147,6 +150,9 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "container": (_label_value, "container label on GPU series: the engine's container"),
     "gpu_hourly_usd": (_positive_number, "price of one GPU-hour in USD; turns on the cost metrics"),
     "gpus": (_positive_int, "GPUs the engine uses, for cost, when NVML cannot count them"),
+    "slo": (_string, "the SLO spec (ours or Sloth's prometheus/v1; default: the embedded slo.yaml)"),
+    "slo_state_file": (_string, "where to keep the SLO windows across restarts (default: not kept)"),
+    "slo_state_interval_s": (_positive_number, "seconds between saves of the SLO state file"),
     "log_level": (_log_level, "DEBUG, INFO, WARNING or ERROR"),
 }
 

@@ -17,6 +17,7 @@ from .collector import CollectError
 from .config import SidecarConfig
 from .engine_stats import FAMILIES, EngineStats, EngineStatsDeriver
 from .exposition import SampleFilter, parse
+from .slo_tracker import SloTracker
 
 PROCESS_START = "process_start_time_seconds"
 SCRAPE_FAMILIES = SampleFilter([*FAMILIES.families, PROCESS_START])
@@ -55,8 +56,10 @@ class EngineCollector:
     name = "engine"
     error_reasons = SCRAPE_ERROR_REASONS
 
-    def __init__(self, config: SidecarConfig):
+    def __init__(self, config: SidecarConfig, tracker: SloTracker | None = None):
         self.config = config
+        self.tracker = tracker
+        self.wanted = SampleFilter([*SCRAPE_FAMILIES.families, *(tracker.metrics if tracker else ())])
         self.interval_s = config.engine_interval_s
         self.timeout_s = config.engine_timeout_s
         self.backoff_max_s = config.engine_interval_s  # no backoff: a restarted engine is seen at once
@@ -70,8 +73,10 @@ class EngineCollector:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         text, openmetrics = await fetch_exposition(self._session, self.url, self.config.engine_max_bytes)
-        samples = self._capped(parse(text, SCRAPE_FAMILIES, openmetrics))  # ExpositionError is a CollectError
+        samples = self._capped(parse(text, self.wanted, openmetrics))  # ExpositionError is a CollectError
         start_time = next((s.value for s in samples if s.name == PROCESS_START), None)
+        if self.tracker is not None:
+            self.tracker.observe(samples, time.time(), start_time)
         self.last_stats = self.deriver.update(samples, time.monotonic(), start_time)
         return [*engine_families(self.last_stats), GaugeMetricFamily(
             "sidecar_engine_samples_dropped", "Samples of the last engine scrape dropped over max_engine_series "

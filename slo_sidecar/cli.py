@@ -36,12 +36,9 @@ def _sidecar(args: argparse.Namespace) -> int:
     return run(args)
 
 
-DEFAULT_SPEC = Path(__file__).resolve().parent / "slo.yaml"
-
-
 def _load_spec(path: str | None):
     """The spec, or None after printing why it cannot be used (the caller exits 2)."""
-    from .spec import SpecError, load_spec
+    from .spec import DEFAULT_SPEC, SpecError, load_spec
 
     try:
         return load_spec(path or str(DEFAULT_SPEC))

@@ -125,3 +125,42 @@ class SidecarProcess(ManagedProcess):
 
     def wait_ready(self, timeout_s: float = 60.0) -> float:
         return self.wait_http_ok(self.url + "/health", timeout_s)
+
+
+class PrometheusProcess(ManagedProcess):
+    """A real Prometheus (Debian's /usr/bin/prometheus) on a free port, with a throw-away TSDB in `workdir`.
+
+    Scrapes the given targets every `scrape_interval` and loads `rule_files`; never the system service.
+    """
+
+    def __init__(self, workdir: Path, targets: dict[str, str], rule_files: list[Path],
+                 scrape_interval: str = "1s", evaluation_interval: str = "1s", binary: str = "prometheus"):
+        import yaml
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir = Path(workdir)
+        config = {
+            "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
+            "rule_files": [str(path) for path in rule_files],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [address]}]}
+                               for job, address in targets.items()],
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        super().__init__("prometheus", [
+            binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d",
+        ], workdir / "prometheus.log")
+
+    def wait_ready(self, timeout_s: float = 60.0) -> float:
+        return self.wait_http_ok(self.url + "/-/ready", timeout_s)
+
+    def query(self, expr: str) -> list[dict]:
+        """The instant vector for expr, as Prometheus's HTTP API returns it."""
+        import json
+        import urllib.parse
+
+        status, body = http_get(self.url + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+        if status != 200:
+            raise RuntimeError(f"query {expr!r} answered {status}: {body[:200]!r}")
+        return json.loads(body)["data"]["result"]

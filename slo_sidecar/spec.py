@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from prometheus_client.utils import floatToGoString
 from .yaml_tree import Located, Path_, YamlError, dotted, load
 
 SPEC_VERSION = "slo-sidecar/v1"
+DEFAULT_SPEC = Path(__file__).resolve().parent / "slo.yaml"  # the embedded default
 DAY = 86_400
 PERIODS = {"7d": 7 * DAY, "14d": 14 * DAY, "28d": 28 * DAY, "30d": 30 * DAY}
 

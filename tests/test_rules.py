@@ -13,7 +13,7 @@ import yaml
 
 from alerts.render import render
 from alerts.unit_tests import NIGHT, predicted_firing, scenarios
-from slo_sidecar.cli import DEFAULT_SPEC
+from slo_sidecar.spec import DEFAULT_SPEC
 from slo_sidecar.spec import load_spec, parse_spec
 from tests.helpers import REPO
 from tests.test_slo_spec import SLOTH

@@ -205,3 +205,24 @@ def test_engine_death_reads_up_0_and_a_restart_brings_no_rate_spike(tmp_path):
             for samples in (back, settled):
                 rate = metric(samples, "sidecar_engine_generation_tokens_per_second")
                 assert 0 <= rate < 1, f"rate spike after the restart: {rate}"
+
+
+@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
+def test_slo_state_is_saved_on_shutdown_and_restored_at_start(tmp_path, exposition_server):
+    state = tmp_path / "slo-state.json"
+    for run in (1, 2):
+        with SidecarProcess(tmp_path / f"sidecar-{run}.log", exposition_server.url, "--engine-interval-s", INTERVAL,
+                            "--slo-state-file", str(state)).start() as sidecar:
+            sidecar.wait_ready()
+            wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1
+                     and metric(s, "slo_objective_ratio", slo="availability") == 0.999)
+            assert sidecar.stop() == 0
+        assert state.exists(), "written atomically on SIGTERM"
+    log = (tmp_path / "sidecar-2.log").read_text()
+    assert "SLO state restored" in log, log
+    state.write_text(state.read_text().replace('"fingerprint":"', '"fingerprint":"x'))
+    with SidecarProcess(tmp_path / "sidecar-3.log", exposition_server.url, "--slo-state-file", str(state)
+                        ).start() as sidecar:
+        sidecar.wait_ready()
+        assert sidecar.stop() == 0
+    assert "written for another SLO spec" in (tmp_path / "sidecar-3.log").read_text()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from slo_sidecar.cli import DEFAULT_SPEC
+from slo_sidecar.spec import DEFAULT_SPEC
 from slo_sidecar.spec import KNOWN_BUCKETS, Matcher, SpecError, load_spec, parse_spec
 from tests.helpers import REPO
 from tests.test_exposition import FIXTURE

@@ -1,0 +1,49 @@
+"""The tracker's SLO states as Prometheus families, computed at scrape time."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from .slo_tracker import SloTracker
+
+
+class SloCollector:
+    """prometheus_client custom collector over the SLO tracker."""
+
+    def __init__(self, tracker: SloTracker):
+        self.tracker = tracker
+
+    def collect(self) -> Iterable[Metric]:
+        states = self.tracker.states(time.time())
+        ratio = GaugeMetricFamily("slo_sli_error_ratio", "Share of the SLI's events that were errors over the "
+                                  "window (absent without events).", labels=["slo", "window"])
+        burn = GaugeMetricFamily("slo_burn_rate", "Error ratio over the window divided by the error budget "
+                                 "(1 - objective): 1 spends the budget exactly over the period.",
+                                 labels=["slo", "window"])
+        events = GaugeMetricFamily("slo_sli_events", "SLI events (requests) seen in the window.",
+                                   labels=["slo", "window"])
+        filled = GaugeMetricFamily("slo_window_filled", "1 once the sidecar has data for the whole window; "
+                                   "before that the figures cover only what it has seen.", labels=["slo", "window"])
+        objective = GaugeMetricFamily("slo_objective_ratio", "The SLO's objective, 0-1.", labels=["slo"])
+        remaining = GaugeMetricFamily("slo_error_budget_remaining_ratio", "Share of the period's error budget "
+                                      "left (negative once overspent).", labels=["slo"])
+        firing = GaugeMetricFamily("slo_alert_firing", "1 while the multi-window burn-rate condition of the "
+                                   "SLO's page or ticket alert holds (no `for:`).", labels=["slo", "severity", "tier"])
+        for state in states:
+            name = state.slo.name
+            objective.add_metric([name], state.slo.objective_ratio)
+            if state.budget_remaining is not None:
+                remaining.add_metric([name], state.budget_remaining)
+            for window in state.windows:
+                labels = [name, window.window]
+                events.add_metric(labels, window.events)
+                filled.add_metric(labels, float(window.filled))
+                if window.error_ratio is not None:
+                    ratio.add_metric(labels, window.error_ratio)
+                    burn.add_metric(labels, window.burn_rate)
+            for tier, holds in state.firing.items():
+                firing.add_metric([name, getattr(state.slo, tier).severity, tier], float(holds))
+        yield from (ratio, burn, events, filled, objective, remaining, firing)

@@ -1,0 +1,115 @@
+"""A real Prometheus scrapes the real engine and sidecar, loads the generated rules, and agrees with the sidecar.
+
+The SLOs here use a 7-day period, so their shortest window is one minute and
+fills within the test; the rules and the sidecar read the same spec file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import time
+
+import aiohttp
+import pytest
+
+from alerts.render import render
+from slo_sidecar.processes import PrometheusProcess, SidecarProcess, http_get
+from slo_sidecar.spec import load_spec
+from tests.conftest import API_KEY, run_async
+from tests.helpers import metric, parse_metrics
+
+pytestmark = [pytest.mark.engine,
+              pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus (Debian package) not installed")]
+
+SPEC = """version: slo-sidecar/v1
+service: it
+slos:
+  - name: availability
+    objective: 99
+    period: 7d
+    sli:
+      availability:
+        errors:
+          metric: slo_engine_http_requests_total
+          matchers: ['endpoint=~"/v1/completions|/v1/chat/completions"', 'code=~"5..|429"']
+        total:
+          metric: slo_engine_http_requests_total
+          matchers: ['endpoint=~"/v1/completions|/v1/chat/completions"', 'code=~"2..|5..|429"']
+  - name: ttft
+    objective: 99
+    period: 7d
+    sli:
+      latency: {histogram: "vllm:time_to_first_token_seconds", threshold_s: 0.5}
+"""
+FAILING = 0.2
+
+
+def sidecar_ratios(sidecar: SidecarProcess) -> dict[tuple[str, str], float]:
+    samples = parse_metrics(http_get(sidecar.url + "/metrics")[1].decode())
+    filled = {(dict(labels)["slo"], dict(labels)["window"]) for (name, labels), value in samples.items()
+              if name == "slo_window_filled" and value == 1}
+    return {(dict(labels)["slo"], dict(labels)["window"]): value for (name, labels), value in samples.items()
+            if name == "slo_sli_error_ratio" and (dict(labels)["slo"], dict(labels)["window"]) in filled}
+
+
+def prometheus_ratio(prometheus: PrometheusProcess, slo: str, window: str) -> float | None:
+    result = prometheus.query(f'slo:sli_error:ratio_rate{window}{{sloth_slo="{slo}"}}')
+    return float(result[0]["value"][1]) if result else None
+
+
+@run_async
+async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
+    spec_file = tmp_path / "slo.yaml"
+    spec_file.write_text(SPEC)
+    rules = []
+    for name, text in render(load_spec(str(spec_file))).items():
+        if name.endswith(".rules.yaml"):
+            (tmp_path / name).write_text(text)
+            rules.append(tmp_path / name)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with SidecarProcess(tmp_path / "sidecar.log", engine.url, "--engine-interval-s", "1", "--slo",
+                        str(spec_file)).start() as sidecar:
+        sidecar.wait_ready()
+        targets = {"engine": engine.url.removeprefix("http://"), "sidecar": sidecar.url.removeprefix("http://")}
+        with PrometheusProcess(tmp_path, targets, rules).start() as prometheus:
+            prometheus.wait_ready()
+            async with aiohttp.ClientSession(headers=headers) as session:
+                async with session.post(engine.url + "/admin/fault-injection", json={"error_ratio": FAILING}) as r:
+                    assert r.status == 200
+                stop = asyncio.Event()
+
+                async def client() -> None:  # three at a time: below the engine's 4 slots, so no 429s
+                    while not stop.is_set():
+                        async with session.post(engine.url + "/v1/completions",
+                                                json={"prompt": "slo", "max_tokens": 4}) as response:
+                            await response.read()
+
+                clients = [asyncio.create_task(client()) for _ in range(3)]
+                try:
+                    await asyncio.sleep(75)  # the 1m window fills in both, with a margin
+                    comparisons = []
+                    for _ in range(5):
+                        ours = await asyncio.to_thread(sidecar_ratios, sidecar)
+                        theirs = {key: await asyncio.to_thread(prometheus_ratio, prometheus, *key) for key in ours}
+                        comparisons.append((ours, theirs))
+                        await asyncio.sleep(2)
+                finally:
+                    stop.set()
+                    await asyncio.gather(*clients, return_exceptions=True)
+                    async with session.post(engine.url + "/admin/fault-injection", json={"error_ratio": 0.0}):
+                        pass
+            up = prometheus.query('up{job="sidecar"}')
+            assert up and up[0]["value"][1] == "1"
+    keys = set(comparisons[0][0])
+    assert ("availability", "1m") in keys and ("ttft", "1m") in keys, keys
+    for key in keys:
+        ours = [c[0][key] for c in comparisons]
+        theirs = [c[1][key] for c in comparisons]
+        assert None not in theirs, f"Prometheus has no {key}"
+        difference = statistics.median(abs(a - b) for a, b in zip(ours, theirs))
+        # Within 2% of the value (and 0.001 absolute where both are near zero).
+        assert difference <= max(0.02 * statistics.median(theirs), 0.001), (key, ours, theirs)
+    availability = statistics.median(c[0][("availability", "1m")] for c in comparisons)
+    assert availability == pytest.approx(FAILING, abs=0.02), "the injected share of failures"
