@@ -175,7 +175,7 @@ class Slo:
 
     @property
     def objective_ratio(self) -> float:
-        return self.objective / 100
+        return round(self.objective / 100, 12)
 
     @property
     def error_budget(self) -> float:
