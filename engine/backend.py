@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -46,8 +47,15 @@ class GenerationTally:
     metrics: Any = None
     cached_tokens: int | None = None
     error: ApiError | None = None  # how it ended, when it failed after its response had started
+    first_token_at: float | None = None  # time.monotonic() when the server had the first token to send
+    last_token_at: float | None = None
 
     def add(self, step: GenerationStep) -> None:
+        tokens = sum(delta.num_tokens for delta in step.choices)
+        if tokens:
+            now = time.monotonic()
+            self.first_token_at = self.first_token_at or now
+            self.last_token_at = now
         for delta in step.choices:
             self.completion_tokens += delta.num_tokens
             if delta.finish_reason:

@@ -16,9 +16,12 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from slo_sidecar import __version__
+from slo_sidecar.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
 
+from .goodput import GoodputCounter
 from .metrics import ServerMetrics
 from .server import EngineState, build_app
 from .settings import EngineSettings
@@ -40,10 +43,11 @@ def resolve_model(settings: EngineSettings) -> tuple[str, str]:
     return str(model_dir), settings.served_model_name or model_dir.name
 
 
-async def serve(settings: EngineSettings) -> int:
+async def serve(settings: EngineSettings, spec: Spec) -> int:
     model_dir, served_name = resolve_model(settings)
     tracer = setup_tracing(settings.trace_exporter, __version__, served_name)
-    state = EngineState(settings=settings, served_model_name=served_name, metrics=ServerMetrics(), tracer=tracer)
+    state = EngineState(settings=settings, served_model_name=served_name, metrics=ServerMetrics(), tracer=tracer,
+                        goodput=GoodputCounter(spec, REGISTRY))
     state.generations_idle.set()
     runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -104,9 +108,14 @@ def configure_logging(level: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = EngineSettings.from_args(args)
+    try:
+        spec = load_spec(settings.slo or str(DEFAULT_SPEC))  # its goodput SLOs' targets
+    except SpecError as exc:
+        print(f"slo-sidecar engine: error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     try:
         import uvloop  # the event loop vLLM's own server runs on (uvicorn picks it when installed)
     except ImportError:
-        return asyncio.run(serve(settings))
-    return uvloop.run(serve(settings))
+        return asyncio.run(serve(settings, spec))
+    return uvloop.run(serve(settings, spec))

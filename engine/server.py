@@ -26,6 +26,7 @@ from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from .backend import GenerationTally, VllmBackend
 from .faults import FaultInjector, InjectedFault, disabled_error
+from .goodput import GoodputCounter
 from .health import AcceleratorMemoryProbe, Phase, evaluate_health
 from .metrics import CLIENT_CLOSED_REQUEST, ServerMetrics
 from .protocol import (
@@ -70,6 +71,7 @@ class EngineState:
     memory_probe: AcceleratorMemoryProbe = field(default_factory=AcceleratorMemoryProbe)
     tracer: RequestTracer = field(default_factory=lambda: RequestTracer(None))
     generations_idle: asyncio.Event = field(default_factory=asyncio.Event)
+    goodput: GoodputCounter | None = None
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase
@@ -254,6 +256,7 @@ def _unavailable(phase: Phase) -> ApiError:
 
 
 async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
+    started_at = time.monotonic()
     state = request.app[STATE_KEY]
     if state.phase != "ready" or state.backend is None:
         raise _unavailable(state.phase)
@@ -289,6 +292,19 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
             if state.active_generations == 0:
                 state.generations_idle.set()
             state.tracer.finish_generation(span, tally, len(token_ids), failure)
+            if state.goodput is not None:
+                state.goodput.record(tally, started_at, _ended_with(failure, tally))
+
+
+def _ended_with(failure: BaseException | None, tally: GenerationTally) -> int | None:
+    """The status a generation ended with, None if it succeeded (a stream can fail after its 200)."""
+    if isinstance(failure, asyncio.CancelledError):
+        return CLIENT_CLOSED_REQUEST
+    if isinstance(failure, ApiError):
+        return failure.status
+    if failure is not None:
+        return 500
+    return tally.error.status if tally.error is not None else None
 
 
 def _admit(state: EngineState, n: int) -> None:

@@ -36,6 +36,7 @@ class EngineSettings:
     max_body_bytes: int
     enable_fault_injection: bool
     trace_exporter: str
+    slo: str
     log_level: str
 
     @classmethod
@@ -127,5 +128,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str
         default=env("trace_exporter", str, "otlp" if otlp_configured else "none"),
         help="where spans go (default: otlp when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set, else none); "
              "OTEL_SDK_DISABLED=true turns tracing off whatever this says")
+    add("--slo", default=env("slo", str, ""),
+        help="SLO spec whose goodput SLOs the engine counts requests for (default: the embedded slo.yaml)")
     add("--log-level", default=env("log_level", str, "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -24,7 +24,7 @@ AVAILABILITY = """  - name: availability
 
 def test_the_default_spec():
     spec = load_spec(str(DEFAULT_SPEC))
-    assert [slo.name for slo in spec.slos] == ["availability", "ttft", "e2e-latency", "queue-time"]
+    assert [slo.name for slo in spec.slos] == ["availability", "ttft", "e2e-latency", "queue-time", "goodput"]
     availability = spec.slos[0]
     assert availability.objective == 99.9 and availability.error_budget == 0.001 and availability.period == "30d"
     assert [a.factor for a in availability.burn_alerts()] == [14.4, 6.0, 3.0, 1.0]
