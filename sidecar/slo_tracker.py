@@ -25,6 +25,7 @@ from .exposition import Labels, Sample
 
 # (bucket seconds, seconds kept): each tier serves the windows up to its span.
 TIERS = ((10, 2 * 3600 + 600), (60, 26 * 3600), (600, 31 * 86_400 + 3600))
+TRIM_ROWS = 64
 
 
 @dataclass
@@ -47,7 +48,7 @@ class CumulativeTier:
             self.errors.append(errors)
             self.totals.append(total)
         dead = bisect_right(self.ends, index - self.keep_s // self.bucket_s) - 1
-        if dead > 0 and dead >= len(self.ends) // 2:  # trim in halves: O(1) amortised
+        if dead >= TRIM_ROWS:  # trim in small batches: memory stays within TRIM_ROWS of the window
             del self.ends[:dead], self.errors[:dead], self.totals[:dead]
 
     def at(self, t: float) -> tuple[float, float] | None:
@@ -118,6 +119,12 @@ class TrackedSlo:
     tiers: list[CumulativeTier] = field(default_factory=lambda: [CumulativeTier(b, k) for b, k in TIERS])
     cumulative: list[float] = field(default_factory=lambda: [0.0, 0.0])  # errors, total
 
+    def __post_init__(self) -> None:
+        # Worked out once: states() runs at every scrape of the sidecar.
+        self.windows = [(seconds, duration_label(seconds)) for seconds in self.slo.windows()]
+        self.alerts = {tier: [a for a in self.slo.burn_alerts() if a.tier == tier]
+                       for tier in ("page", "ticket") if getattr(self.slo, tier).enabled}
+
     def observe(self, by_name: dict[str, list[Sample]], t: float, restarted: bool) -> None:
         errors = sum(sign * term.increase(by_name.get(term.selection.metric, []), restarted)
                      for sign, term in self.errors)
@@ -178,20 +185,17 @@ class SloTracker:
         for tracked in self.slos:
             slo, budget = tracked.slo, tracked.slo.error_budget
             windows = []
-            for seconds in slo.windows():
+            for seconds, label in tracked.windows:
                 errors, total = tracked.window(now, seconds)
                 ratio = errors / total if total > 0 else None
                 filled = self.first_seen is not None and now - seconds >= self.first_seen
-                windows.append(SloWindow(duration_label(seconds), seconds, filled, ratio,
-                                         None if ratio is None else ratio / budget, total))
+                windows.append(SloWindow(label, seconds, filled, ratio, None if ratio is None else ratio / budget,
+                                         total))
             by_seconds = {w.seconds: w for w in windows}
             period = by_seconds[slo.period_s]
-            firing = {}
-            for tier in ("page", "ticket"):
-                firing[tier] = getattr(slo, tier).enabled and any(
-                    _over(by_seconds[a.long_s], a.factor * budget, slo.min_events)
-                    and _over(by_seconds[a.short_s], a.factor * budget, 0)
-                    for a in slo.burn_alerts() if a.tier == tier)
+            firing = {tier: any(_over(by_seconds[a.long_s], a.factor * budget, slo.min_events)
+                                and _over(by_seconds[a.short_s], a.factor * budget, 0) for a in alerts)
+                      for tier, alerts in tracked.alerts.items()}
             remaining = None if period.burn_rate is None else 1 - period.burn_rate
             states.append(SloState(slo, windows, remaining, firing))
         return states
