@@ -220,7 +220,7 @@ def input_series(slo: Slo, scenario: Scenario) -> list[dict[str, str]] | None:
     labels = witness([m for m in bucket.matchers if m.label != "le"])
     if labels is None:
         return None
-    le = next(m.value for m in bucket.matchers if m.label == "le")
+    le = witness([m for m in bucket.matchers if m.label == "le"])["le"]
     return [{"series": _series(count, labels), "values": _values(scenario, lambda burning: 1.0)},
             {"series": _series(bucket, {**labels, "le": le}), "values": _values(scenario, good_share)}]
 

@@ -232,9 +232,13 @@ def _round_minutes(seconds: float) -> int:
     return max(60, int(round(seconds / 60)) * 60)
 
 
-def le_label(bound: float) -> str:
-    """The `le` value as prometheus_client (and so vLLM) writes it: 0.5, 1.0, +Inf."""
-    return floatToGoString(bound)
+def le_matcher(bound: float) -> Matcher:
+    """Matches the bucket whichever way `le` is written: prometheus_client (and so vLLM) writes 10.0,
+    Prometheus 3 normalises classic-histogram `le` values on ingestion to 10."""
+    forms = sorted({floatToGoString(bound), f"{bound:.17g}"}, key=len, reverse=True)
+    if len(forms) == 1:
+        return Matcher("le", "=", forms[0])
+    return Matcher("le", "=~", "|".join(re.escape(form) for form in forms))
 
 
 # --- parsing ----------------------------------------------------------------------------------------
@@ -417,7 +421,7 @@ def _parse_sli(reader: _Reader, value: Any, path: Path_, slo_name: str, selector
                 f"at or under it exactly; its boundaries are {', '.join(f'{b:g}' for b in buckets)}"))
         matchers = selector + (reader.matchers(spec["matchers"], (*here, "matchers")) if "matchers" in spec else ())
         count = Selection(histogram + "_count", matchers)
-        within = Selection(histogram + "_bucket", (*matchers, Matcher("le", "=", le_label(threshold))))
+        within = Selection(histogram + "_bucket", (*matchers, le_matcher(threshold)))
         return Sli(kind, EventSum(((1, count), (-1, within))), EventSum(((1, count),)),
                    f"share of requests slower than {threshold:g} s by {histogram}")
     # goodput: the engine counts each request good when it met every target at once.
