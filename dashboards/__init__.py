@@ -1,1 +1,1 @@
-"""Grafana dashboards generated from the SLO spec. Not built yet."""
+"""Grafana dashboards generated from the SLO spec (`slo-sidecar generate`), built with grafana-foundation-sdk."""

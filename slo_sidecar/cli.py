@@ -66,10 +66,16 @@ def _generate(args: argparse.Namespace) -> int:
     spec = _load_spec(args.slo)
     if spec is None:
         return 2
+    from dashboards.definitions import dashboards
+    from dashboards.grafana import render as render_dashboards
+
     out = Path(args.out)
-    for name, text in render(spec).items():
-        changed = write_atomically(out / name, text)
-        print(f"{'wrote' if changed else 'unchanged'} {out / name}")
+    board_dir = Path(args.dashboards_out) if args.dashboards_out else out / "dashboards"
+    files = {out / name: text for name, text in render(spec).items()}
+    files.update({board_dir / name: text for name, text in render_dashboards(dashboards(spec)).items()})
+    for path, text in files.items():
+        changed = write_atomically(path, text)
+        print(f"{'wrote' if changed else 'unchanged'} {path}")
     for slo in spec.slos:
         if not slo.sli.sidecar_can_evaluate:
             print(f"note: {slo.name} has a PromQL SLI: the rules cover it, the sidecar serves no live burn rates for it")
@@ -108,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
     validate.set_defaults(func=_validate)
 
-    generate = commands.add_parser("generate", help="write Prometheus rules and Alertmanager inhibitions from an SLO spec")
+    generate = commands.add_parser("generate", help="write Prometheus rules, Alertmanager inhibitions and Grafana dashboards from an SLO spec")
     generate.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
     generate.add_argument("--out", required=True, help="directory to write the rule files into")
+    generate.add_argument("--dashboards-out", help="directory for the Grafana dashboards (default: OUT/dashboards)")
     generate.set_defaults(func=_generate)
 
     demo = commands.add_parser("demo", help="run the engine, send requests, show its metrics, stop")

@@ -138,6 +138,8 @@ class Sli:
     raw_errors: str | None = None  # Sloth `events`: PromQL with {{.window}}
     raw_total: str | None = None
     goodput_targets: dict[str, float] = field(default_factory=dict)
+    histogram: str | None = None  # latency SLIs: the histogram and the threshold, for dashboards
+    threshold_s: float | None = None
 
     @property
     def sidecar_can_evaluate(self) -> bool:
@@ -423,7 +425,8 @@ def _parse_sli(reader: _Reader, value: Any, path: Path_, slo_name: str, selector
         count = Selection(histogram + "_count", matchers)
         within = Selection(histogram + "_bucket", (*matchers, le_matcher(threshold)))
         return Sli(kind, EventSum(((1, count), (-1, within))), EventSum(((1, count),)),
-                   f"share of requests slower than {threshold:g} s by {histogram}")
+                   f"share of requests slower than {threshold:g} s by {histogram}", histogram=histogram,
+                   threshold_s=threshold)
     # goodput: the engine counts each request good when it met every target at once.
     spec = reader.mapping(body, here, GOODPUT_TARGETS)
     if not spec:

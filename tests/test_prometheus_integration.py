@@ -15,6 +15,8 @@ import aiohttp
 import pytest
 
 from alerts.render import render
+from dashboards.definitions import dashboards
+from dashboards.model import expand
 from slo_sidecar.processes import PrometheusProcess, SidecarProcess, http_get
 from slo_sidecar.spec import load_spec
 from tests.conftest import API_KEY, run_async
@@ -54,6 +56,21 @@ def sidecar_ratios(sidecar: SidecarProcess) -> dict[tuple[str, str], float]:
             if name == "slo_sli_error_ratio" and (dict(labels)["slo"], dict(labels)["window"]) in filled}
 
 
+def run_every_panel_query(prometheus: PrometheusProcess, spec) -> dict[str, str]:
+    """Every query of every generated panel, as Grafana would send it with variables on All: "data", or why not."""
+    results = {}
+    for board in dashboards(spec):
+        for panel in board.panels():
+            outcomes = []
+            for query in panel.queries:
+                try:
+                    outcomes.append("data" if prometheus.query(expand(query.expr)) else f"no data: {query.expr}")
+                except RuntimeError as exc:
+                    outcomes.append(f"error: {exc}")
+            results[f"{board.title} / {panel.title}"] = next((o for o in outcomes if o != "data"), "data")
+    return results
+
+
 def prometheus_ratio(prometheus: PrometheusProcess, slo: str, window: str) -> float | None:
     result = prometheus.query(f'slo:sli_error:ratio_rate{window}{{sloth_slo="{slo}"}}')
     return float(result[0]["value"][1]) if result else None
@@ -69,8 +86,9 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
             (tmp_path / name).write_text(text)
             rules.append(tmp_path / name)
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    with SidecarProcess(tmp_path / "sidecar.log", engine.url, "--engine-interval-s", "1", "--slo",
-                        str(spec_file)).start() as sidecar:
+    # One fake GPU and a price, so the GPU and cost panels have data to show too.
+    with SidecarProcess(tmp_path / "sidecar.log", engine.url, "--engine-interval-s", "1", "--slo", str(spec_file),
+                        "--fake-gpu", "1", "--gpu-interval-s", "1", "--gpu-hourly-usd", "4").start() as sidecar:
         sidecar.wait_ready()
         targets = {"engine": engine.url.removeprefix("http://"), "sidecar": sidecar.url.removeprefix("http://")}
         with PrometheusProcess(tmp_path, targets, rules).start() as prometheus:
@@ -90,6 +108,8 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
                 try:
                     await asyncio.sleep(75)  # the 1m window fills in both, with a margin
                     comparisons = []
+                    panel_results = await asyncio.to_thread(run_every_panel_query, prometheus,
+                                                            load_spec(str(spec_file)))
                     for _ in range(5):
                         ours = await asyncio.to_thread(sidecar_ratios, sidecar)
                         theirs = {key: await asyncio.to_thread(prometheus_ratio, prometheus, *key) for key in ours}
@@ -102,6 +122,9 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
                         pass
             up = prometheus.query('up{job="sidecar"}')
             assert up and up[0]["value"][1] == "1"
+    failed = {title: outcome for title, outcome in panel_results.items() if outcome != "data"}
+    assert not failed, f"dashboard panels without data or with errors after the load: {failed}"
+    assert len(panel_results) >= 30
     keys = set(comparisons[0][0])
     assert ("availability", "1m") in keys and ("ttft", "1m") in keys, keys
     for key in keys:

@@ -1,0 +1,55 @@
+"""What a dashboard shows, independent of Grafana: panels, their queries, units and thresholds.
+
+Pure data. `definitions.py` builds these from the SLO spec; `grafana.py` turns
+them into Grafana's JSON with grafana-foundation-sdk; tests run every query
+against a real Prometheus. One model, so a panel cannot say one thing in
+Grafana and another in a check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Template variables every dashboard has; `expand` gives the values a check substitutes for "All".
+VARIABLES = ("namespace", "pod", "model")
+ALL = ".*"
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = ""
+    exemplars: bool = False
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    description: str  # the question the panel answers
+    queries: tuple[Query, ...]
+    unit: str  # Grafana unit id: s, percentunit, reqps, bytes, watt, hertz, celsius, currencyUSD, short
+    kind: str = "timeseries"  # or "stat"
+    thresholds: tuple[tuple[float, str], ...] = ()  # (value, colour): steps above a green base
+    threshold_lines: bool = False  # draw the thresholds as lines on a time series
+    min: float | None = None
+    max: float | None = None
+    width: int = 12  # of 24 columns
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    uid: str
+    title: str
+    description: str
+    rows: tuple[tuple[str, tuple[Panel, ...]], ...]
+    tags: tuple[str, ...] = field(default=("slo-sidecar",))
+
+    def panels(self) -> list[Panel]:
+        return [panel for _, panels in self.rows for panel in panels]
+
+
+def expand(expr: str, rate_interval: str = "1m") -> str:
+    """The query as Prometheus receives it from Grafana with every variable on "All"."""
+    for name in VARIABLES:
+        expr = expr.replace(f"${name}", ALL)
+    return expr.replace("$__rate_interval", rate_interval).replace("$__interval", "15s")
