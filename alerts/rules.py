@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dashboards import definitions
+from dashboards.grafana import panel_url
 from slo_sidecar.spec import Slo, Spec, duration_label
 
 PAGE_FOR = "1m"
@@ -131,6 +133,7 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
                                 f"short window; the {tier_name} fires at a burn of {windows} (error budget "
                                 f"{slo.error_budget * 100:.3g}%)."),
                 "runbook_url": spec.runbook_base_url + "slo-burn.md",
+                "dashboard_url": _slo_panel(spec, slo, "Burn rate by window"),
                 **tier.annotations,
             },
         })
@@ -148,9 +151,14 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
                                 f"{ABSENT_FOR}: the SLO and its burn-rate alerts are blind. Value "
                                 f"{{{{ $value }}}}."),
                 "runbook_url": spec.runbook_base_url + "sli-absent.md",
+                "dashboard_url": _slo_panel(spec, slo, "SLI over the period"),
             },
         })
     return {"name": f"sloth-slo-alerts-{spec.service}-{slo.name}", "rules": rules}
+
+
+def _slo_panel(spec: Spec, slo: Slo, title: str) -> str:
+    return panel_url(spec.grafana_url, definitions.slo_overview(spec), f"{slo.name}: {slo.description}", title)
 
 
 GENERATION = '{endpoint=~"/v1/completions|/v1/chat/completions"}'
@@ -161,11 +169,30 @@ def operational_group(spec: Spec) -> dict[str, Any]:
     op = spec.operational
     base = spec.runbook_base_url
 
+    boards = {"engine": definitions.engine(spec), "gpu": definitions.gpu(spec)}
+    panels = {  # alert -> (dashboard, row, panel) its annotation links to
+        "LLMEngineDown": ("engine", "Traffic", "Requests by status"),
+        "LLMSidecarCollectorFailing": ("engine", "Traffic", "Requests by status"),
+        "LLMSidecarAbsent": ("engine", "Traffic", "Requests by status"),
+        "LLMHighLatencyP99": ("engine", "Latency", "Time to first token"),
+        "LLMHighErrorRate": ("engine", "Traffic", "Error ratio"),
+        "LLMQueueDepthHigh": ("engine", "Tokens and scheduler", "Running and waiting requests"),
+        "LLMGpuUnderutilizedWhileBusy": ("gpu", "Load and memory", "GPU utilisation"),
+        "LLMGpuMemoryHigh": ("gpu", "Load and memory", "Memory used share"),
+        "LLMKvCacheNearFull": ("engine", "Tokens and scheduler", "KV cache usage"),
+        "LLMPreemptions": ("engine", "Tokens and scheduler", "Preemptions"),
+        "LLMGpuXidErrors": ("gpu", "Health", "XID errors"),
+        "LLMGpuTemperatureHigh": ("gpu", "Health", "Temperature"),
+        "LLMGpuThrottled": ("gpu", "Health", "Throttle reasons"),
+    }
+
     def alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str,
               runbook: str) -> dict[str, Any]:
+        board, row, title = panels[name]
         return {"alert": name, "expr": expr, "for": for_,
                 "labels": {**spec.labels, "severity": severity, "service": spec.service},
-                "annotations": {"summary": summary, "description": description, "runbook_url": base + runbook}}
+                "annotations": {"summary": summary, "description": description, "runbook_url": base + runbook,
+                                "dashboard_url": panel_url(spec.grafana_url, boards[board], row, title)}}
 
     rules = [
         alert("LLMEngineDown", "sidecar_engine_up == 0", "1m", "critical",

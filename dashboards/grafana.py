@@ -48,6 +48,17 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int):
     return builder
 
 
+def panel_ids(board: Dashboard) -> dict[tuple[str, str], int]:
+    """{(row title, panel title): panel id}: rows and panels numbered in the model's order."""
+    ids, panel_id = {}, 0
+    for title, panels in board.rows:
+        panel_id += 1
+        for panel in panels:
+            panel_id += 1
+            ids[(title, panel.title)] = panel_id
+    return ids
+
+
 def to_grafana(board: Dashboard, others: list[Dashboard]) -> dict:
     builder = (builders.Dashboard(board.title).uid(board.uid).description(board.description)
                .tags(list(board.tags)).editable().time("now-1h", "now").refresh("30s").timezone("browser"))
@@ -58,17 +69,16 @@ def to_grafana(board: Dashboard, others: list[Dashboard]) -> dict:
             builders.QueryVariable(name).label(name.capitalize()).datasource(DATASOURCE)
             .query(f"label_values({metric}, {label})").multi(True).include_all(True).all_value(ALL)
             .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED))
-    y, panel_id = 0, 0
+    y, ids = 0, panel_ids(board)
     for title, panels in board.rows:  # ids and positions follow the model's order: stable across runs
-        panel_id += 1
-        builder = builder.with_row(builders.Row(title).id(panel_id).grid_pos(models.GridPos(h=1, w=24, x=0, y=y)))
+        row_id = ids[(title, panels[0].title)] - 1
+        builder = builder.with_row(builders.Row(title).id(row_id).grid_pos(models.GridPos(h=1, w=24, x=0, y=y)))
         y += 1
         x = 0
         for panel in panels:
             if x + panel.width > 24:
                 x, y = 0, y + PANEL_HEIGHT
-            panel_id += 1
-            builder = builder.with_panel(_panel(panel, panel_id, x, y))
+            builder = builder.with_panel(_panel(panel, ids[(title, panel.title)], x, y))
             x += panel.width
         y += PANEL_HEIGHT
     for other in others:
@@ -76,6 +86,11 @@ def to_grafana(board: Dashboard, others: list[Dashboard]) -> dict:
             builder = builder.link(builders.DashboardLink(other.title).type(models.DashboardLinkType.LINK)
                                    .url(f"/d/{other.uid}").keep_time(True).include_vars(True))
     return json.loads(JSONEncoder(sort_keys=True, indent=2).encode(builder.build()))
+
+
+def panel_url(spec_grafana_url: str, board: Dashboard, row: str, title: str) -> str:
+    """Where an alert's annotation points: the panel on its own, keeping the alert's time."""
+    return f"{spec_grafana_url}/d/{board.uid}?viewPanel={panel_ids(board)[(row, title)]}"
 
 
 def render(boards: list[Dashboard]) -> dict[str, str]:

@@ -219,6 +219,7 @@ class Spec:
     operational: Operational
     runbook_base_url: str
     source: str
+    grafana_url: str = ""  # prefix of the alerts' dashboard links (empty: links relative to Grafana)
     format: str = SPEC_VERSION  # or "prometheus/v1" for a Sloth spec
 
 
@@ -245,7 +246,7 @@ def le_matcher(bound: float) -> Matcher:
 
 # --- parsing ----------------------------------------------------------------------------------------
 
-TOP_FIELDS = ("version", "service", "labels", "runbook_base_url", "operational", "slos")
+TOP_FIELDS = ("version", "service", "labels", "runbook_base_url", "grafana_url", "operational", "slos")
 SLO_FIELDS = ("name", "description", "objective", "period", "selector", "labels", "sli", "alerting")
 ALERTING_FIELDS = ("name", "labels", "annotations", "min_events", "page", "ticket")
 TIER_FIELDS = ("enabled", "severity", "labels", "annotations")
@@ -335,7 +336,8 @@ def parse_spec(text: str, source: str) -> Spec:
         if name in names[:i]:
             raise reader.fail(("slos", i, "name"), f"duplicate SLO name {name!r}")
     return Spec(service, labels, tuple(slos), _parse_operational(reader, top.get("operational")),
-                str(top.get("runbook_base_url", "docs/runbooks/")), source)
+                str(top.get("runbook_base_url", "docs/runbooks/")), source,
+                grafana_url=str(top.get("grafana_url", "")).rstrip("/"))
 
 
 def _parse_operational(reader: _Reader, value: Any) -> Operational:

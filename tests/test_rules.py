@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import pytest
 import yaml
 
 from alerts.render import render
+from dashboards.definitions import dashboards
+from dashboards.grafana import render as render_dashboards
 from alerts.unit_tests import NIGHT, predicted_firing, scenarios
 from slo_sidecar.spec import DEFAULT_SPEC
 from slo_sidecar.spec import load_spec, parse_spec
@@ -95,8 +98,12 @@ def alerts_of(text: str) -> list[dict]:
     return [rule for group in yaml.safe_load(text)["groups"] for rule in group["rules"] if "alert" in rule]
 
 
-def test_every_alert_has_severity_summary_live_description_for_and_an_existing_runbook():
-    files = render(load_spec(str(DEFAULT_SPEC)))
+def test_every_alert_has_severity_summary_live_description_for_a_runbook_and_a_panel():
+    spec = load_spec(str(DEFAULT_SPEC))
+    files = render(spec)
+    panel_urls = {f"/d/{board['uid']}?viewPanel={panel['id']}"
+                  for board in map(json.loads, render_dashboards(dashboards(spec)).values())
+                  for panel in board["panels"] if panel["type"] != "row"}
     alerts = [alert for name, text in files.items() if name.endswith(".rules.yaml") for alert in alerts_of(text)]
     assert len(alerts) >= 4 * 3 + 13
     for alert in alerts:
@@ -104,6 +111,7 @@ def test_every_alert_has_severity_summary_live_description_for_and_an_existing_r
         annotations = alert["annotations"]
         assert annotations["summary"] and "{{ $value" in annotations["description"], alert["alert"]
         assert (REPO / annotations["runbook_url"]).is_file(), annotations["runbook_url"]
+        assert annotations["dashboard_url"] in panel_urls, annotations["dashboard_url"]
 
 
 def test_page_and_ticket_share_the_labels_the_inhibition_needs():
