@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from slo_sidecar import __version__
+from slo_sidecar.serving import listen
 from slo_sidecar.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
 
 from .goodput import GoodputCounter
@@ -51,11 +52,7 @@ async def serve(settings: EngineSettings, spec: Spec) -> int:
     state.generations_idle.set()
     runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None)
     await runner.setup()
-    try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
-    except OSError as exc:  # port taken, address not ours: say so, no traceback
-        raise SystemExit(f"slo-sidecar engine: error: cannot listen on {settings.host}:{settings.port}: "
-                         f"{exc.strerror or exc}") from None
+    await listen(runner, settings.host, settings.port, "engine")
     log.info("listening on http://%s:%d (model loading)", settings.host, settings.port)
 
     stop = asyncio.Event()

@@ -34,6 +34,7 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
 from slo_sidecar.files import write_atomically
+from slo_sidecar.serving import listen
 from slo_sidecar.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
 
 from .collector import CollectError, Collector
@@ -238,11 +239,7 @@ async def serve(config: SidecarConfig, spec: Spec) -> int:
             generation_rate=lambda: generation_rate(engine)))
     runner = web.AppRunner(sidecar.build_app(), access_log=None)
     await runner.setup()
-    try:
-        await web.TCPSite(runner, config.host, config.port).start()
-    except OSError as exc:  # port taken, address not ours: say so, no traceback
-        raise SystemExit(f"slo-sidecar sidecar: error: cannot listen on {config.host}:{config.port}: "
-                         f"{exc.strerror or exc}") from None
+    await listen(runner, config.host, config.port, "sidecar")
     log.info("listening on http://%s:%d; scraping %s every %.1f s", config.host, config.port,
              config.engine_url, config.engine_interval_s)
     stop = asyncio.Event()

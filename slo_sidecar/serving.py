@@ -1,0 +1,14 @@
+"""Starting an HTTP listener the way both processes want it: a taken port is one line, not a traceback."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, command: str) -> None:
+    """Start the runner's site on host:port; exit with `command: error: ...` if it cannot bind."""
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:  # port taken, address not ours
+        raise SystemExit(f"slo-sidecar {command}: error: cannot listen on {host}:{port}: "
+                         f"{exc.strerror or exc}") from None
