@@ -59,6 +59,7 @@ SAMPLE_KINDS: dict[str, tuple[int, str]] = {
     HTTP_REQUESTS: (HTTP, HTTP_REQUESTS),
 }
 HTTP_TOTAL, HTTP_ERRORS = "http:total", "http:errors"
+HISTOGRAM_KEYS = {family: key for key, family in HISTOGRAMS.items()}
 
 
 @dataclass
@@ -130,12 +131,11 @@ class EngineStatsDeriver:
         error_ratio = increase[HTTP_ERRORS] / total if total else None
         quantiles = {}
         position = len(counter_keys)
-        histogram_keys = {family: key for key, family in HISTOGRAMS.items()}
         for family, bounds in bucket_keys:
             pairs = list(zip(bounds, increases[position:position + len(bounds)]))
             position += len(bounds)
             for q in QUANTILES:
-                quantiles[(histogram_keys[family], q)] = histogram_quantile(q, pairs)
+                quantiles[(HISTOGRAM_KEYS[family], q)] = histogram_quantile(q, pairs)
         return EngineStats(gauges, rates, error_ratio, quantiles)
 
 

@@ -82,10 +82,9 @@ def parse(text: str, wanted: SampleFilter, openmetrics: bool = False) -> list[Sa
                 append(Sample(known[0], known[1], value))
                 continue
         sample = _parse_line(line, names)
-        if closed and (sample is None or sample[1] is not None) and len(heads) < _HEAD_CACHE_MAX:
-            # Remember the head only if its label set really ends at this last '}' (not inside an exemplar).
-            if sample is None or sample[1] == tail:
-                heads[head] = None if sample is None else (sample[0].name, sample[0].labels)
+        # Remember the head only if its label set really ends at this last '}' (not inside an exemplar).
+        if closed and (sample is None or sample[1] == tail) and len(heads) < _HEAD_CACHE_MAX:
+            heads[head] = None if sample is None else (sample[0].name, sample[0].labels)
         if sample is not None:
             append(sample[0])
     return samples

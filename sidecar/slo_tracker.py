@@ -126,10 +126,7 @@ class TrackedSlo:
                        for tier in ("page", "ticket") if getattr(self.slo, tier).enabled}
 
     def observe(self, by_name: dict[str, list[Sample]], t: float, restarted: bool) -> None:
-        errors = sum(sign * term.increase(by_name.get(term.selection.metric, []), restarted)
-                     for sign, term in self.errors)
-        total = sum(sign * term.increase(by_name.get(term.selection.metric, []), restarted)
-                    for sign, term in self.totals)
+        errors, total = _increase(self.errors, by_name, restarted), _increase(self.totals, by_name, restarted)
         self.cumulative[0] += max(0.0, errors)
         self.cumulative[1] += max(0.0, total)
         for tier in self.tiers:
@@ -141,6 +138,10 @@ class TrackedSlo:
         start = tier.at(now - seconds) or (0.0, 0.0)
         end = self.cumulative
         return end[0] - start[0], end[1] - start[1]
+
+
+def _increase(terms: list[tuple[int, TermSeries]], by_name: dict[str, list[Sample]], restarted: bool) -> float:
+    return sum(sign * term.increase(by_name.get(term.selection.metric, []), restarted) for sign, term in terms)
 
 
 def _terms(events: EventSum) -> list[tuple[int, TermSeries]]:
@@ -160,6 +161,7 @@ class SloTracker:
                      for slo in spec.slos if slo.sli.errors is not None and slo.sli.total is not None]
         self.metrics = sorted({term.selection.metric for tracked in self.slos
                                for _, term in (*tracked.errors, *tracked.totals)})
+        self._wanted = frozenset(self.metrics)
         self.first_seen: float | None = None
         self.last_seen: float | None = None
         self._start_time: float | None = None
@@ -170,7 +172,7 @@ class SloTracker:
         if process_start_time is not None:
             self._start_time = process_start_time
         by_name: dict[str, list[Sample]] = {}
-        wanted = set(self.metrics)
+        wanted = self._wanted
         for sample in samples:
             if sample.name in wanted:
                 by_name.setdefault(sample.name, []).append(sample)
