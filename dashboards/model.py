@@ -48,8 +48,8 @@ class Dashboard:
         return [panel for _, panels in self.rows for panel in panels]
 
 
-def expand(expr: str, rate_interval: str = "1m") -> str:
+def expand(expr: str, rate_interval: str = "1m", interval: str = "15s") -> str:
     """The query as Prometheus receives it from Grafana with every variable on "All"."""
     for name in VARIABLES:
         expr = expr.replace(f"${name}", ALL)
-    return expr.replace("$__rate_interval", rate_interval).replace("$__interval", "15s")
+    return expr.replace("$__rate_interval", rate_interval).replace("$__interval", interval)

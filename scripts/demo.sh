@@ -2,5 +2,5 @@
 # The demo command: set up .venv (idempotent), then run `slo-sidecar demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+SLO_SIDECAR_SKIP_CHROMIUM=1 bash scripts/setup.sh  # the demo takes no screenshots
 exec .venv/bin/slo-sidecar demo "$@"

@@ -36,12 +36,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
-# Prometheus and promtool (Debian package `prometheus`) for the tests that check
-# expositions and rules. Installing the package would start a system service;
-# a policy-rc.d that exits 101 stops that, and the tests run their own server.
-if ! command -v promtool >/dev/null 2>&1; then
+# Debian packages: `prometheus` (server and promtool) for the tests that check
+# expositions and rules and for the demo, `chromium` for the dashboard preview's
+# screenshot test. Installing `prometheus` would start a system service; a
+# policy-rc.d that exits 101 stops that, and the tests and the demo run their own server.
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ "${SLO_SIDECAR_SKIP_CHROMIUM:-}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing the prometheus package (promtool), without starting its service"
+        echo "setup: installing Debian packages: ${missing[*]} (without starting services)"
         guard_added=0
         if [ ! -e /usr/sbin/policy-rc.d ]; then
             printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
@@ -49,10 +53,10 @@ if ! command -v promtool >/dev/null 2>&1; then
             guard_added=1
         fi
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
         if [ "$guard_added" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
     else
-        echo "setup: promtool not found and cannot install it here (needs root and apt-get); its tests will skip"
+        echo "setup: ${missing[*]} not found and cannot be installed here (needs root and apt-get); the tests that need them will skip"
     fi
 fi
 

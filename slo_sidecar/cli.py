@@ -82,6 +82,13 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preview(args: argparse.Namespace) -> int:
+    from .preview import run
+
+    spec = _load_spec(args.slo)
+    return 2 if spec is None else run(args, spec)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -119,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, help="directory to write the rule files into")
     generate.add_argument("--dashboards-out", help="directory for the Grafana dashboards (default: OUT/dashboards)")
     generate.set_defaults(func=_generate)
+
+    preview = commands.add_parser("preview", help="draw each dashboard as a static HTML page from a Prometheus")
+    from .preview import add_arguments as add_preview_arguments
+
+    add_preview_arguments(preview)
+    preview.set_defaults(func=_preview)
 
     demo = commands.add_parser("demo", help="run the engine, send requests, show its metrics, stop")
     from .demo import add_arguments as add_demo_arguments

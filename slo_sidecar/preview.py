@@ -1,0 +1,145 @@
+"""`slo-sidecar preview`: ask Prometheus what every dashboard panel would show, and write static pages.
+
+The I/O edge of the preview: query_range calls to Prometheus's HTTP API with
+the template variables on All, as Grafana would send them; the pages are drawn
+by the pure `dashboards.preview`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from dashboards.model import Dashboard, expand as expand_variables
+from dashboards.preview import PanelData, Series, page
+
+from .files import write_atomically
+
+POINTS_PER_CHART = 240
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_LEGEND_LABEL = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
+
+
+class PreviewError(Exception):
+    """Prometheus cannot be asked at all (a query that fails is shown on its panel instead)."""
+
+
+def parse_duration(text: str) -> int:
+    match = _DURATION.match(text.strip())
+    if not match or int(match[1]) == 0:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 15m, 1h or 1d, got {text!r}")
+    return int(match[1]) * _SECONDS[match[2]]
+
+
+def grafana_query(expr: str, step_s: float, scrape_interval_s: float) -> str:
+    """The query as Grafana sends it: variables on All, $__rate_interval as Grafana computes it."""
+    rate_interval = max(step_s + scrape_interval_s, 4 * scrape_interval_s)
+    return expand_variables(expr, f"{math.ceil(rate_interval)}s", f"{math.ceil(step_s)}s")
+
+
+def legend(template: str, labels: dict[str, str], expr: str) -> str:
+    if template and template != "__auto":
+        return _LEGEND_LABEL.sub(lambda m: labels.get(m[1], ""), template)
+    shown = {k: v for k, v in labels.items() if k != "__name__"}
+    if not shown:
+        return labels.get("__name__", expr)
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(shown.items())) + "}"
+
+
+def query_range(prometheus_url: str, expr: str, start: float, end: float, step_s: float) -> list[dict]:
+    """The matrix Prometheus returns; PreviewError if unreachable, ValueError (its message) if the query failed."""
+    params = urllib.parse.urlencode({"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}",
+                                     "step": f"{step_s:g}"})
+    try:
+        with urllib.request.urlopen(f"{prometheus_url}/api/v1/query_range?{params}", timeout=30) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as error:
+        try:
+            body = json.load(error)
+        except ValueError:
+            raise ValueError(f"HTTP {error.code}") from None
+        raise ValueError(body.get("error", f"HTTP {error.code}")) from None
+    except (OSError, ValueError) as error:
+        raise PreviewError(f"cannot query Prometheus at {prometheus_url}: {error}") from None
+    return body["data"]["result"]
+
+
+def panel_data(prometheus_url: str, board: Dashboard, start: float, end: float, step_s: float,
+               scrape_interval_s: float) -> list[PanelData]:
+    results = []
+    for panel in board.panels():
+        data = PanelData()
+        for query in panel.queries:
+            expr = grafana_query(query.expr, step_s, scrape_interval_s)
+            try:
+                matrix = query_range(prometheus_url, expr, start, end, step_s)
+            except ValueError as error:
+                data.errors.append(f"{query.legend or 'query'}: {error}")
+                continue
+            for item in matrix:
+                points = tuple((float(t), float(v)) for t, v in item["values"])
+                data.series.append(Series(legend(query.legend, item["metric"], expr), points))
+        results.append(data)
+    return results
+
+
+def write_preview(prometheus_url: str, boards: list[Dashboard], out: Path, ranges_s: list[int],
+                  scrape_interval_s: float, now: float | None = None) -> dict[Path, list[str]]:
+    """Write one page per dashboard; {page: titles of panels with no data or an error}."""
+    end = now if now is not None else time.time()
+    files = {board.uid: f"{board.uid}.html" for board in boards}
+    empty: dict[Path, list[str]] = {}
+    for board in boards:
+        ranges = {}
+        for range_s in ranges_s:
+            step_s = max(1.0, math.ceil(range_s / POINTS_PER_CHART))
+            data = panel_data(prometheus_url, board, end - range_s, end, step_s, scrape_interval_s)
+            ranges[_label(range_s)] = (end - range_s, end, step_s, data)
+        links = {other.title: files[other.uid] for other in boards if other.uid != board.uid}
+        path = out / files[board.uid]
+        write_atomically(path, page(board, ranges, links, prometheus_url))
+        first = next(iter(ranges.values()))[3]
+        empty[path] = [panel.title for panel, data in zip(board.panels(), first) if not data.series or data.errors]
+    return empty
+
+
+def _label(seconds: int) -> str:
+    for unit in ("d", "h", "m"):
+        if seconds % _SECONDS[unit] == 0:
+            return f"{seconds // _SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def run(args: argparse.Namespace, spec) -> int:
+    from dashboards.definitions import dashboards
+
+    out = Path(args.out)
+    try:
+        empty = write_preview(args.prometheus.rstrip("/"), dashboards(spec), out, args.ranges,
+                              args.scrape_interval)
+    except PreviewError as error:
+        print(f"slo-sidecar: error: {error}", file=sys.stderr)
+        return 1
+    for path, titles in empty.items():
+        note = f" ({len(titles)} panels without data over the shortest range: {', '.join(titles)})" if titles else ""
+        print(f"wrote {path}{note}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://localhost:9090")
+    parser.add_argument("--out", required=True, help="directory for the HTML pages")
+    parser.add_argument("--slo", help="the SLO spec the dashboards come from (default: the embedded slo.yaml)")
+    parser.add_argument("--ranges", type=lambda text: [parse_duration(p) for p in text.split(",")],
+                        default=[900, 3600, 21600], help="time ranges to offer, comma-separated (default: 15m,1h,6h)")
+    parser.add_argument("--scrape-interval", type=float, default=15.0,
+                        help="Prometheus's scrape interval in seconds, for $__rate_interval (default: 15)")
