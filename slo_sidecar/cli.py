@@ -48,14 +48,10 @@ def _load_spec(path: str | None):
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from .validate import run
+
     spec = _load_spec(args.slo)
-    if spec is None:
-        return 2
-    for slo in spec.slos:
-        where = "" if slo.sli.sidecar_can_evaluate else " (PromQL SLI: Prometheus rules only, no live burn rates)"
-        print(f"{slo.name}: {slo.objective:g}% over {slo.period}, {slo.sli.kind}{where}")
-    print(f"{spec.source}: valid, {len(spec.slos)} SLOs")
-    return 0
+    return 2 if spec is None else run(args, spec)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -117,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sidecar_arguments(sidecar)
     sidecar.set_defaults(func=_sidecar)
 
-    validate = commands.add_parser("validate", help="check an SLO spec (ours or Sloth's prometheus/v1)")
-    validate.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
+    validate = commands.add_parser("validate", help="check an SLO spec (ours or Sloth's prometheus/v1); with --url, "
+                                   "load an engine and PASS/FAIL it against the spec")
+    from .validate import add_arguments as add_validate_arguments
+
+    add_validate_arguments(validate)
     validate.set_defaults(func=_validate)
 
     generate = commands.add_parser("generate", help="write Prometheus rules, Alertmanager inhibitions and Grafana dashboards from an SLO spec")

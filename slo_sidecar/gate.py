@@ -1,0 +1,235 @@
+"""The load-test gate's judgement: what a load run measured, against the SLO spec's objectives.
+
+Pure: it reads request results and two /metrics texts, never the network.
+Two views, each judged against the same spec:
+- the server's: every SLO the sidecar can evaluate, computed from the engine's
+  own counters before and after the run with the spec's selectors, so the gate
+  and the alerts agree on what "good" means;
+- the client's: latency SLIs whose histogram a client can time (TTFT, inter-token,
+  end-to-end), goodput targets and the error rate, as the caller saw them,
+  network and HTTP included.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .spec import EventSum, Slo, Spec
+
+# Histograms a client can time itself, and the client measurement that matches each.
+CLIENT_MEASURE = {
+    "vllm:time_to_first_token_seconds": "ttft",
+    "vllm:inter_token_latency_seconds": "itl",
+    "vllm:e2e_request_latency_seconds": "e2e",
+    "slo_engine_http_request_duration_seconds": "e2e",
+}
+GOODPUT_MEASURE = {"ttft_s": "ttft", "inter_token_s": "itl", "e2e_s": "e2e"}
+QUANTILES = (0.5, 0.95, 0.99)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def samples_by_name(text: str, names: set[str] | None = None) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """{sample name: [(labels, value)]} from a Prometheus text exposition, optionally only some names."""
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if names is None or sample.name in names:
+                found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def event_count(events: EventSum, samples: dict[str, list[tuple[dict[str, str], float]]]) -> float:
+    total = 0.0
+    for sign, selection in events.terms:
+        for labels, value in samples.get(selection.metric, ()):
+            if all(matcher.matches(labels) for matcher in selection.matchers):
+                total += sign * value
+    return total
+
+
+def server_events(slo: Slo, before: str, after: str) -> tuple[float, float]:
+    """(bad, total) events of the SLO between two scrapes of the engine."""
+    start, end = samples_by_name(before), samples_by_name(after)
+    return (event_count(slo.sli.errors, end) - event_count(slo.sli.errors, start),
+            event_count(slo.sli.total, end) - event_count(slo.sli.total, start))
+
+
+def per_request_itl(request) -> float | None:
+    return sum(request.token_gaps_s) / len(request.token_gaps_s) if request.token_gaps_s else None
+
+
+@dataclass
+class ClientSummary:
+    requests: int
+    ok: int
+    failed_by_status: dict[str, int]
+    error_ratio: float  # server-caused failures (5xx, 429, broken streams, no answer) over requests judged
+    latency_s: dict[str, dict[str, float]]  # measure -> {p50, p95, p99, mean}
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+    wall_s: float
+
+    @classmethod
+    def of(cls, results: list, wall_s: float) -> "ClientSummary":
+        ok = [r for r in results if r.ok]
+        failed: dict[str, int] = {}
+        for r in results:
+            if not r.ok:
+                key = "stream error" if r.status == 200 else ("no answer" if r.status == 0 else str(r.status))
+                failed[key] = failed.get(key, 0) + 1
+        judged = [r for r in results if not _client_fault(r)]
+        server_failed = sum(1 for r in judged if not r.ok)
+        measures = {"ttft": [r.ttft_s for r in ok if r.ttft_s is not None],
+                    "itl": [gap for r in ok for gap in r.token_gaps_s],
+                    "e2e": [r.e2e_s for r in ok]}
+        latency = {name: {**{f"p{round(q * 100)}": percentile(values, q) for q in QUANTILES},
+                          "mean": sum(values) / len(values) if values else math.nan}
+                   for name, values in measures.items()}
+        output = sum(r.output_tokens for r in ok)
+        prompt = sum(r.prompt_tokens for r in ok)
+        return cls(len(results), len(ok), failed, server_failed / len(judged) if judged else math.nan, latency,
+                   output / wall_s if wall_s else 0.0, (output + prompt) / wall_s if wall_s else 0.0, wall_s)
+
+
+def _client_fault(result) -> bool:
+    """4xx other than 429: the request was wrong, which says nothing of the service (as the spec counts)."""
+    return 400 <= result.status < 500 and result.status != 429
+
+
+@dataclass
+class Criterion:
+    slo: str
+    view: str  # server or client
+    target: str
+    measured: str
+    passed: bool | None  # None: not enough to judge
+    note: str = ""
+
+
+def _share(good: float, total: float) -> str:
+    return f"{good / total:.2%} of {total:.0f}" if total else "no events"
+
+
+def _events_note(slo: Slo, total: float) -> str:
+    needed = math.ceil(1 / slo.error_budget) if slo.error_budget else 0
+    return f"{total:.0f} events are too few to show {slo.objective:g}%: that takes {needed}" if total < needed else ""
+
+
+def judge(spec: Spec, results: list, wall_s: float, metrics_before: str | None,
+          metrics_after: str | None) -> tuple[ClientSummary, list[Criterion]]:
+    summary = ClientSummary.of(results, wall_s)
+    criteria: list[Criterion] = []
+    for slo in spec.slos:
+        target = f">= {slo.objective:g}% good"
+        if slo.sli.sidecar_can_evaluate and metrics_before and metrics_after:
+            bad, total = server_events(slo, metrics_before, metrics_after)
+            passed = None if total <= 0 else (total - bad) / total >= slo.objective_ratio
+            criteria.append(Criterion(slo.name, "server", target, _share(total - bad, total), passed,
+                                      _events_note(slo, total) if total > 0 else "the engine counted no events"))
+        criteria.extend(_client_criteria(slo, results, summary))
+    return summary, criteria
+
+
+def _client_criteria(slo: Slo, results: list, summary: ClientSummary) -> list[Criterion]:
+    ok = [r for r in results if r.ok]
+    sli = slo.sli
+    if sli.kind == "availability":
+        judged = [r for r in results if not _client_fault(r)]
+        good = sum(1 for r in judged if r.ok)
+        return [Criterion(slo.name, "client", f">= {slo.objective:g}% answered", _share(good, len(judged)),
+                          (good / len(judged) >= slo.objective_ratio) if judged else None,
+                          _events_note(slo, len(judged)))]
+    if sli.kind == "latency" and sli.histogram in CLIENT_MEASURE:
+        measure = CLIENT_MEASURE[sli.histogram]
+        values = _values(measure, ok)
+        if not values:
+            return [Criterion(slo.name, "client", "", "not measured", None, f"{measure} needs --stream")]
+        good = sum(1 for v in values if v <= sli.threshold_s)
+        quantile = percentile(values, slo.objective_ratio)
+        return [Criterion(slo.name, "client", f"{measure} <= {sli.threshold_s:g} s for >= {slo.objective:g}%",
+                          f"{_share(good, len(values))} (p{slo.objective:g} {quantile * 1000:.0f} ms)",
+                          good / len(values) >= slo.objective_ratio, _events_note(slo, len(values)))]
+    if sli.kind == "goodput":
+        if not ok or any(_values(GOODPUT_MEASURE[key], ok) == [] for key in sli.goodput_targets):
+            return [Criterion(slo.name, "client", "", "not measured", None, "goodput needs --stream")]
+        good = sum(1 for r in ok if all(_value(GOODPUT_MEASURE[key], r) is not None
+                                        and _value(GOODPUT_MEASURE[key], r) <= limit
+                                        for key, limit in sli.goodput_targets.items()))
+        judged = len(ok) + sum(1 for r in results if not r.ok and not _client_fault(r))
+        return [Criterion(slo.name, "client", f">= {slo.objective:g}% meet every target", _share(good, judged),
+                          good / judged >= slo.objective_ratio, _events_note(slo, judged))]
+    return []
+
+
+def _value(measure: str, request) -> float | None:
+    return {"ttft": request.ttft_s, "itl": per_request_itl(request), "e2e": request.e2e_s}[measure]
+
+
+def _values(measure: str, requests: list) -> list[float]:
+    """Per-request values; inter-token latency is each request's mean gap, as goodput and vLLM judge it."""
+    return [v for v in (_value(measure, r) for r in requests) if v is not None]
+
+
+def verdict(criteria: list[Criterion]) -> bool:
+    """PASS when nothing failed and at least one criterion could be judged."""
+    return any(c.passed is not None for c in criteria) and not any(c.passed is False for c in criteria)
+
+
+def table(summary: ClientSummary, criteria: list[Criterion], peaks: dict[str, float | None]) -> str:
+    lines = [f"requests: {summary.requests} sent, {summary.ok} ok"
+             + (f", failed: {', '.join(f'{k} x{v}' for k, v in sorted(summary.failed_by_status.items()))}"
+                if summary.failed_by_status else "")
+             + f"; {summary.wall_s:.1f} s; {summary.output_tokens_per_s:.1f} output tokens/s "
+               f"({summary.total_tokens_per_s:.1f} with prompts); error ratio {summary.error_ratio:.2%}",
+             "", f"{'latency (client)':<18}{'p50':>10}{'p95':>10}{'p99':>10}{'mean':>10}"]
+    names = {"ttft": "time to 1st token", "itl": "inter-token", "e2e": "end-to-end"}
+    for measure, stats in summary.latency_s.items():
+        lines.append(f"{names[measure]:<18}" + "".join(f"{_ms(stats[k]):>10}" for k in ("p50", "p95", "p99", "mean")))
+    memory = ", ".join(f"{name} {_memory(name, value)}" for name, value in peaks.items() if value is not None)
+    lines += ["", f"peak memory: {memory or 'not reported by the engine'}", ""]
+    width = max([len(c.slo) for c in criteria] + [3])
+    target_width = max([len(c.target) for c in criteria] + [6])
+    lines.append(f"{'SLO':<{width}}  {'view':<6}  {'target':<{target_width}}  {'measured':<28}  result")
+    for c in criteria:
+        result = {True: "PASS", False: "FAIL", None: "n/a"}[c.passed]
+        note = f"  ({c.note})" if c.note else ""
+        lines.append(f"{c.slo:<{width}}  {c.view:<6}  {c.target:<{target_width}}  {c.measured:<28}  {result}{note}")
+    lines += ["", "PASS" if verdict(criteria) else "FAIL"]
+    return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.1f} ms"
+
+
+def _memory(name: str, value: float) -> str:
+    return f"{value:.1%}" if name.endswith("ratio") else f"{value / 2**20:.0f} MiB"
+
+
+def report(settings: dict[str, Any], model: str, summary: ClientSummary, criteria: list[Criterion],
+           peaks: dict[str, float | None]) -> dict[str, Any]:
+    def clean(value: Any) -> Any:  # JSON has no NaN
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return clean({"passed": verdict(criteria), "model": model, "settings": settings, "summary": asdict(summary),
+                  "peak_memory": peaks, "criteria": [asdict(c) for c in criteria]})

@@ -1,0 +1,92 @@
+"""`slo-sidecar validate`: check an SLO spec, and with --url, gate a deployment on it under load.
+
+The gate is the reference design's "validate the model for production", with
+its acceptance criteria taken from the SLO spec instead of typed again: drive
+a load, print a PASS/FAIL table, write a JSON report, exit 1 on FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .files import write_atomically
+from .spec import Spec
+
+EXIT_FAIL, EXIT_ERROR = 1, 2
+
+
+def describe_spec(spec: Spec) -> None:
+    for slo in spec.slos:
+        where = "" if slo.sli.sidecar_can_evaluate else " (PromQL SLI: Prometheus rules only, no live burn rates)"
+        print(f"{slo.name}: {slo.objective:g}% over {slo.period}, {slo.sli.kind}{where}")
+    print(f"{spec.source}: valid, {len(spec.slos)} SLOs")
+
+
+def settings_from(args: argparse.Namespace):
+    from .loadgen import LoadSettings
+
+    return LoadSettings(url=args.url.rstrip("/"), concurrency=args.concurrency, requests=args.requests,
+                        duration_s=args.duration, prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
+                        stream=args.stream, endpoint=args.endpoint, model=args.model,
+                        api_key=args.api_key or os.environ.get("SLO_ENGINE_API_KEY"))
+
+
+def run_gate(args: argparse.Namespace, spec: Spec) -> int:
+    from .gate import judge, report, table, verdict
+    from .loadgen import run_load
+
+    settings = settings_from(args)
+    how_long = f"{settings.duration_s:g} s" if settings.duration_s else f"{settings.requests} requests"
+    print(f"validate: {how_long} to {settings.url}, {settings.concurrency} at a time, ~{settings.prompt_tokens} "
+          f"prompt words, {settings.max_tokens} output tokens, {'streamed' if settings.stream else 'not streamed'}",
+          file=sys.stderr)
+    try:
+        run = asyncio.run(run_load(settings, show_progress=not args.quiet))
+    except (OSError, RuntimeError) as error:  # aiohttp's connection errors are OSErrors
+        print(f"slo-sidecar: error: cannot load {settings.url}: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    peaks = asdict(run.peaks)
+    summary, criteria = judge(spec, run.results, run.wall_s, run.metrics_before, run.metrics_after)
+    print(table(summary, criteria, peaks))
+    if args.report:
+        settings_dict = {k: v for k, v in asdict(settings).items() if k != "api_key"}
+        text = json.dumps(report(settings_dict, run.model, summary, criteria, peaks), indent=2) + "\n"
+        write_atomically(Path(args.report), text)
+        print(f"report: {args.report}", file=sys.stderr)
+    return 0 if verdict(criteria) else EXIT_FAIL
+
+
+def run(args: argparse.Namespace, spec: Spec) -> int:
+    if not args.url:
+        describe_spec(spec)
+        return 0
+    if args.requests < 1 or args.concurrency < 1 or args.max_tokens < 1 or (args.duration is not None
+                                                                            and args.duration <= 0):
+        print("slo-sidecar: error: --requests, --concurrency, --max-tokens and --duration must be positive",
+              file=sys.stderr)
+        return EXIT_ERROR
+    return run_gate(args, spec)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
+    gate = parser.add_argument_group("load-test gate (with --url)")
+    gate.add_argument("--url", help="the engine's base URL, e.g. http://localhost:8000: load it and judge against the spec")
+    gate.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default: 4)")
+    gate.add_argument("--requests", type=int, default=100, help="how many requests (default: 100)")
+    gate.add_argument("--duration", type=float, help="run for this many seconds instead of a request count")
+    gate.add_argument("--prompt-tokens", type=int, default=64, help="prompt length in words, ~tokens (default: 64)")
+    gate.add_argument("--max-tokens", type=int, default=32, help="tokens to generate per request (default: 32)")
+    gate.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                      help="stream responses (default); TTFT and inter-token latency need it")
+    gate.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    gate.add_argument("--model", help="model name (default: the first the server lists)")
+    gate.add_argument("--api-key", help="bearer token (default: $SLO_ENGINE_API_KEY)")
+    gate.add_argument("--report", default="validate-report.json", help="JSON report path (default: validate-report.json; '' for none)")
+    gate.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,0 +1,131 @@
+"""The load-test gate: percentiles, judgement against the spec, and real runs against the engine."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from slo_sidecar.gate import judge, percentile, verdict
+from slo_sidecar.loadgen import RequestResult
+from slo_sidecar.processes import free_port
+from slo_sidecar.spec import DEFAULT_SPEC, load_spec
+from tests.conftest import API_KEY
+
+SPEC = load_spec(str(DEFAULT_SPEC))
+
+
+def test_percentile_interpolates_between_ranks():
+    assert percentile([1, 2, 3, 4], 0.5) == 2.5
+    assert percentile([5.0], 0.99) == 5.0
+    assert percentile(list(range(101)), 0.99) == 99
+    assert math.isnan(percentile([], 0.5))
+
+
+def ok(ttft: float, gap: float = 0.01, tokens: int = 9) -> RequestResult:
+    return RequestResult(200, 0.0, ttft + gap * (tokens - 1), ttft, [gap] * (tokens - 1), tokens, 10)
+
+
+def by_slo(criteria, view: str) -> dict:
+    return {c.slo: c for c in criteria if c.view == view}
+
+
+def test_client_view_judges_latency_and_errors_against_the_spec():
+    fast = [ok(0.05) for _ in range(198)]
+    summary, criteria = judge(SPEC, fast + [ok(0.6), ok(0.7)], 10.0, None, None)  # 1% over 0.5 s: TTFT holds 99%
+    client = by_slo(criteria, "client")
+    assert client["ttft"].passed and client["availability"].passed and verdict(criteria)
+    assert summary.latency_s["ttft"]["p50"] == pytest.approx(0.05)
+    assert summary.output_tokens_per_s == pytest.approx(200 * 9 / 10.0)
+
+    _, criteria = judge(SPEC, fast + [ok(0.6), ok(0.7), ok(0.8)], 10.0, None, None)  # 1.5% over: fails
+    assert by_slo(criteria, "client")["ttft"].passed is False and not verdict(criteria)
+
+    slow_stream = [ok(0.05, gap=0.2) for _ in range(50)]  # goodput allows 0.1 s per later token
+    _, criteria = judge(SPEC, slow_stream, 10.0, None, None)
+    assert by_slo(criteria, "client")["goodput"].passed is False
+
+
+def test_client_faults_are_not_the_services_but_429_and_broken_streams_are():
+    results = [ok(0.05) for _ in range(999)] + [RequestResult(400, 0, 0.01, error="bad")]
+    assert by_slo(judge(SPEC, results, 1.0, None, None)[1], "client")["availability"].passed
+    for failure in (RequestResult(429, 0, 0.01, error="full"), RequestResult(200, 0, 0.5, 0.05, error="engine")):
+        criteria = judge(SPEC, [ok(0.05) for _ in range(999)] + [failure, failure], 1.0, None, None)[1]
+        assert by_slo(criteria, "client")["availability"].passed is False
+
+
+def exposition(total: float, errors: float) -> str:
+    return ("# TYPE slo_engine_http_requests_total counter\n"
+            f'slo_engine_http_requests_total{{endpoint="/v1/completions",code="200"}} {total - errors}\n'
+            f'slo_engine_http_requests_total{{endpoint="/v1/completions",code="503"}} {errors}\n'
+            f'slo_engine_http_requests_total{{endpoint="/health",code="503"}} 1000\n')
+
+
+def test_server_view_uses_the_specs_selectors_on_counter_deltas():
+    _, criteria = judge(SPEC, [], 1.0, exposition(100, 1), exposition(2100, 2))  # 1 error in 2000 new requests
+    availability = by_slo(criteria, "server")["availability"]
+    assert availability.passed and "99.95% of 2000" in availability.measured  # /health's 503s are not selected
+    _, criteria = judge(SPEC, [], 1.0, exposition(100, 1), exposition(2100, 5))
+    assert by_slo(criteria, "server")["availability"].passed is False
+
+
+def test_nothing_judged_is_not_a_pass():
+    _, criteria = judge(SPEC, [], 1.0, None, None)
+    assert not verdict(criteria)
+
+
+def gate(*args: str, report=None) -> subprocess.CompletedProcess:
+    extra = ["--report", str(report)] if report else ["--report", ""]
+    return subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "validate", *args, *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def set_faults(engine, **settings: float) -> None:
+    request = urllib.request.Request(engine.url + "/admin/fault-injection", data=json.dumps(settings).encode(),
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+@pytest.mark.engine
+def test_gate_passes_a_healthy_engine_and_writes_its_report(engine, tmp_path):
+    report = tmp_path / "report.json"
+    result = gate("--url", engine.url, "--api-key", API_KEY, "--requests", "24", "--concurrency", "3",
+                  "--max-tokens", "8", "--prompt-tokens", "16", report=report)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.rstrip().endswith("PASS") and "time to 1st token" in result.stdout
+    assert "validate: 100%" in result.stderr  # the progress lines (not a terminal here)
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["summary"]["requests"] == 24 and data["summary"]["ok"] == 24
+    assert data["summary"]["latency_s"]["ttft"]["p99"] > 0 and data["peak_memory"]["engine_rss_bytes"] > 10 * 2**20
+    views = {(c["slo"], c["view"]) for c in data["criteria"]}
+    assert {("availability", "server"), ("ttft", "client"), ("queue-time", "server"), ("goodput", "client")} <= views
+    server = {c["slo"]: c for c in data["criteria"] if c["view"] == "server"}
+    assert server["availability"]["measured"].endswith("of 24")  # the engine counted exactly our requests
+
+
+@pytest.mark.engine
+def test_gate_fails_when_the_engine_fails_requests(engine, tmp_path):
+    set_faults(engine, error_ratio=0.25)
+    try:
+        result = gate("--url", engine.url, "--api-key", API_KEY, "--requests", "12", "--concurrency", "2",
+                      "--max-tokens", "4", "--no-stream", "--quiet")
+    finally:
+        set_faults(engine, error_ratio=0.0)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "FAIL" and "failed: 500 x3" in lines[0]
+    assert any(line.startswith("availability  server") and "75.00% of 12" in line and "FAIL" in line
+               for line in lines), result.stdout
+    assert any(line.startswith("ttft") and "n/a" in line and "--stream" in line for line in lines)
+
+
+def test_gate_names_an_unreachable_engine_and_exits_2():
+    result = gate("--url", f"http://127.0.0.1:{free_port()}", "--requests", "2")
+    assert result.returncode == 2 and "cannot load" in result.stderr and "Traceback" not in result.stderr
+    assert gate("--url", "http://127.0.0.1:1", "--requests", "0").returncode == 2
