@@ -16,6 +16,7 @@ POD = 'namespace=~"$namespace", pod=~"$pod"'
 MODEL = POD + ', model_name=~"$model"'
 GENERATION = 'endpoint=~"/v1/completions|/v1/chat/completions"'
 RED, ORANGE = "red", "orange"
+HTTP_HISTOGRAM = "slo_engine_http_request_duration_seconds"
 
 LATENCIES = (
     ("Time to first token", "vllm:time_to_first_token_seconds", "How long users wait for the first token."),
@@ -78,14 +79,23 @@ def _latency_threshold(spec: Spec, histogram: str) -> tuple[tuple[float, str], .
     return tuple(sorted(steps))
 
 
+def _quantiles(histogram: str, selector: str, exemplars: bool = False) -> tuple[Query, ...]:
+    return tuple(Query(f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket{{{selector}}}"
+                       f"[$__rate_interval])))", f"p{int(q * 100)}", exemplars=exemplars) for q in (0.5, 0.9, 0.99))
+
+
 def engine(spec: Spec) -> Dashboard:
     op = spec.operational
     latency_panels = tuple(
         Panel(title, question + " P50, P90 and P99 over the rate interval.",
-              tuple(Query(f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket{{{MODEL}}}"
-                          f"[$__rate_interval])))", f"p{int(q * 100)}", exemplars=True) for q in (0.5, 0.9, 0.99)),
-              "s", thresholds=_latency_threshold(spec, histogram), threshold_lines=True, min=0)
+              _quantiles(histogram, MODEL), "s", thresholds=_latency_threshold(spec, histogram),
+              threshold_lines=True, min=0)
         for title, histogram, question in LATENCIES)
+    # vLLM's histograms carry no exemplars; the engine's HTTP histogram carries each request's trace id.
+    traced = Panel("Request duration, with traces", "Whole generation requests as the HTTP server timed them, "
+                   "streams included. Each exemplar dot is one request: it opens the request's trace in Jaeger.",
+                   _quantiles(HTTP_HISTOGRAM, f"{GENERATION}, {POD}", exemplars=True), "s",
+                   thresholds=_latency_threshold(spec, HTTP_HISTOGRAM), threshold_lines=True, min=0, width=24)
     return Dashboard(uid(spec, "engine"), f"{spec.service} / Inference engine",
                      "Traffic, latency, tokens and the scheduler of the vLLM engine.", (
         ("Traffic", (
@@ -98,7 +108,7 @@ def engine(spec: Spec) -> Dashboard:
                          f"[$__rate_interval]))", "5xx"),), "percentunit",
                   thresholds=((op.error_ratio_alert, RED),), threshold_lines=True, min=0),
         )),
-        ("Latency", latency_panels),
+        ("Latency", (*latency_panels, traced)),
         ("Tokens and scheduler", (
             Panel("Tokens per second", "Prompt tokens processed and tokens generated.",
                   (Query(f"sum(rate(vllm:prompt_tokens_total{{{MODEL}}}[$__rate_interval]))", "prompt"),

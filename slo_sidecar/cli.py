@@ -63,12 +63,13 @@ def _generate(args: argparse.Namespace) -> int:
     if spec is None:
         return 2
     from dashboards.definitions import dashboards
-    from dashboards.grafana import render as render_dashboards
+    from dashboards.grafana import datasources, render as render_dashboards
 
     out = Path(args.out)
     board_dir = Path(args.dashboards_out) if args.dashboards_out else out / "dashboards"
     files = {out / name: text for name, text in render(spec).items()}
     files.update({board_dir / name: text for name, text in render_dashboards(dashboards(spec)).items()})
+    files[board_dir / "provisioning" / "datasources.yaml"] = datasources()
     for path, text in files.items():
         changed = write_atomically(path, text)
         print(f"{'wrote' if changed else 'unchanged'} {path}")
