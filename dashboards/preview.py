@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .model import Dashboard, Panel
 
-WIDTH, HEIGHT = 600, 220
+COLUMN_WIDTH, HEIGHT = 50, 220  # SVG units: a 12-column panel is 600 wide, so text keeps its size across widths
 LEFT, RIGHT, TOP, BOTTOM = 64, 10, 10, 24  # plot margins inside the SVG
 PALETTE = ("#73bf69", "#f2cc0c", "#5794f2", "#ff780a", "#b877d9", "#8ab8ff", "#f2495c", "#fade2a")
 COLOURS = {"green": "#73bf69", "orange": "#ff9830", "red": "#f2495c"}
@@ -129,6 +129,7 @@ def _polylines(points: tuple[tuple[float, float], ...], x, y, max_gap_s: float) 
 
 
 def timeseries_svg(panel: Panel, data: PanelData, start: float, end: float, step_s: float) -> str:
+    WIDTH = COLUMN_WIDTH * panel.width  # noqa: N806  (a constant per chart)
     low, high = y_range(panel, data.series)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 

@@ -1,107 +1,234 @@
-"""`slo-sidecar demo`: start the real engine, send a few requests, show what /metrics says, stop.
+"""`slo-sidecar demo`: the whole pod on one machine, a failure burst, and the page it causes.
 
-Everything runs as real processes talking HTTP on loopback; every process the
-demo starts is stopped on exit, Ctrl-C included.
+Real processes talking HTTP on loopback: the vLLM engine on the embedded tiny
+model, the sidecar beside it (with one fake GPU, named as such, since this
+machine has none), and Prometheus with the rules generated from the SLO spec.
+It gates the engine with `validate`, drives a load, injects a burst of
+failures, and shows burn rates climbing and the page alert going pending,
+then firing, in Prometheus. It writes the rules, dashboards and preview pages
+and stops every process it started on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import shutil
 import signal
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from .processes import EngineProcess
+import aiohttp
 
-# The /metrics lines worth looking at after a few requests.
-INTERESTING_PREFIXES = (
-    "vllm:num_requests_running",
-    "vllm:num_requests_waiting{",
-    "vllm:kv_cache_usage_perc",
-    "vllm:prompt_tokens_total",
-    "vllm:generation_tokens_total",
-    "vllm:request_success_total",
-    "vllm:time_to_first_token_seconds_count",
-    "vllm:time_to_first_token_seconds_sum",
-    "vllm:e2e_request_latency_seconds_count",
-    "slo_engine_http_requests_total",
-    "slo_engine_request_errors_total",
-    "slo_engine_ready",
-)
+from .files import write_atomically
+from .processes import EngineProcess, PrometheusProcess, SidecarProcess
+from .spec import DEFAULT_SPEC, Slo, Spec, load_spec
+
+SCRAPE_S, EVALUATE_S = 2, 5
+HEALTHY_S, BURST_MAX_S, RECOVERY_S, VIEW_EVERY_S = 30, 240, 30, 5
+BURST_ERROR_RATIO = 0.5
+CLIENTS = 6  # above the engine's 4 slots, so a queue forms
+ENGINE_ARGS = ("--max-num-seqs", "4", "--max-waiting-requests", "32", "--enable-fault-injection")
 
 
-def post_json(url: str, body: dict, timeout_s: float = 60.0) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        return json.load(response)
+def step(number: int, text: str) -> None:
+    print(f"\n[{number}/6] {text}", flush=True)
 
 
-def stream_chat(url: str, body: dict) -> tuple[str, dict | None, float]:
-    """(text, usage, seconds to first token) of a streamed chat completion."""
-    request = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    started, first_token_s, text, usage = time.perf_counter(), float("nan"), "", None
-    with urllib.request.urlopen(request, timeout=60) as response:
-        for raw in response:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            usage = event.get("usage") or usage
-            for choice in event["choices"]:
-                content = choice["delta"].get("content")
-                if content:
-                    if not text:
-                        first_token_s = time.perf_counter() - started
-                    text += content
-    return text, usage, first_token_s
+def write_generated(spec: Spec, out: Path) -> tuple[list[Path], Path]:
+    from alerts.render import render as render_rules
+    from dashboards.definitions import dashboards
+    from dashboards.grafana import datasources, render as render_dashboards
+
+    files = {out / "rules" / name: text for name, text in render_rules(spec).items()}
+    files.update({out / "dashboards" / name: text for name, text in render_dashboards(dashboards(spec)).items()})
+    files[out / "dashboards" / "provisioning" / "datasources.yaml"] = datasources()
+    for path, text in files.items():
+        write_atomically(path, text)
+    rules = sorted(path for path in files if path.name.endswith(".rules.yaml"))
+    print(f"  {len(rules)} rule files in {out / 'rules'}, {len(files) - len(rules)} dashboard files in "
+          f"{out / 'dashboards'}")
+    return rules, out / "dashboards"
+
+
+class LiveView:
+    """A line every few seconds from Prometheus: traffic, the SLO's burn rates, its page alert, the queue."""
+
+    def __init__(self, prometheus: PrometheusProcess, spec: Spec, slo: Slo):
+        self.prometheus, self.slo = prometheus, slo
+        selector = f'sloth_service="{spec.service}", sloth_slo="{slo.name}"'
+        budget = slo.error_budget
+        self.queries = {
+            "req/s": 'sum(rate(slo_engine_http_requests_total{endpoint=~"/v1/.*"}[30s]))',
+            "errors": f"slo:sli_error:ratio_rate5m{{{selector}}}",
+            "burn 5m": f"slo:sli_error:ratio_rate5m{{{selector}}} / {budget}",
+            "burn 1h": f"slo:sli_error:ratio_rate1h{{{selector}}} / {budget}",
+            "sidecar 5m": f'slo_burn_rate{{slo="{slo.name}", window="5m"}}',
+            "queue": "sum(vllm:num_requests_waiting)",
+        }
+        self.alert = f'ALERTS{{alertname="{slo.alert_name}", tier="page"}}'
+        self.states_seen: dict[str, float] = {}
+
+    def header(self) -> str:
+        return f"  {'time':>6} {'req/s':>6} {'errors':>7} {'burn 5m':>8} {'burn 1h':>8} {'sidecar 5m':>10} " \
+               f"{'page alert':>11} {'queue':>5}  what is happening"
+
+    def value(self, expr: str) -> float | None:
+        result = self.prometheus.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def page_state(self) -> str:
+        states = {item["metric"]["alertstate"] for item in self.prometheus.query(self.alert)}
+        return "firing" if "firing" in states else "pending" if "pending" in states else "inactive"
+
+    def line(self, elapsed: float, phase: str) -> str:
+        values = {name: self.value(expr) for name, expr in self.queries.items()}
+        state = self.page_state()
+        self.states_seen.setdefault(state, elapsed)
+
+        def show(name: str, form: str) -> str:
+            value = values[name]
+            return "-" if value is None else form.format(value)
+
+        return (f"  {elapsed:5.0f}s {show('req/s', '{:.1f}'):>6} {show('errors', '{:.1%}'):>7} "
+                f"{show('burn 5m', '{:.1f}x'):>8} {show('burn 1h', '{:.1f}x'):>8} {show('sidecar 5m', '{:.1f}x'):>10} "
+                f"{state:>11} {show('queue', '{:.0f}'):>5}  {phase}")
+
+
+async def drive_load(engine_url: str, view: LiveView) -> None:
+    """Clients at a steady rate; healthy, then a failure burst until the page fires, then healed."""
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async def client() -> None:
+            while not stop.is_set():
+                try:
+                    async with session.post(engine_url + "/v1/completions", json={
+                            "prompt": "the error budget", "max_tokens": 24, "ignore_eos": True}) as response:
+                        await response.read()
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+
+        async def faults(ratio: float) -> None:
+            async with session.post(engine_url + "/admin/fault-injection", json={"error_ratio": ratio}) as response:
+                response.raise_for_status()
+
+        clients = [asyncio.create_task(client()) for _ in range(CLIENTS)]
+        print(view.header(), flush=True)
+        print("  (errors and burn read '-' until the first error: Prometheus has no error series before it)")
+        started = time.monotonic()
+        burst_at = recovered_at = None
+        try:
+            while True:
+                await asyncio.sleep(VIEW_EVERY_S)
+                elapsed = time.monotonic() - started
+                if burst_at is None and elapsed >= HEALTHY_S:
+                    await faults(BURST_ERROR_RATIO)
+                    burst_at = elapsed
+                if recovered_at is None and burst_at is not None and (
+                        "firing" in view.states_seen or elapsed - burst_at > BURST_MAX_S):
+                    await faults(0.0)
+                    recovered_at = elapsed
+                phase = ("healthy" if burst_at is None else
+                         f"burst: {BURST_ERROR_RATIO:.0%} of requests fail" if recovered_at is None else
+                         "healed: no new errors; the burst stays in the windows")
+                print(await asyncio.to_thread(view.line, elapsed, phase), flush=True)
+                if recovered_at is not None and elapsed - recovered_at >= RECOVERY_S:
+                    return
+        finally:
+            stop.set()
+            await asyncio.gather(*clients, return_exceptions=True)
+            await faults(0.0)
 
 
 def run(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="slo-sidecar-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    print(f"demo: logs in {workdir}")
+    if shutil.which(args.prometheus) is None:
+        print(f"slo-sidecar: error: no Prometheus binary {args.prometheus!r}: install Debian's prometheus package "
+              "(scripts/demo.sh does)", file=sys.stderr)
+        return 2
+    spec = load_spec(args.slo or str(DEFAULT_SPEC))
+    slo = next((s for s in spec.slos if s.sli.kind == "availability"), spec.slos[0])
+    out = Path(args.out).resolve()
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"demo: everything it writes goes to {out} (process logs in {logs})")
+    begun = time.monotonic()
     with ExitStack() as stack:
         # Ctrl-C and SIGTERM both unwind the stack, which stops every process started here.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        engine = stack.enter_context(EngineProcess(workdir / "engine.log").start())
-        base = engine.url
-        print(f"demo: engine starting on {base} (vLLM on the embedded tiny model)...")
-        print(f"demo: engine ready in {engine.wait_ready():.0f} s")
+        step(1, f"Generating Prometheus rules and Grafana dashboards from {spec.source}")
+        rules, dashboards_dir = write_generated(spec, out)
 
-        completion = post_json(base + "/v1/completions", {"prompt": "An SLO is", "max_tokens": 16})
-        print(f"\n[completion] {completion['choices'][0]['text']!r}  usage={completion['usage']}")
-        chat = post_json(base + "/v1/chat/completions",
-                         {"messages": [{"role": "user", "content": "How deep is the queue?"}], "max_tokens": 16})
-        print(f"[chat]       {chat['choices'][0]['message']['content']!r}  usage={chat['usage']}")
-        text, usage, ttft = stream_chat(base + "/v1/chat/completions", {
-            "messages": [{"role": "user", "content": "Stream, please."}], "max_tokens": 32, "ignore_eos": True,
-            "stream_options": {"include_usage": True}})
-        print(f"[streamed]   {text!r}  usage={usage}  first token after {ttft * 1000:.0f} ms")
-        try:
-            post_json(base + "/v1/completions", {"prompt": "x", "max_tokens": 0})
-        except urllib.error.HTTPError as error:
-            print(f"[bad input]  HTTP {error.code}: {json.load(error)['error']['message']}")
+        step(2, "Starting the engine (vLLM, tiny-llama), the sidecar and Prometheus with the generated rules")
+        engine = stack.enter_context(EngineProcess(logs / "engine.log", *ENGINE_ARGS).start())
+        print(f"  engine on {engine.url}: ready in {engine.wait_ready():.0f} s")
+        sidecar = stack.enter_context(SidecarProcess(
+            logs / "sidecar.log", engine.url, "--engine-interval-s", "1", "--fake-gpu", "1",
+            "--gpu-interval-s", "1", "--gpu-hourly-usd", "2.5").start())
+        sidecar.wait_ready()
+        print(f"  sidecar on {sidecar.url} (its GPU is a FAKE H100 replayed through NVML's API: no NVIDIA GPU here)")
+        tsdb = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="slo-sidecar-demo-prometheus-")))
+        targets = {"engine": engine.url.removeprefix("http://"), "sidecar": sidecar.url.removeprefix("http://")}
+        prometheus = stack.enter_context(PrometheusProcess(
+            tsdb, targets, rules, scrape_interval=f"{SCRAPE_S}s", evaluation_interval=f"{EVALUATE_S}s",
+            binary=args.prometheus, extra_args=("--enable-feature=exemplar-storage",)).start())
+        prometheus.wait_ready()
+        loaded = json.loads(_get(prometheus.url + "/api/v1/rules"))["data"]["groups"]
+        print(f"  Prometheus on {prometheus.url}: {sum(len(g['rules']) for g in loaded)} rules in {len(loaded)} "
+              f"groups, scraping every {SCRAPE_S} s")
 
-        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
-            metrics_text = response.read().decode()
-        print("\n[/metrics] the interesting lines:")
-        for line in metrics_text.splitlines():
-            is_gauge = line.startswith(("vllm:num_requests", "vllm:kv_cache", "slo_engine_ready"))
-            if line.startswith(INTERESTING_PREFIXES) and (is_gauge or not line.endswith(" 0.0")):
-                print("  " + line)
+        step(3, f"Load-test gate: slo-sidecar validate --url {engine.url} --requests {args.validate_requests}")
+        from .loadgen import LoadSettings
+        from .validate import gate
 
-        print("\ndemo: stopping the engine (SIGTERM: drain, then exit)")
-        code = engine.stop()
-        print(f"demo: engine exited with {code}")
-        return 0 if code == 0 else 1
+        verdict = gate(LoadSettings(engine.url, concurrency=4, requests=args.validate_requests, max_tokens=16),
+                       spec, out / "validate-report.json", show_progress=False)
+        print(f"  gate exit code {verdict} ({'PASS' if verdict == 0 else 'FAIL'}); report in "
+              f"{out / 'validate-report.json'}")
+
+        step(4, f"Load from {CLIENTS} clients; after {HEALTHY_S} s, {BURST_ERROR_RATIO:.0%} of requests fail until "
+                f"the {slo.name} page fires. Live from Prometheus every {VIEW_EVERY_S} s:")
+        view = LiveView(prometheus, spec, slo)
+        asyncio.run(drive_load(engine.url, view))
+        seen = view.states_seen
+        if "firing" in seen:
+            print(f"  the page alert {slo.alert_name} went pending at {seen.get('pending', seen['firing']):.0f} s and "
+                  f"fired at {seen['firing']:.0f} s (its rule holds 1m in pending)")
+        else:
+            print(f"  the page alert {slo.alert_name} did not fire (states seen: {', '.join(seen)})")
+
+        step(5, "Drawing the dashboards from Prometheus as static pages (slo-sidecar preview)")
+        from dashboards.definitions import dashboards
+        from .preview import write_preview
+
+        empty = write_preview(prometheus.url, dashboards(spec), out / "preview", [300, 900, 3600], SCRAPE_S)
+        for path, titles in empty.items():
+            print(f"  {path}" + (f"  (no data: {', '.join(titles)})" if titles else ""))
+
+        step(6, "Stopping the engine, the sidecar and Prometheus")
+    print(f"\ndemo: done in {time.monotonic() - begun:.0f} s. What it wrote, in {out}:")
+    print(f"  rules/       Prometheus recording and alerting rules (promtool-clean), Alertmanager inhibitions")
+    print(f"  dashboards/  Grafana dashboards (import format) and datasource provisioning")
+    print(f"  preview/     the dashboards as static HTML pages: open {out / 'preview' / (dashboards(spec)[0].uid + '.html')}")
+    print(f"  validate-report.json, logs/")
+    return 0 if "firing" in view.states_seen else 1
+
+
+def _get(url: str) -> bytes:
+    from .processes import http_get
+
+    status, body = http_get(url)
+    if status != 200:
+        raise RuntimeError(f"{url} answered {status}")
+    return body
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", help="where logs go (default: a new temporary directory)")
+    parser.add_argument("--out", default="demo-output", help="where the rules, dashboards, preview pages, report "
+                        "and logs go (default: ./demo-output)")
+    parser.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
+    parser.add_argument("--prometheus", default="prometheus", help="the Prometheus binary (default: prometheus)")
+    parser.add_argument("--validate-requests", type=int, default=40, help="requests the gate sends (default: 40)")

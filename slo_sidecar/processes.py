@@ -134,7 +134,8 @@ class PrometheusProcess(ManagedProcess):
     """
 
     def __init__(self, workdir: Path, targets: dict[str, str], rule_files: list[Path],
-                 scrape_interval: str = "1s", evaluation_interval: str = "1s", binary: str = "prometheus"):
+                 scrape_interval: str = "1s", evaluation_interval: str = "1s", binary: str = "prometheus",
+                 extra_args: tuple[str, ...] = ()):
         import yaml
 
         self.port = free_port()
@@ -149,7 +150,7 @@ class PrometheusProcess(ManagedProcess):
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         super().__init__("prometheus", [
             binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d", *extra_args,
         ], workdir / "prometheus.log")
 
     def wait_ready(self, timeout_s: float = 60.0) -> float:

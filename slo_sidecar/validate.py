@@ -38,27 +38,31 @@ def settings_from(args: argparse.Namespace):
 
 
 def run_gate(args: argparse.Namespace, spec: Spec) -> int:
+    return gate(settings_from(args), spec, Path(args.report) if args.report else None, show_progress=not args.quiet)
+
+
+def gate(settings, spec: Spec, report_path: Path | None, show_progress: bool = True) -> int:
+    """Load, judge, print the table, write the report: 0 on PASS, 1 on FAIL, 2 if the engine cannot be loaded."""
     from .gate import judge, report, table, verdict
     from .loadgen import run_load
 
-    settings = settings_from(args)
     how_long = f"{settings.duration_s:g} s" if settings.duration_s else f"{settings.requests} requests"
     print(f"validate: {how_long} to {settings.url}, {settings.concurrency} at a time, ~{settings.prompt_tokens} "
           f"prompt words, {settings.max_tokens} output tokens, {'streamed' if settings.stream else 'not streamed'}",
           file=sys.stderr)
     try:
-        run = asyncio.run(run_load(settings, show_progress=not args.quiet))
+        run = asyncio.run(run_load(settings, show_progress=show_progress))
     except (OSError, RuntimeError) as error:  # aiohttp's connection errors are OSErrors
         print(f"slo-sidecar: error: cannot load {settings.url}: {error}", file=sys.stderr)
         return EXIT_ERROR
     peaks = asdict(run.peaks)
     summary, criteria = judge(spec, run.results, run.wall_s, run.metrics_before, run.metrics_after)
     print(table(summary, criteria, peaks))
-    if args.report:
+    if report_path:
         settings_dict = {k: v for k, v in asdict(settings).items() if k != "api_key"}
         text = json.dumps(report(settings_dict, run.model, summary, criteria, peaks), indent=2) + "\n"
-        write_atomically(Path(args.report), text)
-        print(f"report: {args.report}", file=sys.stderr)
+        write_atomically(report_path, text)
+        print(f"report: {report_path}", file=sys.stderr)
     return 0 if verdict(criteria) else EXIT_FAIL
 
 
