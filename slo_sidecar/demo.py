@@ -145,6 +145,18 @@ async def drive_load(engine_url: str, view: LiveView) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Ctrl-C and SIGTERM both unwind run_demo's stack, which stops every process it started. SIGINT is
+    # set explicitly: a shell starting the demo in the background would otherwise have it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return run_demo(args)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        print("\ndemo: interrupted; every process it started has been stopped", flush=True)
+        return 130 if isinstance(stop, KeyboardInterrupt) else 143
+
+
+def run_demo(args: argparse.Namespace) -> int:
     if shutil.which(args.prometheus) is None:
         print(f"slo-sidecar: error: no Prometheus binary {args.prometheus!r}: install Debian's prometheus package "
               "(scripts/demo.sh does)", file=sys.stderr)
@@ -157,8 +169,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo: everything it writes goes to {out} (process logs in {logs})")
     begun = time.monotonic()
     with ExitStack() as stack:
-        # Ctrl-C and SIGTERM both unwind the stack, which stops every process started here.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         step(1, f"Generating Prometheus rules and Grafana dashboards from {spec.source}")
         rules, dashboards_dir = write_generated(spec, out)
 
