@@ -24,7 +24,7 @@ from slo_sidecar.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
 
 from .goodput import GoodputCounter
 from .metrics import ServerMetrics
-from .server import EngineState, build_app
+from .server import EngineState, build_app, build_metrics_app
 from .settings import EngineSettings
 from .tracing import setup_tracing
 
@@ -53,6 +53,12 @@ async def serve(settings: EngineSettings, spec: Spec) -> int:
     runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None)
     await runner.setup()
     await listen(runner, settings.host, settings.port, "engine")
+    runners = [runner]
+    if settings.metrics_port is not None:
+        runners.append(web.AppRunner(build_metrics_app(), access_log=None))
+        await runners[-1].setup()
+        await listen(runners[-1], settings.host, settings.metrics_port, "engine")
+        log.info("serving /metrics on http://%s:%d", settings.host, settings.metrics_port)
     log.info("listening on http://%s:%d (model loading)", settings.host, settings.port)
 
     stop = asyncio.Event()
@@ -82,7 +88,8 @@ async def serve(settings: EngineSettings, spec: Spec) -> int:
         state.set_phase("draining")
         await asyncio.wait({load})
     stopped_early.cancel()
-    await runner.cleanup()
+    for each in runners:
+        await each.cleanup()
     backend.shutdown()
     tracer.shutdown()  # flushes the spans still queued
     log.info("stopped")

@@ -412,6 +412,13 @@ async def _stream(request: web.Request, generation: GenerationRequest, request_i
     return response
 
 
+def build_metrics_app() -> web.Application:
+    """/metrics alone, for --metrics-port."""
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app
+
+
 def build_app(state: EngineState) -> web.Application:
     app = web.Application(middlewares=[api_middleware], client_max_size=state.settings.max_body_bytes)
     app[STATE_KEY] = state
@@ -421,6 +428,7 @@ def build_app(state: EngineState) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics_endpoint)
+    if state.settings.metrics_port is None:
+        app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_route("*", "/admin/fault-injection", fault_injection)
     return app

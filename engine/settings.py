@@ -22,6 +22,7 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0
 class EngineSettings:
     host: str
     port: int
+    metrics_port: int | None  # None: /metrics on `port`, beside the API
     model: str | None  # None: the embedded tiny model, built on first use
     served_model_name: str | None
     max_model_len: int
@@ -94,6 +95,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str
     add = parser.add_argument
     add("--host", default=env("host", str, "0.0.0.0"), help="address to listen on")
     add("--port", type=pos_int, default=env("port", pos_int, DEFAULT_PORT))
+    add("--metrics-port", type=pos_int, default=env("metrics_port", pos_int, None),
+        help="serve /metrics on this port only, so a NetworkPolicy can keep it from API clients "
+             "(default: on --port)")
     add("--model", default=env("model", str, None),
         help="local Hugging Face model directory (default: the embedded tiny model)")
     add("--served-model-name", default=env("served_model_name", str, None),

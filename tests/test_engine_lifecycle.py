@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import EngineProcess, descendants, http_get, pid_alive
+from tests.helpers import EngineProcess, descendants, free_port, http_get, pid_alive
 
 pytestmark = pytest.mark.engine
 
@@ -31,8 +31,9 @@ def stream_in_thread(url: str, body: dict, result: dict) -> threading.Thread:
 
 
 def test_loading_then_ready_then_graceful_drain_on_sigterm(tmp_path):
+    metrics_port = free_port()  # /metrics on a port of its own, as the Kubernetes NetworkPolicy wants it
     engine = EngineProcess(tmp_path / "engine.log", "--max-model-len", "1024", "--drain-timeout-s", "60",
-                           "--enable-fault-injection").start()
+                           "--enable-fault-injection", "--metrics-port", str(metrics_port)).start()
     try:
         # The server listens before the model loads: its first answer is "loading".
         first_answer = None
@@ -47,6 +48,9 @@ def test_loading_then_ready_then_graceful_drain_on_sigterm(tmp_path):
         assert health_status == 503 and json.loads(health)["reason"] == "model is loading"
 
         engine.wait_ready()
+        status, exposition = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200 and b"vllm:num_requests_waiting" in exposition
+        assert http_get(engine.url + "/metrics")[0] == 404  # not beside the API when it has its own port
         children = descendants(engine.process.pid)
         assert children, "AsyncLLM runs vLLM's engine core in child processes"
 
