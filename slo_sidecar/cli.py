@@ -70,6 +70,11 @@ def _generate(args: argparse.Namespace) -> int:
     files = {out / name: text for name, text in render(spec).items()}
     files.update({board_dir / name: text for name, text in render_dashboards(dashboards(spec)).items()})
     files[board_dir / "provisioning" / "datasources.yaml"] = datasources()
+    if args.k8s:
+        from .k8s import render as render_k8s
+
+        spec_text = Path(spec.source).read_text()
+        files.update({Path(args.k8s) / name: text for name, text in render_k8s(spec, spec_text).items()})
     for path, text in files.items():
         changed = write_atomically(path, text)
         print(f"{'wrote' if changed else 'unchanged'} {path}")
@@ -125,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
     generate.add_argument("--out", required=True, help="directory to write the rule files into")
     generate.add_argument("--dashboards-out", help="directory for the Grafana dashboards (default: OUT/dashboards)")
+    generate.add_argument("--k8s", metavar="DIR", help="also write the Kubernetes objects that come from the spec "
+                          "(PrometheusRule, dashboard and datasource ConfigMaps, the spec's ConfigMap) into DIR")
     generate.set_defaults(func=_generate)
 
     preview = commands.add_parser("preview", help="draw each dashboard as a static HTML page from a Prometheus")
