@@ -48,6 +48,9 @@ def test_client_view_judges_latency_and_errors_against_the_spec():
     slow_stream = [ok(0.05, gap=0.2) for _ in range(50)]  # goodput allows 0.1 s per later token
     _, criteria = judge(SPEC, slow_stream, 10.0, None, None)
     assert by_slo(criteria, "client")["goodput"].passed is False
+    one_token = [ok(0.05, tokens=1) for _ in range(20)] + [ok(0.05) for _ in range(80)]
+    _, criteria = judge(SPEC, one_token, 10.0, None, None)  # no later token: nothing to be late, as the engine counts
+    assert by_slo(criteria, "client")["goodput"].measured.startswith("100.00% of 100")
 
 
 def test_client_faults_are_not_the_services_but_429_and_broken_streams_are():
