@@ -52,3 +52,13 @@ def metric(samples: dict[tuple[str, frozenset], float], name: str, **labels: str
     wanted = set(labels.items())
     return sum(value for (sample, sample_labels), value in samples.items()
                if sample == name and wanted <= sample_labels)
+
+
+def post_json(url: str, body: dict, timeout_s: float = 60.0) -> dict:
+    """POST a JSON body, return the JSON answer (HTTP errors raise)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.load(response)

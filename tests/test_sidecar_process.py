@@ -11,11 +11,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from slo_sidecar.demo import post_json
 from slo_sidecar.processes import EngineProcess, SidecarProcess, http_get
 from tests.conftest import API_KEY, run_async
 from tests.fake_exposition_server import ExpositionServer
-from tests.helpers import metric, parse_metrics, skip_if_nvml_loads
+from tests.helpers import metric, parse_metrics, post_json, skip_if_nvml_loads
 from tests.test_exposition import FIXTURE
 
 INTERVAL = "0.2"
