@@ -99,7 +99,10 @@ def test_preview_pages_draw_in_headless_chromium(tmp_path):
     pages = sorted(path.name for path in out.glob("*.html"))
     assert pages == sorted(f"{board.uid}.html" for board in dashboards(SPEC)), pages
     gpu_page = out / f"{gpu(SPEC).uid}.html"
-    assert "GPU" in result.stdout and str(gpu_page) in result.stdout
+    lines = {line.split()[1]: line for line in result.stdout.splitlines()}
+    assert lines[str(gpu_page)] == f"wrote {gpu_page}"  # every GPU panel has data from the fake GPUs
+    engine_page = str(out / f"{dashboards(SPEC)[1].uid}.html")
+    assert "panels without data" in lines[engine_page] and "Time to first token" in lines[engine_page]
     drawn = [int(n) for n in re.findall(r'data-series="(\d+)"', gpu_page.read_text())]
     assert sum(1 for n in drawn if n >= 2) >= 8, drawn  # two fake GPUs: two series on most panels, both ranges
 
