@@ -55,26 +55,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from alerts.render import render
-
     from .files import write_atomically
+    from .generated import generated_files
 
     spec = _load_spec(args.slo)
     if spec is None:
         return 2
-    from dashboards.definitions import dashboards
-    from dashboards.grafana import datasources, render as render_dashboards
-
     out = Path(args.out)
     board_dir = Path(args.dashboards_out) if args.dashboards_out else out / "dashboards"
-    files = {out / name: text for name, text in render(spec).items()}
-    files.update({board_dir / name: text for name, text in render_dashboards(dashboards(spec)).items()})
-    files[board_dir / "provisioning" / "datasources.yaml"] = datasources()
-    if args.k8s:
-        from .k8s import render as render_k8s
-
-        spec_text = Path(spec.source).read_text()
-        files.update({Path(args.k8s) / name: text for name, text in render_k8s(spec, spec_text).items()})
+    files = generated_files(spec, out, board_dir, Path(args.k8s) if args.k8s else None)
     for path, text in files.items():
         changed = write_atomically(path, text)
         print(f"{'wrote' if changed else 'unchanged'} {path}")

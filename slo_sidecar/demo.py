@@ -39,20 +39,16 @@ def step(number: int, text: str) -> None:
     print(f"\n[{number}/6] {text}", flush=True)
 
 
-def write_generated(spec: Spec, out: Path) -> tuple[list[Path], Path]:
-    from alerts.render import render as render_rules
-    from dashboards.definitions import dashboards
-    from dashboards.grafana import datasources, render as render_dashboards
+def write_generated(spec: Spec, out: Path) -> list[Path]:
+    from .generated import generated_files
 
-    files = {out / "rules" / name: text for name, text in render_rules(spec).items()}
-    files.update({out / "dashboards" / name: text for name, text in render_dashboards(dashboards(spec)).items()})
-    files[out / "dashboards" / "provisioning" / "datasources.yaml"] = datasources()
+    files = generated_files(spec, out / "rules", out / "dashboards")
     for path, text in files.items():
         write_atomically(path, text)
     rules = sorted(path for path in files if path.name.endswith(".rules.yaml"))
     print(f"  {len(rules)} rule files in {out / 'rules'}, {len(files) - len(rules)} dashboard files in "
           f"{out / 'dashboards'}")
-    return rules, out / "dashboards"
+    return rules
 
 
 class LiveView:
@@ -170,7 +166,7 @@ def run_demo(args: argparse.Namespace) -> int:
     begun = time.monotonic()
     with ExitStack() as stack:
         step(1, f"Generating Prometheus rules and Grafana dashboards from {spec.source}")
-        rules, dashboards_dir = write_generated(spec, out)
+        rules = write_generated(spec, out)
 
         step(2, "Starting the engine (vLLM, tiny-llama), the sidecar and Prometheus with the generated rules")
         engine = stack.enter_context(EngineProcess(logs / "engine.log", *ENGINE_ARGS).start())

@@ -1,0 +1,22 @@
+"""Everything `slo-sidecar generate` writes from one spec, as {path: text}: one list for the command and the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .spec import Spec
+
+
+def generated_files(spec: Spec, rules_dir: Path, dashboards_dir: Path, k8s_dir: Path | None = None) -> dict[Path, str]:
+    from alerts.render import render as render_rules
+    from dashboards.definitions import dashboards
+    from dashboards.grafana import datasources, render as render_dashboards
+
+    files = {rules_dir / name: text for name, text in render_rules(spec).items()}
+    files.update({dashboards_dir / name: text for name, text in render_dashboards(dashboards(spec)).items()})
+    files[dashboards_dir / "provisioning" / "datasources.yaml"] = datasources()
+    if k8s_dir is not None:
+        from .k8s import render as render_k8s
+
+        files.update({k8s_dir / name: text for name, text in render_k8s(spec, Path(spec.source).read_text()).items()})
+    return files
