@@ -216,10 +216,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
         step(6, "Stopping the engine, the sidecar and Prometheus")
     print(f"\ndemo: done in {time.monotonic() - begun:.0f} s. What it wrote, in {out}:")
-    print(f"  rules/       Prometheus recording and alerting rules (promtool-clean), Alertmanager inhibitions")
-    print(f"  dashboards/  Grafana dashboards (import format) and datasource provisioning")
+    print("  rules/       Prometheus recording and alerting rules (promtool-clean), Alertmanager inhibitions")
+    print("  dashboards/  Grafana dashboards (import format) and datasource provisioning")
     print(f"  preview/     the dashboards as static HTML pages: open {out / 'preview' / (dashboards(spec)[0].uid + '.html')}")
-    print(f"  validate-report.json, logs/")
+    print("  validate-report.json, logs/")
     return 0 if "firing" in view.states_seen else 1
 
 
