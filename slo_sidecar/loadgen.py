@@ -31,6 +31,11 @@ class LoadSettings:
     model: str | None = None  # default: the first the server lists
     api_key: str | None = None
     timeout_s: float = 120.0
+    metrics_url: str | None = None  # the engine's /metrics, when not beside the API (--metrics-port)
+
+    @property
+    def engine_metrics_url(self) -> str:
+        return self.metrics_url or self.url + "/metrics"
 
 
 @dataclass
@@ -143,7 +148,7 @@ async def first_model(session: aiohttp.ClientSession, url: str) -> str:
 async def fetch_metrics(session: aiohttp.ClientSession, url: str) -> str | None:
     """The engine's /metrics text, or None when it has none (the gate then judges from the client's view)."""
     try:
-        async with session.get(url + "/metrics", headers={"Accept": "text/plain"}) as response:
+        async with session.get(url, headers={"Accept": "text/plain"}) as response:
             return await response.text() if response.status == 200 else None
     except aiohttp.ClientError:
         return None
@@ -189,16 +194,17 @@ async def run_load(settings: LoadSettings, show_progress: bool = True) -> LoadRu
     async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as session:
         model = settings.model or await first_model(session, settings.url)
         body = request_body(settings, model)
-        before = await fetch_metrics(session, settings.url)
+        before = await fetch_metrics(session, settings.engine_metrics_url)
         peaks = MemoryPeaks()
         if before:
             peaks.observe(before)
         results: list[RequestResult] = []
         by_time = settings.duration_s is not None
-        progress = Progress(settings.duration_s if by_time else settings.requests, "s" if by_time else "requests",
-                            ) if show_progress else None
+        progress = None
+        if show_progress:
+            progress = Progress(settings.duration_s, "s") if by_time else Progress(settings.requests, "requests")
         started = time.monotonic()
-        issued = 0
+        issued = failed = 0
 
         def more() -> bool:
             nonlocal issued
@@ -208,16 +214,18 @@ async def run_load(settings: LoadSettings, show_progress: bool = True) -> LoadRu
             return issued <= settings.requests
 
         async def worker() -> None:
+            nonlocal failed
             while more():
-                results.append(await _one(session, settings, body))
+                result = await _one(session, settings, body)
+                results.append(result)
+                failed += not result.ok
                 if progress:
-                    done = time.monotonic() - started if by_time else len(results)
-                    progress.update(done, sum(1 for r in results if not r.ok))
+                    progress.update(time.monotonic() - started if by_time else len(results), failed)
 
         async def sample_memory() -> None:
             while True:
                 await asyncio.sleep(0.5)
-                text = await fetch_metrics(session, settings.url)
+                text = await fetch_metrics(session, settings.engine_metrics_url)
                 if text:
                     peaks.observe(text)
 
@@ -230,7 +238,7 @@ async def run_load(settings: LoadSettings, show_progress: bool = True) -> LoadRu
                 progress.close()
         wall_s = time.monotonic() - started
         await asyncio.sleep(0.2)  # the engine counts a request just after its last byte
-        after = await fetch_metrics(session, settings.url)
+        after = await fetch_metrics(session, settings.engine_metrics_url)
         if after:
             peaks.observe(after)
     return LoadRun(model, results, wall_s, before, after, peaks)

@@ -34,7 +34,7 @@ def settings_from(args: argparse.Namespace):
     return LoadSettings(url=args.url.rstrip("/"), concurrency=args.concurrency, requests=args.requests,
                         duration_s=args.duration, prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
                         stream=args.stream, endpoint=args.endpoint, model=args.model,
-                        api_key=args.api_key or os.environ.get("SLO_ENGINE_API_KEY"))
+                        api_key=args.api_key or os.environ.get("SLO_ENGINE_API_KEY"), metrics_url=args.metrics_url)
 
 
 def run_gate(args: argparse.Namespace, spec: Spec) -> int:
@@ -90,6 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gate.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                       help="stream responses (default); TTFT and inter-token latency need it")
     gate.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    gate.add_argument("--metrics-url", help="the engine's /metrics, if not URL/metrics (an engine started with "
+                      "--metrics-port); without it the gate judges from the client's view only")
     gate.add_argument("--model", help="model name (default: the first the server lists)")
     gate.add_argument("--api-key", help="bearer token (default: $SLO_ENGINE_API_KEY)")
     gate.add_argument("--report", default="validate-report.json", help="JSON report path (default: validate-report.json; '' for none)")

@@ -128,6 +128,17 @@ def test_gate_fails_when_the_engine_fails_requests(engine, tmp_path):
     assert any(line.startswith("ttft") and "n/a" in line and "--stream" in line for line in lines)
 
 
+@pytest.mark.engine
+def test_gate_without_the_engines_metrics_judges_from_the_client_alone(engine):
+    dead_metrics = f"http://127.0.0.1:{free_port()}/metrics"  # as with --metrics-port, and no way to reach it
+    result = gate("--url", engine.url, "--api-key", API_KEY, "--requests", "6", "--max-tokens", "4",
+                  "--metrics-url", dead_metrics, "--quiet")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("availability", "ttft", "goodput"))]
+    assert rows and all("  client  " in row for row in rows), rows
+    assert "peak memory: not reported by the engine" in result.stdout
+
+
 def test_gate_names_an_unreachable_engine_and_exits_2():
     result = gate("--url", f"http://127.0.0.1:{free_port()}", "--requests", "2")
     assert result.returncode == 2 and "cannot load" in result.stderr and "Traceback" not in result.stderr
