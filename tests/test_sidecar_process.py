@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from slo_sidecar.processes import EngineProcess, SidecarProcess, http_get
-from tests.conftest import API_KEY, run_async
+from tests.conftest import run_async
 from tests.fake_exposition_server import ExpositionServer
 from tests.helpers import metric, parse_metrics, post_json, skip_if_nvml_loads
 from tests.test_exposition import FIXTURE
@@ -34,7 +34,7 @@ def wait_for(sidecar: SidecarProcess, condition, timeout_s: float = 15.0) -> dic
             return samples
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met in {timeout_s} s; last scrape had "
-                                 f"{ {k[0]: v for k, v in samples.items() if k[0].startswith('sidecar_engine')} }")
+                                 f"{ {k: v for k, v in samples.items() if k[0].startswith(('sidecar_engine', 'sidecar_collector'))} }")
         time.sleep(0.1)
 
 
@@ -145,24 +145,30 @@ def test_without_nvml_the_gpu_collector_is_down_logs_once_and_backs_off(tmp_path
 
 @pytest.mark.engine
 @run_async
-async def test_queue_depth_rises_under_a_burst_and_falls_after(engine, tmp_path):
-    with SidecarProcess(tmp_path / "sidecar.log", engine.url, "--engine-interval-s", INTERVAL,
-                        "--gpu-hourly-usd", "4", "--gpus", "2").start() as sidecar:
+async def test_queue_depth_rises_under_a_burst_and_falls_after(tmp_path):
+    # An engine of its own: 2 sequences at once and no request timeout, so 4 of a burst of 6
+    # wait through two rounds of generation, seconds long even on a fast machine. (A burst on
+    # the session engine, 4 slots and a 5 s timeout, queues for about a second: on 2 busy
+    # cores the observer can sleep through all of it.)
+    engine_args = ("--max-model-len", "1024", "--max-num-seqs", "2", "--max-waiting-requests", "4")
+    with EngineProcess(tmp_path / "engine.log", *engine_args).start() as engine, SidecarProcess(
+            tmp_path / "sidecar.log", engine.url, "--engine-interval-s", INTERVAL,
+            "--gpu-hourly-usd", "4", "--gpus", "2").start() as sidecar:
+        engine.wait_ready()
         sidecar.wait_ready()
         await asyncio.to_thread(wait_for, sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
-        body = {"prompt": "burst", "max_tokens": 200, "ignore_eos": True}
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as session:
+        body = {"prompt": "burst", "max_tokens": 400, "ignore_eos": True}
+        async with aiohttp.ClientSession() as session:
             async def one() -> int:
                 async with session.post(engine.url + "/v1/completions", json=body) as response:
                     await response.read()
                     return response.status
 
-            # The session engine runs 4 sequences; the other 2 admitted must wait in vLLM's queue.
             burst = asyncio.gather(*(one() for _ in range(6)))
             peak = await asyncio.to_thread(wait_for, sidecar, lambda s: metric(s, "sidecar_engine_queue_depth") >= 2)
             statuses = await burst
         assert statuses == [200] * 6
-        assert metric(peak, "sidecar_engine_running_requests") == 4
+        assert metric(peak, "sidecar_engine_running_requests") == 2
         after = await asyncio.to_thread(wait_for, sidecar, lambda s: metric(
             s, "sidecar_engine_queue_depth") == 0 and metric(s, "sidecar_engine_running_requests") == 0)
         tokens_per_second = metric(after, "sidecar_engine_generation_tokens_per_second")
