@@ -33,8 +33,8 @@ def wait_for(sidecar: SidecarProcess, condition, timeout_s: float = 15.0) -> dic
         if condition(samples):
             return samples
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout_s} s; last scrape had "
-                                 f"{ {k: v for k, v in samples.items() if k[0].startswith(('sidecar_engine', 'sidecar_collector'))} }")
+            shown = {k: v for k, v in samples.items() if k[0].startswith(("sidecar_engine", "sidecar_collector"))}
+            raise AssertionError(f"condition not met in {timeout_s} s; last scrape had {shown}")
         time.sleep(0.1)
 
 
