@@ -8,7 +8,7 @@ Prometheus documentation (the reference design's queries skip both).
 
 from __future__ import annotations
 
-from slo_sidecar.spec import BURN_ALERTS_30D, Slo, Spec, duration_label
+from slo_sidecar.spec import BURN_ALERTS_30D, HTTP_DURATION_HISTOGRAM, Slo, Spec, duration_label
 
 from .model import Dashboard, Panel, Query
 
@@ -16,7 +16,6 @@ POD = 'namespace=~"$namespace", pod=~"$pod"'
 MODEL = POD + ', model_name=~"$model"'
 GENERATION = 'endpoint=~"/v1/completions|/v1/chat/completions"'
 RED, ORANGE = "red", "orange"
-HTTP_HISTOGRAM = "slo_engine_http_request_duration_seconds"
 
 LATENCIES = (
     ("Time to first token", "vllm:time_to_first_token_seconds", "How long users wait for the first token."),
@@ -94,8 +93,8 @@ def engine(spec: Spec) -> Dashboard:
     # vLLM's histograms carry no exemplars; the engine's HTTP histogram carries each request's trace id.
     traced = Panel("Request duration, with traces", "Whole generation requests as the HTTP server timed them, "
                    "streams included. Each exemplar dot is one request: it opens the request's trace in Jaeger.",
-                   _quantiles(HTTP_HISTOGRAM, f"{GENERATION}, {POD}", exemplars=True), "s",
-                   thresholds=_latency_threshold(spec, HTTP_HISTOGRAM), threshold_lines=True, min=0, width=24)
+                   _quantiles(HTTP_DURATION_HISTOGRAM, f"{GENERATION}, {POD}", exemplars=True), "s",
+                   thresholds=_latency_threshold(spec, HTTP_DURATION_HISTOGRAM), threshold_lines=True, min=0, width=24)
     return Dashboard(uid(spec, "engine"), f"{spec.service} / Inference engine",
                      "Traffic, latency, tokens and the scheduler of the vLLM engine.", (
         ("Traffic", (

@@ -75,14 +75,12 @@ class TermSeries:
 
     def increase(self, samples: list[Sample], restarted: bool) -> float:
         increase, seen = 0.0, {}
-        matchers = self.selection.matchers
         for sample in samples:
             wanted = self.matches.get(sample.labels)
             if wanted is None:
                 if len(self.matches) > 10_000:
                     self.matches.clear()
-                labels = dict(sample.labels)
-                wanted = self.matches[sample.labels] = all(m.matches(labels) for m in matchers)
+                wanted = self.matches[sample.labels] = self.selection.matches(dict(sample.labels))
             if not wanted:
                 continue
             seen[sample.labels] = value = seen.get(sample.labels, 0.0) + sample.value

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import signal
 import sys
@@ -157,7 +156,11 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"slo-sidecar: error: no Prometheus binary {args.prometheus!r}: install Debian's prometheus package "
               "(scripts/demo.sh does)", file=sys.stderr)
         return 2
+    from alerts.rules import PAGE_FOR
+    from dashboards.definitions import dashboards
+
     spec = load_spec(args.slo or str(DEFAULT_SPEC))
+    boards = dashboards(spec)
     slo = next((s for s in spec.slos if s.sli.kind == "availability"), spec.slos[0])
     out = Path(args.out).resolve()
     logs = out / "logs"
@@ -182,7 +185,7 @@ def run_demo(args: argparse.Namespace) -> int:
             tsdb, targets, rules, scrape_interval=f"{SCRAPE_S}s", evaluation_interval=f"{EVALUATE_S}s",
             binary=args.prometheus, extra_args=("--enable-feature=exemplar-storage",)).start())
         prometheus.wait_ready()
-        loaded = json.loads(_get(prometheus.url + "/api/v1/rules"))["data"]["groups"]
+        loaded = prometheus.rule_groups()
         print(f"  Prometheus on {prometheus.url}: {sum(len(g['rules']) for g in loaded)} rules in {len(loaded)} "
               f"groups, scraping every {SCRAPE_S} s")
 
@@ -202,15 +205,14 @@ def run_demo(args: argparse.Namespace) -> int:
         seen = view.states_seen
         if "firing" in seen:
             print(f"  the page alert {slo.alert_name} went pending at {seen.get('pending', seen['firing']):.0f} s and "
-                  f"fired at {seen['firing']:.0f} s (its rule holds 1m in pending)")
+                  f"fired at {seen['firing']:.0f} s (its rule holds {PAGE_FOR} in pending)")
         else:
             print(f"  the page alert {slo.alert_name} did not fire (states seen: {', '.join(seen)})")
 
         step(5, "Drawing the dashboards from Prometheus as static pages (slo-sidecar preview)")
-        from dashboards.definitions import dashboards
         from .preview import write_preview
 
-        empty = write_preview(prometheus.url, dashboards(spec), out / "preview", [300, 900, 3600], SCRAPE_S)
+        empty = write_preview(prometheus.url, boards, out / "preview", [300, 900, 3600], SCRAPE_S)
         for path, titles in empty.items():
             print(f"  {path}" + (f"  (no data: {', '.join(titles)})" if titles else ""))
 
@@ -218,18 +220,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\ndemo: done in {time.monotonic() - begun:.0f} s. What it wrote, in {out}:")
     print("  rules/       Prometheus recording and alerting rules (promtool-clean), Alertmanager inhibitions")
     print("  dashboards/  Grafana dashboards (import format) and datasource provisioning")
-    print(f"  preview/     the dashboards as static HTML pages: open {out / 'preview' / (dashboards(spec)[0].uid + '.html')}")
+    print(f"  preview/     the dashboards as static HTML pages: open {out / 'preview' / (boards[0].uid + '.html')}")
     print("  validate-report.json, logs/")
     return 0 if "firing" in view.states_seen else 1
-
-
-def _get(url: str) -> bytes:
-    from .processes import http_get
-
-    status, body = http_get(url)
-    if status != 200:
-        raise RuntimeError(f"{url} answered {status}")
-    return body
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,17 +18,18 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .spec import EventSum, Slo, Spec
+from .spec import HTTP_DURATION_HISTOGRAM, EventSum, Slo, Spec
 
 # Histograms a client can time itself, and the client measurement that matches each.
 CLIENT_MEASURE = {
     "vllm:time_to_first_token_seconds": "ttft",
     "vllm:inter_token_latency_seconds": "itl",
     "vllm:e2e_request_latency_seconds": "e2e",
-    "slo_engine_http_request_duration_seconds": "e2e",
+    HTTP_DURATION_HISTOGRAM: "e2e",
 }
 GOODPUT_MEASURE = {"ttft_s": "ttft", "inter_token_s": "itl", "e2e_s": "e2e"}
 QUANTILES = (0.5, 0.95, 0.99)
+Samples = dict[str, list[tuple[dict[str, str], float]]]  # sample name: [(labels, value)]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -42,9 +43,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def samples_by_name(text: str, names: set[str] | None = None) -> dict[str, list[tuple[dict[str, str], float]]]:
+def samples_by_name(text: str, names: set[str] | None = None) -> Samples:
     """{sample name: [(labels, value)]} from a Prometheus text exposition, optionally only some names."""
-    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    found: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if names is None or sample.name in names:
@@ -52,18 +53,13 @@ def samples_by_name(text: str, names: set[str] | None = None) -> dict[str, list[
     return found
 
 
-def event_count(events: EventSum, samples: dict[str, list[tuple[dict[str, str], float]]]) -> float:
-    total = 0.0
-    for sign, selection in events.terms:
-        for labels, value in samples.get(selection.metric, ()):
-            if all(matcher.matches(labels) for matcher in selection.matchers):
-                total += sign * value
-    return total
+def event_count(events: EventSum, samples: Samples) -> float:
+    return sum(sign * value for sign, selection in events.terms
+               for labels, value in samples.get(selection.metric, ()) if selection.matches(labels))
 
 
-def server_events(slo: Slo, before: str, after: str) -> tuple[float, float]:
-    """(bad, total) events of the SLO between two scrapes of the engine."""
-    start, end = samples_by_name(before), samples_by_name(after)
+def server_events(slo: Slo, start: Samples, end: Samples) -> tuple[float, float]:
+    """(bad, total) events of the SLO between two scrapes of the engine, each parsed by samples_by_name."""
     return (event_count(slo.sli.errors, end) - event_count(slo.sli.errors, start),
             event_count(slo.sli.total, end) - event_count(slo.sli.total, start))
 
@@ -132,19 +128,21 @@ def _events_note(slo: Slo, total: float) -> str:
 def judge(spec: Spec, results: list, wall_s: float, metrics_before: str | None,
           metrics_after: str | None) -> tuple[ClientSummary, list[Criterion]]:
     summary = ClientSummary.of(results, wall_s)
+    scrapes = (samples_by_name(metrics_before), samples_by_name(metrics_after)) if metrics_before and metrics_after \
+        else None
     criteria: list[Criterion] = []
     for slo in spec.slos:
         target = f">= {slo.objective:g}% good"
-        if slo.sli.sidecar_can_evaluate and metrics_before and metrics_after:
-            bad, total = server_events(slo, metrics_before, metrics_after)
+        if slo.sli.sidecar_can_evaluate and scrapes:
+            bad, total = server_events(slo, *scrapes)
             passed = None if total <= 0 else (total - bad) / total >= slo.objective_ratio
             criteria.append(Criterion(slo.name, "server", target, _share(total - bad, total), passed,
                                       _events_note(slo, total) if total > 0 else "the engine counted no events"))
-        criteria.extend(_client_criteria(slo, results, summary))
+        criteria.extend(_client_criteria(slo, results))
     return summary, criteria
 
 
-def _client_criteria(slo: Slo, results: list, summary: ClientSummary) -> list[Criterion]:
+def _client_criteria(slo: Slo, results: list) -> list[Criterion]:
     ok = [r for r in results if r.ok]
     sli = slo.sli
     if sli.kind == "availability":
@@ -166,8 +164,7 @@ def _client_criteria(slo: Slo, results: list, summary: ClientSummary) -> list[Cr
     if sli.kind == "goodput":
         if not ok or any(_values(GOODPUT_MEASURE[key], ok) == [] for key in sli.goodput_targets):
             return [Criterion(slo.name, "client", "", "not measured", None, "goodput needs --stream")]
-        good = sum(1 for r in ok if all(_goodput_value(GOODPUT_MEASURE[key], r) is not None
-                                        and _goodput_value(GOODPUT_MEASURE[key], r) <= limit
+        good = sum(1 for r in ok if all(_within(_goodput_value(GOODPUT_MEASURE[key], r), limit)
                                         for key, limit in sli.goodput_targets.items()))
         judged = len(ok) + sum(1 for r in results if not r.ok and not _client_fault(r))
         return [Criterion(slo.name, "client", f">= {slo.objective:g}% meet every target", _share(good, judged),
@@ -177,6 +174,10 @@ def _client_criteria(slo: Slo, results: list, summary: ClientSummary) -> list[Cr
 
 def _value(measure: str, request) -> float | None:
     return {"ttft": request.ttft_s, "itl": per_request_itl(request), "e2e": request.e2e_s}[measure]
+
+
+def _within(value: float | None, limit: float) -> bool:
+    return value is not None and value <= limit
 
 
 def _goodput_value(measure: str, request) -> float | None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import yaml
 
-from alerts.render import render as render_rules
+from alerts.render import rule_groups
 from dashboards.definitions import dashboards
-from dashboards.grafana import datasources, render as render_dashboards
+from dashboards.grafana import JAEGER_UID, datasource_list, render as render_dashboards
 
 from .spec import Spec
 
@@ -42,10 +42,7 @@ def spec_configmap(spec_text: str) -> dict:
 
 def prometheus_rule(spec: Spec) -> dict:
     """Every generated rule group (recording, SLO alerts, operational alerts) in one PrometheusRule."""
-    groups = []
-    for name, text in sorted(render_rules(spec).items()):
-        if name.endswith(".rules.yaml") and "/" not in name:
-            groups.extend(yaml.safe_load(text)["groups"])
+    groups = [group for _, file_groups in sorted(rule_groups(spec).items()) for group in file_groups]
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
             "metadata": {"name": f"{APP}-{spec.service}", "labels": _labels(**RELEASE_LABELS)},
             "spec": {"groups": groups}}
@@ -61,8 +58,7 @@ def dashboard_configmaps(spec: Spec) -> list[dict]:
 
 def jaeger_datasource_configmap() -> dict:
     """The Jaeger datasource only: kube-prometheus-stack provisions Prometheus itself (README, "Deployment")."""
-    document = yaml.safe_load(datasources())
-    document["datasources"] = [d for d in document["datasources"] if d["type"] == "jaeger"]
+    document = {"apiVersion": 1, "datasources": [d for d in datasource_list() if d["uid"] == JAEGER_UID]}
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "grafana-datasource-jaeger", "labels": _labels(**DATASOURCE_LABEL)},
             "data": {"jaeger.yaml": yaml.safe_dump(document, sort_keys=False)}}

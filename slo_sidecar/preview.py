@@ -13,15 +13,15 @@ import math
 import re
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from dashboards.model import Dashboard, expand as expand_variables
 from dashboards.preview import PanelData, Series, page
 
 from .files import write_atomically
+from .processes import http_get
+from .spec import duration_label
 
 POINTS_PER_CHART = 240
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -60,16 +60,17 @@ def query_range(prometheus_url: str, expr: str, start: float, end: float, step_s
     params = urllib.parse.urlencode({"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}",
                                      "step": f"{step_s:g}"})
     try:
-        with urllib.request.urlopen(f"{prometheus_url}/api/v1/query_range?{params}", timeout=30) as response:
-            body = json.load(response)
-    except urllib.error.HTTPError as error:
-        try:
-            body = json.load(error)
-        except ValueError:
-            raise ValueError(f"HTTP {error.code}") from None
-        raise ValueError(body.get("error", f"HTTP {error.code}")) from None
-    except (OSError, ValueError) as error:
+        status, raw = http_get(f"{prometheus_url}/api/v1/query_range?{params}", timeout=30)
+    except (OSError, ValueError) as error:  # unreachable, or not a URL
         raise PreviewError(f"cannot query Prometheus at {prometheus_url}: {error}") from None
+    try:
+        body = json.loads(raw)
+    except ValueError as error:  # an error page, or not Prometheus at all
+        if status != 200:
+            raise ValueError(f"HTTP {status}") from None
+        raise PreviewError(f"cannot query Prometheus at {prometheus_url}: {error}") from None
+    if status != 200:
+        raise ValueError(body.get("error", f"HTTP {status}"))
     return body["data"]["result"]
 
 
@@ -103,20 +104,13 @@ def write_preview(prometheus_url: str, boards: list[Dashboard], out: Path, range
         for range_s in ranges_s:
             step_s = max(1.0, math.ceil(range_s / POINTS_PER_CHART))
             data = panel_data(prometheus_url, board, end - range_s, end, step_s, scrape_interval_s)
-            ranges[_label(range_s)] = (end - range_s, end, step_s, data)
+            ranges[duration_label(range_s)] = (end - range_s, end, step_s, data)
         links = {other.title: files[other.uid] for other in boards if other.uid != board.uid}
         path = out / files[board.uid]
         write_atomically(path, page(board, ranges, links, prometheus_url))
         first = next(iter(ranges.values()))[3]
         empty[path] = [panel.title for panel, data in zip(board.panels(), first) if not data.series or data.errors]
     return empty
-
-
-def _label(seconds: int) -> str:
-    for unit in ("d", "h", "m"):
-        if seconds % _SECONDS[unit] == 0:
-            return f"{seconds // _SECONDS[unit]}{unit}"
-    return f"{seconds}s"
 
 
 def run(args: argparse.Namespace, spec) -> int:

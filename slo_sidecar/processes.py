@@ -158,10 +158,18 @@ class PrometheusProcess(ManagedProcess):
 
     def query(self, expr: str) -> list[dict]:
         """The instant vector for expr, as Prometheus's HTTP API returns it."""
+        return self._api("/api/v1/query", query=expr)["result"]
+
+    def rule_groups(self) -> list[dict]:
+        """The rule groups Prometheus loaded, each with its rules."""
+        return self._api("/api/v1/rules")["groups"]
+
+    def _api(self, path: str, **params: str) -> dict:
+        """The `data` of an HTTP API answer; RuntimeError for any other status than 200."""
         import json
         import urllib.parse
 
-        status, body = http_get(self.url + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+        status, body = http_get(self.url + path + ("?" + urllib.parse.urlencode(params) if params else ""))
         if status != 200:
-            raise RuntimeError(f"query {expr!r} answered {status}: {body[:200]!r}")
-        return json.loads(body)["data"]["result"]
+            raise RuntimeError(f"{path} {params or ''} answered {status}: {body[:200]!r}")
+        return json.loads(body)["data"]

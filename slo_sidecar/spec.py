@@ -34,6 +34,8 @@ BURN_ALERTS_30D = (
     ("ticket", 3 * DAY, 6 * 3600, 1.0),
 )
 
+HTTP_DURATION_HISTOGRAM = "slo_engine_http_request_duration_seconds"  # the engine's; exemplars carry trace ids
+
 # Bucket bounds of the histograms an SLI can use, as the engine exposes them. A latency
 # threshold must be one of them: between two bounds, every tool silently interpolates.
 KNOWN_BUCKETS: dict[str, tuple[float, ...]] = {
@@ -49,10 +51,10 @@ KNOWN_BUCKETS: dict[str, tuple[float, ...]] = {
         0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
         960.0, 1920.0, 7680.0),
     # The engine's own HTTP histogram (engine/metrics.py uses this tuple).
-    "slo_engine_http_request_duration_seconds": (
+    HTTP_DURATION_HISTOGRAM: (
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0),
 }
-HTTP_DURATION_BUCKETS = KNOWN_BUCKETS["slo_engine_http_request_duration_seconds"]
+HTTP_DURATION_BUCKETS = KNOWN_BUCKETS[HTTP_DURATION_HISTOGRAM]
 
 # What the engine counts per request for a goodput SLO, and the latencies a goodput target may bound.
 GOODPUT_COUNTER = "slo_engine_goodput_requests_total"
@@ -112,6 +114,10 @@ class Selection:
 
     def promql(self) -> str:
         return self.metric + ("{" + ",".join(m.promql() for m in self.matchers) + "}" if self.matchers else "")
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """Whether a series of `metric` with these labels is selected."""
+        return all(matcher.matches(labels) for matcher in self.matchers)
 
 
 @dataclass(frozen=True)

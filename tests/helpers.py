@@ -54,11 +54,12 @@ def metric(samples: dict[tuple[str, frozenset], float], name: str, **labels: str
                if sample == name and wanted <= sample_labels)
 
 
-def post_json(url: str, body: dict, timeout_s: float = 60.0) -> dict:
+def post_json(url: str, body: dict, timeout_s: float = 60.0, headers: dict[str, str] | None = None) -> dict:
     """POST a JSON body, return the JSON answer (HTTP errors raise)."""
     import json
     import urllib.request
 
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return json.load(response)

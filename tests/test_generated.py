@@ -1,0 +1,21 @@
+"""Everything `slo-sidecar generate` writes for the default spec is committed, and fresh."""
+
+from __future__ import annotations
+
+from slo_sidecar.generated import generated_files
+from slo_sidecar.spec import DEFAULT_SPEC, load_spec
+from tests.helpers import REPO
+
+# In the order generated_files takes them: rules, dashboards, Kubernetes objects.
+COMMITTED_DIRS = (REPO / "alerts" / "generated", REPO / "dashboards" / "generated",
+                  REPO / "deploy" / "base" / "generated")
+
+
+def test_committed_generated_files_are_what_the_default_spec_generates():
+    expected = {str(path.relative_to(REPO)): text
+                for path, text in generated_files(load_spec(str(DEFAULT_SPEC)), *COMMITTED_DIRS).items()}
+    committed = {str(path.relative_to(REPO)): path.read_text()
+                 for directory in COMMITTED_DIRS for path in directory.rglob("*") if path.is_file()}
+    stale = sorted(name for name in expected.keys() | committed.keys() if expected.get(name) != committed.get(name))
+    assert not stale, (f"generated files are stale ({stale}): run slo-sidecar generate --out alerts/generated "
+                       "--dashboards-out dashboards/generated --k8s deploy/base/generated")
