@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import shutil
 import signal
 import sys
@@ -72,22 +73,35 @@ class LiveView:
         return f"  {'time':>6} {'req/s':>6} {'errors':>7} {'burn 5m':>8} {'burn 1h':>8} {'sidecar 5m':>10} " \
                f"{'page alert':>11} {'queue':>5}  what is happening"
 
+    def _ask(self, expr: str) -> list[dict] | None:
+        """The query's result; None when Prometheus did not answer in time (on 2 busy cores it
+        sometimes does not): the line shows "?" and the demo goes on."""
+        try:
+            return self.prometheus.query(expr)
+        except (OSError, RuntimeError):
+            return None
+
     def value(self, expr: str) -> float | None:
-        result = self.prometheus.query(expr)
-        return float(result[0]["value"][1]) if result else None
+        """The first series' value; None for no series, NaN for no answer."""
+        result = self._ask(expr)
+        return math.nan if result is None else float(result[0]["value"][1]) if result else None
 
     def page_state(self) -> str:
-        states = {item["metric"]["alertstate"] for item in self.prometheus.query(self.alert)}
+        result = self._ask(self.alert)
+        if result is None:
+            return "?"
+        states = {item["metric"]["alertstate"] for item in result}
         return "firing" if "firing" in states else "pending" if "pending" in states else "inactive"
 
     def line(self, elapsed: float, phase: str) -> str:
         values = {name: self.value(expr) for name, expr in self.queries.items()}
         state = self.page_state()
-        self.states_seen.setdefault(state, elapsed)
+        if state != "?":
+            self.states_seen.setdefault(state, elapsed)
 
         def show(name: str, form: str) -> str:
             value = values[name]
-            return "-" if value is None else form.format(value)
+            return "-" if value is None else "?" if math.isnan(value) else form.format(value)
 
         return (f"  {elapsed:5.0f}s {show('req/s', '{:.1f}'):>6} {show('errors', '{:.1%}'):>7} "
                 f"{show('burn 5m', '{:.1f}x'):>8} {show('burn 1h', '{:.1f}x'):>8} {show('sidecar 5m', '{:.1f}x'):>10} "

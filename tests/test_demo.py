@@ -1,0 +1,67 @@
+"""The demo's live view: a Prometheus that does not answer shows as "?", it does not end the demo."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from typing import Callable
+
+import pytest
+
+from slo_sidecar.demo import LiveView
+from slo_sidecar.processes import PrometheusProcess
+from slo_sidecar.spec import DEFAULT_SPEC, load_spec
+
+SPEC = load_spec(str(DEFAULT_SPEC))
+
+
+class Unavailable(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        self.send_response(503)
+        self.end_headers()
+        self.wfile.write(b"busy")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def serve_503() -> tuple[str, Callable[[], None]]:
+    """Answers every request 503; returns (url, stop)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server.shutdown
+
+
+def serve_hang_up() -> tuple[str, Callable[[], None]]:
+    """Accepts each connection and closes it without a word."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def hang_up() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connection.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener.close
+
+
+@pytest.mark.parametrize("serve", [serve_503, serve_hang_up])
+def test_live_view_shows_unanswered_queries_as_question_marks(tmp_path, serve):
+    url, stop = serve()
+    prometheus = PrometheusProcess(tmp_path, {}, [])  # never started: it asks the server above
+    prometheus.url = url
+    view = LiveView(prometheus, SPEC, SPEC.slos[0])
+    try:
+        line = view.line(12.0, "healthy")
+    finally:
+        stop()
+    cells = line.split()
+    assert cells[0] == "12s" and cells[-1] == "healthy"
+    assert cells[1:-1] == ["?"] * 7, line  # six values and the page alert's state
+    assert view.states_seen == {}  # an unknown state is not a state the alert was in
