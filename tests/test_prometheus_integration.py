@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import statistics
-import time
 
 import aiohttp
 import pytest
@@ -20,7 +19,7 @@ from dashboards.model import expand
 from slo_sidecar.processes import PrometheusProcess, SidecarProcess, http_get
 from slo_sidecar.spec import load_spec
 from tests.conftest import API_KEY, run_async
-from tests.helpers import metric, parse_metrics
+from tests.helpers import parse_metrics
 
 pytestmark = [pytest.mark.engine,
               pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus (Debian package) not installed")]

@@ -6,7 +6,6 @@ import asyncio
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest

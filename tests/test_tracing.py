@@ -8,7 +8,7 @@ import re
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY, run_async
+from tests.conftest import run_async
 from tests.otlp_receiver import ReceivedSpan
 from tests.test_engine_api import AUTH, post, session, set_faults
 
