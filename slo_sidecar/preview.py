@@ -21,11 +21,9 @@ from dashboards.preview import PanelData, Series, page
 
 from .files import write_atomically
 from .processes import http_get
-from .spec import duration_label
+from .spec import duration_label, duration_seconds
 
 POINTS_PER_CHART = 240
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _LEGEND_LABEL = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
 
@@ -34,10 +32,10 @@ class PreviewError(Exception):
 
 
 def parse_duration(text: str) -> int:
-    match = _DURATION.match(text.strip())
-    if not match or int(match[1]) == 0:
+    seconds = duration_seconds(text.strip())
+    if not seconds:  # not a duration, or zero
         raise argparse.ArgumentTypeError(f"expected a duration such as 15m, 1h or 1d, got {text!r}")
-    return int(match[1]) * _SECONDS[match[2]]
+    return seconds
 
 
 def grafana_query(expr: str, step_s: float, scrape_interval_s: float) -> str:

@@ -6,6 +6,7 @@ processes it started (vLLM's engine core and workers), even when it hangs.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -166,9 +168,6 @@ class PrometheusProcess(ManagedProcess):
 
     def _api(self, path: str, **params: str) -> dict:
         """The `data` of an HTTP API answer; RuntimeError for any other status than 200."""
-        import json
-        import urllib.parse
-
         status, body = http_get(self.url + path + ("?" + urllib.parse.urlencode(params) if params else ""))
         if status != 200:
             raise RuntimeError(f"{path} {params or ''} answered {status}: {body[:200]!r}")

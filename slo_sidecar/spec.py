@@ -229,12 +229,19 @@ class Spec:
     format: str = SPEC_VERSION  # or "prometheus/v1" for a Sloth spec
 
 
+DURATION_UNITS = {"d": DAY, "h": 3600, "m": 60, "s": 1}  # largest first
+_DURATION = re.compile(r"^(\d+)([dhms])$")
+
+
 def duration_label(seconds: int) -> str:
     """5m, 1h, 1d, 30d: the largest unit that divides exactly."""
-    for unit, size in (("d", DAY), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return next(f"{seconds // size}{unit}" for unit, size in DURATION_UNITS.items() if seconds % size == 0)
+
+
+def duration_seconds(text: str) -> int | None:
+    """The inverse of duration_label ("15m" -> 900); None for anything else."""
+    match = _DURATION.match(text)
+    return int(match[1]) * DURATION_UNITS[match[2]] if match else None
 
 
 def _round_minutes(seconds: float) -> int:

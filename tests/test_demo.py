@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
-import http.server
 import socket
 import threading
 from typing import Callable
 
 import pytest
+from aiohttp import web
 
 from slo_sidecar.demo import LiveView
 from slo_sidecar.processes import PrometheusProcess
 from slo_sidecar.spec import DEFAULT_SPEC, load_spec
+from tests.threaded_server import ThreadedServer
 
 SPEC = load_spec(str(DEFAULT_SPEC))
 
 
-class Unavailable(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-        self.send_response(503)
-        self.end_headers()
-        self.wfile.write(b"busy")
+class Unavailable(ThreadedServer):
+    """Answers every request 503."""
 
-    def log_message(self, *args) -> None:
-        pass
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/{path:.*}", self._busy)
+
+    async def _busy(self, request: web.Request) -> web.Response:
+        return web.Response(status=503, text="busy")
 
 
 def serve_503() -> tuple[str, Callable[[], None]]:
     """Answers every request 503; returns (url, stop)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}", server.shutdown
+    server = Unavailable().start()
+    return server.url, server.stop
 
 
 def serve_hang_up() -> tuple[str, Callable[[], None]]:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from slo_sidecar.spec import DEFAULT_SPEC
-from slo_sidecar.spec import KNOWN_BUCKETS, Matcher, SpecError, load_spec, parse_spec
+from slo_sidecar.spec import KNOWN_BUCKETS, Matcher, SpecError, duration_label, duration_seconds, load_spec, parse_spec
 from tests.helpers import REPO
 from tests.test_exposition import FIXTURE
 
@@ -171,3 +171,15 @@ def test_the_json_schema_accepts_the_default_and_knows_the_parsers_fields():
     bad = yaml.safe_load(HEAD + AVAILABILITY.replace("99.9", "100"))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+@pytest.mark.parametrize("seconds, label", [(45, "45s"), (90, "90s"), (300, "5m"), (5400, "90m"), (3600, "1h"),
+                                            (86_400, "1d"), (30 * 86_400, "30d")])
+def test_duration_labels_use_the_largest_exact_unit_and_read_back(seconds, label):
+    assert duration_label(seconds) == label
+    assert duration_seconds(label) == seconds
+
+
+@pytest.mark.parametrize("text", ["15", "1w", "1.5h", "m", "-5m", " 5m"])
+def test_duration_seconds_rejects_what_is_not_a_duration(text):
+    assert duration_seconds(text) is None
