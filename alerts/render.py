@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slo_sidecar.spec import Slo, Spec
+from slo_spec.model import Slo, Spec
 
 from .dump import dump
 from .rules import alert_group, inhibit_rules, metadata_group, operational_group, recording_group

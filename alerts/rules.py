@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from dashboards import definitions
-from dashboards.grafana import panel_url
-from slo_sidecar.spec import Slo, Spec, duration_label
+from dashboards.model import panel_url
+from slo_spec.model import Slo, Spec, duration_label
 
 PAGE_FOR = "1m"
 TICKET_FOR = "10m"

@@ -34,8 +34,7 @@ from sidecar.engine_stats import EngineStatsDeriver  # noqa: E402
 from sidecar.exposition import parse  # noqa: E402
 from slo_sidecar.processes import SidecarProcess  # noqa: E402
 from tests.fake_exposition_server import ExpositionServer  # noqa: E402
-
-FIXTURE = REPO.parent / "shared" / "fixtures" / "vllm-0.32.0-cpu-metrics.txt"
+from tests.helpers import VLLM_EXPOSITION as FIXTURE  # noqa: E402  (a real vLLM /metrics capture)
 
 
 def synthetic(text: str, series: int) -> str:
@@ -167,9 +166,6 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test, not figures)")
     parser.add_argument("--workdir", default="/tmp/slo-sidecar-bench")
     args = parser.parse_args()
-    if not FIXTURE.exists():
-        print(f"needs the captured exposition at {FIXTURE}", file=sys.stderr)
-        return 2
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     real = FIXTURE.read_text()

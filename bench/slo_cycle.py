@@ -24,7 +24,7 @@ from sidecar.engine_collector import SCRAPE_FAMILIES, engine_families  # noqa: E
 from sidecar.engine_stats import EngineStatsDeriver  # noqa: E402
 from sidecar.exposition import Sample, parse  # noqa: E402
 from sidecar.slo_tracker import SloTracker  # noqa: E402
-from slo_sidecar.spec import DEFAULT_SPEC, parse_spec  # noqa: E402
+from slo_spec.load import DEFAULT_SPEC, parse_spec  # noqa: E402
 
 
 def ten_slos() -> str:

@@ -8,7 +8,8 @@ Prometheus documentation (the reference design's queries skip both).
 
 from __future__ import annotations
 
-from slo_sidecar.spec import BURN_ALERTS_30D, HTTP_DURATION_HISTOGRAM, Slo, Spec, duration_label
+from slo_spec.buckets import HTTP_DURATION_HISTOGRAM
+from slo_spec.model import BURN_ALERTS_30D, Slo, Spec, duration_label
 
 from .model import Dashboard, Panel, Query
 

@@ -10,7 +10,7 @@ from grafana_foundation_sdk.builders import prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common, dashboard as models
 
-from .model import ALL, VARIABLES, Dashboard, Panel
+from .model import ALL, VARIABLES, Dashboard, Panel, panel_ids
 
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 PANEL_HEIGHT = 8
@@ -48,17 +48,6 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int):
     return builder
 
 
-def panel_ids(board: Dashboard) -> dict[tuple[str, str], int]:
-    """{(row title, panel title): panel id}: rows and panels numbered in the model's order."""
-    ids, panel_id = {}, 0
-    for title, panels in board.rows:
-        panel_id += 1
-        for panel in panels:
-            panel_id += 1
-            ids[(title, panel.title)] = panel_id
-    return ids
-
-
 def to_grafana(board: Dashboard, others: list[Dashboard]) -> dict:
     builder = (builders.Dashboard(board.title).uid(board.uid).description(board.description)
                .tags(list(board.tags)).editable().time("now-1h", "now").refresh("30s").timezone("browser"))
@@ -86,11 +75,6 @@ def to_grafana(board: Dashboard, others: list[Dashboard]) -> dict:
             builder = builder.link(builders.DashboardLink(other.title).type(models.DashboardLinkType.LINK)
                                    .url(f"/d/{other.uid}").keep_time(True).include_vars(True))
     return json.loads(JSONEncoder(sort_keys=True, indent=2).encode(builder.build()))
-
-
-def panel_url(spec_grafana_url: str, board: Dashboard, row: str, title: str) -> str:
-    """Where an alert's annotation points: the panel on its own, keeping the alert's time."""
-    return f"{spec_grafana_url}/d/{board.uid}?viewPanel={panel_ids(board)[(row, title)]}"
 
 
 def render(boards: list[Dashboard]) -> dict[str, str]:

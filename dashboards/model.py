@@ -48,6 +48,23 @@ class Dashboard:
         return [panel for _, panels in self.rows for panel in panels]
 
 
+def panel_ids(board: Dashboard) -> dict[tuple[str, str], int]:
+    """{(row title, panel title): panel id}: rows and panels numbered in the model's order, as Grafana
+    gets them, so an alert can link a panel without the Grafana SDK."""
+    ids, panel_id = {}, 0
+    for title, panels in board.rows:
+        panel_id += 1
+        for panel in panels:
+            panel_id += 1
+            ids[(title, panel.title)] = panel_id
+    return ids
+
+
+def panel_url(spec_grafana_url: str, board: Dashboard, row: str, title: str) -> str:
+    """Where an alert's annotation points: the panel on its own, keeping the alert's time."""
+    return f"{spec_grafana_url}/d/{board.uid}?viewPanel={panel_ids(board)[(row, title)]}"
+
+
 def expand(expr: str, rate_interval: str = "1m", interval: str = "15s") -> str:
     """The query as Prometheus receives it from Grafana with every variable on "All"."""
     for name in VARIABLES:

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from slo_sidecar.spec import GOODPUT_COUNTER, Spec
+from slo_spec.model import GOODPUT_COUNTER, Spec
 
 CLIENT_CLOSED = 499
 

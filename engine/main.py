@@ -18,9 +18,10 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import REGISTRY
 
-from slo_sidecar import __version__
-from slo_sidecar.serving import listen
-from slo_sidecar.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
+from iokit.serving import listen
+from slo_spec import __version__
+from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
+from slo_spec.model import Spec
 
 from .goodput import GoodputCounter
 from .metrics import ServerMetrics

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from slo_sidecar.spec import HTTP_DURATION_BUCKETS
+from slo_spec.buckets import HTTP_DURATION_BUCKETS
 
 PREFIX = "slo_engine_"
 

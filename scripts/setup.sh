@@ -40,6 +40,8 @@ fi
 # expositions and rules and for the demo, `chromium` for the dashboard preview's
 # screenshot test. Installing `prometheus` would start a system service; a
 # policy-rc.d that exits 101 stops that, and the tests and the demo run their own server.
+# Where they cannot be installed (not root, no apt-get) set-up fails: the suite
+# refuses to pass with tests skipped for a missing tool (tests/skip_policy.py).
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${SLO_SIDECAR_SKIP_CHROMIUM:-}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
@@ -56,7 +58,9 @@ if [ ${#missing[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
         if [ "$guard_added" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
     else
-        echo "setup: ${missing[*]} not found and cannot be installed here (needs root and apt-get); the tests that need them will skip"
+        echo "setup: error: ${missing[*]} not found and cannot be installed here (needs root and apt-get);" \
+             "install the Debian package(s) ${missing[*]} and run this again" >&2
+        exit 1
     fi
 fi
 

@@ -33,9 +33,10 @@ from prometheus_client import (
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
-from slo_sidecar.files import write_atomically
-from slo_sidecar.serving import listen
-from slo_sidecar.spec import DEFAULT_SPEC, Spec, SpecError, load_spec
+from iokit.files import write_atomically
+from iokit.serving import listen
+from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
+from slo_spec.model import Spec
 
 from .collector import CollectError, Collector
 from .config import ConfigError, SidecarConfig, add_arguments, load_config

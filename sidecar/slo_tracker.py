@@ -19,7 +19,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
-from slo_sidecar.spec import EventSum, Selection, Slo, Spec, duration_label
+from slo_spec.model import EventSum, Selection, Slo, Spec, duration_label
 
 from .exposition import Labels, Sample
 

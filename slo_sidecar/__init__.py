@@ -1,3 +1,6 @@
-"""slo-sidecar: observability and SLO monitoring for LLM inference pods running vLLM."""
+"""slo-sidecar's application layer: the command, the demo, the load-test gate, the preview and the
+process helpers. The top layer: the only package that imports every other one."""
 
-__version__ = "0.1.0"
+from slo_spec import __version__
+
+__all__ = ["__version__"]

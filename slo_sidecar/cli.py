@@ -38,7 +38,7 @@ def _sidecar(args: argparse.Namespace) -> int:
 
 def _load_spec(path: str | None):
     """The spec, or None after printing why it cannot be used (the caller exits 2)."""
-    from .spec import DEFAULT_SPEC, SpecError, load_spec
+    from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
 
     try:
         return load_spec(path or str(DEFAULT_SPEC))
@@ -55,7 +55,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .files import write_atomically
+    from iokit.files import write_atomically
     from .generated import generated_files
 
     spec = _load_spec(args.slo)

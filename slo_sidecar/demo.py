@@ -24,9 +24,11 @@ from pathlib import Path
 
 import aiohttp
 
-from .files import write_atomically
+from iokit.files import write_atomically
+from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_spec.model import Slo, Spec
+
 from .processes import EngineProcess, PrometheusProcess, SidecarProcess
-from .spec import DEFAULT_SPEC, Slo, Spec, load_spec
 
 SCRAPE_S, EVALUATE_S = 2, 5
 HEALTHY_S, BURST_MAX_S, RECOVERY_S, VIEW_EVERY_S = 30, 240, 30, 5

@@ -18,7 +18,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .spec import HTTP_DURATION_HISTOGRAM, EventSum, Slo, Spec
+from slo_spec.buckets import HTTP_DURATION_HISTOGRAM
+from slo_spec.model import EventSum, Slo, Spec
 
 # Histograms a client can time itself, and the client measurement that matches each.
 CLIENT_MEASURE = {

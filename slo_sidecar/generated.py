@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .spec import Spec
+from slo_spec.model import Spec
 
 
 def generated_files(spec: Spec, rules_dir: Path, dashboards_dir: Path, k8s_dir: Path | None = None) -> dict[Path, str]:

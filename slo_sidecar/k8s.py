@@ -14,7 +14,7 @@ from alerts.render import rule_groups
 from dashboards.definitions import dashboards
 from dashboards.grafana import JAEGER_UID, datasource_list, render as render_dashboards
 
-from .spec import Spec
+from slo_spec.model import Spec
 
 APP = "slo-sidecar"
 SPEC_CONFIGMAP = "slo-sidecar-slo"

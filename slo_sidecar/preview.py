@@ -18,10 +18,10 @@ from pathlib import Path
 
 from dashboards.model import Dashboard, expand as expand_variables
 from dashboards.preview import PanelData, Series, page
+from iokit.files import write_atomically
+from slo_spec.model import duration_label, duration_seconds
 
-from .files import write_atomically
 from .processes import http_get
-from .spec import duration_label, duration_seconds
 
 POINTS_PER_CHART = 240
 _LEGEND_LABEL = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")

@@ -15,8 +15,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .files import write_atomically
-from .spec import Spec
+from iokit.files import write_atomically
+from slo_spec.model import Spec
 
 EXIT_FAIL, EXIT_ERROR = 1, 2
 

@@ -10,6 +10,8 @@ import pytest
 from tests.helpers import EngineProcess
 from tests.otlp_receiver import OtlpReceiver
 
+pytest_plugins = ["tests.skip_policy"]  # a skip for a reason not allowed there fails the run
+
 API_KEY = "test-key-0123456789"
 
 # The session engine's limits, chosen so each behaviour is reachable quickly:

@@ -10,6 +10,8 @@ from sidecar.engine_processes import descendants as process_descendants, process
 from slo_sidecar.processes import EngineProcess, free_port, http_get  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"  # what tests compare against; provenance in its README.md
+VLLM_EXPOSITION = FIXTURES / "vllm-0.32.0-cpu-metrics.txt"  # a real vLLM 0.32.0 /metrics capture
 
 
 def descendants(pid: int) -> set[int]:
@@ -17,17 +19,26 @@ def descendants(pid: int) -> set[int]:
     return process_descendants(pid, process_table())
 
 
-def skip_if_nvml_loads() -> None:
-    """Tests of the no-GPU path need a machine without an NVIDIA driver."""
+def nvml_loads() -> bool:
+    """Whether this machine has an NVIDIA driver that NVML can load."""
     import pynvml
-    import pytest
 
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
-        return
+        return False
     pynvml.nvmlShutdown()
-    pytest.skip("this machine has an NVIDIA driver")
+    return True
+
+
+def skip_if_nvml_loads() -> None:
+    """Tests of the no-GPU path need a machine without an NVIDIA driver (an allowed skip)."""
+    import pytest
+
+    from tests.skip_policy import NVIDIA_DRIVER_PRESENT
+
+    if nvml_loads():
+        pytest.skip(NVIDIA_DRIVER_PRESENT)
 
 
 def pid_alive(pid: int) -> bool:

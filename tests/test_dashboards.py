@@ -8,7 +8,7 @@ import re
 from dashboards.definitions import dashboards
 from dashboards.grafana import render
 from dashboards.model import expand
-from slo_sidecar.spec import DEFAULT_SPEC, load_spec
+from slo_spec.load import DEFAULT_SPEC, load_spec
 from tests.helpers import REPO
 
 COMMITTED = REPO / "dashboards" / "generated"

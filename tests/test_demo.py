@@ -11,7 +11,7 @@ from aiohttp import web
 
 from slo_sidecar.demo import LiveView
 from slo_sidecar.processes import PrometheusProcess
-from slo_sidecar.spec import DEFAULT_SPEC, load_spec
+from slo_spec.load import DEFAULT_SPEC, load_spec
 from tests.threaded_server import ThreadedServer
 
 SPEC = load_spec(str(DEFAULT_SPEC))

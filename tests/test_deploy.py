@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from sidecar.config import DEFAULT_PORT as SIDECAR_DEFAULT_PORT
 from sidecar.engine_collector import engine_families
 from sidecar.engine_stats import EngineStats
 from slo_sidecar.k8s import SPEC_CONFIGMAP, SPEC_KEY
-from slo_sidecar.spec import parse_spec
+from slo_spec.load import parse_spec
 from tests.helpers import REPO
 
 DEPLOY = REPO / "deploy"
@@ -225,3 +226,6 @@ def test_images_run_as_non_root_with_a_health_check_and_no_build_tools(flavour):
     assert re.search(r"^HEALTHCHECK .*\n?.*CMD .*/health", final, re.MULTILINE)
     assert 'ENTRYPOINT ["slo-sidecar"]' in final
     assert f".[{flavour}]" in text
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = set(re.findall(r"^COPY (\w+) \1$", stages[0], re.MULTILINE))
+    assert copied == {name.rstrip("*") for name in packages}, "the image must hold every package pyproject.toml ships"

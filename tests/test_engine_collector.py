@@ -11,9 +11,8 @@ from sidecar.engine_collector import SCRAPE_FAMILIES, EngineCollector
 from sidecar.exposition import parse
 from tests.conftest import run_async
 from tests.fake_exposition_server import ExpositionServer
-from tests.test_exposition import FIXTURE
+from tests.helpers import VLLM_EXPOSITION
 
-pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
 
 
 def family_value(families, name: str) -> float:
@@ -22,8 +21,8 @@ def family_value(families, name: str) -> float:
 
 @run_async
 async def test_samples_over_the_cap_are_dropped_and_counted():
-    wanted = len(parse(FIXTURE.read_text(), SCRAPE_FAMILIES))
-    server = ExpositionServer(FIXTURE.read_text()).start()
+    wanted = len(parse(VLLM_EXPOSITION.read_text(), SCRAPE_FAMILIES))
+    server = ExpositionServer(VLLM_EXPOSITION.read_text()).start()
     try:
         for cap, dropped in ((SidecarConfig.max_engine_series, 0), (50, wanted - 50)):
             engine = EngineCollector(dataclasses.replace(SidecarConfig(), engine_url=server.url,

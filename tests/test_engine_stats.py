@@ -8,13 +8,12 @@ import pytest
 
 from sidecar.engine_stats import FAMILIES, EngineStatsDeriver
 from sidecar.exposition import Sample, parse
-from tests.test_exposition import FIXTURE
+from tests.helpers import VLLM_EXPOSITION
 
-pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
 
 
 def fixture_samples() -> list[Sample]:
-    return parse(FIXTURE.read_text(), FAMILIES)
+    return parse(VLLM_EXPOSITION.read_text(), FAMILIES)
 
 
 def advanced(samples: list[Sample], changes: dict[tuple[str, str], float]) -> list[Sample]:

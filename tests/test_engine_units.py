@@ -14,7 +14,7 @@ from engine.metrics import ERROR_REASONS, ServerMetrics
 from engine.protocol import ApiError
 from engine.settings import EngineSettings, add_engine_arguments
 from prometheus_client import CollectorRegistry
-from tests.helpers import REPO
+from tests.helpers import REPO, skip_if_nvml_loads
 
 
 @pytest.mark.parametrize("ratio, requests, failures", [(0.0, 10, 0), (0.25, 8, 2), (0.5, 10, 5), (1.0, 4, 4),
@@ -49,19 +49,9 @@ def test_health_states():
     assert (draining.status, draining.http_status) == ("healthy", 200)  # liveness: do not kill a draining pod
 
 
-def _nvml_loads() -> bool:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return True
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(_nvml_loads(), reason="NVML loads here: this test is for machines without an NVIDIA driver")
 def test_memory_probe_without_nvml_reads_none():
     """The real no-GPU path: no NVIDIA driver, so NVML cannot load."""
+    skip_if_nvml_loads()
     probe = AcceleratorMemoryProbe()
     assert probe.read() is None
     assert probe._nvml_ok is False  # and it will not try again on every probe

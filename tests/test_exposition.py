@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.exposition import ExpositionError, SampleFilter, parse
+from tests.helpers import VLLM_EXPOSITION
 
-FIXTURE = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "vllm-0.32.0-cpu-metrics.txt"
 VLLM_FAMILIES = [
     "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
     "vllm:num_preemptions", "vllm:request_success", "vllm:prompt_tokens", "vllm:generation_tokens",
@@ -35,9 +34,8 @@ def ours(text: str, families: list[str], openmetrics: bool = False) -> list[tupl
     return [(s.name, tuple(sorted(s.labels)), s.value) for s in parse(text, SampleFilter(families), openmetrics)]
 
 
-@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
 def test_real_vllm_exposition_reads_like_prometheus_client():
-    text = FIXTURE.read_text()
+    text = VLLM_EXPOSITION.read_text()
     expected = reference(text, VLLM_FAMILIES)
     assert len(expected) > 100
     assert sorted(ours(text, VLLM_FAMILIES)) == sorted(expected)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import aiohttp
 
 from engine.goodput import RequestLatencies, is_good, latencies
-from slo_sidecar.spec import DEFAULT_SPEC, load_spec
+from slo_spec.load import DEFAULT_SPEC, load_spec
 from tests.conftest import API_KEY, run_async
 from tests.helpers import http_get, metric, parse_metrics
 

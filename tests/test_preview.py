@@ -16,7 +16,7 @@ from dashboards.model import Panel, Query
 from dashboards.preview import PALETTE, PanelData, Series, format_value, page, timeseries_svg, y_range
 from slo_sidecar.preview import grafana_query, legend
 from slo_sidecar.processes import PrometheusProcess, SidecarProcess, free_port
-from slo_sidecar.spec import DEFAULT_SPEC, load_spec
+from slo_spec.load import DEFAULT_SPEC, load_spec
 
 SPEC = load_spec(str(DEFAULT_SPEC))
 

@@ -17,7 +17,7 @@ from alerts.render import render
 from dashboards.definitions import dashboards
 from dashboards.model import expand
 from slo_sidecar.processes import PrometheusProcess, SidecarProcess, http_get
-from slo_sidecar.spec import load_spec
+from slo_spec.load import load_spec
 from tests.conftest import API_KEY, run_async
 from tests.helpers import parse_metrics
 

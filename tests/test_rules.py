@@ -16,8 +16,7 @@ from alerts.render import render
 from dashboards.definitions import dashboards
 from dashboards.grafana import render as render_dashboards
 from alerts.unit_tests import NIGHT, predicted_firing, scenarios
-from slo_sidecar.spec import DEFAULT_SPEC
-from slo_sidecar.spec import load_spec, parse_spec
+from slo_spec.load import DEFAULT_SPEC, load_spec, parse_spec
 from tests.helpers import REPO
 from tests.test_slo_spec import SLOTH
 

@@ -13,8 +13,7 @@ import pytest
 from slo_sidecar.processes import EngineProcess, SidecarProcess, http_get
 from tests.conftest import run_async
 from tests.fake_exposition_server import ExpositionServer
-from tests.helpers import metric, parse_metrics, post_json, skip_if_nvml_loads
-from tests.test_exposition import FIXTURE
+from tests.helpers import VLLM_EXPOSITION, metric, parse_metrics, post_json, skip_if_nvml_loads
 
 INTERVAL = "0.2"
 
@@ -43,14 +42,13 @@ def errors(samples: dict, reason: str) -> float:
 
 @pytest.fixture
 def exposition_server():
-    server = ExpositionServer(FIXTURE.read_text().replace(
+    server = ExpositionServer(VLLM_EXPOSITION.read_text().replace(
         'vllm:num_requests_waiting{engine="0",model_name="tiny-llama"} 0.0',
         'vllm:num_requests_waiting{engine="0",model_name="tiny-llama"} 7.0')).start()
     yield server
     server.stop()
 
 
-@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
 def test_bad_scrapes_are_counted_and_last_good_values_kept(tmp_path, exposition_server):
     with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL,
                         "--engine-timeout-s", "1", "--stale-after-s", "1.5").start() as sidecar:
@@ -89,7 +87,6 @@ def test_bad_scrapes_are_counted_and_last_good_values_kept(tmp_path, exposition_
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
-@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
 def test_promtool_accepts_the_sidecar_exposition(tmp_path, exposition_server):
     with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL,
                         "--fake-gpu", "2", "--gpu-interval-s", INTERVAL, "--dcgm-compat", "true",
@@ -119,7 +116,6 @@ def test_promtool_accepts_the_sidecar_exposition(tmp_path, exposition_server):
     assert complaints and all(line.startswith("DCGM_") and "camelCase" in line for line in complaints), complaints
 
 
-@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
 def test_without_nvml_the_gpu_collector_is_down_logs_once_and_backs_off(tmp_path, exposition_server):
     skip_if_nvml_loads()
     with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL,
@@ -219,7 +215,6 @@ def test_engine_death_reads_up_0_and_a_restart_brings_no_rate_spike(tmp_path):
                 assert 0 <= rate < 1, f"rate spike after the restart: {rate}"
 
 
-@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
 def test_slo_state_is_saved_on_shutdown_and_restored_at_start(tmp_path, exposition_server):
     state = tmp_path / "slo-state.json"
     for run in (1, 2):

@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, strategies as st
+from prometheus_client.utils import floatToGoString
 
-from slo_sidecar.spec import DEFAULT_SPEC
-from slo_sidecar.spec import KNOWN_BUCKETS, Matcher, SpecError, duration_label, duration_seconds, load_spec, parse_spec
-from tests.helpers import REPO
-from tests.test_exposition import FIXTURE
+from slo_spec.buckets import KNOWN_BUCKETS
+from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec, parse_spec
+from slo_spec.model import Matcher, client_le, duration_label, duration_seconds
+from tests.helpers import REPO, VLLM_EXPOSITION
 
 HEAD = "version: slo-sidecar/v1\nservice: llm\nslos:\n"
 AVAILABILITY = """  - name: availability
@@ -32,13 +34,12 @@ def test_the_default_spec():
     assert (REPO / "slo.yaml").resolve() == DEFAULT_SPEC.resolve(), "the top-level slo.yaml is the embedded one"
 
 
-@pytest.mark.skipif(not FIXTURE.exists(), reason="needs shared/fixtures beside the checkout")
 def test_known_bucket_bounds_are_the_ones_vllm_exposes():
     from sidecar.exposition import SampleFilter, parse
 
     families = [name for name in KNOWN_BUCKETS if name.startswith("vllm:")]
     exposed: dict[str, set[float]] = {}
-    for sample in parse(FIXTURE.read_text(), SampleFilter(families)):
+    for sample in parse(VLLM_EXPOSITION.read_text(), SampleFilter(families)):
         if sample.name.endswith("_bucket") and sample.label("le") != "+Inf":
             exposed.setdefault(sample.name.removesuffix("_bucket"), set()).add(float(sample.label("le")))
     assert exposed == {name: set(KNOWN_BUCKETS[name]) for name in families}
@@ -155,17 +156,17 @@ def test_the_json_schema_accepts_the_default_and_knows_the_parsers_fields():
     import jsonschema
     import yaml
 
-    from slo_sidecar import spec as model
+    from slo_spec import model, native
 
     schema = json.loads((DEFAULT_SPEC.parent / "slo.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(yaml.safe_load(DEFAULT_SPEC.read_text()), schema)
     slo = schema["$defs"]["slo"]
-    assert tuple(schema["properties"]) == model.TOP_FIELDS
-    assert tuple(slo["properties"]) == model.SLO_FIELDS
-    assert tuple(slo["properties"]["alerting"]["properties"]) == model.ALERTING_FIELDS
-    assert tuple(schema["$defs"]["tier"]["properties"]) == model.TIER_FIELDS
-    assert tuple(slo["properties"]["sli"]["properties"]) == model.SLI_KINDS
+    assert tuple(schema["properties"]) == native.TOP_FIELDS
+    assert tuple(slo["properties"]) == native.SLO_FIELDS
+    assert tuple(slo["properties"]["alerting"]["properties"]) == native.ALERTING_FIELDS
+    assert tuple(schema["$defs"]["tier"]["properties"]) == native.TIER_FIELDS
+    assert tuple(slo["properties"]["sli"]["properties"]) == native.SLI_KINDS
     assert tuple(slo["properties"]["period"]["enum"]) == tuple(model.PERIODS)
     assert set(schema["properties"]["operational"]["properties"]) == set(model.Operational.__dataclass_fields__)
     bad = yaml.safe_load(HEAD + AVAILABILITY.replace("99.9", "100"))
@@ -183,3 +184,14 @@ def test_duration_labels_use_the_largest_exact_unit_and_read_back(seconds, label
 @pytest.mark.parametrize("text", ["15", "1w", "1.5h", "m", "-5m", " 5m"])
 def test_duration_seconds_rejects_what_is_not_a_duration(text):
     assert duration_seconds(text) is None
+
+
+@given(st.floats(min_value=1e-9, max_value=1e12, allow_nan=False, allow_infinity=False))
+def test_client_le_writes_a_bound_as_prometheus_client_does(bound):
+    """The core may not import prometheus_client, so it writes `le` itself; the reference is the client's own."""
+    assert client_le(bound) == floatToGoString(bound)
+
+
+@pytest.mark.parametrize("bound", [0.1, 0.25, 1.0, 10.0, 2560.0, 1e7, 12345678.0, float("inf")])
+def test_client_le_at_the_edges(bound):
+    assert client_le(bound) == floatToGoString(bound)

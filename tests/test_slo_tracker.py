@@ -9,8 +9,7 @@ import pytest
 from alerts.unit_tests import BASELINE_MIN, alert_condition, scenarios
 from sidecar.exposition import Sample
 from sidecar.slo_tracker import SloTracker, dumps
-from slo_sidecar.spec import DEFAULT_SPEC
-from slo_sidecar.spec import load_spec
+from slo_spec.load import DEFAULT_SPEC, load_spec
 
 SPEC = load_spec(str(DEFAULT_SPEC))
 ENDPOINT = ("endpoint", "/v1/completions")

@@ -12,7 +12,7 @@ import pytest
 from slo_sidecar.gate import judge, percentile, verdict
 from slo_sidecar.loadgen import RequestResult
 from slo_sidecar.processes import free_port
-from slo_sidecar.spec import DEFAULT_SPEC, load_spec
+from slo_spec.load import DEFAULT_SPEC, load_spec
 from tests.conftest import API_KEY
 from tests.helpers import post_json
 

@@ -10,19 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .spec import (
-    DEFAULT_MIN_EVENTS,
-    DEFAULT_SEVERITY,
-    AlertTier,
-    Operational,
-    Sli,
-    Slo,
-    Spec,
-    _camel,
-    _check_alerts_can_fire,
-    _NAME,
-    _Reader,
-)
+from .fields import DEFAULT_MIN_EVENTS, DEFAULT_SEVERITY, FieldReader, alert_name, check_alerts_can_fire
+from .model import AlertTier, Operational, Sli, Slo, Spec
 from .yaml_tree import Located, Path_
 
 SLOTH_TOP = ("version", "service", "labels", "slos")
@@ -33,7 +22,7 @@ WINDOW = "{{.window}}"
 
 
 def parse_sloth(doc: Located) -> Spec:
-    reader = _Reader(doc)
+    reader = FieldReader(doc)
     top = reader.mapping(doc.value, (), SLOTH_TOP, required=("service", "slos"))
     service = reader.string(top["service"], ("service",))
     if not isinstance(top["slos"], list) or not top["slos"]:
@@ -43,13 +32,10 @@ def parse_sloth(doc: Located) -> Spec:
                 doc.source, format="prometheus/v1")
 
 
-def _slo(reader: _Reader, value: Any, path: Path_) -> Slo:
+def _slo(reader: FieldReader, value: Any, path: Path_) -> Slo:
     slo = reader.mapping(value, path, SLOTH_SLO, required=("name", "objective", "sli"))
-    name = reader.string(slo["name"], (*path, "name"))
-    if not _NAME.match(name):
-        raise reader.fail((*path, "name"), f"expected lower case letters, digits, '-' and '_', got {name!r}")
-    objective = reader.number(slo["objective"], (*path, "objective"), 0, 100,
-                              "a percentage strictly between 0 and 100, like 99.9")
+    name = reader.slo_name(slo["name"], (*path, "name"))
+    objective = reader.objective(slo["objective"], (*path, "objective"))
     sli = _sli(reader, slo["sli"], (*path, "sli"))
     alerting = reader.mapping(slo.get("alerting") or {}, (*path, "alerting"), SLOTH_ALERTING)
     tiers = {tier: _tier(reader, alerting.get(f"{tier}_alert"), (*path, "alerting", f"{tier}_alert"), tier,
@@ -58,13 +44,13 @@ def _slo(reader: _Reader, value: Any, path: Path_) -> Slo:
              for tier in ("page", "ticket")}
     parsed = Slo(name=name, description=str(slo.get("description", "")), objective=objective, period="30d",
                  sli=sli, labels=reader.labels(slo.get("labels"), (*path, "labels")),
-                 alert_name=str(alerting.get("name") or _camel(name)), min_events=DEFAULT_MIN_EVENTS,
+                 alert_name=str(alerting.get("name") or alert_name(name)), min_events=DEFAULT_MIN_EVENTS,
                  page=tiers["page"], ticket=tiers["ticket"])
-    _check_alerts_can_fire(reader, parsed, path)
+    check_alerts_can_fire(reader, parsed, path)
     return parsed
 
 
-def _sli(reader: _Reader, value: Any, path: Path_) -> Sli:
+def _sli(reader: FieldReader, value: Any, path: Path_) -> Sli:
     sli = reader.mapping(value, path, ("events", "raw", "plugin"))
     if "plugin" in sli:
         raise reader.fail((*path, "plugin"), "Sloth SLI plugins are not supported; use events or raw")
@@ -81,14 +67,14 @@ def _sli(reader: _Reader, value: Any, path: Path_) -> Sli:
     return Sli("raw", None, None, "Sloth raw SLI (PromQL)", raw_error_ratio=ratio)
 
 
-def _query(reader: _Reader, value: Any, path: Path_) -> str:
+def _query(reader: FieldReader, value: Any, path: Path_) -> str:
     query = reader.string(value, path).strip()
     if WINDOW not in query:
         raise reader.fail(path, f"expected the range as {WINDOW}, as Sloth requires")
     return query
 
 
-def _tier(reader: _Reader, value: Any, path: Path_, tier: str, common_labels: dict[str, str],
+def _tier(reader: FieldReader, value: Any, path: Path_, tier: str, common_labels: dict[str, str],
           common_annotations: dict[str, str]) -> AlertTier:
     spec = reader.mapping(value or {}, path, SLOTH_TIER)
     disabled = spec.get("disable", False)

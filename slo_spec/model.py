@@ -1,0 +1,240 @@
+"""The SLO spec's model: what the sidecar, the rule generator and the dashboards all read.
+
+Pure data and arithmetic. Every SLI is reduced to the same shape, error events
+over total events, each a signed sum of counter selections, so the sidecar (from
+scraped samples) and Prometheus (from PromQL) compute the same ratio. The
+readers (`native`, `sloth`, front door `load`) build these from YAML.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+SPEC_VERSION = "slo-sidecar/v1"
+DAY = 86_400
+PERIODS = {"7d": 7 * DAY, "14d": 14 * DAY, "28d": 28 * DAY, "30d": 30 * DAY}
+
+# The SRE Workbook's multi-window, multi-burn-rate alerts for a 30-day period:
+# (tier, long window s, short window s, burn factor). Windows scale with the period,
+# so each alert still fires on the same share of the budget spent (2%, 5%, 10%, 10%).
+BURN_ALERTS_30D = (
+    ("page", 3600, 300, 14.4),
+    ("page", 6 * 3600, 1800, 6.0),
+    ("ticket", DAY, 2 * 3600, 3.0),
+    ("ticket", 3 * DAY, 6 * 3600, 1.0),
+)
+
+# What the engine counts per request for a goodput SLO, and the latencies a goodput target may bound.
+GOODPUT_COUNTER = "slo_engine_goodput_requests_total"
+GOODPUT_TARGETS = ("ttft_s", "inter_token_s", "e2e_s")
+
+
+# --- small pieces ---------------------------------------------------------------------------------
+
+_MATCHER = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*$')
+
+
+@dataclass(frozen=True)
+class Matcher:
+    label: str
+    op: str  # =, !=, =~, !~
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Matcher":
+        match = _MATCHER.match(text) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(f'expected a label matcher like code=~"5..", got {text!r}')
+        label, op, raw = match.groups()
+        value = re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), raw)
+        if op in ("=~", "!~"):
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression in {text!r}: {exc}") from None
+        return cls(label, op, value)
+
+    def promql(self) -> str:
+        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'{self.label}{self.op}"{escaped}"'
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """As Prometheus matches: a missing label is the empty string; regexes are anchored."""
+        value = labels.get(self.label, "")
+        if self.op == "=":
+            return value == self.value
+        if self.op == "!=":
+            return value != self.value
+        found = re.fullmatch(self.value, value) is not None
+        return found if self.op == "=~" else not found
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One counter's series, selected by matchers: `metric{matchers}`."""
+
+    metric: str
+    matchers: tuple[Matcher, ...] = ()
+
+    def promql(self) -> str:
+        return self.metric + ("{" + ",".join(m.promql() for m in self.matchers) + "}" if self.matchers else "")
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """Whether a series of `metric` with these labels is selected."""
+        return all(matcher.matches(labels) for matcher in self.matchers)
+
+
+@dataclass(frozen=True)
+class EventSum:
+    """A signed sum of counter selections: latency errors are `count - bucket{le=threshold}`."""
+
+    terms: tuple[tuple[int, Selection], ...]
+
+    def rate_promql(self, window: str) -> str:
+        text = ""
+        for sign, selection in self.terms:
+            term = f"sum(rate({selection.promql()}[{window}]))"
+            text = term if not text else f"{text} {'+' if sign > 0 else '-'} {term}"
+        return text if len(self.terms) == 1 else f"({text})"
+
+
+@dataclass(frozen=True)
+class Sli:
+    kind: str  # availability, latency, goodput, events, raw
+    errors: EventSum | None  # None for raw (PromQL only) SLIs
+    total: EventSum | None
+    description: str  # one line, for docs and dashboards
+    raw_error_ratio: str | None = None  # Sloth `raw`: a PromQL ratio with {{.window}}
+    raw_errors: str | None = None  # Sloth `events`: PromQL with {{.window}}
+    raw_total: str | None = None
+    goodput_targets: dict[str, float] = field(default_factory=dict)
+    histogram: str | None = None  # latency SLIs: the histogram and the threshold, for dashboards
+    threshold_s: float | None = None
+
+    @property
+    def sidecar_can_evaluate(self) -> bool:
+        return self.errors is not None and self.total is not None
+
+
+@dataclass(frozen=True)
+class AlertTier:
+    enabled: bool
+    severity: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+@dataclass(frozen=True)
+class BurnAlert:
+    tier: str  # page or ticket
+    long_s: int
+    short_s: int
+    factor: float
+
+
+@dataclass(frozen=True)
+class Slo:
+    name: str
+    description: str
+    objective: float  # percent, e.g. 99.9
+    period: str  # e.g. 30d
+    sli: Sli
+    labels: dict[str, str]
+    alert_name: str
+    min_events: int  # fewer events than this in an alert's long window: no alert
+    page: AlertTier
+    ticket: AlertTier
+
+    @property
+    def objective_ratio(self) -> float:
+        return round(self.objective / 100, 12)
+
+    @property
+    def error_budget(self) -> float:
+        return round(1 - self.objective / 100, 12)
+
+    @property
+    def period_s(self) -> int:
+        return PERIODS[self.period]
+
+    def burn_alerts(self) -> list[BurnAlert]:
+        scale = self.period_s / PERIODS["30d"]
+        return [BurnAlert(tier, _round_minutes(long * scale), _round_minutes(short * scale), factor)
+                for tier, long, short, factor in BURN_ALERTS_30D]
+
+    def windows(self) -> list[int]:
+        """Every window reported, shortest first: the alerts' windows and the period."""
+        return sorted({*(w for a in self.burn_alerts() for w in (a.long_s, a.short_s)), self.period_s})
+
+
+@dataclass(frozen=True)
+class Operational:
+    """Thresholds of the operational alerts (reference design: targets and alert thresholds)."""
+
+    latency_p99_alert_s: float = 1.0
+    error_ratio_alert: float = 0.01
+    queue_depth_alert: float = 500
+    gpu_utilization_low: float = 0.5
+    gpu_memory_high_ratio: float = 0.95
+    kv_cache_high_ratio: float = 0.95
+    gpu_temperature_high_celsius: float = 85
+    preemptions_per_second_alert: float = 0.1
+
+
+@dataclass(frozen=True)
+class Spec:
+    service: str
+    labels: dict[str, str]
+    slos: tuple[Slo, ...]
+    operational: Operational
+    runbook_base_url: str
+    source: str
+    grafana_url: str = ""  # prefix of the alerts' dashboard links (empty: links relative to Grafana)
+    format: str = SPEC_VERSION  # or "prometheus/v1" for a Sloth spec
+
+
+DURATION_UNITS = {"d": DAY, "h": 3600, "m": 60, "s": 1}  # largest first
+_DURATION = re.compile(r"^(\d+)([dhms])$")
+
+
+def duration_label(seconds: int) -> str:
+    """5m, 1h, 1d, 30d: the largest unit that divides exactly."""
+    return next(f"{seconds // size}{unit}" for unit, size in DURATION_UNITS.items() if seconds % size == 0)
+
+
+def duration_seconds(text: str) -> int | None:
+    """The inverse of duration_label ("15m" -> 900); None for anything else."""
+    match = _DURATION.match(text)
+    return int(match[1]) * DURATION_UNITS[match[2]] if match else None
+
+
+def _round_minutes(seconds: float) -> int:
+    return max(60, int(round(seconds / 60)) * 60)
+
+
+def client_le(bound: float) -> str:
+    """A bucket bound as prometheus_client (and so vLLM) writes `le`: Python's repr of the float, in
+    Go's exponent form from 1e7 up (its `floatToGoString`; tests compare the two)."""
+    if math.isinf(bound):
+        return "+Inf" if bound > 0 else "-Inf"
+    if math.isnan(bound):
+        return "NaN"
+    text = repr(float(bound))
+    dot = text.find(".")
+    if bound > 0 and dot > 6:
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def le_matcher(bound: float) -> Matcher:
+    """Matches the bucket whichever way `le` is written: prometheus_client (and so vLLM) writes 10.0,
+    Prometheus 3 normalises classic-histogram `le` values on ingestion to 10."""
+    forms = sorted({client_le(bound), f"{bound:.17g}"}, key=len, reverse=True)
+    if len(forms) == 1:
+        return Matcher("le", "=", forms[0])
+    return Matcher("le", "=~", "|".join(re.escape(form) for form in forms))
+
+

@@ -1,0 +1,165 @@
+"""The native spec format (`version: slo-sidecar/v1`), read into the model.
+
+Pure code over a located YAML document; see slo.schema.json for the schema and
+README.md for the defaults.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from .buckets import KNOWN_BUCKETS
+from .fields import DEFAULT_MIN_EVENTS, DEFAULT_SEVERITY, FieldReader, alert_name, check_alerts_can_fire
+from .model import (
+    GOODPUT_COUNTER,
+    GOODPUT_TARGETS,
+    PERIODS,
+    SPEC_VERSION,
+    AlertTier,
+    EventSum,
+    Matcher,
+    Operational,
+    Selection,
+    Sli,
+    Slo,
+    Spec,
+    le_matcher,
+)
+from .yaml_tree import Located, Path_
+
+TOP_FIELDS = ("version", "service", "labels", "runbook_base_url", "grafana_url", "operational", "slos")
+SLO_FIELDS = ("name", "description", "objective", "period", "selector", "labels", "sli", "alerting")
+ALERTING_FIELDS = ("name", "labels", "annotations", "min_events", "page", "ticket")
+TIER_FIELDS = ("enabled", "severity", "labels", "annotations")
+SLI_KINDS = ("availability", "latency", "goodput")
+
+
+def parse_native(doc: Located) -> Spec:
+    reader = FieldReader(doc)
+    top = reader.mapping(doc.value, (), TOP_FIELDS, required=("version", "service", "slos"))
+    if top["version"] != SPEC_VERSION:
+        raise reader.fail(("version",), f"expected {SPEC_VERSION!r} (or Sloth's 'prometheus/v1'), "
+                                        f"got {top['version']!r}")
+    service = reader.string(top["service"], ("service",))
+    labels = reader.labels(top.get("labels"), ("labels",))
+    if not isinstance(top["slos"], list) or not top["slos"]:
+        raise reader.fail(("slos",), "expected a non-empty list of SLOs")
+    slos = [_parse_slo(reader, item, ("slos", i)) for i, item in enumerate(top["slos"])]
+    names = [slo.name for slo in slos]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise reader.fail(("slos", i, "name"), f"duplicate SLO name {name!r}")
+    return Spec(service, labels, tuple(slos), _parse_operational(reader, top.get("operational")),
+                str(top.get("runbook_base_url", "docs/runbooks/")), doc.source,
+                grafana_url=str(top.get("grafana_url", "")).rstrip("/"))
+
+
+def _parse_operational(reader: FieldReader, value: Any) -> Operational:
+    if value is None:
+        return Operational()
+    fields = Operational.__dataclass_fields__
+    values = reader.mapping(value, ("operational",), tuple(fields))
+    checked = {key: reader.number(item, ("operational", key), 0, math.inf, "a number > 0")
+               for key, item in values.items()}
+    return Operational(**checked)
+
+
+def _parse_slo(reader: FieldReader, value: Any, path: Path_) -> Slo:
+    slo = reader.mapping(value, path, SLO_FIELDS, required=("name", "objective", "sli"))
+    name = reader.slo_name(slo["name"], (*path, "name"))
+    objective = reader.objective(slo["objective"], (*path, "objective"))
+    period = slo.get("period", "30d")
+    if period not in PERIODS:
+        raise reader.fail((*path, "period"), f"unknown compliance window {period!r}; expected one of "
+                                             f"{', '.join(PERIODS)}")
+    selector = reader.matchers(slo["selector"], (*path, "selector")) if "selector" in slo else ()
+    sli = _parse_sli(reader, slo["sli"], (*path, "sli"), name, selector)
+    alerting = reader.mapping(slo.get("alerting") or {}, (*path, "alerting"), ALERTING_FIELDS)
+    tiers = {tier: _parse_tier(reader, alerting.get(tier), (*path, "alerting", tier), tier)
+             for tier in ("page", "ticket")}
+    min_events = alerting.get("min_events", DEFAULT_MIN_EVENTS)
+    if isinstance(min_events, bool) or not isinstance(min_events, int) or min_events < 0:
+        raise reader.fail((*path, "alerting", "min_events"), f"expected an integer >= 0, got {min_events!r}")
+    parsed = Slo(
+        name=name, description=str(slo.get("description", sli.description)), objective=objective,
+        period=period, sli=sli, labels=reader.labels(slo.get("labels"), (*path, "labels")),
+        alert_name=str(alerting.get("name") or alert_name(name)), min_events=min_events,
+        page=tiers["page"], ticket=tiers["ticket"])
+    check_alerts_can_fire(reader, parsed, path)
+    return parsed
+
+
+def _parse_tier(reader: FieldReader, value: Any, path: Path_, tier: str) -> AlertTier:
+    tier_spec = reader.mapping(value or {}, path, TIER_FIELDS)
+    enabled = tier_spec.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise reader.fail((*path, "enabled"), f"expected true or false, got {enabled!r}")
+    severity = reader.string(tier_spec.get("severity", DEFAULT_SEVERITY[tier]), (*path, "severity"))
+    return AlertTier(enabled, severity, reader.labels(tier_spec.get("labels"), (*path, "labels")),
+                     reader.labels(tier_spec.get("annotations"), (*path, "annotations")))
+
+
+def _parse_sli(reader: FieldReader, value: Any, path: Path_, slo_name: str, selector: tuple[Matcher, ...]) -> Sli:
+    sli = reader.mapping(value, path, SLI_KINDS)
+    if len(sli) != 1:
+        raise reader.fail(path, f"expected exactly one of {', '.join(SLI_KINDS)}")
+    kind, body = next(iter(sli.items()))
+    here = (*path, kind)
+    if kind == "availability":
+        spec = reader.mapping(body, here, ("errors", "total"), required=("errors", "total"))
+        errors = _parse_selection(reader, spec["errors"], (*here, "errors"), selector)
+        total = _parse_selection(reader, spec["total"], (*here, "total"), selector)
+        return Sli(kind, EventSum(((1, errors),)), EventSum(((1, total),)),
+                   f"share of {total.promql()} that are {errors.promql()}")
+    if kind == "latency":
+        spec = reader.mapping(body, here, ("histogram", "threshold_s", "matchers", "buckets"),
+                              required=("histogram", "threshold_s"))
+        histogram = reader.string(spec["histogram"], (*here, "histogram"))
+        threshold = reader.number(spec["threshold_s"], (*here, "threshold_s"), 0, math.inf, "seconds > 0")
+        buckets = _buckets(reader, spec, here, histogram)
+        if threshold not in buckets:
+            raise reader.fail((*here, "threshold_s"), (
+                f"{threshold:g} s is not a bucket boundary of {histogram}, so no tool can count requests "
+                f"at or under it exactly; its boundaries are {', '.join(f'{b:g}' for b in buckets)}"))
+        matchers = selector + (reader.matchers(spec["matchers"], (*here, "matchers")) if "matchers" in spec else ())
+        count = Selection(histogram + "_count", matchers)
+        within = Selection(histogram + "_bucket", (*matchers, le_matcher(threshold)))
+        return Sli(kind, EventSum(((1, count), (-1, within))), EventSum(((1, count),)),
+                   f"share of requests slower than {threshold:g} s by {histogram}", histogram=histogram,
+                   threshold_s=threshold)
+    # goodput: the engine counts each request good when it met every target at once.
+    spec = reader.mapping(body, here, GOODPUT_TARGETS)
+    if not spec:
+        raise reader.fail(here, f"expected at least one target among {', '.join(GOODPUT_TARGETS)}")
+    targets = {key: reader.number(item, (*here, key), 0, math.inf, "seconds > 0") for key, item in spec.items()}
+    base = (*selector, Matcher("slo", "=", slo_name))
+    total = Selection(GOODPUT_COUNTER, base)
+    bad = Selection(GOODPUT_COUNTER, (*base, Matcher("good", "=", "false")))
+    wanted = " and ".join(f"{key.removesuffix('_s')} <= {limit:g} s" for key, limit in targets.items())
+    return Sli(kind, EventSum(((1, bad),)), EventSum(((1, total),)),
+               f"share of requests missing any of: {wanted}", goodput_targets=targets)
+
+
+def _buckets(reader: FieldReader, spec: dict, here: Path_, histogram: str) -> tuple[float, ...]:
+    if "buckets" in spec:
+        given = spec["buckets"]
+        if not isinstance(given, list) or not given or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) for b in given):
+            raise reader.fail((*here, "buckets"), "expected a non-empty list of bucket upper bounds in seconds")
+        return tuple(float(b) for b in given)
+    if histogram not in KNOWN_BUCKETS:
+        raise reader.fail((*here, "histogram"), (
+            f"unknown histogram {histogram!r}: give its bucket bounds in `buckets`, or use one of "
+            f"{', '.join(KNOWN_BUCKETS)}"))
+    return KNOWN_BUCKETS[histogram]
+
+
+def _parse_selection(reader: FieldReader, value: Any, path: Path_, selector: tuple[Matcher, ...]) -> Selection:
+    spec = reader.mapping(value, path, ("metric", "matchers"), required=("metric",))
+    metric = reader.string(spec["metric"], (*path, "metric"))
+    if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", metric):
+        raise reader.fail((*path, "metric"), f"not a valid Prometheus metric name: {metric!r}")
+    matchers = reader.matchers(spec["matchers"], (*path, "matchers")) if "matchers" in spec else ()
+    return Selection(metric, selector + matchers)
