@@ -2,8 +2,9 @@
 
 A scrape of the sidecar's /metrics never waits on a collector: every collector
 stores its last completed families, and the exposition reads those. A failing
-collector is counted and reported down, its last good values stay (marked stale
-once older than stale_after_s), and the process carries on.
+collector is counted and reported down, and the process carries on. Its last good
+values stay while younger than stale_after_s (one failed scrape is not an
+outage), then are withdrawn: alerts and the HPA see no data, never a frozen number.
 """
 
 from __future__ import annotations
@@ -62,16 +63,20 @@ class CollectorState:
     def up(self) -> bool:
         return self.last_success is not None and self.last_error is None
 
+    def fresh(self, now: float, max_age_s: float) -> bool:
+        return self.last_success is not None and now - self.last_success <= max_age_s
+
 
 class SnapshotCollector:
-    """prometheus_client custom collector: yields the families collectors last stored."""
+    """prometheus_client custom collector: yields the families collectors last stored, while fresh."""
 
-    def __init__(self, states: dict[str, CollectorState]):
-        self.states = states
+    def __init__(self, sidecar: "Sidecar"):
+        self.sidecar = sidecar
 
     def collect(self) -> Iterable[Metric]:
-        for state in self.states.values():
-            yield from state.families
+        for name, state in self.sidecar.states.items():
+            if self.sidecar.is_fresh(name):
+                yield from state.families
 
 
 class Sidecar:
@@ -80,7 +85,10 @@ class Sidecar:
         self.collectors = collectors
         self.registry = registry
         self.states = {c.name: CollectorState() for c in collectors}
-        registry.register(SnapshotCollector(self.states))
+        # Values older than stale_after_s are withdrawn; a collector polled less often keeps
+        # its values for two of its intervals, so they do not blink between two good runs.
+        self.max_age_s = {c.name: max(config.stale_after_s, 2 * c.interval_s) for c in collectors}
+        registry.register(SnapshotCollector(self))
         self.up = Gauge("sidecar_collector_up", "1 when the collector's last run succeeded.", ["collector"],
                         registry=registry)
         self.duration = Gauge("sidecar_collector_duration_seconds", "How long the collector's last run took.",
@@ -92,8 +100,8 @@ class Sidecar:
         self.engine_up = Gauge("sidecar_engine_up", "1 when the engine's last scrape succeeded, else 0.",
                                registry=registry)
         self.engine_stale = Gauge("sidecar_engine_stale",
-                                  "1 when the engine values served are older than stale_after_s.",
-                                  registry=registry)
+                                  "1 when the last good engine values are older than stale_after_s, and so "
+                                  "withdrawn.", registry=registry)
         self.engine_stale.set_function(self._engine_is_stale)
         # The gauges read the collectors' state at scrape time, so they cannot disagree with /health.
         for collector in collectors:
@@ -105,11 +113,12 @@ class Sidecar:
         if "engine" in self.states:
             self.engine_up.set_function(lambda: float(self.states["engine"].up))
 
+    def is_fresh(self, name: str) -> bool:
+        """Whether collector `name`'s last good values are young enough to serve."""
+        return self.states[name].fresh(time.time(), self.max_age_s[name])
+
     def _engine_is_stale(self) -> float:
-        state = self.states.get("engine")
-        if state is None or state.last_success is None:
-            return 1.0
-        return 1.0 if time.time() - state.last_success > self.config.stale_after_s else 0.0
+        return 0.0 if "engine" in self.states and self.is_fresh("engine") else 1.0
 
     async def run_collector(self, collector: Collector) -> None:
         state = self.states[collector.name]
@@ -237,7 +246,7 @@ async def serve(config: SidecarConfig, spec: Spec) -> int:
     if config.gpu_hourly_usd is not None:
         registry.register(CostCollector(
             config.gpu_hourly_usd, gpus=lambda: gpu.gpu_count or config.gpus,
-            generation_rate=lambda: generation_rate(engine)))
+            generation_rate=lambda: generation_rate(engine) if sidecar.is_fresh("engine") else None))
     runner = web.AppRunner(sidecar.build_app(), access_log=None)
     await runner.setup()
     await listen(runner, config.host, config.port, "sidecar")

@@ -40,6 +40,10 @@ def errors(samples: dict, reason: str) -> float:
     return metric(samples, "sidecar_collector_errors_total", collector="engine", reason=reason)
 
 
+def served(samples: dict, name: str) -> bool:
+    return any(sample == name for sample, _ in samples)
+
+
 @pytest.fixture
 def exposition_server():
     server = ExpositionServer(VLLM_EXPOSITION.read_text().replace(
@@ -49,7 +53,7 @@ def exposition_server():
     server.stop()
 
 
-def test_bad_scrapes_are_counted_and_last_good_values_kept(tmp_path, exposition_server):
+def test_bad_scrapes_are_counted_last_good_values_kept_then_withdrawn_when_stale(tmp_path, exposition_server):
     with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL,
                         "--engine-timeout-s", "1", "--stale-after-s", "1.5").start() as sidecar:
         sidecar.wait_ready()
@@ -62,7 +66,10 @@ def test_bad_scrapes_are_counted_and_last_good_values_kept(tmp_path, exposition_
             before = errors(scrape(sidecar), reason)
             exposition_server.mode = mode
             bad = wait_for(sidecar, lambda s: errors(s, reason) > before and metric(s, "sidecar_engine_up") == 0)
-            assert metric(bad, "sidecar_engine_queue_depth") == 7, "the last good value stays"
+            if metric(bad, "sidecar_engine_stale") == 0:  # (a starved runner may take longer than 1.5 s)
+                assert metric(bad, "sidecar_engine_queue_depth") == 7, "the last good value stays while fresh"
+            else:
+                assert not served(bad, "sidecar_engine_queue_depth"), "a stale value is served as live"
             exposition_server.mode = "good"
             wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
 
@@ -71,7 +78,9 @@ def test_bad_scrapes_are_counted_and_last_good_values_kept(tmp_path, exposition_
         started = time.monotonic()
         stale = wait_for(sidecar, lambda s: metric(s, "sidecar_engine_stale") == 1)
         assert metric(stale, "sidecar_engine_up") == 0 and errors(stale, "timeout") >= 1
-        assert metric(stale, "sidecar_engine_queue_depth") == 7
+        withdrawn = [name for name, _ in stale if name.startswith("sidecar_engine_")
+                     and name not in ("sidecar_engine_up", "sidecar_engine_stale")]
+        assert not withdrawn, f"stale engine values still served: {sorted(set(withdrawn))}"
         scrape_started = time.monotonic()
         scrape(sidecar)
         assert time.monotonic() - scrape_started < 0.5, "a scrape waited on the hung collector"
@@ -81,6 +90,7 @@ def test_bad_scrapes_are_counted_and_last_good_values_kept(tmp_path, exposition_
         exposition_server.mode = "good"
         recovered = wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
         assert metric(recovered, "sidecar_engine_stale") == 0
+        assert metric(recovered, "sidecar_engine_queue_depth") == 7, "fresh values are served again"
         health = http_get(sidecar.url + "/health")
         assert health[0] == 200
         assert sidecar.stop() == 0
@@ -189,7 +199,8 @@ def test_engine_death_reads_up_0_and_a_restart_brings_no_rate_spike(tmp_path):
     interval = 0.5
     with port_engine.start() as first, SidecarProcess(
             tmp_path / "sidecar.log", first.url, "--engine-interval-s", str(interval),
-            "--engine-timeout-s", "0.4", "--rate-window-s", "2").start() as sidecar:
+            "--engine-timeout-s", "0.4", "--rate-window-s", "2", "--stale-after-s", "2",
+            "--gpu-hourly-usd", "2.5").start() as sidecar:
         first.wait_ready()
         sidecar.wait_ready()
         for _ in range(3):  # counters worth a spike if the restart's reset were mishandled
@@ -202,6 +213,11 @@ def test_engine_death_reads_up_0_and_a_restart_brings_no_rate_spike(tmp_path):
         wait_for(sidecar, lambda s: metric(s, "sidecar_engine_up") == 0, timeout_s=10)
         assert time.monotonic() - killed_at <= 2 * interval + 0.4 + 0.5  # two intervals, one timeout, slack
         assert sidecar.process.poll() is None, "the sidecar outlives the engine"
+        # Past stale_after_s the HPA's metric and the cost per token are withdrawn, not frozen.
+        gone = wait_for(sidecar, lambda s: not served(s, "sidecar_engine_queue_depth"), timeout_s=10)
+        assert not served(gone, "sidecar_cost_usd_per_million_generated_tokens")
+        assert metric(gone, "sidecar_engine_up") == 0 and metric(gone, "sidecar_engine_stale") == 1
+        assert metric(gone, "sidecar_cost_usd_per_hour") == 2.5, "what the GPUs cost does not depend on the engine"
 
         with EngineProcess(tmp_path / "engine-2.log", "--max-model-len", "1024", port=first.port).start() as second:
             second.wait_ready()
