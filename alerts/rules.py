@@ -114,9 +114,9 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
             long, short = duration_label(alert.long_s), duration_label(alert.short_s)
             term = (f"(\n  max(slo:sli_error:ratio_rate{short}{selector} > {threshold}) without (sloth_window)\n"
                     f"  and\n  max(slo:sli_error:ratio_rate{long}{selector} > {threshold}) without (sloth_window)")
-            if guarded and slo.min_events:
+            if guarded:
                 term += (f"\n  and\n  max(slo:sli_total_events:rate{long}{selector} * {alert.long_s} >= "
-                         f"{slo.min_events}) without (sloth_window)")
+                         f"{alert.min_events}) without (sloth_window)")
             terms.append(term + "\n)")
         windows = " or ".join(f"{a.factor:g}x over {duration_label(a.long_s)} and {duration_label(a.short_s)}"
                               for a in alerts)

@@ -72,7 +72,7 @@ def alert_condition(slo: Slo, scenario: Scenario, tier: str, minute: int) -> boo
         threshold = alert.factor * slo.error_budget
         long_ratio, long_events = _ratio_and_events(scenario, minute, alert.long_s // 60)
         short_ratio, _ = _ratio_and_events(scenario, minute, alert.short_s // 60)
-        if long_ratio > threshold and short_ratio > threshold and long_events >= slo.min_events:
+        if long_ratio > threshold and short_ratio > threshold and long_events >= alert.min_events:
             return True
     return False
 

@@ -193,7 +193,7 @@ class SloTracker:
                                          total))
             by_seconds = {w.seconds: w for w in windows}
             period = by_seconds[slo.period_s]
-            firing = {tier: any(_over(by_seconds[a.long_s], a.factor * budget, slo.min_events)
+            firing = {tier: any(_over(by_seconds[a.long_s], a.factor * budget, a.min_events)
                                 and _over(by_seconds[a.short_s], a.factor * budget, 0) for a in alerts)
                       for tier, alerts in tracked.alerts.items()}
             remaining = None if period.burn_rate is None else 1 - period.burn_rate

@@ -12,7 +12,7 @@ from .model import AlertTier, Matcher, Slo, duration_label
 from .yaml_tree import Located, Path_, YamlError, dotted
 
 DEFAULT_SEVERITY = {"page": "critical", "ticket": "warning"}
-DEFAULT_MIN_EVENTS = 20
+DEFAULT_MIN_EVENTS = 0  # no floor above the guard each alert derives (model.event_guard)
 SLO_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 

@@ -132,6 +132,7 @@ class BurnAlert:
     long_s: int
     short_s: int
     factor: float
+    min_events: int  # fewer events than this in the long window: no alert (see event_guard)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class Slo:
     sli: Sli
     labels: dict[str, str]
     alert_name: str
-    min_events: int  # fewer events than this in an alert's long window: no alert
+    min_events: int  # the spec's floor for every alert's event guard (0: the derived guard alone)
     page: AlertTier
     ticket: AlertTier
 
@@ -161,7 +162,8 @@ class Slo:
 
     def burn_alerts(self) -> list[BurnAlert]:
         scale = self.period_s / PERIODS["30d"]
-        return [BurnAlert(tier, _round_minutes(long * scale), _round_minutes(short * scale), factor)
+        return [BurnAlert(tier, _round_minutes(long * scale), _round_minutes(short * scale), factor,
+                          max(self.min_events, event_guard(factor, self.error_budget)))
                 for tier, long, short, factor in BURN_ALERTS_30D]
 
     def windows(self) -> list[int]:
@@ -208,6 +210,17 @@ def duration_seconds(text: str) -> int | None:
     """The inverse of duration_label ("15m" -> 900); None for anything else."""
     match = _DURATION.match(text)
     return int(match[1]) * DURATION_UNITS[match[2]] if match else None
+
+
+def event_guard(factor: float, error_budget: float) -> int:
+    """The fewest events a burn alert's long window needs so that one failed request cannot fire it.
+
+    The alert fires when the error ratio exceeds factor x budget; one error in N events is a
+    ratio of 1/N, which stays at or under the threshold once N >= 1 / (factor x budget). So
+    N = ceil(1 / (factor x budget)): 70 for 14.4x at 99.9%, 1000 for 1x at 99.9%. (The small
+    epsilon keeps a quotient that is whole in decimal, like 1 / 0.05, from rounding up.)
+    """
+    return max(1, math.ceil(1 / (factor * error_budget) - 1e-9))
 
 
 def _round_minutes(seconds: float) -> int:

@@ -11,7 +11,7 @@ from prometheus_client.utils import floatToGoString
 
 from slo_spec.buckets import KNOWN_BUCKETS
 from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec, parse_spec
-from slo_spec.model import Matcher, client_le, duration_label, duration_seconds
+from slo_spec.model import Matcher, client_le, duration_label, duration_seconds, event_guard
 from tests.helpers import REPO, VLLM_EXPOSITION
 
 HEAD = "version: slo-sidecar/v1\nservice: llm\nslos:\n"
@@ -195,3 +195,27 @@ def test_client_le_writes_a_bound_as_prometheus_client_does(bound):
 @pytest.mark.parametrize("bound", [0.1, 0.25, 1.0, 10.0, 2560.0, 1e7, 12345678.0, float("inf")])
 def test_client_le_at_the_edges(bound):
     assert client_le(bound) == floatToGoString(bound)
+
+
+def test_the_event_guard_is_the_workbook_arithmetic():
+    """One failure in N events is a ratio of 1/N: N = ceil(1 / (factor x budget)) keeps it at the threshold."""
+    slo = load_spec(str(DEFAULT_SPEC)).slos[0]  # availability, 99.9%
+    assert slo.objective == 99.9
+    assert [(a.tier, a.factor, a.min_events) for a in slo.burn_alerts()] == [
+        ("page", 14.4, 70), ("page", 6.0, 167), ("ticket", 3.0, 334), ("ticket", 1.0, 1000)]
+
+
+@given(st.sampled_from([14.4, 6.0, 3.0, 1.0]), st.floats(min_value=1e-5, max_value=0.5))
+def test_the_event_guard_is_the_fewest_events_one_failure_cannot_fire(factor, budget):
+    threshold = factor * budget
+    if threshold >= 1:
+        return  # such an alert is rejected by the reader
+    guard = event_guard(factor, budget)
+    assert not 1 / guard > threshold * (1 + 1e-9), "one failure in `guard` events crosses the threshold"
+    assert guard == 1 or 1 / (guard - 1) > threshold * (1 - 1e-9), "a smaller guard would do"
+
+
+def test_a_spec_floor_raises_the_guard_but_never_lowers_it():
+    body = HEAD + AVAILABILITY + "    alerting:\n      min_events: 500\n"
+    alerts = parse_spec(body, "x.yaml").slos[0].burn_alerts()
+    assert [a.min_events for a in alerts] == [500, 500, 500, 1000]
