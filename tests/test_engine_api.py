@@ -265,21 +265,23 @@ async def test_waiting_requests_beyond_the_limit_get_429(engine):
 
 @run_async
 async def test_client_disconnect_mid_stream_aborts_the_vllm_request(engine):
+    def moved(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
     async with session() as s:
         before = await scrape(s, engine.url)
         async with s.post(engine.url + "/v1/completions", headers=AUTH,
                           json={"prompt": "long", "max_tokens": 900, "stream": True, "ignore_eos": True}) as r:
             assert r.status == 200
             await r.content.readline()  # the first event arrived: generation is under way
-        # Leaving the block closed the connection mid-stream.
+        # Leaving the block closed the connection mid-stream. vLLM's gauge and our counter are
+        # updated by different processes: wait for both (a starved CI runner once read one first).
         for _ in range(100):
             after = await scrape(s, engine.url)
-            if metric(after, "vllm:num_requests_running") == 0:
+            if metric(after, "vllm:num_requests_running") == 0 and moved("slo_engine_request_errors_total",
+                                                                          reason="client_disconnect") >= 1:
                 break
             await asyncio.sleep(0.1)
-
-    def moved(name: str, **labels: str) -> float:
-        return metric(after, name, **labels) - metric(before, name, **labels)
 
     assert metric(after, "vllm:num_requests_running") == 0
     assert moved("slo_engine_request_errors_total", reason="client_disconnect") == 1
