@@ -36,20 +36,15 @@ def ten_slos() -> str:
 
 
 def scrape(minute: int) -> list[Sample]:
-    """What the SLOs read from one scrape: HTTP counters, TTFT/e2e/queue histograms, goodput."""
+    """What the SLOs read from one scrape: HTTP counters and the engine's exact SLO counters."""
     ok, failed = 600.0 * minute, float(minute // 7)
     endpoint = ("endpoint", "/v1/completions")
     samples = [Sample("slo_engine_http_requests_total", (("code", "200"), endpoint), ok),
-               Sample("slo_engine_http_requests_total", (("code", "500"), endpoint), failed),
-               Sample("slo_engine_goodput_requests_total", (("good", "true"), ("slo", "goodput")), ok * 0.97),
-               Sample("slo_engine_goodput_requests_total", (("good", "false"), ("slo", "goodput")), ok * 0.03)]
-    labels = (("engine", "0"), ("model_name", "tiny-llama"))
-    for family, le in (("vllm:time_to_first_token_seconds", "0.5"), ("vllm:e2e_request_latency_seconds", "10.0"),
-                       ("vllm:request_queue_time_seconds", "0.5")):
-        samples.append(Sample(family + "_count", labels, ok))
-        for bound in ("0.1", le, "+Inf"):
-            share = {"0.1": 0.5, le: 0.99, "+Inf": 1.0}[bound]
-            samples.append(Sample(family + "_bucket", (*labels, ("le", bound)), ok * share))
+               Sample("slo_engine_http_requests_total", (("code", "500"), endpoint), failed)]
+    for slo in ("ttft", "e2e-latency", "queue-time", "goodput"):
+        for name in (slo, "copy-" + slo):
+            samples += [Sample("slo_engine_slo_requests_total", (("good", "true"), ("slo", name)), ok * 0.97),
+                        Sample("slo_engine_slo_requests_total", (("good", "false"), ("slo", name)), ok * 0.03)]
     return samples
 
 

@@ -23,10 +23,10 @@ from slo_spec import __version__
 from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
 from slo_spec.model import Spec
 
-from .goodput import GoodputCounter
 from .metrics import ServerMetrics
 from .server import EngineState, build_app, build_metrics_app
 from .settings import EngineSettings
+from .slo_judge import SloJudge
 from .tracing import setup_tracing
 
 log = logging.getLogger("engine")
@@ -49,7 +49,7 @@ async def serve(settings: EngineSettings, spec: Spec) -> int:
     model_dir, served_name = resolve_model(settings)
     tracer = setup_tracing(settings.trace_exporter, __version__, served_name)
     state = EngineState(settings=settings, served_model_name=served_name, metrics=ServerMetrics(), tracer=tracer,
-                        goodput=GoodputCounter(spec, REGISTRY))
+                        judge=SloJudge(spec, REGISTRY))
     state.generations_idle.set()
     runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -114,7 +114,7 @@ def configure_logging(level: str) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = EngineSettings.from_args(args)
     try:
-        spec = load_spec(settings.slo or str(DEFAULT_SPEC))  # its goodput SLOs' targets
+        spec = load_spec(settings.slo or str(DEFAULT_SPEC))  # the targets its exact SLO counters judge
     except SpecError as exc:
         print(f"slo-sidecar engine: error: {exc}", file=sys.stderr)
         return 2

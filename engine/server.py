@@ -26,7 +26,6 @@ from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from .backend import GenerationTally, VllmBackend
 from .faults import FaultInjector, InjectedFault, disabled_error
-from .goodput import GoodputCounter
 from .health import AcceleratorMemoryProbe, Phase, evaluate_health
 from .metrics import CLIENT_CLOSED_REQUEST, ServerMetrics
 from .protocol import (
@@ -41,6 +40,7 @@ from .protocol import (
     parse_json_body,
 )
 from .settings import EngineSettings
+from .slo_judge import SloJudge
 from .tracing import RequestTracer
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class EngineState:
     memory_probe: AcceleratorMemoryProbe = field(default_factory=AcceleratorMemoryProbe)
     tracer: RequestTracer = field(default_factory=lambda: RequestTracer(None))
     generations_idle: asyncio.Event = field(default_factory=asyncio.Event)
-    goodput: GoodputCounter | None = None
+    judge: SloJudge | None = None
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase
@@ -256,8 +256,23 @@ def _unavailable(phase: Phase) -> ApiError:
 
 
 async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
+    """Serve one generation request and, whatever happens to it, have it judged once at its end."""
     started_at = time.monotonic()
     state = request.app[STATE_KEY]
+    tally = GenerationTally()
+    failure: BaseException | None = None
+    try:
+        return await _serve_generation(request, kind, state, tally)
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        if state.judge is not None:
+            state.judge.record(tally, started_at, _ended_with(failure, tally))
+
+
+async def _serve_generation(request: web.Request, kind: Kind, state: EngineState,
+                            tally: GenerationTally) -> web.StreamResponse:
     if state.phase != "ready" or state.backend is None:
         raise _unavailable(state.phase)
     backend = state.backend
@@ -271,7 +286,7 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     state.active_generations += 1
     state.active_sequences += generation.n
     state.generations_idle.clear()
-    tally = GenerationTally()
+    tally.sequences = generation.n
     failure: BaseException | None = None
     with state.tracer.generation_span(generation, request_id, max_tokens) as span:
         try:
@@ -292,8 +307,6 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
             if state.active_generations == 0:
                 state.generations_idle.set()
             state.tracer.finish_generation(span, tally, len(token_ids), failure)
-            if state.goodput is not None:
-                state.goodput.record(tally, started_at, _ended_with(failure, tally))
 
 
 def _ended_with(failure: BaseException | None, tally: GenerationTally) -> int | None:

@@ -133,6 +133,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str
         help="where spans go (default: otlp when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set, else none); "
              "OTEL_SDK_DISABLED=true turns tracing off whatever this says")
     add("--slo", default=env("slo", str, ""),
-        help="SLO spec whose goodput SLOs the engine counts requests for (default: the embedded slo.yaml)")
+        help="SLO spec whose latency and goodput targets the engine judges every request against "
+             "(default: the embedded slo.yaml)")
     add("--log-level", default=env("log_level", str, "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"])

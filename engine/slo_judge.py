@@ -1,11 +1,20 @@
-"""Goodput: the share of requests that met every latency target at once, counted per request.
+"""Exact SLO counters: every generation request judged once, at its end, against each target of the spec.
 
-Separate histograms cannot say it (a request fast to its first token may be
-slow between tokens), so the engine judges each finished request against the
-targets of the SLO spec's goodput SLOs and counts it good or bad; the sidecar
-and the rules then treat it like any other SLI. Latencies are the server's,
-as the client sees them: from the request's arrival at the HTTP server (so
-admission and queueing count) to the tokens it had ready to send.
+Histograms cannot give an exact SLI: a threshold between two bucket bounds is
+interpolated, a request that failed never records a TTFT, and separate
+histograms cannot say whether one request met all its targets at once
+(goodput). So the engine judges each request itself, against every target of
+the spec's exact latency SLOs and goodput SLOs, and counts it in
+`slo_engine_slo_requests_total{slo, good}`; the sidecar and the rules treat
+that like any other SLI.
+
+Latencies are the server's, as the client sees them: from the request's
+arrival at the HTTP server (so admission and queueing count) to the tokens it
+had ready to send. A target is met when the latency is at or under it. A
+request that ended with a server error (5xx: failed, timed out, engine gone,
+not ready) misses every target; a client error (4xx, 429 included: the
+availability SLO counts refusals) and a client that went away (499) are not
+judged.
 """
 
 from __future__ import annotations
@@ -16,48 +25,62 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from slo_spec.model import GOODPUT_COUNTER, Spec
-
-CLIENT_CLOSED = 499
+from slo_spec.model import SLO_COUNTER, Spec
 
 
 @dataclass(frozen=True)
 class RequestLatencies:
-    ttft_s: float
-    inter_token_s: float  # mean time per output token after the first
+    """One request's latencies in seconds; None where it cannot be known (no token, no vLLM stats)."""
+
+    ttft_s: float | None
+    tpot_s: float | None  # time per output token after the first: (e2e - ttft) / (tokens - 1), 0 for one token
     e2e_s: float
+    queue_s: float | None  # vLLM's: scheduled - queued
 
 
-def latencies(tally: Any, started_at: float, finished_at: float) -> RequestLatencies | None:
-    """From the generation's tally (monotonic times); None if no token came."""
-    if tally.first_token_at is None:
-        return None
-    tokens = tally.completion_tokens
-    inter_token = (tally.last_token_at - tally.first_token_at) / (tokens - 1) if tokens > 1 else 0.0
-    return RequestLatencies(tally.first_token_at - started_at, inter_token, finished_at - started_at)
+def latencies(tally: Any, started_at: float, finished_at: float) -> RequestLatencies:
+    """From the generation's tally (monotonic times); per sequence when it asked for n > 1."""
+    e2e = finished_at - started_at
+    ttft = None if tally.first_token_at is None else tally.first_token_at - started_at
+    tokens = tally.completion_tokens / max(1, tally.sequences)
+    tpot = None if ttft is None else ((e2e - ttft) / (tokens - 1) if tokens > 1 else 0.0)
+    stats = tally.metrics
+    queued, scheduled = getattr(stats, "queued_ts", None), getattr(stats, "scheduled_ts", None)
+    known = queued is not None and scheduled is not None and scheduled >= queued
+    queue = scheduled - queued if known else None
+    return RequestLatencies(ttft, tpot, e2e, queue)
 
 
 def is_good(targets: dict[str, float], measured: RequestLatencies | None) -> bool:
-    """Every target met; a request with no first token (it failed) is not good."""
+    """Every target met; a failed request (None) or a latency that cannot be known is not good."""
     if measured is None:
         return False
-    return all(getattr(measured, key) <= limit for key, limit in targets.items())
+    for key, limit in targets.items():
+        value = getattr(measured, key)
+        if value is None or value > limit:
+            return False
+    return True
 
 
-class GoodputCounter:
+def judged(status: int | None) -> bool:
+    """Succeeded (None) or a server error; client errors and disconnects say nothing of the service."""
+    return status is None or status >= 500
+
+
+class SloJudge:
     def __init__(self, spec: Spec | None, registry: CollectorRegistry):
-        self.targets = {slo.name: slo.sli.goodput_targets for slo in (spec.slos if spec else ())
-                        if slo.sli.kind == "goodput"}
-        self.counter = Counter(GOODPUT_COUNTER.removesuffix("_total"),
-                               "Finished generation requests by whether they met every latency target of the "
-                               "goodput SLO at once.", ["slo", "good"], registry=registry)
-        for name in self.targets:
+        self.targets = {slo.name: slo.sli.targets for slo in (spec.slos if spec else ()) if slo.sli.targets}
+        self.counter = Counter(SLO_COUNTER.removesuffix("_total"),
+                               "Generation requests judged at their end against every target of an exact "
+                               "latency or goodput SLO: good when all were met; server errors are never good.",
+                               ["slo", "good"], registry=registry)
+        for name in self.targets:  # every series an SLI reads exists from the first scrape
             for good in ("true", "false"):
                 self.counter.labels(name, good)
 
     def record(self, tally: Any, started_at: float, status: int | None) -> None:
-        """status: the HTTP status the request ended with (None: succeeded). Client aborts are not judged."""
-        if not self.targets or status == CLIENT_CLOSED:
+        """status: the HTTP status the request ended with (None: succeeded)."""
+        if not self.targets or not judged(status):
             return
         measured = None if status is not None else latencies(tally, started_at, time.monotonic())
         for name, targets in self.targets.items():

@@ -28,7 +28,9 @@ CLIENT_MEASURE = {
     "vllm:e2e_request_latency_seconds": "e2e",
     HTTP_DURATION_HISTOGRAM: "e2e",
 }
-GOODPUT_MEASURE = {"ttft_s": "ttft", "inter_token_s": "itl", "e2e_s": "e2e"}
+# The engine's per-request targets a client can time, and the client measurement of each (the mean
+# gap between content chunks stands for time per output token; queue time is the server's alone).
+TARGET_MEASURE = {"ttft_s": "ttft", "tpot_s": "itl", "e2e_s": "e2e"}
 QUANTILES = (0.5, 0.95, 0.99)
 Samples = dict[str, list[tuple[dict[str, str], float]]]  # sample name: [(labels, value)]
 
@@ -102,6 +104,11 @@ class ClientSummary:
                    output / wall_s if wall_s else 0.0, (output + prompt) / wall_s if wall_s else 0.0, wall_s)
 
 
+def _server_failure(result) -> bool:
+    """Failed by the server as the engine's exact counters count it: 5xx, a broken stream, no answer."""
+    return not result.ok and (result.status >= 500 or result.status in (0, 200))
+
+
 def _client_fault(result) -> bool:
     """4xx other than 429: the request was wrong, which says nothing of the service (as the spec counts)."""
     return 400 <= result.status < 500 and result.status != 429
@@ -152,6 +159,12 @@ def _client_criteria(slo: Slo, results: list) -> list[Criterion]:
         return [Criterion(slo.name, "client", f">= {slo.objective:g}% answered", _share(good, len(judged)),
                           (good / len(judged) >= slo.objective_ratio) if judged else None,
                           _events_note(slo, len(judged)))]
+    if sli.kind == "latency" and sli.source == "exact":
+        key, limit = next(iter(sli.targets.items()))
+        measure = TARGET_MEASURE.get(key)
+        if measure is None:
+            return [Criterion(slo.name, "client", "", "not measured", None, f"a client cannot time {key}")]
+        return [_judged_criterion(slo, results, {key: limit}, f"{measure} <= {limit:g} s for >= {slo.objective:g}%")]
     if sli.kind == "latency" and sli.histogram in CLIENT_MEASURE:
         measure = CLIENT_MEASURE[sli.histogram]
         values = _values(measure, ok)
@@ -163,14 +176,22 @@ def _client_criteria(slo: Slo, results: list) -> list[Criterion]:
                           f"{_share(good, len(values))} (p{slo.objective:g} {quantile * 1000:.0f} ms)",
                           good / len(values) >= slo.objective_ratio, _events_note(slo, len(values)))]
     if sli.kind == "goodput":
-        if not ok or any(_values(GOODPUT_MEASURE[key], ok) == [] for key in sli.goodput_targets):
-            return [Criterion(slo.name, "client", "", "not measured", None, "goodput needs --stream")]
-        good = sum(1 for r in ok if all(_within(_goodput_value(GOODPUT_MEASURE[key], r), limit)
-                                        for key, limit in sli.goodput_targets.items()))
-        judged = len(ok) + sum(1 for r in results if not r.ok and not _client_fault(r))
-        return [Criterion(slo.name, "client", f">= {slo.objective:g}% meet every target", _share(good, judged),
-                          good / judged >= slo.objective_ratio, _events_note(slo, judged))]
+        return [_judged_criterion(slo, results, sli.targets, f">= {slo.objective:g}% meet every target")]
     return []
+
+
+def _judged_criterion(slo: Slo, results: list, targets: dict[str, float], target: str) -> Criterion:
+    """As the engine judges: answered requests against every target, server failures as missed."""
+    ok = [r for r in results if r.ok]
+    untimed = [key for key in targets if key not in TARGET_MEASURE]
+    if untimed or not ok or any(_values(TARGET_MEASURE[key], ok) == [] for key in targets):
+        why = f"a client cannot time {', '.join(untimed)}" if untimed else "it needs --stream"
+        return Criterion(slo.name, "client", "", "not measured", None, why)
+    good = sum(1 for r in ok if all(_within(_judged_value(TARGET_MEASURE[key], r), limit)
+                                    for key, limit in targets.items()))
+    judged = len(ok) + sum(1 for r in results if _server_failure(r))
+    return Criterion(slo.name, "client", target, _share(good, judged), good / judged >= slo.objective_ratio,
+                     _events_note(slo, judged))
 
 
 def _value(measure: str, request) -> float | None:
@@ -181,8 +202,8 @@ def _within(value: float | None, limit: float) -> bool:
     return value is not None and value <= limit
 
 
-def _goodput_value(measure: str, request) -> float | None:
-    """As the engine's goodput counter judges: a one-token answer has no gap to miss the inter-token target."""
+def _judged_value(measure: str, request) -> float | None:
+    """As the engine judges: a one-token answer has no gap to miss the time-per-output-token target."""
     if measure == "itl" and not request.token_gaps_s and request.ttft_s is not None:
         return 0.0
     return _value(measure, request)

@@ -26,9 +26,14 @@ BURN_ALERTS_30D = (
     ("ticket", 3 * DAY, 6 * 3600, 1.0),
 )
 
-# What the engine counts per request for a goodput SLO, and the latencies a goodput target may bound.
-GOODPUT_COUNTER = "slo_engine_goodput_requests_total"
-GOODPUT_TARGETS = ("ttft_s", "inter_token_s", "e2e_s")
+# The engine judges every generation request, once at its end, against each target of the spec's
+# exact latency and goodput SLOs, and counts it here by SLO and whether it met them all.
+SLO_COUNTER = "slo_engine_slo_requests_total"
+# The per-request latencies a target may bound: time to first token, time per output token
+# after the first ((e2e - ttft) / (tokens - 1), as vLLM and the OpenTelemetry GenAI conventions
+# define it), end to end, and time in vLLM's queue. A target is written `<measure>_s`.
+MEASURES = ("ttft", "tpot", "e2e", "queue")
+TARGETS = tuple(f"{measure}_s" for measure in MEASURES)
 
 
 # --- small pieces ---------------------------------------------------------------------------------
@@ -109,9 +114,10 @@ class Sli:
     raw_error_ratio: str | None = None  # Sloth `raw`: a PromQL ratio with {{.window}}
     raw_errors: str | None = None  # Sloth `events`: PromQL with {{.window}}
     raw_total: str | None = None
-    goodput_targets: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, float] = field(default_factory=dict)  # what the engine judges per request (SLO_COUNTER)
     histogram: str | None = None  # latency SLIs: the histogram and the threshold, for dashboards
     threshold_s: float | None = None
+    source: str = ""  # latency SLIs: "exact" (the engine's judgement) or "histogram" (bucket counts)
 
     @property
     def sidecar_can_evaluate(self) -> bool:

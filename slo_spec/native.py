@@ -10,13 +10,14 @@ import math
 import re
 from typing import Any
 
-from .buckets import KNOWN_BUCKETS
+from .buckets import KNOWN_BUCKETS, MEASURE_HISTOGRAMS
 from .fields import DEFAULT_MIN_EVENTS, DEFAULT_SEVERITY, FieldReader, alert_name, check_alerts_can_fire
 from .model import (
-    GOODPUT_COUNTER,
-    GOODPUT_TARGETS,
+    MEASURES,
     PERIODS,
+    SLO_COUNTER,
     SPEC_VERSION,
+    TARGETS,
     AlertTier,
     EventSum,
     Matcher,
@@ -114,32 +115,65 @@ def _parse_sli(reader: FieldReader, value: Any, path: Path_, slo_name: str, sele
         return Sli(kind, EventSum(((1, errors),)), EventSum(((1, total),)),
                    f"share of {total.promql()} that are {errors.promql()}")
     if kind == "latency":
-        spec = reader.mapping(body, here, ("histogram", "threshold_s", "matchers", "buckets"),
-                              required=("histogram", "threshold_s"))
-        histogram = reader.string(spec["histogram"], (*here, "histogram"))
-        threshold = reader.number(spec["threshold_s"], (*here, "threshold_s"), 0, math.inf, "seconds > 0")
-        buckets = _buckets(reader, spec, here, histogram)
-        if threshold not in buckets:
-            raise reader.fail((*here, "threshold_s"), (
-                f"{threshold:g} s is not a bucket boundary of {histogram}, so no tool can count requests "
-                f"at or under it exactly; its boundaries are {', '.join(f'{b:g}' for b in buckets)}"))
-        matchers = selector + (reader.matchers(spec["matchers"], (*here, "matchers")) if "matchers" in spec else ())
-        count = Selection(histogram + "_count", matchers)
-        within = Selection(histogram + "_bucket", (*matchers, le_matcher(threshold)))
-        return Sli(kind, EventSum(((1, count), (-1, within))), EventSum(((1, count),)),
-                   f"share of requests slower than {threshold:g} s by {histogram}", histogram=histogram,
-                   threshold_s=threshold)
+        return _parse_latency(reader, body, here, slo_name, selector)
     # goodput: the engine counts each request good when it met every target at once.
-    spec = reader.mapping(body, here, GOODPUT_TARGETS)
+    spec = reader.mapping(body, here, TARGETS)
     if not spec:
-        raise reader.fail(here, f"expected at least one target among {', '.join(GOODPUT_TARGETS)}")
+        raise reader.fail(here, f"expected at least one target among {', '.join(TARGETS)}")
     targets = {key: reader.number(item, (*here, key), 0, math.inf, "seconds > 0") for key, item in spec.items()}
-    base = (*selector, Matcher("slo", "=", slo_name))
-    total = Selection(GOODPUT_COUNTER, base)
-    bad = Selection(GOODPUT_COUNTER, (*base, Matcher("good", "=", "false")))
     wanted = " and ".join(f"{key.removesuffix('_s')} <= {limit:g} s" for key, limit in targets.items())
-    return Sli(kind, EventSum(((1, bad),)), EventSum(((1, total),)),
-               f"share of requests missing any of: {wanted}", goodput_targets=targets)
+    return _judged(kind, selector, slo_name, targets, f"share of requests missing any of: {wanted}")
+
+
+LATENCY_FIELDS = ("measure", "threshold_s", "source", "histogram", "matchers", "buckets")
+SOURCES = ("exact", "histogram")
+
+
+def _parse_latency(reader: FieldReader, body: Any, here: Path_, slo_name: str, selector: tuple[Matcher, ...]) -> Sli:
+    """`measure` + `threshold_s`: the engine's exact judgement of every request (any threshold). With
+    `source: histogram` (the default when only `histogram` is named, for a server that does not judge),
+    bucket counts, and the threshold must be a bucket bound."""
+    spec = reader.mapping(body, here, LATENCY_FIELDS, required=("threshold_s",))
+    measure = spec.get("measure")
+    if measure is not None and measure not in MEASURES:
+        raise reader.fail((*here, "measure"), f"expected one of {', '.join(MEASURES)}, got {measure!r}")
+    if measure is None and "histogram" not in spec:
+        raise reader.fail(here, f"expected `measure` (one of {', '.join(MEASURES)}), or a `histogram`")
+    source = spec.get("source", "exact" if measure is not None and "histogram" not in spec else "histogram")
+    if source not in SOURCES:
+        raise reader.fail((*here, "source"), f"expected one of {', '.join(SOURCES)}, got {source!r}")
+    threshold = reader.number(spec["threshold_s"], (*here, "threshold_s"), 0, math.inf, "seconds > 0")
+    matchers = selector + (reader.matchers(spec["matchers"], (*here, "matchers")) if "matchers" in spec else ())
+    if source == "exact":
+        if measure is None:
+            raise reader.fail(here, f"source: exact needs `measure` (one of {', '.join(MEASURES)})")
+        for key in ("histogram", "buckets"):
+            if key in spec:
+                raise reader.fail((*here, key), "only with source: histogram; the engine's exact counts need none")
+        return _judged("latency", matchers, slo_name, {f"{measure}_s": threshold},
+                       f"share of requests whose {measure} exceeded {threshold:g} s, or that failed",
+                       histogram=MEASURE_HISTOGRAMS[measure], threshold_s=threshold, source="exact")
+    histogram = reader.string(spec.get("histogram", MEASURE_HISTOGRAMS.get(measure or "")), (*here, "histogram"))
+    buckets = _buckets(reader, spec, here, histogram)
+    if threshold not in buckets:
+        raise reader.fail((*here, "threshold_s"), (
+            f"{threshold:g} s is not a bucket boundary of {histogram}, so no tool can count requests "
+            f"at or under it exactly; its boundaries are {', '.join(f'{b:g}' for b in buckets)} "
+            "(or judge it exactly: `measure` with source: exact)"))
+    count = Selection(histogram + "_count", matchers)
+    within = Selection(histogram + "_bucket", (*matchers, le_matcher(threshold)))
+    return Sli("latency", EventSum(((1, count), (-1, within))), EventSum(((1, count),)),
+               f"share of requests slower than {threshold:g} s by {histogram}", histogram=histogram,
+               threshold_s=threshold, source="histogram")
+
+
+def _judged(kind: str, matchers: tuple[Matcher, ...], slo_name: str, targets: dict[str, float], description: str,
+            **extra: Any) -> Sli:
+    """An SLI on the engine's per-request judgement: SLO_COUNTER{slo=<name>}, bad when good="false"."""
+    base = (*matchers, Matcher("slo", "=", slo_name))
+    total = Selection(SLO_COUNTER, base)
+    bad = Selection(SLO_COUNTER, (*base, Matcher("good", "=", "false")))
+    return Sli(kind, EventSum(((1, bad),)), EventSum(((1, total),)), description, targets=targets, **extra)
 
 
 def _buckets(reader: FieldReader, spec: dict, here: Path_, histogram: str) -> tuple[float, ...]:

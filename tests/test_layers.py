@@ -63,7 +63,7 @@ VIOLATIONS = [
     ("iokit/files.py", "import alerts.rules", "layers"),
     ("alerts/rules.py", "import slo_sidecar.gate", "layers"),
     ("alerts/unit_tests.py", "import sidecar.rates", "generators"),
-    ("engine/goodput.py", "import alerts.render", "processes-no-rules"),
+    ("engine/slo_judge.py", "import alerts.render", "processes-no-rules"),
     ("alerts/rules.py", "import dashboards.grafana", "panel-links"),
     ("alerts/render.py", "import grafana_foundation_sdk.builders.dashboard", "panel-links"),
     ("slo_spec/yaml_tree.py", "import slo_spec.load", "core-acyclic"),

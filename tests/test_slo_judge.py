@@ -1,4 +1,4 @@
-"""Goodput: each request judged against every target at once, counted by the real engine."""
+"""Exact SLO counters: each generation request judged once against every target, by the real engine."""
 
 from __future__ import annotations
 
@@ -6,44 +6,73 @@ import asyncio
 from types import SimpleNamespace
 
 import aiohttp
+import pytest
 
-from engine.goodput import RequestLatencies, is_good, latencies
+from engine.slo_judge import RequestLatencies, is_good, judged, latencies
 from slo_spec.load import DEFAULT_SPEC, load_spec
 from tests.conftest import API_KEY, run_async
 from tests.helpers import http_get, metric, parse_metrics
 
-TARGETS = {"ttft_s": 0.5, "inter_token_s": 0.1}
+GOODPUT = {"ttft_s": 0.5, "tpot_s": 0.1}
+JUDGED_SLOS = ("ttft", "e2e-latency", "queue-time", "goodput")  # the default spec's exact and goodput SLOs
 
 
-def test_every_target_must_be_met_at_once():
-    assert is_good(TARGETS, RequestLatencies(0.2, 0.05, 3.0))
-    assert not is_good(TARGETS, RequestLatencies(0.7, 0.05, 3.0))  # slow first token
-    assert not is_good(TARGETS, RequestLatencies(0.2, 0.15, 3.0))  # slow stream
-    assert is_good(TARGETS, RequestLatencies(0.5, 0.1, 3.0))  # at the target is within it
-    assert not is_good(TARGETS, None)  # no first token: a failure
+def test_every_target_must_be_met_at_once_and_the_threshold_itself_is_met():
+    assert is_good(GOODPUT, RequestLatencies(0.2, 0.05, 3.0, 0.0))
+    assert not is_good(GOODPUT, RequestLatencies(0.7, 0.05, 3.0, 0.0))  # slow first token
+    assert not is_good(GOODPUT, RequestLatencies(0.2, 0.15, 3.0, 0.0))  # slow stream
+    assert is_good(GOODPUT, RequestLatencies(0.5, 0.1, 3.0, 0.0))  # at the target is within it
+    assert not is_good(GOODPUT, None)  # a failed request misses every target
+    assert not is_good({"queue_s": 1.0}, RequestLatencies(0.2, 0.05, 3.0, None))  # unknowable: not met
+    assert not is_good({"ttft_s": 1.0}, RequestLatencies(None, None, 3.0, 0.1))  # no token came
 
 
-def test_latencies_as_the_server_saw_them():
-    tally = SimpleNamespace(first_token_at=10.25, last_token_at=11.15, completion_tokens=10)
-    measured = latencies(tally, started_at=10.0, finished_at=11.5)
-    assert measured.ttft_s == 0.25 and abs(measured.inter_token_s - 0.1) < 1e-9 and measured.e2e_s == 1.5
-    assert latencies(SimpleNamespace(first_token_at=None), 0.0, 1.0) is None
+def test_latencies_follow_the_per_request_definitions():
+    """TPOT = (e2e - ttft) / (tokens - 1), per sequence; queue time is vLLM's scheduled - queued."""
+    tally = SimpleNamespace(first_token_at=10.25, completion_tokens=10, sequences=1,
+                            metrics=SimpleNamespace(queued_ts=100.0, scheduled_ts=100.125))
+    measured = latencies(tally, started_at=10.0, finished_at=11.6)
+    assert measured.ttft_s == 0.25 and measured.e2e_s == pytest.approx(1.6)
+    assert measured.tpot_s == pytest.approx((1.6 - 0.25) / 9)
+    assert measured.queue_s == 0.125
+    two = SimpleNamespace(first_token_at=10.25, completion_tokens=20, sequences=2, metrics=None)
+    assert latencies(two, 10.0, 11.6).tpot_s == pytest.approx((1.6 - 0.25) / 9)  # 10 tokens each
+    assert latencies(two, 10.0, 11.6).queue_s is None
+    one = SimpleNamespace(first_token_at=10.25, completion_tokens=1, sequences=1, metrics=None)
+    assert latencies(one, 10.0, 10.3).tpot_s == 0.0  # one token: no later token to be late
+    assert latencies(SimpleNamespace(first_token_at=None, completion_tokens=0, sequences=1, metrics=None),
+                     0.0, 1.0).ttft_s is None
 
 
-def test_the_default_spec_has_a_goodput_slo():
-    goodput = next(slo for slo in load_spec(str(DEFAULT_SPEC)).slos if slo.sli.kind == "goodput")
-    assert goodput.sli.goodput_targets == TARGETS
+def test_server_errors_are_judged_client_errors_and_disconnects_are_not():
+    assert judged(None) and judged(500) and judged(503) and judged(504)
+    assert not judged(400) and not judged(429) and not judged(499)
 
 
-def goodput_counts(url: str) -> tuple[float, float]:
+def test_the_default_spec_judges_its_latency_slos_exactly():
+    slos = {slo.name: slo.sli for slo in load_spec(str(DEFAULT_SPEC)).slos}
+    assert slos["goodput"].targets == GOODPUT
+    assert slos["ttft"].source == "exact" and slos["ttft"].targets == {"ttft_s": 0.5}
+    assert slos["e2e-latency"].targets == {"e2e_s": 10.0} and slos["queue-time"].targets == {"queue_s": 0.5}
+    assert [slo for slo, sli in slos.items() if sli.targets] == list(JUDGED_SLOS)
+
+
+def judged_counts(url: str) -> dict[tuple[str, str], float]:
     samples = parse_metrics(http_get(url + "/metrics")[1].decode())
-    return (metric(samples, "slo_engine_goodput_requests_total", slo="goodput", good="true"),
-            metric(samples, "slo_engine_goodput_requests_total", slo="goodput", good="false"))
+    return {(slo, good): metric(samples, "slo_engine_slo_requests_total", slo=slo, good=good)
+            for slo in JUDGED_SLOS for good in ("true", "false")}
+
+
+def test_every_judged_series_exists_before_any_request(engine):
+    samples = parse_metrics(http_get(engine.url + "/metrics")[1].decode())
+    present = {(dict(labels)["slo"], dict(labels)["good"]) for name, labels in samples
+               if name == "slo_engine_slo_requests_total"}
+    assert present == {(slo, good) for slo in JUDGED_SLOS for good in ("true", "false")}
 
 
 @run_async
-async def test_the_engine_counts_goodput_per_request(engine):
-    before = goodput_counts(engine.url)
+async def test_the_engine_judges_each_request_once_against_every_target(engine):
+    before = judged_counts(engine.url)
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with aiohttp.ClientSession(headers=headers) as session:
         async def complete(body: dict) -> int:
@@ -51,17 +80,26 @@ async def test_the_engine_counts_goodput_per_request(engine):
                 await response.read()
                 return response.status
 
+        async def faults(**settings: float) -> None:
+            async with session.post(engine.url + "/admin/fault-injection", json=settings) as r:
+                assert r.status == 200
+
         fast = await asyncio.gather(*(complete({"prompt": "good", "max_tokens": 8}) for _ in range(3)))
-        # Slow between tokens: token_delay_s makes every token 0.15 s apart, over the 0.1 s target.
-        async with session.post(engine.url + "/admin/fault-injection", json={"token_delay_s": 0.15}) as r:
-            assert r.status == 200
         try:
-            slow = await complete({"prompt": "slow", "max_tokens": 4, "stream": True})
+            await faults(token_delay_s=0.15)  # every token 0.15 s apart: over goodput's 0.1 s per token
+            slow_stream = await complete({"prompt": "slow", "max_tokens": 4, "stream": True})
+            await faults(token_delay_s=0.0, delay_s=0.6)  # 0.6 s before the first token: over TTFT's 0.5 s
+            slow_start = await complete({"prompt": "late", "max_tokens": 4})
+            await faults(delay_s=0.0, error_ratio=1.0)  # a server error misses every target
+            failed = await complete({"prompt": "fail", "max_tokens": 4})
         finally:
-            async with session.post(engine.url + "/admin/fault-injection", json={"token_delay_s": 0.0}):
-                pass
+            await faults(token_delay_s=0.0, delay_s=0.0, error_ratio=0.0)
         rejected = await complete({"prompt": "x", "max_tokens": -1})  # a 400 is not a request served
-    assert fast == [200] * 3 and slow == 200 and rejected == 400
-    good, bad = goodput_counts(engine.url)
-    assert good - before[0] == 3
-    assert bad - before[1] == 1
+    assert fast == [200] * 3 and (slow_stream, slow_start, failed, rejected) == (200, 200, 500, 400)
+    after = judged_counts(engine.url)
+    delta = {key: after[key] - before[key] for key in after}
+    # 6 requests judged per SLO (3 fast, the slow stream, the slow start, the failure); the 400 is not.
+    assert all(delta[(slo, "true")] + delta[(slo, "false")] == 6 for slo in JUDGED_SLOS), delta
+    assert delta[("ttft", "false")] == 2  # the slow start and the failure
+    assert delta[("goodput", "false")] == 3  # the slow stream, the slow start and the failure
+    assert delta[("e2e-latency", "false")] == 1 and delta[("queue-time", "false")] == 1  # the failure only

@@ -68,6 +68,18 @@ def test_engine_http_histogram_uses_the_spec_buckets():
     ("  - name: lat\n    objective: 99\n    sli:\n      latency: {histogram: my_seconds, threshold_s: 1}\n",
      "slos[0].sli.latency.histogram: unknown histogram 'my_seconds': give its bucket bounds"),
     ("  - name: gp\n    objective: 99\n    sli:\n      goodput: {}\n", "slos[0].sli.goodput: expected at least one"),
+    ("  - name: gp\n    objective: 99\n    sli:\n      goodput: {inter_token_s: 0.1}\n",
+     "slos[0].sli.goodput.inter_token_s: unknown field; expected one of ttft_s, tpot_s, e2e_s, queue_s"),
+    ("  - name: lat\n    objective: 99\n    sli:\n      latency: {measure: ttfb, threshold_s: 1}\n",
+     "slos[0].sli.latency.measure: expected one of ttft, tpot, e2e, queue, got 'ttfb'"),
+    ("  - name: lat\n    objective: 99\n    sli:\n      latency: {threshold_s: 1}\n",
+     "slos[0].sli.latency: expected `measure`"),
+    ("  - name: lat\n    objective: 99\n    sli:\n      latency: {measure: ttft, threshold_s: 1, source: guess}\n",
+     "slos[0].sli.latency.source: expected one of exact, histogram"),
+    ("  - name: lat\n    objective: 99\n    sli:\n      latency: {measure: ttft, threshold_s: 1, buckets: [1]}\n",
+     "slos[0].sli.latency.buckets: only with source: histogram"),
+    ("  - name: lat\n    objective: 99\n    sli:\n      latency: {measure: ttft, threshold_s: 0.3, "
+     "source: histogram}\n", "0.3 s is not a bucket boundary of vllm:time_to_first_token_seconds"),
     (AVAILABILITY + AVAILABILITY, "slos[1].name: duplicate SLO name 'availability'"),
 ])
 def test_bad_specs_name_line_field_and_reason(body, message):
@@ -169,6 +181,11 @@ def test_the_json_schema_accepts_the_default_and_knows_the_parsers_fields():
     assert tuple(slo["properties"]["sli"]["properties"]) == native.SLI_KINDS
     assert tuple(slo["properties"]["period"]["enum"]) == tuple(model.PERIODS)
     assert set(schema["properties"]["operational"]["properties"]) == set(model.Operational.__dataclass_fields__)
+    kinds = slo["properties"]["sli"]["properties"]
+    assert tuple(kinds["latency"]["properties"]) == native.LATENCY_FIELDS
+    assert tuple(kinds["latency"]["properties"]["measure"]["enum"]) == model.MEASURES
+    assert tuple(kinds["latency"]["properties"]["source"]["enum"]) == native.SOURCES
+    assert tuple(kinds["goodput"]["properties"]) == model.TARGETS
     bad = yaml.safe_load(HEAD + AVAILABILITY.replace("99.9", "100"))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
@@ -219,3 +236,23 @@ def test_a_spec_floor_raises_the_guard_but_never_lowers_it():
     body = HEAD + AVAILABILITY + "    alerting:\n      min_events: 500\n"
     alerts = parse_spec(body, "x.yaml").slos[0].burn_alerts()
     assert [a.min_events for a in alerts] == [500, 500, 500, 1000]
+
+
+def test_an_exact_latency_slo_takes_any_threshold_and_reads_the_engines_judgement():
+    body = "  - name: ttft\n    objective: 99\n    sli:\n      latency: {measure: ttft, threshold_s: 0.3}\n"
+    sli = parse_spec(HEAD + body, "slo.yaml").slos[0].sli
+    assert (sli.source, sli.targets, sli.threshold_s) == ("exact", {"ttft_s": 0.3}, 0.3)
+    assert sli.errors.rate_promql("5m") == 'sum(rate(slo_engine_slo_requests_total{slo="ttft",good="false"}[5m]))'
+    assert sli.total.rate_promql("5m") == 'sum(rate(slo_engine_slo_requests_total{slo="ttft"}[5m]))'
+    assert sli.histogram == "vllm:time_to_first_token_seconds", "dashboards chart vLLM's histogram beside it"
+
+
+def test_a_histogram_latency_slo_is_still_there_for_a_server_that_does_not_judge():
+    by_measure = "  - name: q\n    objective: 99\n    sli:\n      latency: {measure: queue, threshold_s: 0.5, " \
+                 "source: histogram}\n"
+    by_name = "  - name: q\n    objective: 99\n    sli:\n      latency: {histogram: 'vllm:request_queue_time_seconds'," \
+              " threshold_s: 0.5}\n"
+    for body in (by_measure, by_name):
+        sli = parse_spec(HEAD + body, "slo.yaml").slos[0].sli
+        assert sli.source == "histogram" and not sli.targets
+        assert sli.total.rate_promql("5m") == "sum(rate(vllm:request_queue_time_seconds_count[5m]))"

@@ -61,6 +61,16 @@ def test_client_faults_are_not_the_services_but_429_and_broken_streams_are():
         assert by_slo(criteria, "client")["availability"].passed is False
 
 
+def test_client_view_of_an_exact_latency_slo_counts_server_failures_as_missed():
+    """As the engine's exact counters judge: a 5xx misses the TTFT target, a 429 or 400 is not judged."""
+    fast = [ok(0.05) for _ in range(99)]
+    client = by_slo(judge(SPEC, fast + [RequestResult(429, 0, 0.01, error="full")], 1.0, None, None)[1], "client")
+    assert client["ttft"].passed and client["ttft"].measured.startswith("100.00% of 99")
+    client = by_slo(judge(SPEC, fast + [RequestResult(500, 0, 0.01, error="engine")] * 2, 1.0, None, None)[1],
+                    "client")
+    assert client["ttft"].passed is False and client["ttft"].measured.startswith("98.02% of 101")  # 99 / 101
+
+
 def exposition(total: float, errors: float) -> str:
     return ("# TYPE slo_engine_http_requests_total counter\n"
             f'slo_engine_http_requests_total{{endpoint="/v1/completions",code="200"}} {total - errors}\n'
