@@ -21,6 +21,10 @@ from dashboards import definitions
 from dashboards.model import panel_url
 from slo_spec.model import Slo, Spec, duration_label
 
+# A floor under every native SLI's event rate: with no events the error ratio reads 0 (nothing
+# failed, no budget spent) instead of NaN, so a healthy idle service shows burn 0 and its whole
+# budget. Any real rate is far above it (one event in 30 days is 3.9e-7 per second).
+NO_EVENTS_FLOOR = "1e-12"
 PAGE_FOR = "1m"
 TICKET_FOR = "10m"
 ABSENT_FOR = "10m"
@@ -44,7 +48,9 @@ def _window_queries(slo: Slo, window: str) -> tuple[str, str | None, str | None]
         total = "(" + sli.raw_total.replace("{{.window}}", window) + ")"
     else:  # raw ratio: nothing but the ratio is known
         return "(" + (sli.raw_error_ratio or "").replace("{{.window}}", window) + ")", None, None
-    return f"{errors}\n/\n{total}", errors, total
+    if sli.errors is not None:
+        return f"{errors}\n/\nclamp_min({total}, {NO_EVENTS_FLOOR})", errors, total
+    return f"{errors}\n/\n{total}", errors, total  # Sloth's events SLI: its ratio as Sloth writes it
 
 
 def recording_group(spec: Spec, slo: Slo) -> dict[str, Any]:
@@ -65,7 +71,8 @@ def recording_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     if _window_queries(slo, shortest)[2] is not None:
         period_expr = (f"sum_over_time(slo:sli_error_events:rate{shortest}{selector}[{period}])\n"
                        f"/ ignoring (sloth_window)\n"
-                       f"sum_over_time(slo:sli_total_events:rate{shortest}{selector}[{period}])")
+                       f"clamp_min(sum_over_time(slo:sli_total_events:rate{shortest}{selector}[{period}]), "
+                       f"{NO_EVENTS_FLOOR})")
     else:
         period_expr = (f"sum_over_time(slo:sli_error:ratio_rate{shortest}{selector}[{period}])\n"
                        f"/ ignoring (sloth_window)\n"

@@ -26,6 +26,10 @@ ENDPOINTS = (
     "other",
 )
 GENERATION_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
+# Every status a generation endpoint answers with, pre-created at zero on both: an SLI that
+# selects errors (5xx, 429) exists, and reads 0, before the first error, and rate() counts
+# that first error instead of starting the series at 1.
+GENERATION_CODES = ("200", "400", "401", "404", "413", "429", "499", "500", "503", "504")
 
 # Why a request failed; one bounded label.
 ERROR_REASONS = (
@@ -78,7 +82,8 @@ class ServerMetrics:
         for endpoint in GENERATION_ENDPOINTS:
             self.in_flight.labels(endpoint=endpoint)
             self.duration.labels(endpoint=endpoint)
-            self.requests.labels(endpoint=endpoint, code="200")
+            for code in GENERATION_CODES:
+                self.requests.labels(endpoint=endpoint, code=code)
 
     def record_error(self, reason: str) -> None:
         if reason not in ERROR_REASONS:

@@ -19,7 +19,7 @@ class SloCollector:
     def collect(self) -> Iterable[Metric]:
         states = self.tracker.states(time.time())
         ratio = GaugeMetricFamily("slo_sli_error_ratio", "Share of the SLI's events that were errors over the "
-                                  "window (absent without events).", labels=["slo", "window"])
+                                  "window: 0 without events, absent until the SLI's series are seen.", labels=["slo", "window"])
         burn = GaugeMetricFamily("slo_burn_rate", "Error ratio over the window divided by the error budget "
                                  "(1 - objective): 1 spends the budget exactly over the period.",
                                  labels=["slo", "window"])

@@ -96,7 +96,7 @@ class SloWindow:
     window: str
     seconds: int
     filled: bool
-    error_ratio: float | None  # None without events
+    error_ratio: float | None  # None before the SLI's series are seen; 0 with them but no events
     burn_rate: float | None
     events: float
 
@@ -185,9 +185,11 @@ class SloTracker:
         for tracked in self.slos:
             slo, budget = tracked.slo, tracked.slo.error_budget
             windows = []
+            seen = any(term.last for _, term in tracked.totals)  # the SLI's series exist
             for seconds, label in tracked.windows:
                 errors, total = tracked.window(now, seconds)
-                ratio = errors / total if total > 0 else None
+                # No events: nothing failed, nothing of the budget spent (as the rules read it).
+                ratio = errors / total if total > 0 else (0.0 if seen else None)
                 filled = self.first_seen is not None and now - seconds >= self.first_seen
                 windows.append(SloWindow(label, seconds, filled, ratio, None if ratio is None else ratio / budget,
                                          total))

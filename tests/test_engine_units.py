@@ -57,6 +57,16 @@ def test_memory_probe_without_nvml_reads_none():
     assert probe._nvml_ok is False  # and it will not try again on every probe
 
 
+def test_every_status_a_generation_endpoint_answers_is_precreated_at_zero():
+    """So the availability SLI's error series exist before the first error, and rate() counts that error."""
+    registry = CollectorRegistry()
+    ServerMetrics(registry)
+    for endpoint in ("/v1/completions", "/v1/chat/completions"):
+        for code in ("200", "429", "499", "500", "503", "504"):
+            assert registry.get_sample_value("slo_engine_http_requests_total",
+                                             {"endpoint": endpoint, "code": code}) == 0, (endpoint, code)
+
+
 def test_error_reasons_are_bounded_and_precreated():
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry)

@@ -42,8 +42,14 @@ slos:
     objective: 99
     period: 7d
     sli:
+      latency: {measure: ttft, threshold_s: 0.3}
+  - name: ttft-histogram
+    objective: 99
+    period: 7d
+    sli:
       latency: {histogram: "vllm:time_to_first_token_seconds", threshold_s: 0.5}
 """
+SLOS = ("availability", "ttft", "ttft-histogram")
 FAILING = 0.2
 
 
@@ -70,6 +76,19 @@ def run_every_panel_query(prometheus: PrometheusProcess, spec) -> dict[str, str]
     return results
 
 
+def healthy_everywhere(prometheus: PrometheusProcess, sidecar: SidecarProcess) -> dict[str, object]:
+    """What a healthy service with no failures must read: burn 0 and the whole budget, no "No data"."""
+    burn = {r["metric"]["sloth_slo"]: float(r["value"][1]) for r in prometheus.query("slo:current_burn_rate:ratio")}
+    budget = {r["metric"]["sloth_slo"]: float(r["value"][1])
+              for r in prometheus.query("slo:period_error_budget_remaining:ratio")}
+    samples = parse_metrics(http_get(sidecar.url + "/metrics")[1].decode())
+    sidecar_burn = {dict(labels)["slo"]: value for (name, labels), value in samples.items()
+                    if name == "slo_burn_rate" and dict(labels)["window"] == "1m"}
+    sidecar_budget = {dict(labels)["slo"]: value for (name, labels), value in samples.items()
+                      if name == "slo_error_budget_remaining_ratio"}
+    return {"burn": burn, "budget": budget, "sidecar burn": sidecar_burn, "sidecar budget": sidecar_budget}
+
+
 def prometheus_ratio(prometheus: PrometheusProcess, slo: str, window: str) -> float | None:
     result = prometheus.query(f'slo:sli_error:ratio_rate{window}{{sloth_slo="{slo}"}}')
     return float(result[0]["value"][1]) if result else None
@@ -92,6 +111,16 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
         targets = {"engine": engine.url.removeprefix("http://"), "sidecar": sidecar.url.removeprefix("http://")}
         with PrometheusProcess(tmp_path, targets, rules).start() as prometheus:
             prometheus.wait_ready()
+            # A healthy service before any failure: burn 0 and budget 100% for every SLO, in the
+            # rules and in the sidecar, within a few scrapes (two samples for rate(), one evaluation).
+            zero, whole = {slo: 0.0 for slo in SLOS}, {slo: 1.0 for slo in SLOS}
+            wanted = {"burn": zero, "budget": whole, "sidecar burn": zero, "sidecar budget": whole}
+            for _ in range(60):
+                healthy = await asyncio.to_thread(healthy_everywhere, prometheus, sidecar)
+                if healthy == wanted:
+                    break
+                await asyncio.sleep(0.5)
+            assert healthy == wanted, healthy
             async with aiohttp.ClientSession(headers=headers) as session:
                 async with session.post(engine.url + "/admin/fault-injection", json={"error_ratio": FAILING}) as r:
                     assert r.status == 200
@@ -125,7 +154,7 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
     assert not failed, f"dashboard panels without data or with errors after the load: {failed}"
     assert len(panel_results) >= 30
     keys = set(comparisons[0][0])
-    assert ("availability", "1m") in keys and ("ttft", "1m") in keys, keys
+    assert {(slo, "1m") for slo in SLOS} <= keys, keys
     for key in keys:
         ours = [c[0][key] for c in comparisons]
         theirs = [c[1][key] for c in comparisons]

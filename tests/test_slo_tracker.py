@@ -57,12 +57,22 @@ def test_a_new_series_counts_from_its_second_sample_and_resets_count_the_new_val
     assert five.events == pytest.approx(100 + 100 + 2 + 51) and five.error_ratio == pytest.approx(3 / 253)
 
 
-def test_no_traffic_is_no_ratio_not_zero_errors():
+def test_a_healthy_idle_service_burns_nothing_and_keeps_its_budget():
+    """The SLI's series exist but nothing happened: no error, so ratio and burn 0 and the whole budget,
+    as the rules read it; not "no data", which is kept for an SLI whose series were never seen."""
     tracker = SloTracker(SPEC)
     for second in range(0, 600, 10):
         tracker.observe(scrape(5, 0), float(second))
-    five = window(availability(tracker, 590.0), "5m")
-    assert five.error_ratio is None and five.burn_rate is None and five.events == 0
+    state = availability(tracker, 590.0)
+    five = window(state, "5m")
+    assert five.error_ratio == 0 and five.burn_rate == 0 and five.events == 0
+    assert state.budget_remaining == 1.0 and state.firing == {"page": False, "ticket": False}
+
+    blind = SloTracker(SPEC)
+    blind.observe([Sample("vllm:num_requests_waiting", (), 0.0)], 0.0)  # a scrape without the SLI's series
+    blind.observe([Sample("vllm:num_requests_waiting", (), 0.0)], 10.0)
+    state = availability(blind, 10.0)
+    assert window(state, "5m").error_ratio is None and state.budget_remaining is None
 
 
 @pytest.mark.parametrize("scenario", scenarios(SPEC.slos[0]), ids=lambda s: s.name)
