@@ -19,10 +19,13 @@ def rules_file(slo: Slo) -> str:
 
 
 def rule_groups(spec: Spec) -> dict[str, list[dict]]:
-    """{rule file name: its groups}: per SLO its recording, metadata and alert groups; the operational alerts."""
+    """{rule file name: its groups}: per SLO its recording, metadata and alert groups; the operational
+    alerts where the spec asks for them."""
     files = {rules_file(slo): [recording_group(spec, slo), metadata_group(spec, slo), alert_group(spec, slo)]
              for slo in spec.slos}
-    files[OPERATIONAL_FILE] = [operational_group(spec)]
+    operational = operational_group(spec)
+    if operational is not None:
+        files[OPERATIONAL_FILE] = [operational]
     return files
 
 
@@ -39,6 +42,7 @@ def render(spec: Spec) -> dict[str, str]:
         tests = unit_tests(spec, slo, [f"../{rules}"])
         if tests is not None:
             files[f"tests/slo-{slo.name}.test.yaml"] = header + tests
-    files[OPERATIONAL_FILE] = header + dump({"groups": groups[OPERATIONAL_FILE]})
+    if OPERATIONAL_FILE in groups:
+        files[OPERATIONAL_FILE] = header + dump({"groups": groups[OPERATIONAL_FILE]})
     files["alertmanager/inhibit-rules.yaml"] = header + dump(inhibit_rules(spec))
     return files

@@ -15,11 +15,11 @@ severity, summary, a description with the live value, `for:` and a runbook.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from dashboards import definitions
 from dashboards.model import panel_url
-from slo_spec.model import Slo, Spec, duration_label
+from slo_spec.model import Operational, Slo, Spec, duration_label
 
 # A floor under every native SLI's event rate: with no events the error ratio reads 0 (nothing
 # failed, no budget spent) instead of NaN, so a healthy idle service shows burn 0 and its whole
@@ -168,12 +168,28 @@ def _slo_panel(spec: Spec, slo: Slo, title: str) -> str:
     return panel_url(spec.grafana_url, definitions.slo_overview(spec), f"{slo.name}: {slo.description}", title)
 
 
-GENERATION = '{endpoint=~"/v1/completions|/v1/chat/completions"}'
 
 
-def operational_group(spec: Spec) -> dict[str, Any]:
-    """Alerts on the pod's machinery, at the thresholds in the spec's `operational` section."""
+def _error_rate_alert(spec: Spec, op: Operational, alert: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    """The availability SLO's own errors over its own events (no 4xx, no 499), per instance: a ticket
+    that points at the failing pod. It never pages: the SLO's burn-rate page does that."""
+    slo = next((slo for slo in spec.slos if slo.sli.kind == "availability" and slo.sli.errors is not None), None)
+    if slo is None or slo.sli.errors is None or slo.sli.total is None:
+        return []
+    errors, total = (" + ".join(f"{'-' if sign < 0 else ''}sum by (instance) (rate({s.promql()}[5m]))"
+                                for sign, s in events.terms) for events in (slo.sli.errors, slo.sli.total))
+    return [alert("LLMHighErrorRate", f"({errors})\n/\n({total}) > {op.error_ratio_alert:g}", "5m", "warning",
+                  f"More than {op.error_ratio_alert:.0%} of requests fail on one instance",
+                  f"{{{{ $value | humanizePercentage }}}} of the {slo.name} SLO's requests on "
+                  "{{ $labels.instance }} failed over 5 minutes; the SLO's own alerts say whether the "
+                  "budget is at risk.", "high-error-rate.md")]
+
+
+def operational_group(spec: Spec) -> dict[str, Any] | None:
+    """Alerts on the pod's machinery, at the thresholds in the spec's `operational` section (None without)."""
     op = spec.operational
+    if op is None:
+        return None
     base = spec.runbook_base_url
 
     boards = {"engine": definitions.engine(spec), "gpu": definitions.gpu(spec)}
@@ -185,7 +201,6 @@ def operational_group(spec: Spec) -> dict[str, Any]:
         "LLMHighErrorRate": ("engine", "Traffic", "Error ratio"),
         "LLMQueueDepthHigh": ("engine", "Tokens and scheduler", "Running and waiting requests"),
         "LLMGpuUnderutilizedWhileBusy": ("gpu", "Load and memory", "GPU utilisation"),
-        "LLMGpuMemoryHigh": ("gpu", "Load and memory", "Memory used share"),
         "LLMKvCacheNearFull": ("engine", "Tokens and scheduler", "KV cache usage"),
         "LLMPreemptions": ("engine", "Tokens and scheduler", "Preemptions"),
         "LLMGpuXidErrors": ("gpu", "Health", "XID errors"),
@@ -220,28 +235,20 @@ def operational_group(spec: Spec) -> dict[str, Any]:
               "5m", "warning", "P99 time to first token is above its alert threshold",
               f"P99 TTFT on {{{{ $labels.instance }}}} is {{{{ $value | humanizeDuration }}}} (alert above "
               f"{op.latency_p99_alert_s:g} s).", "high-latency.md"),
-        alert("LLMHighErrorRate",
-              f'sum by (instance) (rate(slo_engine_http_requests_total{{endpoint=~"/v1/completions|'
-              f'/v1/chat/completions",code=~"5.."}}[5m]))\n/\nsum by (instance) '
-              f"(rate(slo_engine_http_requests_total{GENERATION}[5m])) > {op.error_ratio_alert:g}",
-              "5m", "critical", "More than {:g}% of generation requests fail".format(op.error_ratio_alert * 100),
-              "{{ $value | humanizePercentage }} of generation requests on {{ $labels.instance }} answered 5xx "
-              "over 5 minutes.", "high-error-rate.md"),
-        alert("LLMQueueDepthHigh", f"sum by (instance) (vllm:num_requests_waiting) > {op.queue_depth_alert:g}",
-              "5m", "warning", "Requests are piling up in vLLM's queue",
-              f"{{{{ $value }}}} requests waiting on {{{{ $labels.instance }}}} (alert above "
-              f"{op.queue_depth_alert:g}).", "high-latency.md"),
+        *_error_rate_alert(spec, op, alert),
+        alert("LLMQueueDepthHigh",
+              "sum by (instance) (vllm:num_requests_waiting)\n/ on (instance)\n"
+              f"max by (instance) (slo_engine_max_waiting_requests) > {op.queue_full_ratio_alert:g}",
+              "5m", "warning", "vLLM's queue is nearly as long as the engine admits",
+              f"Waiting requests on {{{{ $labels.instance }}}} fill {{{{ $value | humanizePercentage }}}} of the "
+              f"queue the engine admits (alert above {op.queue_full_ratio_alert:.0%}); past it, clients get 429.",
+              "high-latency.md"),
         alert("LLMGpuUnderutilizedWhileBusy",
               f"(avg by (instance) (sidecar_gpu_utilization_ratio) < {op.gpu_utilization_low:g})\nand on (instance)\n"
               f"(sum by (instance) (sidecar_engine_queue_depth + sidecar_engine_running_requests) > 0)",
               "15m", "warning", "GPUs are underused while requests are waiting or running",
               f"GPU utilisation {{{{ $value | humanizePercentage }}}} on {{{{ $labels.instance }}}} with work to "
               f"do (alert under {op.gpu_utilization_low:g}).", "low-throughput.md"),
-        alert("LLMGpuMemoryHigh",
-              f"sidecar_gpu_memory_used_bytes / sidecar_gpu_memory_total_bytes > {op.gpu_memory_high_ratio:g}",
-              "10m", "warning", "GPU memory is nearly full",
-              f"GPU {{{{ $labels.gpu }}}} on {{{{ $labels.instance }}}} is {{{{ $value | humanizePercentage }}}} "
-              f"full (alert above {op.gpu_memory_high_ratio:g}).", "oom.md"),
         alert("LLMKvCacheNearFull", f"vllm:kv_cache_usage_perc > {op.kv_cache_high_ratio:g}", "10m", "warning",
               "The KV cache is nearly full",
               f"KV cache {{{{ $value | humanizePercentage }}}} used on {{{{ $labels.instance }}}} (alert above "
@@ -251,10 +258,14 @@ def operational_group(spec: Spec) -> dict[str, Any]:
               "10m", "warning", "vLLM is preempting sequences",
               "{{ $value | humanize }} preemptions per second on {{ $labels.instance }}: the KV cache is too "
               "small for the load.", "oom.md"),
-        alert("LLMGpuXidErrors", "increase(sidecar_gpu_xid_errors_total[10m]) > 0", "1m", "critical",
-              "The GPU reported XID errors",
+        # A code's first XID starts its series at 1, which increase() cannot see: a series that is
+        # new within the window fires too.
+        alert("LLMGpuXidErrors",
+              "increase(sidecar_gpu_xid_errors_total[10m]) > 0\nor\n"
+              "(sidecar_gpu_xid_errors_total unless sidecar_gpu_xid_errors_total offset 10m)",
+              "1m", "critical", "The GPU reported XID errors",
               "XID {{ $labels.xid }} on GPU {{ $labels.gpu }} ({{ $labels.instance }}): {{ $value | humanize }} "
-              "events in 10 minutes.", "gpu-health.md"),
+              "events in the last 10 minutes.", "gpu-health.md"),
         alert("LLMGpuTemperatureHigh", f"sidecar_gpu_temperature_celsius > {op.gpu_temperature_high_celsius:g}",
               "5m", "warning", "A GPU is running hot",
               f"GPU {{{{ $labels.gpu }}}} on {{{{ $labels.instance }}}} at {{{{ $value }}}} °C (alert above "

@@ -21,9 +21,16 @@ RED, ORANGE = "red", "orange"
 LATENCIES = (
     ("Time to first token", "vllm:time_to_first_token_seconds", "How long users wait for the first token."),
     ("Inter-token latency", "vllm:inter_token_latency_seconds", "How smoothly tokens stream once started."),
+    ("Time per output token", "vllm:request_time_per_output_token_seconds",
+     "Each request's mean time per token after the first."),
     ("End-to-end latency", "vllm:e2e_request_latency_seconds", "How long whole requests take."),
     ("Queue time", "vllm:request_queue_time_seconds", "How long requests wait for a slot: capacity's first warning."),
 )
+
+
+def _alert_line(spec: Spec, threshold: str, colour: str = RED) -> tuple[tuple[float, str], ...]:
+    """The operational alert's threshold as a line, where the spec has operational alerts."""
+    return ((getattr(spec.operational, threshold), colour),) if spec.operational is not None else ()
 
 
 def uid(spec: Spec, name: str) -> str:
@@ -75,7 +82,7 @@ def _latency_threshold(spec: Spec, histogram: str) -> tuple[tuple[float, str], .
     """The SLO thresholds on this histogram (orange), and the operational P99 alert for TTFT (red)."""
     steps = {(slo.sli.threshold_s, ORANGE) for slo in spec.slos if slo.sli.histogram == histogram}
     if histogram == "vllm:time_to_first_token_seconds":
-        steps.add((spec.operational.latency_p99_alert_s, RED))
+        steps.update(_alert_line(spec, "latency_p99_alert_s"))
     return tuple(sorted(steps))
 
 
@@ -85,7 +92,6 @@ def _quantiles(histogram: str, selector: str, exemplars: bool = False) -> tuple[
 
 
 def engine(spec: Spec) -> Dashboard:
-    op = spec.operational
     latency_panels = tuple(
         Panel(title, question + " P50, P90 and P99 over the rate interval.",
               _quantiles(histogram, MODEL), "s", thresholds=_latency_threshold(spec, histogram),
@@ -106,7 +112,7 @@ def engine(spec: Spec) -> Dashboard:
                   (Query(f'sum(rate(slo_engine_http_requests_total{{{GENERATION}, code=~"5..", {POD}}}'
                          f"[$__rate_interval]))\n/\nsum(rate(slo_engine_http_requests_total{{{GENERATION}, {POD}}}"
                          f"[$__rate_interval]))", "5xx"),), "percentunit",
-                  thresholds=((op.error_ratio_alert, RED),), threshold_lines=True, min=0),
+                  thresholds=_alert_line(spec, "error_ratio_alert"), threshold_lines=True, min=0),
         )),
         ("Latency", (*latency_panels, traced)),
         ("Tokens and scheduler", (
@@ -117,13 +123,18 @@ def engine(spec: Spec) -> Dashboard:
             Panel("Running and waiting requests", "The batch being decoded and the queue behind it.",
                   (Query(f"sum(vllm:num_requests_running{{{MODEL}}})", "running"),
                    Query(f"sum(vllm:num_requests_waiting{{{MODEL}}})", "waiting (queue depth)")),
-                  "short", thresholds=((op.queue_depth_alert, RED),), threshold_lines=True, min=0),
+                  "short", min=0),
+            Panel("Queue fill", "Waiting requests over the queue the engine admits: past 100%, clients get 429.",
+                  (Query(f"sum(vllm:num_requests_waiting{{{MODEL}}})\n/\n"
+                         f"sum(slo_engine_max_waiting_requests{{{POD}}})", "waiting / admitted"),),
+                  "percentunit", thresholds=_alert_line(spec, "queue_full_ratio_alert"), threshold_lines=True,
+                  min=0),
             Panel("KV cache usage", "Share of the KV cache in use; near full, vLLM preempts.",
                   (Query(f"max(vllm:kv_cache_usage_perc{{{MODEL}}})", "used"),), "percentunit",
-                  thresholds=((op.kv_cache_high_ratio, RED),), threshold_lines=True, min=0, max=1),
+                  thresholds=_alert_line(spec, "kv_cache_high_ratio"), threshold_lines=True, min=0, max=1),
             Panel("Preemptions", "Sequences evicted and recomputed for lack of KV cache, per second.",
                   (Query(f"sum(rate(vllm:num_preemptions_total{{{MODEL}}}[$__rate_interval]))", "preemptions"),),
-                  "short", thresholds=((op.preemptions_per_second_alert, RED),), threshold_lines=True, min=0),
+                  "short", thresholds=_alert_line(spec, "preemptions_per_second_alert"), threshold_lines=True, min=0),
             Panel("Batch size", "Tokens per engine step (mean): how well batching fills the accelerator.",
                   (Query(f"sum(rate(vllm:iteration_tokens_total_sum{{{MODEL}}}[$__rate_interval]))\n/\n"
                          f"sum(rate(vllm:iteration_tokens_total_count{{{MODEL}}}[$__rate_interval]))", "tokens/step"),),
@@ -133,20 +144,19 @@ def engine(spec: Spec) -> Dashboard:
 
 
 def gpu(spec: Spec) -> Dashboard:
-    op = spec.operational
     by_gpu = "gpu {{gpu}}"
     return Dashboard(uid(spec, "gpu"), f"{spec.service} / GPU", "Every GPU of the pod, from NVML via the sidecar.", (
         ("Load and memory", (
             Panel("GPU utilisation", "Share of time a kernel ran.",
                   (Query(f"sidecar_gpu_utilization_ratio{{{POD}}}", by_gpu),), "percentunit",
-                  thresholds=((op.gpu_utilization_low, "green"),), min=0, max=1),
+                  thresholds=_alert_line(spec, "gpu_utilization_low", "green"), min=0, max=1),
             Panel("Memory used", "Device memory in use, against the total.",
                   (Query(f"sidecar_gpu_memory_used_bytes{{{POD}}}", "used, " + by_gpu),
                    Query(f"sidecar_gpu_memory_total_bytes{{{POD}}}", "total, " + by_gpu)), "bytes", min=0),
-            Panel("Memory used share", "Used over total; vLLM takes its configured share on purpose.",
+            Panel("Memory used share", "Used over total; vLLM takes its configured share on purpose, so "
+                  "a full GPU is normal: KV-cache usage and preemptions say when memory runs short.",
                   (Query(f"sidecar_gpu_memory_used_bytes{{{POD}}} / sidecar_gpu_memory_total_bytes{{{POD}}}",
-                         by_gpu),), "percentunit", thresholds=((op.gpu_memory_high_ratio, RED),),
-                  threshold_lines=True, min=0, max=1),
+                         by_gpu),), "percentunit", min=0, max=1),
             Panel("Engine's GPU memory", "Memory held by the engine's processes, and by anyone else.",
                   (Query(f"sidecar_gpu_engine_process_memory_bytes{{{POD}}}", "engine, " + by_gpu),
                    Query(f"sidecar_gpu_other_process_memory_bytes{{{POD}}}", "others, " + by_gpu)), "bytes", min=0),
@@ -154,7 +164,7 @@ def gpu(spec: Spec) -> Dashboard:
         ("Health", (
             Panel("Temperature", "GPU core temperature.",
                   (Query(f"sidecar_gpu_temperature_celsius{{{POD}}}", by_gpu),), "celsius",
-                  thresholds=((op.gpu_temperature_high_celsius, RED),), threshold_lines=True),
+                  thresholds=_alert_line(spec, "gpu_temperature_high_celsius"), threshold_lines=True),
             Panel("Power", "Power draw against the enforced limit.",
                   (Query(f"sidecar_gpu_power_watts{{{POD}}}", "draw, " + by_gpu),
                    Query(f"sidecar_gpu_power_limit_watts{{{POD}}}", "limit, " + by_gpu)), "watt", min=0),

@@ -48,7 +48,8 @@ def resolve_model(settings: EngineSettings) -> tuple[str, str]:
 async def serve(settings: EngineSettings, spec: Spec) -> int:
     model_dir, served_name = resolve_model(settings)
     tracer = setup_tracing(settings.trace_exporter, __version__, served_name)
-    state = EngineState(settings=settings, served_model_name=served_name, metrics=ServerMetrics(), tracer=tracer,
+    metrics = ServerMetrics(max_waiting_requests=settings.max_waiting_requests)
+    state = EngineState(settings=settings, served_model_name=served_name, metrics=metrics, tracer=tracer,
                         judge=SloJudge(spec, REGISTRY))
     state.generations_idle.set()
     runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None)

@@ -51,7 +51,7 @@ DURATION_BUCKETS = HTTP_DURATION_BUCKETS
 
 
 class ServerMetrics:
-    def __init__(self, registry: CollectorRegistry = REGISTRY):
+    def __init__(self, registry: CollectorRegistry = REGISTRY, max_waiting_requests: int = 0):
         self.requests = Counter(
             PREFIX + "http_requests",
             "HTTP requests handled, by endpoint and status code (499: client closed the request).",
@@ -77,6 +77,13 @@ class ServerMetrics:
             "1 when the model is loaded and the server accepts new requests, else 0.",
             registry=registry,
         )
+        # The queue the engine admits (--max-waiting-requests): the queue-depth alert is a share of it.
+        self.max_waiting = Gauge(
+            PREFIX + "max_waiting_requests",
+            "Requests the engine lets wait beyond those running before it answers 429.",
+            registry=registry,
+        )
+        self.max_waiting.set(max_waiting_requests)
         for reason in ERROR_REASONS:
             self.errors.labels(reason=reason)
         for endpoint in GENERATION_ENDPOINTS:

@@ -179,13 +179,18 @@ class Slo:
 
 @dataclass(frozen=True)
 class Operational:
-    """Thresholds of the operational alerts (reference design: targets and alert thresholds)."""
+    """Thresholds of the operational alerts (reference design: targets and alert thresholds).
+
+    Each can fire on a real engine: queue depth is a share of the waiting requests the engine
+    admits (an absolute count above its admission limit never could), and GPU memory is not
+    alerted on at all (vLLM takes its configured share on purpose): KV-cache pressure and
+    preemptions say when memory runs short.
+    """
 
     latency_p99_alert_s: float = 1.0
-    error_ratio_alert: float = 0.01
-    queue_depth_alert: float = 500
+    error_ratio_alert: float = 0.01  # of the availability SLO's events; a ticket, never a page
+    queue_full_ratio_alert: float = 0.8  # waiting requests over the engine's admitted waiting capacity
     gpu_utilization_low: float = 0.5
-    gpu_memory_high_ratio: float = 0.95
     kv_cache_high_ratio: float = 0.95
     gpu_temperature_high_celsius: float = 85
     preemptions_per_second_alert: float = 0.1
@@ -196,7 +201,7 @@ class Spec:
     service: str
     labels: dict[str, str]
     slos: tuple[Slo, ...]
-    operational: Operational
+    operational: Operational | None  # None: no operational alerts (the spec has no `operational` section)
     runbook_base_url: str
     source: str
     grafana_url: str = ""  # prefix of the alerts' dashboard links (empty: links relative to Grafana)

@@ -52,12 +52,14 @@ def parse_native(doc: Located) -> Spec:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise reader.fail(("slos", i, "name"), f"duplicate SLO name {name!r}")
-    return Spec(service, labels, tuple(slos), _parse_operational(reader, top.get("operational")),
+    operational = _parse_operational(reader, top["operational"]) if "operational" in top else None
+    return Spec(service, labels, tuple(slos), operational,
                 str(top.get("runbook_base_url", "docs/runbooks/")), doc.source,
                 grafana_url=str(top.get("grafana_url", "")).rstrip("/"))
 
 
-def _parse_operational(reader: FieldReader, value: Any) -> Operational:
+def _parse_operational(reader: FieldReader, value: Any) -> Operational | None:
+    """An `operational` section asks for the operational alerts (empty: the default thresholds)."""
     if value is None:
         return Operational()
     fields = Operational.__dataclass_fields__

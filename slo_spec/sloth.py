@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .fields import DEFAULT_MIN_EVENTS, DEFAULT_SEVERITY, FieldReader, alert_name, check_alerts_can_fire
-from .model import AlertTier, Operational, Sli, Slo, Spec
+from .model import AlertTier, Sli, Slo, Spec
 from .yaml_tree import Located, Path_
 
 SLOTH_TOP = ("version", "service", "labels", "slos")
@@ -28,7 +28,8 @@ def parse_sloth(doc: Located) -> Spec:
     if not isinstance(top["slos"], list) or not top["slos"]:
         raise reader.fail(("slos",), "expected a non-empty list of SLOs")
     slos = tuple(_slo(reader, item, ("slos", i)) for i, item in enumerate(top["slos"]))
-    return Spec(service, reader.labels(top.get("labels"), ("labels",)), slos, Operational(), "docs/runbooks/",
+    # No operational alerts: a Sloth spec's service need not be an LLM engine at all.
+    return Spec(service, reader.labels(top.get("labels"), ("labels",)), slos, None, "docs/runbooks/",
                 doc.source, format="prometheus/v1")
 
 

@@ -60,7 +60,8 @@ def test_memory_probe_without_nvml_reads_none():
 def test_every_status_a_generation_endpoint_answers_is_precreated_at_zero():
     """So the availability SLI's error series exist before the first error, and rate() counts that error."""
     registry = CollectorRegistry()
-    ServerMetrics(registry)
+    ServerMetrics(registry, max_waiting_requests=7)
+    assert registry.get_sample_value("slo_engine_max_waiting_requests") == 7  # the queue alert's denominator
     for endpoint in ("/v1/completions", "/v1/chat/completions"):
         for code in ("200", "429", "499", "500", "503", "504"):
             assert registry.get_sample_value("slo_engine_http_requests_total",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts.render import render
+from alerts.render import OPERATIONAL_FILE, render
 from dashboards.definitions import dashboards
 from dashboards.grafana import render as render_dashboards
 from alerts.unit_tests import NIGHT, predicted_firing, scenarios
 from slo_spec.load import DEFAULT_SPEC, load_spec, parse_spec
-from tests.helpers import REPO
-from tests.test_slo_spec import SLOTH
+from tests.helpers import FIXTURES, REPO
+from tests.test_slo_spec import AVAILABILITY, SLOTH
 
 COMMITTED = REPO / "alerts" / "generated"
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
@@ -124,6 +125,27 @@ def test_sloth_specs_generate_rules_promtool_accepts(tmp_path):
     rules = alerts_of(files["slo-requests-availability.rules.yaml"])
     assert [a["labels"]["severity"] for a in rules if a["alert"] == "LLMHighErrorRate"] == ["pageteam", "slack"]
     assert [a["labels"]["tier"] for a in alerts_of(files["slo-latency.rules.yaml"])] == ["ticket"]  # page disabled
+    assert OPERATIONAL_FILE not in files, "a Sloth spec's service need not be an LLM engine: no LLM alerts"
     result = subprocess.run(["promtool", "check", "rules", *map(str, rule_files(tmp_path))],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_operational_alerts_fire_and_stay_silent_as_written_by_hand():
+    """tests/fixtures/operational-alerts.test.yaml: inputs and expectations from the default thresholds and
+    `for:` durations, written by hand (not generated), a firing case and a silent case for every alert."""
+    fixture = FIXTURES / "operational-alerts.test.yaml"
+    result = subprocess.run(["promtool", "test", "rules", fixture.name], cwd=fixture.parent,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    tested = set(re.findall(r'alertname="(\w+)"', fixture.read_text()))
+    generated = {rule["alert"] for rule in alerts_of((COMMITTED / OPERATIONAL_FILE).read_text())}
+    assert tested == generated, f"operational alerts without a hand-written test: {generated - tested}"
+
+
+def test_operational_alerts_only_where_the_spec_asks():
+    body = "version: slo-sidecar/v1\nservice: s\nslos:\n" + AVAILABILITY
+    assert OPERATIONAL_FILE not in render(parse_spec(body, "s.yaml"))
+    assert OPERATIONAL_FILE in render(parse_spec(body + "operational: {}\n", "s.yaml"))
+    assert OPERATIONAL_FILE in render(load_spec(str(DEFAULT_SPEC)))
