@@ -34,15 +34,22 @@ def sloth_labels(spec: Spec, slo: Slo) -> dict[str, str]:
     return {"sloth_id": f"{spec.service}-{slo.name}", "sloth_service": spec.service, "sloth_slo": slo.name}
 
 
+def _which(spec: Spec) -> str:
+    """The service an alert is about, as its identity labels' values, for summaries: " (ns/model)"."""
+    if not spec.identity:
+        return ""
+    return " (" + "/".join(f"{{{{ $labels.{label} }}}}" for label in spec.identity) + ")"
+
+
 def _id_selector(spec: Spec, slo: Slo) -> str:
     return f'{{sloth_id="{spec.service}-{slo.name}", sloth_service="{spec.service}", sloth_slo="{slo.name}"}}'
 
 
-def _window_queries(slo: Slo, window: str) -> tuple[str, str | None, str | None]:
-    """(error ratio, error event rate, total event rate) over the window, as PromQL."""
+def _window_queries(spec: Spec, slo: Slo, window: str) -> tuple[str, str | None, str | None]:
+    """(error ratio, error event rate, total event rate) over the window, as PromQL, per service."""
     sli = slo.sli
     if sli.errors is not None and sli.total is not None:
-        errors, total = sli.errors.rate_promql(window), sli.total.rate_promql(window)
+        errors, total = sli.errors.rate_promql(window, spec.identity), sli.total.rate_promql(window, spec.identity)
     elif sli.raw_errors is not None and sli.raw_total is not None:
         errors = "(" + sli.raw_errors.replace("{{.window}}", window) + ")"
         total = "(" + sli.raw_total.replace("{{.window}}", window) + ")"
@@ -58,7 +65,7 @@ def recording_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     rules: list[dict[str, Any]] = []
     windows = [duration_label(w) for w in slo.windows() if w != slo.period_s]
     for window in windows:
-        ratio, errors, total = _window_queries(slo, window)
+        ratio, errors, total = _window_queries(spec, slo, window)
         rules.append({"record": f"slo:sli_error:ratio_rate{window}", "expr": ratio,
                       "labels": {**labels, "sloth_window": window}})
         if total is not None:
@@ -68,7 +75,7 @@ def recording_group(spec: Spec, slo: Slo) -> dict[str, Any]:
             rules.append({"record": f"slo:sli_error_events:rate{window}", "expr": errors,
                           "labels": {**labels, "sloth_window": window}})
     period, shortest, selector = slo.period, windows[0], _id_selector(spec, slo)
-    if _window_queries(slo, shortest)[2] is not None:
+    if _window_queries(spec, slo, shortest)[2] is not None:
         period_expr = (f"sum_over_time(slo:sli_error_events:rate{shortest}{selector}[{period}])\n"
                        f"/ ignoring (sloth_window)\n"
                        f"clamp_min(sum_over_time(slo:sli_total_events:rate{shortest}{selector}[{period}]), "
@@ -108,7 +115,7 @@ def metadata_group(spec: Spec, slo: Slo) -> dict[str, Any]:
 
 def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     selector = _id_selector(spec, slo)
-    guarded = _window_queries(slo, "5m")[2] is not None
+    guarded = _window_queries(spec, slo, "5m")[2] is not None
     rules: list[dict[str, Any]] = []
     for tier_name, for_ in (("page", PAGE_FOR), ("ticket", TICKET_FOR)):
         tier = getattr(slo, tier_name)
@@ -134,8 +141,8 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
             "labels": {**spec.labels, **slo.labels, **tier.labels, "severity": tier.severity,
                        "sloth_severity": tier_name, "tier": tier_name, **sloth_labels(spec, slo)},
             "annotations": {
-                "summary": f"{spec.service}: the {slo.name} SLO ({slo.objective:g}% over {slo.period}) is burning "
-                           f"its error budget too fast",
+                "summary": f"{spec.service}{_which(spec)}: the {slo.name} SLO ({slo.objective:g}% over "
+                           f"{slo.period}) is burning its error budget too fast",
                 "description": (f"{slo.description}. Error ratio {{{{ $value | humanizePercentage }}}} over the "
                                 f"short window; the {tier_name} fires at a burn of {windows} (error budget "
                                 f"{slo.error_budget * 100:.3g}%)."),
@@ -190,10 +197,12 @@ def operational_group(spec: Spec) -> dict[str, Any] | None:
     op = spec.operational
     if op is None:
         return None
+    who = ", ".join(spec.identity)
     base = spec.runbook_base_url
 
     boards = {"engine": definitions.engine(spec), "gpu": definitions.gpu(spec)}
     panels = {  # alert -> (dashboard, row, panel) its annotation links to
+        "LLMServiceDown": ("engine", "Traffic", "Requests by status"),
         "LLMEngineDown": ("engine", "Traffic", "Requests by status"),
         "LLMSidecarCollectorFailing": ("engine", "Traffic", "Requests by status"),
         "LLMSidecarAbsent": ("engine", "Traffic", "Requests by status"),
@@ -217,10 +226,20 @@ def operational_group(spec: Spec) -> dict[str, Any] | None:
                                 "dashboard_url": panel_url(spec.grafana_url, boards[board], row, title)}}
 
     rules = [
-        alert("LLMEngineDown", "sidecar_engine_up == 0", "1m", "critical",
-              "The inference engine is not answering its /metrics",
-              "The sidecar on {{ $labels.instance }} has failed to scrape the engine for over a minute "
-              "(sidecar_engine_up {{ $value }}).", "engine-down.md"),
+        # The whole service: every engine it had in the last hour is gone or not ready, whether or
+        # not the sidecars live (a dead pod takes its sidecar with it). A page.
+        alert("LLMServiceDown",
+              f"count by ({who}) (last_over_time(slo_engine_ready[1h]))\nunless on ({who})\n"
+              f"count by ({who}) (slo_engine_ready == 1)",
+              "2m", "critical", f"No engine of the service{_which(spec)} is serving",
+              "{{ $value }} engine(s) served it in the last hour and none is ready now, for 2 minutes: "
+              "nothing answers this service's requests.", "engine-down.md"),
+        # One pod: Prometheus cannot scrape an engine it scraped in the last hour. A ticket: the
+        # service's other pods and its SLOs say whether users notice.
+        alert("LLMEngineDown", "(up == 0)\nand on (instance, job)\nlast_over_time(slo_engine_ready[1h])", "2m",
+              "warning", "An inference engine is down",
+              "Prometheus has failed to scrape the engine at {{ $labels.instance }} for 2 minutes (up "
+              "{{ $value }}).", "engine-down.md"),
         alert("LLMSidecarCollectorFailing", "sidecar_collector_up == 0", "5m", "warning",
               "A sidecar collector is failing",
               "The {{ $labels.collector }} collector on {{ $labels.instance }} has been down for 5 minutes "
@@ -285,5 +304,5 @@ def inhibit_rules(spec: Spec) -> dict[str, Any]:
     return {"inhibit_rules": [{
         "source_matchers": ['tier="page"'],
         "target_matchers": ['tier="ticket"'],
-        "equal": ["sloth_id"],
+        "equal": ["sloth_id", *spec.identity],  # the same SLO of the same service, never another's
     }]}

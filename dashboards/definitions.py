@@ -37,8 +37,26 @@ def uid(spec: Spec, name: str) -> str:
     return f"slo-sidecar-{spec.service}-{name}"[:40]
 
 
-def _slo_selector(spec: Spec, slo: Slo) -> str:
+# The dashboard variable each identity label is filtered by, where there is one.
+IDENTITY_VARIABLES = {"namespace": "$namespace", "model_name": "$model"}
+
+
+def _slo_selector_static(spec: Spec, slo: Slo) -> str:
+    """The SLO's metadata rules (objective, budget), which carry no service identity."""
     return f'sloth_service="{spec.service}", sloth_slo="{slo.name}"'
+
+
+def _slo_selector(spec: Spec, slo: Slo) -> str:
+    """The SLO's recording rules, for the services the dashboard's variables pick."""
+    picked = "".join(f', {label}=~"{IDENTITY_VARIABLES[label]}"' for label in spec.identity
+                     if label in IDENTITY_VARIABLES)
+    return _slo_selector_static(spec, slo) + picked
+
+
+def _legend(spec: Spec, suffix: str = "") -> str:
+    """Which service a series is, by its identity labels (one line per service in a shared Prometheus)."""
+    who = "/".join(f"{{{{{label}}}}}" for label in spec.identity)
+    return " ".join(part for part in (who, suffix) if part)
 
 
 def slo_overview(spec: Spec) -> Dashboard:
@@ -66,12 +84,13 @@ def slo_overview(spec: Spec) -> Dashboard:
                   (Query(f"slo:current_burn_rate:ratio{{{selector}}}"),), "short", "stat",
                   thresholds=((1, ORANGE), (BURN_ALERTS_30D[0][3], RED)), width=6),
             Panel("Error budget burn-down", "The budget left over the period; below 0 the SLO is missed.",
-                  (Query(f"slo:period_error_budget_remaining:ratio{{{selector}}}", "remaining"),), "percentunit",
-                  thresholds=((0, RED),), threshold_lines=True),
+                  (Query(f"slo:period_error_budget_remaining:ratio{{{selector}}}", _legend(spec, "remaining")),),
+                  "percentunit", thresholds=((0, RED),), threshold_lines=True),
             Panel("Burn rate by window", "Each alert window's burn rate, with the page (14.4x, 6x) and ticket "
                   "(3x, 1x) lines: an alert fires when both its windows cross its line.",
-                  tuple(Query(f"slo:sli_error:ratio_rate{w}{{{selector}}}\n/ ignoring (sloth_window) "
-                              f"slo:error_budget:ratio{{{selector}}}", w) for w in windows), "short",
+                  tuple(Query(f"slo:sli_error:ratio_rate{w}{{{selector}}}\n/ on (sloth_id, sloth_service, sloth_slo) "
+                              f"group_left\nslo:error_budget:ratio{{{_slo_selector_static(spec, slo)}}}",
+                              _legend(spec, w)) for w in windows), "short",
                   thresholds=burn_lines, threshold_lines=True, min=0),
         )))
     return Dashboard(uid(spec, "slo"), f"{spec.service} / SLOs", "Objectives, error budgets and burn rates.",

@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from iokit.serving import listen
 from slo_spec import __version__
 from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
 from slo_spec.model import Spec
 
-from .metrics import ServerMetrics
+from .metrics import ConstantLabels, ServerMetrics
 from .server import EngineState, build_app, build_metrics_app
 from .settings import EngineSettings
 from .slo_judge import SloJudge
@@ -47,10 +47,13 @@ def resolve_model(settings: EngineSettings) -> tuple[str, str]:
 
 async def serve(settings: EngineSettings, spec: Spec) -> int:
     model_dir, served_name = resolve_model(settings)
-    tracer = setup_tracing(settings.trace_exporter, __version__, served_name)
-    metrics = ServerMetrics(max_waiting_requests=settings.max_waiting_requests)
+    # Our series go to a registry of their own, served through vLLM's with model_name added.
+    own = CollectorRegistry()
+    REGISTRY.register(ConstantLabels(own, {"model_name": served_name}))
+    tracer = setup_tracing(settings.trace_exporter, __version__, served_name, own)
+    metrics = ServerMetrics(own, max_waiting_requests=settings.max_waiting_requests)
     state = EngineState(settings=settings, served_model_name=served_name, metrics=metrics, tracer=tracer,
-                        judge=SloJudge(spec, REGISTRY))
+                        judge=SloJudge(spec, own))
     state.generations_idle.set()
     runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None)
     await runner.setup()

@@ -9,7 +9,10 @@ work from the first scrape.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import Metric
 
 from slo_spec.buckets import HTTP_DURATION_BUCKETS
 
@@ -48,6 +51,25 @@ CLIENT_CLOSED_REQUEST = 499
 # From 5 ms to 10 min: LLM requests span four orders of magnitude.
 # The spec module owns the bounds: a latency SLO on this histogram must use one of them.
 DURATION_BUCKETS = HTTP_DURATION_BUCKETS
+
+
+class ConstantLabels:
+    """prometheus_client collector: every family of `registry`, each sample with `labels` added.
+
+    The engine's own series carry the served model's name as `model_name`, as vLLM's do, so
+    an SLO can be scoped to one service (namespace and model) without a label taken from any
+    request: one process serves one model, so the value is a constant of the process.
+    """
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
+        self.registry = registry
+        self.labels = labels
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [sample._replace(labels={**sample.labels, **self.labels}) for sample in family.samples]
+            yield labelled
 
 
 class ServerMetrics:

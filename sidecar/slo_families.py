@@ -18,32 +18,35 @@ class SloCollector:
 
     def collect(self) -> Iterable[Metric]:
         states = self.tracker.states(time.time())
+        # The service's identity labels (e.g. model_name) on every series, as the rules' recordings carry them.
+        extra = [label for label in self.tracker.spec.identity if any(label in s.identity for s in states)]
+        per_slo, per_window = ["slo", *extra], ["slo", "window", *extra]
         ratio = GaugeMetricFamily("slo_sli_error_ratio", "Share of the SLI's events that were errors over the "
-                                  "window: 0 without events, absent until the SLI's series are seen.", labels=["slo", "window"])
+                                  "window: 0 without events, absent until the SLI's series are seen.",
+                                  labels=per_window)
         burn = GaugeMetricFamily("slo_burn_rate", "Error ratio over the window divided by the error budget "
-                                 "(1 - objective): 1 spends the budget exactly over the period.",
-                                 labels=["slo", "window"])
-        events = GaugeMetricFamily("slo_sli_events", "SLI events (requests) seen in the window.",
-                                   labels=["slo", "window"])
+                                 "(1 - objective): 1 spends the budget exactly over the period.", labels=per_window)
+        events = GaugeMetricFamily("slo_sli_events", "SLI events (requests) seen in the window.", labels=per_window)
         filled = GaugeMetricFamily("slo_window_filled", "1 once the sidecar has data for the whole window; "
-                                   "before that the figures cover only what it has seen.", labels=["slo", "window"])
-        objective = GaugeMetricFamily("slo_objective_ratio", "The SLO's objective, 0-1.", labels=["slo"])
+                                   "before that the figures cover only what it has seen.", labels=per_window)
+        objective = GaugeMetricFamily("slo_objective_ratio", "The SLO's objective, 0-1.", labels=per_slo)
         remaining = GaugeMetricFamily("slo_error_budget_remaining_ratio", "Share of the period's error budget "
-                                      "left (negative once overspent).", labels=["slo"])
+                                      "left (negative once overspent).", labels=per_slo)
         firing = GaugeMetricFamily("slo_alert_firing", "1 while the multi-window burn-rate condition of the "
-                                   "SLO's page or ticket alert holds (no `for:`).", labels=["slo", "severity", "tier"])
+                                   "SLO's page or ticket alert holds (no `for:`).",
+                                   labels=["slo", "severity", "tier", *extra])
         for state in states:
-            name = state.slo.name
-            objective.add_metric([name], state.slo.objective_ratio)
+            name, who = state.slo.name, [state.identity.get(label, "") for label in extra]
+            objective.add_metric([name, *who], state.slo.objective_ratio)
             if state.budget_remaining is not None:
-                remaining.add_metric([name], state.budget_remaining)
+                remaining.add_metric([name, *who], state.budget_remaining)
             for window in state.windows:
-                labels = [name, window.window]
+                labels = [name, window.window, *who]
                 events.add_metric(labels, window.events)
                 filled.add_metric(labels, float(window.filled))
                 if window.error_ratio is not None:
                     ratio.add_metric(labels, window.error_ratio)
                     burn.add_metric(labels, window.burn_rate)
             for tier, holds in state.firing.items():
-                firing.add_metric([name, getattr(state.slo, tier).severity, tier], float(holds))
+                firing.add_metric([name, getattr(state.slo, tier).severity, tier, *who], float(holds))
         yield from (ratio, burn, events, filled, objective, remaining, firing)

@@ -107,6 +107,7 @@ class SloState:
     windows: list[SloWindow]
     budget_remaining: float | None  # over the period: 1 - period burn rate
     firing: dict[str, bool]  # tier -> the burn-rate condition holds
+    identity: dict[str, str] = field(default_factory=dict)  # the service's identity labels on its series
 
 
 @dataclass
@@ -129,6 +130,15 @@ class TrackedSlo:
         self.cumulative[1] += max(0.0, total)
         for tier in self.tiers:
             tier.record(t, *self.cumulative)
+
+    def identity(self, labels: tuple[str, ...]) -> dict[str, str]:
+        """The identity labels the SLI's series carry (model_name from the engine; namespace is a target
+        label Prometheus adds to the sidecar's series too). One sidecar watches one engine: one service."""
+        for _, term in self.totals:
+            for series in term.last:
+                found = dict(series)
+                return {label: found[label] for label in labels if label in found}
+        return {}
 
     def window(self, now: float, seconds: int) -> tuple[float, float]:
         """(errors, total) in the window ending now, from the finest tier that reaches back far enough."""
@@ -199,7 +209,7 @@ class SloTracker:
                                 and _over(by_seconds[a.short_s], a.factor * budget, 0) for a in alerts)
                       for tier, alerts in tracked.alerts.items()}
             remaining = None if period.burn_rate is None else 1 - period.burn_rate
-            states.append(SloState(slo, windows, remaining, firing))
+            states.append(SloState(slo, windows, remaining, firing, tracked.identity(self.spec.identity)))
         return states
 
     # --- surviving a restart ------------------------------------------------------------------------

@@ -13,6 +13,10 @@ import re
 from dataclasses import dataclass, field
 
 SPEC_VERSION = "slo-sidecar/v1"
+# The labels that tell one service from another in a shared Prometheus: its namespace (a target
+# label Kubernetes service discovery adds) and the served model's name (on vLLM's series and the
+# engine's own). Every native SLI is summed by them: N services get N SLOs, N pods of one service one.
+DEFAULT_IDENTITY = ("namespace", "model_name")
 DAY = 86_400
 PERIODS = {"7d": 7 * DAY, "14d": 14 * DAY, "28d": 28 * DAY, "30d": 30 * DAY}
 
@@ -97,10 +101,12 @@ class EventSum:
 
     terms: tuple[tuple[int, Selection], ...]
 
-    def rate_promql(self, window: str) -> str:
+    def rate_promql(self, window: str, by: tuple[str, ...] = ()) -> str:
+        """The events per second over the window, summed per service (`by` its identity labels)."""
+        grouping = f" by ({', '.join(by)}) " if by else ""
         text = ""
         for sign, selection in self.terms:
-            term = f"sum(rate({selection.promql()}[{window}]))"
+            term = f"sum{grouping}(rate({selection.promql()}[{window}]))"
             text = term if not text else f"{text} {'+' if sign > 0 else '-'} {term}"
         return text if len(self.terms) == 1 else f"({text})"
 
@@ -206,6 +212,7 @@ class Spec:
     source: str
     grafana_url: str = ""  # prefix of the alerts' dashboard links (empty: links relative to Grafana)
     format: str = SPEC_VERSION  # or "prometheus/v1" for a Sloth spec
+    identity: tuple[str, ...] = DEFAULT_IDENTITY  # () for a Sloth spec: its queries keep their own scope
 
 
 DURATION_UNITS = {"d": DAY, "h": 3600, "m": 60, "s": 1}  # largest first

@@ -13,6 +13,7 @@ from typing import Any
 from .buckets import KNOWN_BUCKETS, MEASURE_HISTOGRAMS
 from .fields import DEFAULT_MIN_EVENTS, DEFAULT_SEVERITY, FieldReader, alert_name, check_alerts_can_fire
 from .model import (
+    DEFAULT_IDENTITY,
     MEASURES,
     PERIODS,
     SLO_COUNTER,
@@ -30,7 +31,7 @@ from .model import (
 )
 from .yaml_tree import Located, Path_
 
-TOP_FIELDS = ("version", "service", "labels", "runbook_base_url", "grafana_url", "operational", "slos")
+TOP_FIELDS = ("version", "service", "identity", "labels", "runbook_base_url", "grafana_url", "operational", "slos")
 SLO_FIELDS = ("name", "description", "objective", "period", "selector", "labels", "sli", "alerting")
 ALERTING_FIELDS = ("name", "labels", "annotations", "min_events", "page", "ticket")
 TIER_FIELDS = ("enabled", "severity", "labels", "annotations")
@@ -55,7 +56,19 @@ def parse_native(doc: Located) -> Spec:
     operational = _parse_operational(reader, top["operational"]) if "operational" in top else None
     return Spec(service, labels, tuple(slos), operational,
                 str(top.get("runbook_base_url", "docs/runbooks/")), doc.source,
-                grafana_url=str(top.get("grafana_url", "")).rstrip("/"))
+                grafana_url=str(top.get("grafana_url", "")).rstrip("/"),
+                identity=_parse_identity(reader, top.get("identity", list(DEFAULT_IDENTITY))))
+
+
+def _parse_identity(reader: FieldReader, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise reader.fail(("identity",), "expected a non-empty list of label names, like [namespace, model_name]")
+    for i, label in enumerate(value):
+        if not isinstance(label, str) or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", label):
+            raise reader.fail(("identity", i), f"not a valid Prometheus label name: {label!r}")
+        if label in value[:i]:
+            raise reader.fail(("identity", i), f"{label!r} is named twice")
+    return tuple(value)
 
 
 def _parse_operational(reader: FieldReader, value: Any) -> Operational | None:

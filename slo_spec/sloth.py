@@ -30,7 +30,7 @@ def parse_sloth(doc: Located) -> Spec:
     slos = tuple(_slo(reader, item, ("slos", i)) for i, item in enumerate(top["slos"]))
     # No operational alerts: a Sloth spec's service need not be an LLM engine at all.
     return Spec(service, reader.labels(top.get("labels"), ("labels",)), slos, None, "docs/runbooks/",
-                doc.source, format="prometheus/v1")
+                doc.source, format="prometheus/v1", identity=())
 
 
 def _slo(reader: FieldReader, value: Any, path: Path_) -> Slo:

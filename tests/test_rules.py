@@ -111,7 +111,13 @@ def test_page_and_ticket_share_the_labels_the_inhibition_needs():
     inhibit = yaml.safe_load(files["alertmanager/inhibit-rules.yaml"])["inhibit_rules"][0]
     burn = [a for a in alerts_of(files["slo-availability.rules.yaml"]) if a["alert"] == "AvailabilitySLO"]
     assert {a["labels"]["tier"] for a in burn} == {"page", "ticket"}
-    assert all(label in a["labels"] for a in burn for label in inhibit["equal"])
+    identity = load_spec(str(DEFAULT_SPEC)).identity
+    # The SLO's id is a static label; the service's identity comes with the series, summed by it.
+    assert inhibit["equal"] == ["sloth_id", *identity]
+    assert all("sloth_id" in a["labels"] for a in burn)
+    assert all(f"sum by ({', '.join(identity)}) (rate(" in rule["expr"] for group in
+               yaml.safe_load(files["slo-availability.rules.yaml"])["groups"] for rule in group["rules"]
+               if rule.get("record", "").startswith("slo:sli_total_events:rate"))
     assert {a["labels"]["severity"] for a in burn} == {"critical", "warning"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -256,3 +257,24 @@ def test_a_histogram_latency_slo_is_still_there_for_a_server_that_does_not_judge
         sli = parse_spec(HEAD + body, "slo.yaml").slos[0].sli
         assert sli.source == "histogram" and not sli.targets
         assert sli.total.rate_promql("5m") == "sum(rate(vllm:request_queue_time_seconds_count[5m]))"
+
+
+def test_every_native_sli_is_summed_by_the_services_identity():
+    spec = load_spec(str(DEFAULT_SPEC))
+    assert spec.identity == ("namespace", "model_name")
+    rate = spec.slos[0].sli.total.rate_promql("5m", spec.identity)
+    assert rate.startswith("sum by (namespace, model_name) (rate(slo_engine_http_requests_total{")
+    scoped = parse_spec("version: slo-sidecar/v1\nservice: s\nidentity: [cluster, namespace, model_name]\nslos:\n"
+                        + AVAILABILITY, "s.yaml")
+    assert scoped.identity == ("cluster", "namespace", "model_name")
+    assert parse_spec(SLOTH, "sloth.yaml").identity == (), "a Sloth spec's queries keep the scope their author chose"
+
+
+@pytest.mark.parametrize("identity, message", [
+    ("[]", "identity: expected a non-empty list of label names"),
+    ("[namespace, model-name]", "identity[1]: not a valid Prometheus label name: 'model-name'"),
+    ("[namespace, namespace]", "identity[1]: 'namespace' is named twice"),
+])
+def test_a_bad_identity_is_named(identity, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        parse_spec(f"version: slo-sidecar/v1\nservice: s\nidentity: {identity}\nslos:\n" + AVAILABILITY, "s.yaml")

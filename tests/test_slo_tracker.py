@@ -128,3 +128,17 @@ def test_state_survives_a_restart_but_not_another_spec_or_old_age():
     other = load_spec(str(DEFAULT_SPEC)).__class__(**{**SPEC.__dict__, "slos": SPEC.slos[:1]})
     assert "another SLO spec" in SloTracker(other).restore(saved, now=700.0)
     assert "older than" in SloTracker(SPEC).restore(saved, now=600.0 + 31 * 86_400)
+
+
+def test_the_sidecars_slo_series_carry_the_services_identity():
+    """model_name comes with the engine's series; namespace is Prometheus's target label, never the sidecar's."""
+    from sidecar.slo_families import SloCollector
+
+    tracker = SloTracker(SPEC)
+    labels = (("code", "200"), ENDPOINT, ("model_name", "tiny-llama"))
+    for second, count in ((0, 10.0), (10, 20.0)):
+        tracker.observe([Sample("slo_engine_http_requests_total", labels, count)], float(second))
+    assert availability(tracker, 10.0).identity == {"model_name": "tiny-llama"}
+    families = {family.name: family for family in SloCollector(tracker).collect()}
+    burn = [s for s in families["slo_burn_rate"].samples if s.labels["slo"] == "availability"]
+    assert burn and all(s.labels["model_name"] == "tiny-llama" and "namespace" not in s.labels for s in burn)
