@@ -137,6 +137,11 @@ def test_manifests_agree_with_the_code(overlay):
     assert engine["startupProbe"]["httpGet"] == {"path": "/health", "port": "api"}
     startup_window = engine["startupProbe"]["periodSeconds"] * engine["startupProbe"]["failureThreshold"]
     assert startup_window >= (600 if overlay == "gpu" else 120), "the start-up probe must outlast the model load"
+    if overlay == "gpu":  # sized for a real model: every admitted sequence's full context fits in the KV cache
+        kv_per_token = 2 * 32 * 8 * 128 * 2  # an 8B Llama: K and V, 32 layers, 8 KV heads of 128, bf16
+        assert engine_settings.max_model_len >= 8192
+        assert engine_settings.kv_cache_gib * 2**30 >= (
+            engine_settings.max_num_seqs * engine_settings.max_model_len * kv_per_token)
 
     # The sidecar scrapes the engine's metrics port over loopback and serves its own on its port.
     flags = sidecar_flags(sidecar["args"][1:])
