@@ -146,7 +146,7 @@ def bench_process(text: str, workdir: Path, cpu_window_s: float) -> dict:
     server = ExpositionServer(text).start()
     try:
         with SidecarProcess(workdir / "sidecar.log", server.url, "--engine-interval-s", "1", "--fake-gpu", "1",
-                            "--gpu-interval-s", "1").start() as sidecar:
+                            "--gpu-scope", "all", "--gpu-interval-s", "1").start() as sidecar:
             sidecar.wait_ready()
             time.sleep(3)  # past start-up
             pid = sidecar.process.pid

@@ -50,6 +50,28 @@ def evaluate_health(phase: Phase, engine_dead: bool, memory_used_ratio: float | 
     return HealthReport("healthy", reason, 200, memory_used_ratio)
 
 
+def visible_gpu_uuids(nvml: object | None = None) -> list[str]:
+    """The UUIDs of the GPUs this process can use, from NVML; [] without NVML, driver or GPU.
+
+    In a Kubernetes pod the NVIDIA container runtime exposes to the engine container only the GPUs
+    the device plugin gave it, so this is the pod's allocation: the sidecar, which may see every
+    GPU of the node, reports only these.
+    """
+    try:
+        if nvml is None:
+            import pynvml as nvml
+        nvml.nvmlInit()  # type: ignore[attr-defined]
+        try:
+            uuids = [nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))  # type: ignore[attr-defined]
+                     for i in range(nvml.nvmlDeviceGetCount())]  # type: ignore[attr-defined]
+        finally:
+            nvml.nvmlShutdown()  # type: ignore[attr-defined]
+    except Exception as exc:  # no library, no driver, no GPU: all mean "no accelerator"
+        log.info("no GPU visible to the engine (NVML: %s)", exc)
+        return []
+    return [uuid.decode() if isinstance(uuid, bytes) else str(uuid) for uuid in uuids]
+
+
 class AcceleratorMemoryProbe:
     """The highest memory-used ratio over the visible GPUs; None without NVML or GPUs.
 

@@ -23,6 +23,7 @@ from slo_spec import __version__
 from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
 from slo_spec.model import Spec
 
+from .health import visible_gpu_uuids
 from .metrics import ConstantLabels, ServerMetrics
 from .server import EngineState, build_app, build_metrics_app
 from .settings import EngineSettings
@@ -52,6 +53,8 @@ async def serve(settings: EngineSettings, spec: Spec) -> int:
     REGISTRY.register(ConstantLabels(own, {"model_name": served_name}))
     tracer = setup_tracing(settings.trace_exporter, __version__, served_name, own)
     metrics = ServerMetrics(own, max_waiting_requests=settings.max_waiting_requests)
+    for uuid in visible_gpu_uuids():
+        metrics.accelerators.labels(uuid=uuid).set(1)
     state = EngineState(settings=settings, served_model_name=served_name, metrics=metrics, tracer=tracer,
                         judge=SloJudge(spec, own))
     state.generations_idle.set()

@@ -106,6 +106,11 @@ class ServerMetrics:
             registry=registry,
         )
         self.max_waiting.set(max_waiting_requests)
+        self.accelerators = Gauge(
+            PREFIX + "accelerator_info",
+            "1 for each GPU this engine can use (by NVML UUID): the pod's own, which the sidecar reports.",
+            ["uuid"], registry=registry,
+        )
         for reason in ERROR_REASONS:
             self.errors.labels(reason=reason)
         for endpoint in GENERATION_ENDPOINTS:

@@ -193,11 +193,13 @@ def build_collectors(config: SidecarConfig, tracker: SloTracker | None = None
         nvml = fake_nvml.fake_gpus(config.fake_gpu, processes=fake_nvml.engine_holds_memory(find_engine))
     else:
         import pynvml as nvml
+    engine = EngineCollector(config, tracker)
     gpu = GpuCollector(nvml, interval_s=config.gpu_interval_s, timeout_s=config.gpu_timeout_s,
                        backoff_max_s=config.gpu_backoff_max_s,
                        pod=PodLabels(config.pod, config.namespace, config.container), engine_pids=find_engine,
-                       dcgm_compat=config.dcgm_compat, hostname=os.environ.get("NODE_NAME"))
-    return EngineCollector(config, tracker), gpu
+                       dcgm_compat=config.dcgm_compat, hostname=os.environ.get("NODE_NAME"),
+                       scope=config.gpu_scope, engine_gpus=lambda: engine.engine_gpus)
+    return engine, gpu
 
 
 def generation_rate(engine: EngineCollector) -> float | None:

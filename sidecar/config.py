@@ -43,6 +43,7 @@ class SidecarConfig:
     gpu_timeout_s: float = 1.5
     gpu_backoff_max_s: float = 60.0
     fake_gpu: int = 0
+    gpu_scope: str = "pod"  # pod: only the pod's own GPUs; all: every GPU NVML sees (a whole node)
     dcgm_compat: bool = False
     engine_pid: int | None = None
     engine_process_pattern: str = DEFAULT_PATTERN
@@ -119,6 +120,12 @@ def _string(value: Any) -> str:
     return value
 
 
+def _gpu_scope(value: Any) -> str:
+    if value not in ("pod", "all"):
+        raise ValueError(f"expected pod or all, got {value!r}")
+    return value
+
+
 def _log_level(value: Any) -> str:
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError(f"expected one of DEBUG, INFO, WARNING, ERROR, got {value!r}")
@@ -141,6 +148,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "gpu_timeout_s": (_positive_number, "timeout of one GPU read"),
     "gpu_backoff_max_s": (_positive_number, "longest wait between GPU retries while NVML is unavailable"),
     "fake_gpu": (_count, "serve this many FAKE H100s instead of NVML (demos and tests without a GPU)"),
+    "gpu_scope": (_gpu_scope, "pod: report only the pod's GPUs (those the engine says it can use, else those "
+                              "its processes hold); all: every GPU NVML sees"),
     "dcgm_compat": (_bool, "also serve dcgm-exporter's names and labels (DCGM_FI_DEV_GPU_UTIL, ...)"),
     "engine_pid": (_positive_int, "the engine's PID, for GPU memory attribution (default: found by "
                    "engine_process_pattern)"),

@@ -20,7 +20,8 @@ from .exposition import SampleFilter, parse
 from .slo_tracker import SloTracker
 
 PROCESS_START = "process_start_time_seconds"
-SCRAPE_FAMILIES = SampleFilter([*FAMILIES.families, PROCESS_START])
+ACCELERATOR_INFO = "slo_engine_accelerator_info"  # the engine's GPUs by UUID: the pod's own
+SCRAPE_FAMILIES = SampleFilter([*FAMILIES.families, PROCESS_START, ACCELERATOR_INFO])
 SCRAPE_ERROR_REASONS = ("connection", "timeout", "http_status", "too_large", "truncated", "malformed")
 # The classic text format: the sidecar needs no exemplars, and prometheus_client's
 # OpenMetrics writer (0.26) renames vllm:* samples unless told otherwise, which a
@@ -66,6 +67,7 @@ class EngineCollector:
         self.url = config.engine_url + "/metrics"
         self.deriver = EngineStatsDeriver(window_s=config.rate_window_s)
         self.last_stats: EngineStats | None = None
+        self.engine_gpus: frozenset[str] = frozenset()  # UUIDs of the GPUs the engine said it can use
         self.samples_dropped = 0  # in the last scrape, over max_engine_series
         self._session: aiohttp.ClientSession | None = None
 
@@ -75,6 +77,7 @@ class EngineCollector:
         text, openmetrics = await fetch_exposition(self._session, self.url, self.config.engine_max_bytes)
         samples = self._capped(parse(text, self.wanted, openmetrics))  # ExpositionError is a CollectError
         start_time = next((s.value for s in samples if s.name == PROCESS_START), None)
+        self.engine_gpus = frozenset(dict(s.labels).get("uuid", "") for s in samples if s.name == ACCELERATOR_INFO)
         if self.tracker is not None:
             self.tracker.observe(samples, time.time(), start_time)
         self.last_stats = self.deriver.update(samples, time.monotonic(), start_time)

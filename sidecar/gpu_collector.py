@@ -21,15 +21,30 @@ from .gpu_families import PodLabels, gpu_families
 from .nvml_reader import ALL_ERROR_REASONS, HINTS, GpuReading, NvmlReader, NvmlReadError
 
 
+def pod_readings(readings: list[GpuReading], engine_gpus: frozenset[str]) -> list[GpuReading]:
+    """The pod's own GPUs among those NVML sees (a sidecar may see every GPU of its node).
+
+    Those the engine says it can use (`slo_engine_accelerator_info`: its container sees only the
+    GPUs the device plugin gave it); where it says none (not scraped yet, or a CPU engine), those
+    its processes hold memory on. Neither: none, rather than another pod's GPUs.
+    """
+    if engine_gpus:
+        return [r for r in readings if r.identity.uuid in engine_gpus]
+    return [r for r in readings if r.engine_processes]
+
+
 class GpuCollector:
     name = "gpu"
     error_reasons = ALL_ERROR_REASONS
 
     def __init__(self, nvml: ModuleType | Any, *, interval_s: float, timeout_s: float, backoff_max_s: float,
                  pod: PodLabels, engine_pids: Callable[[], set[int]] = set, dcgm_compat: bool = False,
-                 hostname: str | None = None):
+                 hostname: str | None = None, scope: str = "pod",
+                 engine_gpus: Callable[[], frozenset[str]] = frozenset):
         self.interval_s, self.timeout_s, self.backoff_max_s = interval_s, timeout_s, backoff_max_s
         self.reader = NvmlReader(nvml, engine_pids)
+        self.scope = scope
+        self.engine_gpus = engine_gpus
         self.pod = pod
         self.dcgm_compat = dcgm_compat
         self.hostname = hostname or socket.gethostname()
@@ -49,6 +64,10 @@ class GpuCollector:
             readings, xids = await asyncio.wrap_future(self._running)
         except NvmlReadError as error:
             raise CollectError(error.reason, _explain(error)) from None
+        if self.scope == "pod":
+            readings = pod_readings(readings, self.engine_gpus())
+            ours = {reading.identity.index for reading in readings}
+            xids = [(index, xid) for index, xid in xids if index in ours]
         for index, xid in xids:
             self.xid_counts[(index, xid)] = self.xid_counts.get((index, xid), 0) + 1
             self.last_xid[index] = xid

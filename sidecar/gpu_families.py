@@ -85,7 +85,7 @@ def gpu_families(readings: list[GpuReading], xid_counts: dict[tuple[int, int], i
     def labels_of(identity: GpuIdentity) -> list[str]:
         return [str(identity.index), identity.uuid, identity.model_name, *extra_values]
 
-    families: list[Metric] = [GaugeMetricFamily("sidecar_gpus", "GPUs NVML sees in this pod.",
+    families: list[Metric] = [GaugeMetricFamily("sidecar_gpus", "The pod's GPUs the sidecar reports (gpu_scope).",
                                                 value=len(readings))]
 
     def per_gpu(family: Metric, value_of: Callable[[GpuReading], float | None], *more: str) -> None:

@@ -35,3 +35,19 @@ async def test_samples_over_the_cap_are_dropped_and_counted():
     finally:
         server.stop()
     assert wanted > 50
+
+
+@run_async
+async def test_the_engines_gpus_are_read_from_its_accelerator_info():
+    extra = ('# TYPE slo_engine_accelerator_info gauge\n'
+             'slo_engine_accelerator_info{model_name="m",uuid="GPU-aaa"} 1.0\n'
+             'slo_engine_accelerator_info{model_name="m",uuid="GPU-bbb"} 1.0\n')
+    server = ExpositionServer(VLLM_EXPOSITION.read_text() + extra).start()
+    try:
+        engine = EngineCollector(dataclasses.replace(SidecarConfig(), engine_url=server.url))
+        assert engine.engine_gpus == frozenset()
+        await engine.collect()
+        await engine.close()
+    finally:
+        server.stop()
+    assert engine.engine_gpus == {"GPU-aaa", "GPU-bbb"}

@@ -106,3 +106,19 @@ def test_bad_model_directory_is_a_clear_error(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "not a Hugging Face model directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_engine_names_the_gpus_it_can_use_by_uuid():
+    from engine.health import visible_gpu_uuids
+    from sidecar.fake_nvml import fake_gpus
+
+    nvml = fake_gpus(2)
+    assert visible_gpu_uuids(nvml) == [gpu.uuid for gpu in nvml.gpus]
+    assert visible_gpu_uuids(type(nvml)(library_present=False)) == []
+
+
+def test_without_nvml_the_engine_names_no_gpu():
+    skip_if_nvml_loads()
+    from engine.health import visible_gpu_uuids
+
+    assert visible_gpu_uuids() == []

@@ -29,7 +29,7 @@ POD = PodLabels("engine-pod-0", "inference", "engine")
 
 
 def collector(nvml: FakeNvml, **kwargs) -> GpuCollector:
-    options = dict(interval_s=1.0, timeout_s=1.0, backoff_max_s=60.0, pod=POD, hostname="node-a")
+    options = dict(interval_s=1.0, timeout_s=1.0, backoff_max_s=60.0, pod=POD, hostname="node-a", scope="all")
     return GpuCollector(nvml, **{**options, **kwargs})
 
 
@@ -302,3 +302,42 @@ def test_the_fake_raises_the_real_library_errors():
     nvml.lost = True
     with pytest.raises(pynvml.NVMLError_GpuIsLost):
         nvml.nvmlDeviceGetUtilizationRates(nvml.nvmlDeviceGetHandleByIndex(0))
+
+
+def gpus_in(samples: dict) -> set[str]:
+    return {dict(labels)["gpu"] for (name, labels), _ in samples.items() if name == "sidecar_gpu_utilization_ratio"}
+
+
+@run_async
+async def test_only_the_pods_own_gpus_are_reported_not_the_nodes():
+    """A node of 4 GPUs; the engine holds GPUs 1 and 3. Pod scope reports those two, and counts XIDs on them only."""
+    engine_pid, other_pid = os.getpid(), 999_999_998
+    nvml = fake_gpus(4)
+    for index, gpu in enumerate(nvml.gpus):
+        held_by = engine_pid if index in (1, 3) else other_pid
+        gpu.processes = lambda held_by=held_by: [(held_by, 40 * 1024 ** 3)]
+    nvml.gpus[0].pending_xids.append(79)  # another pod's GPU falls off the bus: not this pod's alert
+    nvml.gpus[3].pending_xids.append(13)
+    gpu = collector(nvml, scope="pod", engine_pids=lambda: {engine_pid})
+    for _ in range(2):
+        samples = await exposition(gpu)
+    assert gpus_in(samples) == {"1", "3"} and metric(samples, "sidecar_gpus") == 2 and gpu.gpu_count == 2
+    xids = {(dict(labels)["gpu"], dict(labels)["xid"]) for (name, labels), _ in samples.items()
+            if name == "sidecar_gpu_xid_errors_total"}
+    assert xids == {("3", "13")}
+
+    # Once the engine says which GPUs its container was given, those are the pod's, whoever holds memory.
+    told = collector(nvml, scope="pod", engine_pids=lambda: {engine_pid},
+                     engine_gpus=lambda: frozenset({nvml.gpus[2].uuid}))
+    assert gpus_in(await exposition(told)) == {"2"}
+    assert metric(await exposition(collector(nvml, scope="all")), "sidecar_gpus") == 4
+
+
+def test_pod_readings_prefer_what_the_engine_says_then_its_processes_then_nothing():
+    from sidecar.gpu_collector import pod_readings
+    from sidecar.nvml_reader import GpuIdentity, GpuReading
+
+    readings = [GpuReading(GpuIdentity(i, f"GPU-{i}", "H100", i), engine_processes=p) for i, p in enumerate((0, 1, 0))]
+    assert [r.identity.index for r in pod_readings(readings, frozenset({"GPU-2"}))] == [2]
+    assert [r.identity.index for r in pod_readings(readings, frozenset())] == [1]
+    assert pod_readings([r for r in readings if not r.identity.index == 1], frozenset()) == []

@@ -82,7 +82,8 @@ def test_preview_pages_draw_in_headless_chromium(tmp_path):
     from PIL import Image
 
     dead_engine = f"http://127.0.0.1:{free_port()}"  # the engine panels read "No data"; the GPU ones draw
-    with SidecarProcess(tmp_path / "sidecar.log", dead_engine, "--fake-gpu", "2", "--gpu-interval-s", "1",
+    with SidecarProcess(tmp_path / "sidecar.log", dead_engine, "--fake-gpu", "2", "--gpu-scope", "all",
+                        "--gpu-interval-s", "1",
                         "--gpu-hourly-usd", "4").start() as sidecar:
         sidecar.wait_ready()
         with PrometheusProcess(tmp_path, {"sidecar": sidecar.url.removeprefix("http://")}, []).start() as prometheus:

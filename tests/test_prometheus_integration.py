@@ -106,7 +106,8 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
     headers = {"Authorization": f"Bearer {API_KEY}"}
     # One fake GPU and a price, so the GPU and cost panels have data to show too.
     with SidecarProcess(tmp_path / "sidecar.log", engine.url, "--engine-interval-s", "1", "--slo", str(spec_file),
-                        "--fake-gpu", "1", "--gpu-interval-s", "1", "--gpu-hourly-usd", "4").start() as sidecar:
+                        "--fake-gpu", "1", "--engine-pid", str(engine.process.pid), "--gpu-interval-s", "1",
+                        "--gpu-hourly-usd", "4").start() as sidecar:
         sidecar.wait_ready()
         targets = {"engine": engine.url.removeprefix("http://"), "sidecar": sidecar.url.removeprefix("http://")}
         with PrometheusProcess(tmp_path, targets, rules).start() as prometheus:

@@ -106,7 +106,7 @@ def test_bad_scrapes_are_counted_last_good_values_kept_then_withdrawn_when_stale
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
 def test_promtool_accepts_the_sidecar_exposition(tmp_path, exposition_server):
     with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL,
-                        "--fake-gpu", "2", "--gpu-interval-s", INTERVAL, "--dcgm-compat", "true",
+                        "--fake-gpu", "2", "--gpu-scope", "all", "--gpu-interval-s", INTERVAL, "--dcgm-compat", "true",
                         "--gpu-hourly-usd", "4", "--pod", "engine-pod-0", "--namespace", "inference",
                         "--container", "engine").start() as sidecar:
         sidecar.wait_ready()
