@@ -65,6 +65,7 @@ class LiveView:
             "errors": f"slo:sli_error:ratio_rate5m{{{selector}}}",
             "burn 5m": f"slo:sli_error:ratio_rate5m{{{selector}}} / {budget}",
             "burn 1h": f"slo:sli_error:ratio_rate1h{{{selector}}} / {budget}",
+            "budget": f"slo:period_error_budget_remaining:ratio{{{selector}}}",
             "sidecar 5m": f'slo_burn_rate{{slo="{slo.name}", window="5m"}}',
             "queue": "sum(vllm:num_requests_waiting)",
         }
@@ -72,8 +73,8 @@ class LiveView:
         self.states_seen: dict[str, float] = {}
 
     def header(self) -> str:
-        return f"  {'time':>6} {'req/s':>6} {'errors':>7} {'burn 5m':>8} {'burn 1h':>8} {'sidecar 5m':>10} " \
-               f"{'page alert':>11} {'queue':>5}  what is happening"
+        return f"  {'time':>6} {'req/s':>6} {'errors':>7} {'burn 5m':>8} {'burn 1h':>8} {'budget':>7} " \
+               f"{'sidecar 5m':>10} {'page alert':>11} {'queue':>5}  what is happening"
 
     def _ask(self, expr: str) -> list[dict] | None:
         """The query's result; None when Prometheus did not answer in time (on 2 busy cores it
@@ -106,7 +107,8 @@ class LiveView:
             return "-" if value is None else "?" if math.isnan(value) else form.format(value)
 
         return (f"  {elapsed:5.0f}s {show('req/s', '{:.1f}'):>6} {show('errors', '{:.1%}'):>7} "
-                f"{show('burn 5m', '{:.1f}x'):>8} {show('burn 1h', '{:.1f}x'):>8} {show('sidecar 5m', '{:.1f}x'):>10} "
+                f"{show('burn 5m', '{:.1f}x'):>8} {show('burn 1h', '{:.1f}x'):>8} {show('budget', '{:.1%}'):>7} "
+                f"{show('sidecar 5m', '{:.1f}x'):>10} "
                 f"{state:>11} {show('queue', '{:.0f}'):>5}  {phase}")
 
 
@@ -129,7 +131,8 @@ async def drive_load(engine_url: str, view: LiveView) -> None:
 
         clients = [asyncio.create_task(client()) for _ in range(CLIENTS)]
         print(view.header(), flush=True)
-        print("  (errors and burn read '-' until the first error: Prometheus has no error series before it)")
+        print("  (every series the SLIs read exists at 0 from the first scrape: a healthy service reads burn "
+              "0.0x and budget 100%; '-' only until Prometheus has two samples for rate())")
         started = time.monotonic()
         burst_at = recovered_at = None
         try:
@@ -192,7 +195,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"  engine on {engine.url}: ready in {engine.wait_ready():.0f} s")
         sidecar = stack.enter_context(SidecarProcess(
             logs / "sidecar.log", engine.url, "--engine-interval-s", "1", "--fake-gpu", "1",
-            "--gpu-interval-s", "1", "--gpu-hourly-usd", "2.5").start())
+            "--engine-pid", str(engine.process.pid), "--gpu-interval-s", "1", "--gpu-hourly-usd", "2.5").start())
         sidecar.wait_ready()
         print(f"  sidecar on {sidecar.url} (its GPU is a FAKE H100 replayed through NVML's API: no NVIDIA GPU here)")
         tsdb = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="slo-sidecar-demo-prometheus-")))

@@ -63,5 +63,5 @@ def test_live_view_shows_unanswered_queries_as_question_marks(tmp_path, serve):
         stop()
     cells = line.split()
     assert cells[0] == "12s" and cells[-1] == "healthy"
-    assert cells[1:-1] == ["?"] * 7, line  # six values and the page alert's state
+    assert cells[1:-1] == ["?"] * 8, line  # seven values and the page alert's state
     assert view.states_seen == {}  # an unknown state is not a state the alert was in
