@@ -175,16 +175,13 @@ def _slo_panel(spec: Spec, slo: Slo, title: str) -> str:
     return panel_url(spec.grafana_url, definitions.slo_overview(spec), f"{slo.name}: {slo.description}", title)
 
 
-
-
 def _error_rate_alert(spec: Spec, op: Operational, alert: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
     """The availability SLO's own errors over its own events (no 4xx, no 499), per instance: a ticket
     that points at the failing pod. It never pages: the SLO's burn-rate page does that."""
-    slo = next((slo for slo in spec.slos if slo.sli.kind == "availability" and slo.sli.errors is not None), None)
+    slo = next((slo for slo in spec.slos if slo.sli.kind == "availability"), None)
     if slo is None or slo.sli.errors is None or slo.sli.total is None:
         return []
-    errors, total = (" + ".join(f"{'-' if sign < 0 else ''}sum by (instance) (rate({s.promql()}[5m]))"
-                                for sign, s in events.terms) for events in (slo.sli.errors, slo.sli.total))
+    errors, total = slo.sli.errors.rate_promql("5m", ("instance",)), slo.sli.total.rate_promql("5m", ("instance",))
     return [alert("LLMHighErrorRate", f"({errors})\n/\n({total}) > {op.error_ratio_alert:g}", "5m", "warning",
                   f"More than {op.error_ratio_alert:.0%} of requests fail on one instance",
                   f"{{{{ $value | humanizePercentage }}}} of the {slo.name} SLO's requests on "

@@ -140,7 +140,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "engine_interval_s": (_positive_number, "seconds between engine scrapes"),
     "engine_timeout_s": (_positive_number, "timeout of one engine scrape"),
     "engine_max_bytes": (_positive_int, "largest engine exposition read; larger is an error"),
-    "stale_after_s": (_positive_number, "age after which a collector's last good values are withdrawn (at least two of its intervals)"),
+    "stale_after_s": (_positive_number, "age after which a collector's last good values are withdrawn "
+                                        "(at least two of its intervals)"),
     "rate_window_s": (_positive_number, "window of the derived rates and quantiles"),
     "max_engine_series": (_positive_int, "most samples taken from one engine scrape; the rest are dropped "
                           "and counted"),
