@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
 from sidecar.config import SidecarConfig
 from sidecar.engine_collector import SCRAPE_FAMILIES, EngineCollector
 from sidecar.exposition import parse
