@@ -218,7 +218,8 @@ def operational_group(spec: Spec) -> dict[str, Any] | None:
               runbook: str) -> dict[str, Any]:
         board, row, title = panels[name]
         return {"alert": name, "expr": expr, "for": for_,
-                "labels": {**spec.labels, "severity": severity, "service": spec.service},
+                "labels": {**spec.labels, "severity": severity, "service": spec.service,
+                           "tier": "page" if severity == "critical" else "ticket"},
                 "annotations": {"summary": summary, "description": description, "runbook_url": base + runbook,
                                 "dashboard_url": panel_url(spec.grafana_url, boards[board], row, title)}}
 
@@ -296,10 +297,26 @@ def operational_group(spec: Spec) -> dict[str, Any] | None:
     return {"name": f"slo-sidecar-operational-{spec.service}", "rules": rules}
 
 
-def inhibit_rules(spec: Spec) -> dict[str, Any]:
-    """Alertmanager: a firing page silences the ticket of the same SLO."""
-    return {"inhibit_rules": [{
-        "source_matchers": ['tier="page"'],
-        "target_matchers": ['tier="ticket"'],
-        "equal": ["sloth_id", *spec.identity],  # the same SLO of the same service, never another's
-    }]}
+def alertmanager_config(spec: Spec) -> dict[str, Any]:
+    """Alertmanager: pages to one receiver and tickets to another, grouped per alert and service; a
+    firing SLO page silences the same SLO's ticket for the same service, never another service's.
+
+    The receivers have no integration: add your pager's (`pagerduty_configs`, ...) and your
+    ticket or chat one, or copy `route` and `inhibit_rules` into your own configuration.
+    """
+    slo_alert = 'sloth_id=~".+"'
+    return {
+        "route": {
+            "receiver": "ticket",
+            "group_by": ["alertname", "sloth_id", *spec.identity],
+            "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
+            "routes": [{"matchers": ['tier="page"'], "receiver": "page", "group_wait": "10s",
+                        "repeat_interval": "1h"}],
+        },
+        "receivers": [{"name": "page"}, {"name": "ticket"}],
+        "inhibit_rules": [{
+            "source_matchers": ['tier="page"', slo_alert],
+            "target_matchers": ['tier="ticket"', slo_alert],
+            "equal": ["sloth_id", *spec.identity],  # the same SLO of the same service, never another's
+        }],
+    }

@@ -37,13 +37,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 # Debian packages: `prometheus` (server and promtool) for the tests that check
-# expositions and rules and for the demo, `chromium` for the dashboard preview's
-# screenshot test. Installing `prometheus` would start a system service; a
-# policy-rc.d that exits 101 stops that, and the tests and the demo run their own server.
+# expositions and rules and for the demo, `prometheus-alertmanager` (alertmanager and
+# amtool) for the generated routing and inhibitions, `chromium` for the dashboard
+# preview's screenshot test. Installing the first two would start system services; a
+# policy-rc.d that exits 101 stops that, and the tests and the demo run their own servers.
 # Where they cannot be installed (not root, no apt-get) set-up fails: the suite
 # refuses to pass with tests skipped for a missing tool (tests/skip_policy.py).
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 if [ "${SLO_SIDECAR_SKIP_CHROMIUM:-}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -237,7 +237,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
         step(6, "Stopping the engine, the sidecar and Prometheus")
     print(f"\ndemo: done in {time.monotonic() - begun:.0f} s. What it wrote, in {out}:")
-    print("  rules/       Prometheus recording and alerting rules (promtool-clean), Alertmanager inhibitions")
+    print("  rules/       Prometheus recording and alerting rules (promtool-clean), an Alertmanager configuration")
     print("  dashboards/  Grafana dashboards (import format) and datasource provisioning")
     print(f"  preview/     the dashboards as static HTML pages: open {out / 'preview' / (boards[0].uid + '.html')}")
     print("  validate-report.json, logs/")

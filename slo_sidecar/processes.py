@@ -172,3 +172,43 @@ class PrometheusProcess(ManagedProcess):
         if status != 200:
             raise RuntimeError(f"{path} {params or ''} answered {status}: {body[:200]!r}")
         return json.loads(body)["data"]
+
+
+class AlertmanagerProcess(ManagedProcess):
+    """A real Alertmanager (Debian's /usr/bin/prometheus-alertmanager) on a free port, with the given
+    configuration file and a throw-away data directory in `workdir`; clustering off; never the system service."""
+
+    def __init__(self, workdir: Path, config_file: Path, binary: str = "prometheus-alertmanager"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir = Path(workdir)
+        super().__init__("alertmanager", [
+            binary, f"--config.file={config_file}", f"--storage.path={workdir / 'alertmanager-data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=",
+        ], workdir / "alertmanager.log")
+
+    def wait_ready(self, timeout_s: float = 60.0) -> float:
+        return self.wait_http_ok(self.url + "/-/ready", timeout_s)
+
+    def post_alerts(self, alerts: list[dict]) -> None:
+        """Alerts as Prometheus sends them (labels, annotations, startsAt), to its v2 API."""
+        request = urllib.request.Request(self.url + "/api/v2/alerts", data=json.dumps(alerts).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            if response.status != 200:
+                raise RuntimeError(f"/api/v2/alerts answered {response.status}")
+
+    def alerts(self) -> list[dict]:
+        """Every alert it holds, each with its status: active, or suppressed with who inhibits it."""
+        return self._get("/api/v2/alerts")
+
+    def groups(self, inhibited: bool = True) -> list[dict]:
+        """Its alert groups, as its route grouped them: {labels, receiver, alerts}; without the inhibited
+        alerts when asked, which is what it notifies."""
+        return self._get("/api/v2/alerts/groups" + ("" if inhibited else "?inhibited=false"))
+
+    def _get(self, path: str) -> list[dict]:
+        status, body = http_get(self.url + path)
+        if status != 200:
+            raise RuntimeError(f"{path} answered {status}: {body[:200]!r}")
+        return json.loads(body)

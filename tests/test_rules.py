@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts.render import OPERATIONAL_FILE, render
+from alerts.render import ALERTMANAGER_FILE, OPERATIONAL_FILE, render
 from dashboards.definitions import dashboards
 from dashboards.grafana import render as render_dashboards
 from alerts.unit_tests import NIGHT, predicted_firing, scenarios
@@ -108,7 +108,7 @@ def test_every_alert_has_severity_summary_live_description_for_a_runbook_and_a_p
 
 def test_page_and_ticket_share_the_labels_the_inhibition_needs():
     files = render(load_spec(str(DEFAULT_SPEC)))
-    inhibit = yaml.safe_load(files["alertmanager/inhibit-rules.yaml"])["inhibit_rules"][0]
+    inhibit = yaml.safe_load(files[ALERTMANAGER_FILE])["inhibit_rules"][0]
     burn = [a for a in alerts_of(files["slo-availability.rules.yaml"]) if a["alert"] == "AvailabilitySLO"]
     assert {a["labels"]["tier"] for a in burn} == {"page", "ticket"}
     identity = load_spec(str(DEFAULT_SPEC)).identity
