@@ -49,14 +49,11 @@ class GenerationTally:
     cached_tokens: int | None = None
     error: ApiError | None = None  # how it ended, when it failed after its response had started
     first_token_at: float | None = None  # time.monotonic() when the server had the first token to send
-    last_token_at: float | None = None
 
     def add(self, step: GenerationStep) -> None:
         tokens = sum(delta.num_tokens for delta in step.choices)
-        if tokens:
-            now = time.monotonic()
-            self.first_token_at = self.first_token_at or now
-            self.last_token_at = now
+        if tokens and self.first_token_at is None:
+            self.first_token_at = time.monotonic()
         for delta in step.choices:
             self.completion_tokens += delta.num_tokens
             if delta.finish_reason:

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -32,6 +33,14 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+def get_json(url: str) -> Any:
+    """The JSON a 200 answer holds; RuntimeError for any other status (a server's own API, not a probe)."""
+    status, body = http_get(url)
+    if status != 200:
+        raise RuntimeError(f"{url} answered {status}: {body[:200]!r}")
+    return json.loads(body)
 
 
 class ManagedProcess:
@@ -168,10 +177,7 @@ class PrometheusProcess(ManagedProcess):
 
     def _api(self, path: str, **params: str) -> dict:
         """The `data` of an HTTP API answer; RuntimeError for any other status than 200."""
-        status, body = http_get(self.url + path + ("?" + urllib.parse.urlencode(params) if params else ""))
-        if status != 200:
-            raise RuntimeError(f"{path} {params or ''} answered {status}: {body[:200]!r}")
-        return json.loads(body)["data"]
+        return get_json(self.url + path + ("?" + urllib.parse.urlencode(params) if params else ""))["data"]
 
 
 class AlertmanagerProcess(ManagedProcess):
@@ -200,15 +206,9 @@ class AlertmanagerProcess(ManagedProcess):
 
     def alerts(self) -> list[dict]:
         """Every alert it holds, each with its status: active, or suppressed with who inhibits it."""
-        return self._get("/api/v2/alerts")
+        return get_json(self.url + "/api/v2/alerts")
 
     def groups(self, inhibited: bool = True) -> list[dict]:
         """Its alert groups, as its route grouped them: {labels, receiver, alerts}; without the inhibited
         alerts when asked, which is what it notifies."""
-        return self._get("/api/v2/alerts/groups" + ("" if inhibited else "?inhibited=false"))
-
-    def _get(self, path: str) -> list[dict]:
-        status, body = http_get(self.url + path)
-        if status != 200:
-            raise RuntimeError(f"{path} answered {status}: {body[:200]!r}")
-        return json.loads(body)
+        return get_json(self.url + "/api/v2/alerts/groups" + ("" if inhibited else "?inhibited=false"))

@@ -31,13 +31,15 @@ def test_amtool_accepts_the_generated_configuration():
     assert "1 inhibit rules" in result.stdout and "2 receivers" in result.stdout
 
 
+SPEC = load_spec(str(DEFAULT_SPEC))
+
+
 def burn_alert(tier: str, model: str, slo: str = "availability") -> dict:
     """An SLO burn alert as the generated rules label it, for one service (namespace and model)."""
-    spec = load_spec(str(DEFAULT_SPEC))
     severity = "critical" if tier == "page" else "warning"
     now = datetime.datetime.now(datetime.timezone.utc)
     return {"labels": {"alertname": "AvailabilitySLO", "severity": severity, "tier": tier, "sloth_severity": tier,
-                       "sloth_id": f"{spec.service}-{slo}", "sloth_service": spec.service, "sloth_slo": slo,
+                       "sloth_id": f"{SPEC.service}-{slo}", "sloth_service": SPEC.service, "sloth_slo": slo,
                        "namespace": "inference", "model_name": model},
             "annotations": {"summary": f"{model} burns"},
             "startsAt": now.isoformat(), "endsAt": (now + datetime.timedelta(minutes=10)).isoformat()}
