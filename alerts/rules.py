@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from dashboards import definitions
 from dashboards.model import panel_url
-from slo_spec.model import Operational, Slo, Spec, duration_label
+from slo_spec.model import PROBE_MISSED, BurnAlert, Operational, Slo, Spec, duration_label
 
 # A floor under every native SLI's event rate: with no events the error ratio reads 0 (nothing
 # failed, no budget spent) instead of NaN, so a healthy idle service shows burn 0 and its whole
@@ -64,6 +64,7 @@ def recording_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     labels = {**spec.labels, **slo.labels, **sloth_labels(spec, slo)}
     rules: list[dict[str, Any]] = []
     windows = [duration_label(w) for w in slo.windows() if w != slo.period_s]
+    base = duration_label(slo.base_window_s)
     for window in windows:
         ratio, errors, total = _window_queries(spec, slo, window)
         rules.append({"record": f"slo:sli_error:ratio_rate{window}", "expr": ratio,
@@ -71,10 +72,10 @@ def recording_group(spec: Spec, slo: Slo) -> dict[str, Any]:
         if total is not None:
             rules.append({"record": f"slo:sli_total_events:rate{window}", "expr": total,
                           "labels": {**labels, "sloth_window": window}})
-        if errors is not None and window == windows[0]:
+        if errors is not None and window == base:
             rules.append({"record": f"slo:sli_error_events:rate{window}", "expr": errors,
                           "labels": {**labels, "sloth_window": window}})
-    period, shortest, selector = slo.period, windows[0], _id_selector(spec, slo)
+    period, shortest, selector = slo.period, base, _id_selector(spec, slo)
     if _window_queries(spec, slo, shortest)[2] is not None:
         period_expr = (f"sum_over_time(slo:sli_error_events:rate{shortest}{selector}[{period}])\n"
                        f"/ ignoring (sloth_window)\n"
@@ -98,7 +99,7 @@ def metadata_group(spec: Spec, slo: Slo) -> dict[str, Any]:
         {"record": "slo:error_budget:ratio", "expr": f"vector(1 - {slo.objective_ratio:.12g})", "labels": labels},
         {"record": "slo:time_period:days", "expr": f"vector({slo.period_s // 86400})", "labels": labels},
         {"record": "slo:current_burn_rate:ratio",
-         "expr": (f"slo:sli_error:ratio_rate{duration_label(slo.windows()[0])}{selector}\n/ {on}\n"
+         "expr": (f"slo:sli_error:ratio_rate{duration_label(slo.base_window_s)}{selector}\n/ {on}\n"
                   f"slo:error_budget:ratio{selector}"), "labels": labels},
         {"record": "slo:period_burn_rate:ratio",
          "expr": f"slo:sli_error:ratio_rate{slo.period}{selector}\n/ {on}\nslo:error_budget:ratio{selector}",
@@ -122,16 +123,7 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
         alerts = [a for a in slo.burn_alerts() if a.tier == tier_name]
         if not tier.enabled:
             continue
-        terms = []
-        for alert in alerts:
-            threshold = f"({alert.factor:g} * {slo.error_budget:.12g})"
-            long, short = duration_label(alert.long_s), duration_label(alert.short_s)
-            term = (f"(\n  max(slo:sli_error:ratio_rate{short}{selector} > {threshold}) without (sloth_window)\n"
-                    f"  and\n  max(slo:sli_error:ratio_rate{long}{selector} > {threshold}) without (sloth_window)")
-            if guarded:
-                term += (f"\n  and\n  max(slo:sli_total_events:rate{long}{selector} * {alert.long_s} >= "
-                         f"{alert.min_events}) without (sloth_window)")
-            terms.append(term + "\n)")
+        terms = [_burn_condition(slo, alert, selector, guarded) for alert in alerts]
         windows = " or ".join(f"{a.factor:g}x over {duration_label(a.long_s)} and {duration_label(a.short_s)}"
                               for a in alerts)
         rules.append({
@@ -149,6 +141,25 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
                 "runbook_url": spec.runbook_base_url + "slo-burn.md",
                 "dashboard_url": _slo_panel(spec, slo, "Burn rate by window"),
                 **tier.annotations,
+            },
+        })
+    fast = slo.fast_burn()
+    if fast is not None and slo.page.enabled and guarded:
+        rules.append({
+            "alert": slo.alert_name + "Outage",
+            "expr": _burn_condition(slo, fast, selector, guarded),
+            "for": "0s",  # the 1-minute window is its persistence: any wait would pass 90 s
+            "labels": {**spec.labels, **slo.labels, **slo.page.labels, "severity": slo.page.severity,
+                       "sloth_severity": "page", "tier": "page", **sloth_labels(spec, slo)},
+            "annotations": {
+                "summary": f"{spec.service}{_which(spec)}: the {slo.name} SLO is failing most requests",
+                "description": (f"{slo.description}. {{{{ $value | humanizePercentage }}}} of the events failed "
+                                f"over the last minute, and over half over {duration_label(fast.long_s)} in "
+                                f"{fast.min_events} or more: a total or near-total outage (fires with no wait; "
+                                f"the burn-rate page follows)."),
+                "runbook_url": spec.runbook_base_url + "slo-burn.md",
+                "dashboard_url": _slo_panel(spec, slo, "Burn rate by window"),
+                **slo.page.annotations,
             },
         })
     total = slo.sli.total
@@ -171,6 +182,19 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     return {"name": f"sloth-slo-alerts-{spec.service}-{slo.name}", "rules": rules}
 
 
+def _burn_condition(slo: Slo, alert: BurnAlert, selector: str, guarded: bool) -> str:
+    """The SRE Workbook's two-window condition: both windows' error ratios over factor x budget, and
+    enough events in the long window that one failure cannot cross it (the event guard)."""
+    threshold = f"({alert.factor:g} * {slo.error_budget:.12g})"
+    long, short = duration_label(alert.long_s), duration_label(alert.short_s)
+    term = (f"(\n  max(slo:sli_error:ratio_rate{short}{selector} > {threshold}) without (sloth_window)\n"
+            f"  and\n  max(slo:sli_error:ratio_rate{long}{selector} > {threshold}) without (sloth_window)")
+    if guarded:
+        term += (f"\n  and\n  max(slo:sli_total_events:rate{long}{selector} * {alert.long_s} >= "
+                 f"{alert.min_events}) without (sloth_window)")
+    return term + "\n)"
+
+
 def _slo_panel(spec: Spec, slo: Slo, title: str) -> str:
     return panel_url(spec.grafana_url, definitions.slo_overview(spec), f"{slo.name}: {slo.description}", title)
 
@@ -181,7 +205,9 @@ def _error_rate_alert(spec: Spec, op: Operational, alert: Callable[..., dict[str
     slo = next((slo for slo in spec.slos if slo.sli.kind == "availability"), None)
     if slo is None or slo.sli.errors is None or slo.sli.total is None:
         return []
-    errors, total = slo.sli.errors.rate_promql("5m", ("instance",)), slo.sli.total.rate_promql("5m", ("instance",))
+    # The engine's own counts: the probes' stand-ins for lost requests belong to the sidecar's instance.
+    errors, total = (events.without(PROBE_MISSED).rate_promql("5m", ("instance",))
+                     for events in (slo.sli.errors, slo.sli.total))
     return [alert("LLMHighErrorRate", f"({errors})\n/\n({total}) > {op.error_ratio_alert:g}", "5m", "warning",
                   f"More than {op.error_ratio_alert:.0%} of requests fail on one instance",
                   f"{{{{ $value | humanizePercentage }}}} of the {slo.name} SLO's requests on "

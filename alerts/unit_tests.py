@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from re import _parser as sre_parse  # type: ignore[attr-defined]  # the stdlib's own regex parser
 from typing import Any, Callable
 
-from slo_spec.model import Matcher, Selection, Slo, Spec
+from slo_spec.model import PROBE_MISSED, Matcher, Selection, Slo, Spec
 
 from .dump import dump
 
@@ -193,9 +193,11 @@ def _values(scenario: Scenario, share: Callable[[bool], float]) -> str:
 
 def input_series(slo: Slo, scenario: Scenario) -> list[dict[str, str]] | None:
     """Series for good and bad requests, or None when this SLI's selections cannot be witnessed."""
-    errors, total = slo.sli.errors, slo.sli.total
-    if errors is None or total is None:
+    if slo.sli.errors is None or slo.sli.total is None:
         return None
+    # The engine's counters alone: the probes' series stay absent, as with no sidecar beside it, which
+    # the rules must read as nothing lost.
+    errors, total = slo.sli.errors.without(PROBE_MISSED), slo.sli.total.without(PROBE_MISSED)
     ratio = scenario.error_ratio
     def good_share(burning: bool) -> float:
         return 1 - ratio if burning else 1.0

@@ -46,6 +46,7 @@ from .engine_collector import EngineCollector
 from .engine_processes import engine_pids
 from .gpu_collector import GpuCollector
 from .gpu_families import PodLabels
+from .probe import Prober
 from .slo_families import SloCollector
 from .slo_tracker import SloTracker, dumps
 
@@ -244,7 +245,8 @@ async def serve(config: SidecarConfig, spec: Spec) -> int:
     load_slo_state(tracker, config.slo_state_file)
     registry.register(SloCollector(tracker))
     engine, gpu = build_collectors(config, tracker)
-    sidecar = Sidecar(config, [engine, gpu], registry)
+    probes: list[Collector] = [Prober(config, tracker)] if config.probe_interval_s > 0 else []
+    sidecar = Sidecar(config, [engine, gpu, *probes], registry)
     if config.gpu_hourly_usd is not None:
         registry.register(CostCollector(
             config.gpu_hourly_usd, gpus=lambda: gpu.gpu_count or config.gpus,

@@ -55,12 +55,21 @@ class SidecarConfig:
     slo: str = ""  # the SLO spec; empty: the embedded default
     slo_state_file: str = ""
     slo_state_interval_s: float = 60.0
+    probe_interval_s: float = 10.0  # 0: no probes
+    probe_timeout_s: float = 5.0
+    engine_api_key: str = ""
     log_level: str = "INFO"
 
 
 def _positive_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"expected a number > 0, got {value!r}")
+    return float(value)
+
+
+def _non_negative_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"expected a number >= 0, got {value!r}")
     return float(value)
 
 
@@ -163,6 +172,10 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "slo": (_string, "the SLO spec (ours or Sloth's prometheus/v1; default: the embedded slo.yaml)"),
     "slo_state_file": (_string, "where to keep the SLO windows across restarts (default: not kept)"),
     "slo_state_interval_s": (_positive_number, "seconds between saves of the SLO state file"),
+    "probe_interval_s": (_non_negative_number, "seconds between probe requests to the engine; an unanswered "
+                         "one counts against the availability SLO as the requests users lost (0: no probes)"),
+    "probe_timeout_s": (_positive_number, "how long a probe waits for its answer before it counts as unanswered"),
+    "engine_api_key": (_string, "the engine's API key, for the probes (best set as SLO_SIDECAR_ENGINE_API_KEY)"),
     "log_level": (_log_level, "DEBUG, INFO, WARNING or ERROR"),
 }
 

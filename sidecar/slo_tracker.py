@@ -74,6 +74,8 @@ class TermSeries:
     matches: dict[Labels, bool] = field(default_factory=dict)
 
     def increase(self, samples: list[Sample], restarted: bool) -> float:
+        if not samples:  # another process's counters were observed (the engine's, or the probe's)
+            return 0.0
         increase, seen = 0.0, {}
         for sample in samples:
             wanted = self.matches.get(sample.labels)
@@ -189,6 +191,20 @@ class SloTracker:
         if self.first_seen is None:
             self.first_seen = t
         self.last_seen = t
+
+    def service_identity(self) -> dict[str, str] | None:
+        """The identity labels of the service the engine's series name; None until the engine is seen."""
+        if self.first_seen is None:
+            return None
+        return next((found for tracked in self.slos if (found := tracked.identity(self.spec.identity))), {})
+
+    def recent_rate(self, metric: str, now: float, seconds: int = 3600) -> float:
+        """Events per second over the last hour (or since first seen) of the first SLI counting `metric`."""
+        covered = min(seconds, now - self.first_seen) if self.first_seen is not None else 0
+        tracked = next((t for t in self.slos if any(term.selection.metric == metric for _, term in t.totals)), None)
+        if tracked is None or covered <= 0:
+            return 0.0
+        return tracked.window(now, seconds)[1] / covered
 
     def states(self, now: float) -> list[SloState]:
         states = []

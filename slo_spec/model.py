@@ -30,6 +30,16 @@ BURN_ALERTS_30D = (
     ("ticket", 3 * DAY, 6 * 3600, 1.0),
 )
 
+# A total outage pages within 90 s, sooner than the hour tier can (a 100% outage takes 52 s to
+# cross 14.4x over 1h at 99.9%, then its `for:`): an alert of its own fires, with no `for:`, while
+# more than half the events failed over 2 minutes and over the last minute, in at least
+# FAST_MIN_EVENTS events (10 a minute: below that a few failures make half, and a quiet service's
+# outage is paged by the hour tier and LLMServiceDown). For a 100% outage the 2-minute ratio passes
+# 0.5 after 60 s; for a 90% one after 67 s. Windows fixed whatever the period: it is about minutes.
+FAST_BURN_RATIO = 0.5
+FAST_BURN_WINDOWS = (120, 60)  # long, short
+FAST_MIN_EVENTS = 20
+
 # The engine judges every generation request, once at its end, against each target of the spec's
 # exact latency and goodput SLOs, and counts it here by SLO and whether it met them all.
 SLO_COUNTER = "slo_engine_slo_requests_total"
@@ -38,6 +48,17 @@ SLO_COUNTER = "slo_engine_slo_requests_total"
 # define it), end to end, and time in vLLM's queue. A target is written `<measure>_s`.
 MEASURES = ("ttft", "tpot", "e2e", "queue")
 TARGETS = tuple(f"{measure}_s" for measure in MEASURES)
+
+# The sidecar sends its engine a minimal real request every probe interval, marked with this header
+# (honoured from loopback only) so the engine leaves it out of its own request and SLO counters.
+PROBE_HEADER = "X-SLO-Probe"
+# Probes by result: success, error (the engine answered with a failure: users' requests fail and are
+# counted by the engine too) or unanswered (no answer, a timeout, or an engine not ready).
+PROBE_COUNTER = "slo_probe_requests_total"
+# What users lost while the engine did not answer, which no server can count: each unanswered probe
+# stands for the requests one probe interval held at the service's recent rate (at least one).
+# Availability SLIs add it to both errors and total, so a dead engine burns the budget.
+PROBE_MISSED = "slo_probe_missed_requests_total"
 
 
 # --- small pieces ---------------------------------------------------------------------------------
@@ -97,18 +118,32 @@ class Selection:
 
 @dataclass(frozen=True)
 class EventSum:
-    """A signed sum of counter selections: latency errors are `count - bucket{le=threshold}`."""
+    """A signed sum of counter selections: latency errors are `count - bucket{le=threshold}`.
+
+    With `separate_sources`, the terms come from processes that die apart (the engine's counters and
+    its sidecar's probe counter): each term reads 0 where the others have series and it has none,
+    since PromQL's `+` drops a service missing from either side.
+    """
 
     terms: tuple[tuple[int, Selection], ...]
+    separate_sources: bool = False
 
     def rate_promql(self, window: str, by: tuple[str, ...] = ()) -> str:
         """The events per second over the window, summed per service (`by` its identity labels)."""
         grouping = f" by ({', '.join(by)}) " if by else ""
-        text = ""
-        for sign, selection in self.terms:
-            term = f"sum{grouping}(rate({selection.promql()}[{window}]))"
-            text = term if not text else f"{text} {'+' if sign > 0 else '-'} {term}"
-        return text if len(self.terms) == 1 else f"({text})"
+        rates = [f"sum{grouping}(rate({selection.promql()}[{window}]))" for _, selection in self.terms]
+        if len(rates) == 1:
+            return rates[0]
+        if self.separate_sources:
+            rates = [f"({rate} or 0 * {' or '.join(r for r in rates if r is not rate)})" for rate in rates]
+        text = rates[0]
+        for (sign, _), rate in zip(self.terms[1:], rates[1:]):
+            text = f"{text} {'+' if sign > 0 else '-'} {rate}"
+        return f"({text})"
+
+    def without(self, metric: str) -> "EventSum":
+        """The same sum less the terms on `metric` (the engine's own view, without the probes)."""
+        return EventSum(tuple(term for term in self.terms if term[1].metric != metric))
 
 
 @dataclass(frozen=True)
@@ -178,9 +213,24 @@ class Slo:
                           max(self.min_events, event_guard(factor, self.error_budget)))
                 for tier, long, short, factor in BURN_ALERTS_30D]
 
+    def fast_burn(self) -> BurnAlert | None:
+        """The total-outage page (see FAST_BURN_RATIO); None where half the events failing is within budget."""
+        if FAST_BURN_RATIO <= self.error_budget:
+            return None
+        factor = FAST_BURN_RATIO / self.error_budget
+        return BurnAlert("page", *FAST_BURN_WINDOWS, factor,
+                         max(self.min_events, FAST_MIN_EVENTS, event_guard(factor, self.error_budget)))
+
+    @property
+    def base_window_s(self) -> int:
+        """The burn tiers' shortest window: "burn now" on dashboards, and the step the period is summed in."""
+        return min(a.short_s for a in self.burn_alerts())
+
     def windows(self) -> list[int]:
         """Every window reported, shortest first: the alerts' windows and the period."""
-        return sorted({*(w for a in self.burn_alerts() for w in (a.long_s, a.short_s)), self.period_s})
+        fast = self.fast_burn()
+        return sorted({*(w for a in self.burn_alerts() for w in (a.long_s, a.short_s)), self.period_s,
+                       *((fast.long_s, fast.short_s) if fast else ())})
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from .model import (
     DEFAULT_IDENTITY,
     MEASURES,
     PERIODS,
+    PROBE_MISSED,
     SLO_COUNTER,
     SPEC_VERSION,
     TARGETS,
@@ -124,11 +125,21 @@ def _parse_sli(reader: FieldReader, value: Any, path: Path_, slo_name: str, sele
     kind, body = next(iter(sli.items()))
     here = (*path, kind)
     if kind == "availability":
-        spec = reader.mapping(body, here, ("errors", "total"), required=("errors", "total"))
+        spec = reader.mapping(body, here, ("errors", "total", "probes"), required=("errors", "total"))
         errors = _parse_selection(reader, spec["errors"], (*here, "errors"), selector)
         total = _parse_selection(reader, spec["total"], (*here, "total"), selector)
-        return Sli(kind, EventSum(((1, errors),)), EventSum(((1, total),)),
-                   f"share of {total.promql()} that are {errors.promql()}")
+        probes = spec.get("probes", True)
+        if not isinstance(probes, bool):
+            raise reader.fail((*here, "probes"), f"expected true or false, got {probes!r}")
+        if not probes:
+            return Sli(kind, EventSum(((1, errors),)), EventSum(((1, total),)),
+                       f"share of {total.promql()} that are {errors.promql()}")
+        # What users lost while the engine did not answer counts on both sides (model.PROBE_MISSED).
+        missed = (1, Selection(PROBE_MISSED, selector))
+        return Sli(kind, EventSum(((1, errors), missed), separate_sources=True),
+                   EventSum(((1, total), missed), separate_sources=True),
+                   f"share of {total.promql()}, and of requests lost while the engine did not answer, "
+                   f"that are {errors.promql()} or lost")
     if kind == "latency":
         return _parse_latency(reader, body, here, slo_name, selector)
     # goodput: the engine counts each request good when it met every target at once.

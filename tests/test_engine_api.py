@@ -8,6 +8,7 @@ import json
 import aiohttp
 import pytest
 
+from slo_spec.model import PROBE_HEADER
 from tests.conftest import API_KEY, run_async
 from tests.helpers import metric, parse_metrics
 
@@ -412,3 +413,21 @@ async def test_metrics_speak_openmetrics_when_asked(engine):
     samples = [line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")]
     typed = {line.split(" ")[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     assert all(any(name.startswith(family) for family in typed) for name in samples), "samples renamed"
+
+
+@run_async
+async def test_a_probe_from_the_pod_is_served_but_not_counted_as_a_users_request(engine):
+    """The sidecar's probes (marked, from loopback) run through vLLM, but stay out of the SLO counters."""
+    async with session() as s:
+        before = await scrape(s, engine.url)
+        status, _, _ = await post(s, engine.url + "/v1/completions", {"prompt": "ping", "max_tokens": 1},
+                                  headers={PROBE_HEADER: "1"})
+        after = await scrape(s, engine.url)
+    assert status == 200
+    assert metric(after, "vllm:request_success_total", finished_reason="length") - metric(
+        before, "vllm:request_success_total", finished_reason="length") == 1
+    for name in ("slo_engine_http_requests_total", "slo_engine_slo_requests_total"):
+        def counted(samples: dict) -> float:  # (the scrapes of /metrics count themselves)
+            return sum(v for (n, labels), v in samples.items()
+                       if n == name and ("endpoint", "/metrics") not in labels)
+        assert counted(after) == counted(before), name

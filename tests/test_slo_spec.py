@@ -12,7 +12,7 @@ from prometheus_client.utils import floatToGoString
 
 from slo_spec.buckets import KNOWN_BUCKETS
 from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec, parse_spec
-from slo_spec.model import Matcher, client_le, duration_label, duration_seconds, event_guard
+from slo_spec.model import PROBE_MISSED, Matcher, client_le, duration_label, duration_seconds, event_guard
 from tests.helpers import REPO, VLLM_EXPOSITION
 
 HEAD = "version: slo-sidecar/v1\nservice: llm\nslos:\n"
@@ -31,7 +31,9 @@ def test_the_default_spec():
     availability = spec.slos[0]
     assert availability.objective == 99.9 and availability.error_budget == 0.001 and availability.period == "30d"
     assert [a.factor for a in availability.burn_alerts()] == [14.4, 6.0, 3.0, 1.0]
-    assert availability.windows() == [300, 1800, 3600, 7200, 21600, 86400, 259200, 2592000]
+    # The total-outage page's 1m and 2m, the Workbook's tiers' windows, and the period.
+    assert availability.windows() == [60, 120, 300, 1800, 3600, 7200, 21600, 86400, 259200, 2592000]
+    assert availability.base_window_s == 300
     assert (REPO / "slo.yaml").resolve() == DEFAULT_SPEC.resolve(), "the top-level slo.yaml is the embedded one"
 
 
@@ -262,8 +264,12 @@ def test_a_histogram_latency_slo_is_still_there_for_a_server_that_does_not_judge
 def test_every_native_sli_is_summed_by_the_services_identity():
     spec = load_spec(str(DEFAULT_SPEC))
     assert spec.identity == ("namespace", "model_name")
-    rate = spec.slos[0].sli.total.rate_promql("5m", spec.identity)
+    rate = spec.slos[0].sli.total.without(PROBE_MISSED).rate_promql("5m", spec.identity)
     assert rate.startswith("sum by (namespace, model_name) (rate(slo_engine_http_requests_total{")
+    for slo in spec.slos:
+        for events in (slo.sli.errors, slo.sli.total):
+            assert all(term.startswith("sum by (namespace, model_name) (rate(")
+                       for term in re.findall(r"sum\b[^(]*\(rate\(", events.rate_promql("5m", spec.identity)))
     scoped = parse_spec("version: slo-sidecar/v1\nservice: s\nidentity: [cluster, namespace, model_name]\nslos:\n"
                         + AVAILABILITY, "s.yaml")
     assert scoped.identity == ("cluster", "namespace", "model_name")
@@ -278,3 +284,20 @@ def test_every_native_sli_is_summed_by_the_services_identity():
 def test_a_bad_identity_is_named(identity, message):
     with pytest.raises(SpecError, match=re.escape(message)):
         parse_spec(f"version: slo-sidecar/v1\nservice: s\nidentity: {identity}\nslos:\n" + AVAILABILITY, "s.yaml")
+
+
+@pytest.mark.parametrize("objective, factor, guard", [
+    # Half the events failing is 500x a 0.1% budget and 10x a 5% one; the guard is 20 events in 2
+    # minutes, above the derived ceil(1 / (factor x budget)) = 2.
+    (99.9, 500, 20), (95, 10, 20), (50, None, None)])
+def test_the_total_outage_page_fires_on_half_the_events_failing(objective, factor, guard):
+    text = AVAILABILITY.replace("objective: 99.9", f"objective: {objective}")
+    if factor is None:  # (no page can fire on a budget that large)
+        text += "    alerting: {page: {enabled: false}, ticket: {enabled: false}}\n"
+    slo = parse_spec("version: slo-sidecar/v1\nservice: s\nslos:\n" + text, "s.yaml").slos[0]
+    fast = slo.fast_burn()
+    if factor is None:
+        assert fast is None, "half the events failing is within a 50% budget"
+        return
+    assert (fast.tier, fast.long_s, fast.short_s, fast.min_events) == ("page", 120, 60, guard)
+    assert fast.factor == pytest.approx(factor)
