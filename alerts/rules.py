@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from dashboards import definitions
 from dashboards.model import panel_url
-from slo_spec.model import PROBE_MISSED, BurnAlert, Operational, Slo, Spec, duration_label
+from slo_spec.model import PROBE_MISSED, BurnAlert, Operational, Slo, Spec, duration_label, event_guard
 
 # A floor under every native SLI's event rate: with no events the error ratio reads 0 (nothing
 # failed, no budget spent) instead of NaN, so a healthy idle service shows burn 0 and its whole
@@ -201,14 +201,17 @@ def _slo_panel(spec: Spec, slo: Slo, title: str) -> str:
 
 def _error_rate_alert(spec: Spec, op: Operational, alert: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
     """The availability SLO's own errors over its own events (no 4xx, no 499), per instance: a ticket
-    that points at the failing pod. It never pages: the SLO's burn-rate page does that."""
+    that points at the failing pod, once 5 minutes hold enough requests that one failure cannot cross
+    it. It never pages: the SLO's burn-rate page does that."""
     slo = next((slo for slo in spec.slos if slo.sli.kind == "availability"), None)
     if slo is None or slo.sli.errors is None or slo.sli.total is None:
         return []
     # The engine's own counts: the probes' stand-ins for lost requests belong to the sidecar's instance.
     errors, total = (events.without(PROBE_MISSED).rate_promql("5m", ("instance",))
                      for events in (slo.sli.errors, slo.sli.total))
-    return [alert("LLMHighErrorRate", f"({errors})\n/\n({total}) > {op.error_ratio_alert:g}", "5m", "warning",
+    guard = event_guard(1, op.error_ratio_alert)  # one failed request alone cannot cross the ratio
+    return [alert("LLMHighErrorRate", f"({errors})\n/\n({total}) > {op.error_ratio_alert:g}\nand on (instance)\n"
+                  f"{total} * 300 >= {guard}", "5m", "warning",
                   f"More than {op.error_ratio_alert:.0%} of requests fail on one instance",
                   f"{{{{ $value | humanizePercentage }}}} of the {slo.name} SLO's requests on "
                   "{{ $labels.instance }} failed over 5 minutes; the SLO's own alerts say whether the "
