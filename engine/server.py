@@ -265,7 +265,10 @@ async def _read_body(request: web.Request) -> bytes:
 def _unavailable(phase: Phase) -> ApiError:
     message = {"loading": "the model is still loading", "draining": "the server is shutting down"}.get(
         phase, "the inference engine is not running")
-    return ApiError(503, message, code="unavailable", error_type="server_error", reason="unavailable",
+    # "draining" tells the sidecar's probe an orderly shutdown (the pod has left the Service's
+    # endpoints; users are sent elsewhere), not an outage: its probes count nothing lost then.
+    code = "draining" if phase == "draining" else "unavailable"
+    return ApiError(503, message, code=code, error_type="server_error", reason="unavailable",
                     headers={"Retry-After": RETRY_AFTER_S})
 
 

@@ -12,6 +12,7 @@ up is not an outage) and are marked so that the engine does not count them as us
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Callable
@@ -25,19 +26,31 @@ from .config import SidecarConfig
 from .exposition import Sample
 from .slo_tracker import SloTracker
 
-RESULTS = ("success", "error", "unanswered")
+RESULTS = ("success", "error", "unanswered", "draining")
 PROBE_BODY = {"prompt": "ping", "max_tokens": 1, "temperature": 0}
 NOT_READY = 503  # loading or draining: up, but serving nobody
 
 log = logging.getLogger("sidecar.probe")
 
 
-def result_of(status: int | None) -> str:
-    """success for 2xx; unanswered for no answer or not ready; error for any other answer (the engine
-    counts users' requests that fail that way itself)."""
+def result_of(status: int | None, code: str = "") -> str:
+    """success for 2xx; draining for an orderly shutdown (users are sent to other pods: nothing lost);
+    unanswered for no answer or not ready; error for any other answer (the engine counts users'
+    requests that fail that way itself)."""
+    if status == NOT_READY and code == "draining":
+        return "draining"
     if status is None or status == NOT_READY:
         return "unanswered"
     return "success" if 200 <= status < 300 else "error"
+
+
+def error_code(body: bytes) -> str:
+    """The OpenAI-style error body's code, or "" for anything else."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return str(error.get("code", "")) if isinstance(error, dict) else ""
 
 
 class Prober:
@@ -68,11 +81,13 @@ class Prober:
         identity = self.tracker.service_identity()
         if identity is None:  # the engine has never been seen: nothing is lost yet
             return []
-        self.record(result_of(await self._send()), identity)
+        self.record(result_of(*await self._send()), identity)
         return self.families(identity)
 
     def record(self, result: str, identity: dict[str, str]) -> None:
         self.counts[result] += 1
+        if result == "draining":
+            return
         if result == "unanswered":
             if self.weight is None:
                 self.weight = self.stand_in()
@@ -81,25 +96,27 @@ class Prober:
             self.weight, self.rate_answered = None, self.tracker.recent_rate(PROBE_MISSED, self.now())
         self.tracker.observe([Sample(PROBE_MISSED, tuple(identity.items()), self.missed)], self.now())
 
-    async def _send(self) -> int | None:
+    async def _send(self) -> tuple[int | None, str]:
+        """The answer's status (None: no answer in time) and its error code, if any."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.probe_timeout_s))
         try:
             async with self._session.post(self.url, json=PROBE_BODY, headers=self.headers) as response:
-                await response.read()
+                body = await response.read()
                 status = response.status
         except (aiohttp.ClientError, OSError, TimeoutError):
-            return None
+            return None, ""
         if 400 <= status < 500 and status != self._warned_status:
             self._warned_status = status  # a probe the engine refuses proves nothing: say so once
             log.warning("the engine refused the probe with %d (an API key it needs? engine_api_key)", status)
-        return status
+        return status, error_code(body)
 
     def families(self, identity: dict[str, str]) -> list[Metric]:
         keys, values = list(identity), list(identity.values())
         requests = CounterMetricFamily(PROBE_COUNTER.removesuffix("_total"),
                                        "Probe requests to the engine, by result: success, error (answered "
-                                       "with a failure) or unanswered (no answer, a timeout, or not ready).",
+                                       "with a failure), unanswered (no answer, a timeout, or not ready) or "
+                                       "draining (an orderly shutdown: nothing lost).",
                                        labels=["result", *keys])
         for result in RESULTS:
             requests.add_metric([result, *values], self.counts[result])

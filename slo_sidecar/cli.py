@@ -86,6 +86,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _lab(args: argparse.Namespace) -> int:
+    from .lab.command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slo-sidecar", description="Observability and SLO monitoring for LLM inference pods running vLLM.")
     parser.add_argument("--version", action="version", version=f"slo-sidecar {__version__}")
@@ -134,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_arguments(demo)
     demo.set_defaults(func=_demo)
+
+    lab = commands.add_parser("lab", help="replay incidents into a real Prometheus and Alertmanager with the generated "
+                              "rules; a table of when each page and ticket came, against the SRE Workbook's arithmetic")
+    from .lab.command import add_arguments as add_lab_arguments
+
+    add_lab_arguments(lab)
+    lab.set_defaults(func=_lab)
     return parser
 
 

@@ -146,18 +146,25 @@ class PrometheusProcess(ManagedProcess):
 
     def __init__(self, workdir: Path, targets: dict[str, str], rule_files: list[Path],
                  scrape_interval: str = "1s", evaluation_interval: str = "1s", binary: str = "prometheus",
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), alertmanager_url: str | None = None,
+                 target_labels: dict[str, str] | None = None):
+        """`target_labels` go on every target, as Kubernetes service discovery adds `namespace`;
+        alerts go to the Alertmanager at `alertmanager_url` when one is given."""
         import yaml
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir = Path(workdir)
-        config = {
+        static = {"labels": target_labels} if target_labels else {}
+        config: dict[str, Any] = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
             "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [address]}]}
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [address], **static}]}
                                for job, address in targets.items()],
         }
+        if alertmanager_url:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [
+                {"targets": [alertmanager_url.removeprefix("http://")]}]}]}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         super().__init__("prometheus", [
             binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",

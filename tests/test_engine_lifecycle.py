@@ -68,7 +68,7 @@ def test_loading_then_ready_then_graceful_drain_on_sigterm(tmp_path):
         # Draining: not ready, no new work, but still alive.
         assert http_get(engine.url + "/ready") == (503, b'{"status": "draining"}')
         status, body = _post(engine.url + "/v1/completions", {"prompt": "late", "max_tokens": 2})
-        assert status == 503 and json.loads(body)["error"]["code"] == "unavailable"
+        assert status == 503 and json.loads(body)["error"]["code"] == "draining"
 
         reader.join(60)
         assert result["status"] == 200

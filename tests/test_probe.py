@@ -11,7 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 from engine.server import is_probe
 from sidecar.config import SidecarConfig
 from sidecar.exposition import Sample
-from sidecar.probe import Prober, result_of
+from sidecar.probe import Prober, error_code, result_of
 from sidecar.slo_tracker import SloTracker
 from slo_spec.load import DEFAULT_SPEC, load_spec
 from slo_spec.model import PROBE_HEADER, PROBE_MISSED
@@ -41,6 +41,9 @@ def availability(tracker: SloTracker, now: float, window: str) -> float:
 def test_results():
     assert [result_of(s) for s in (200, 204, 500, 429, 401, 503, None)] == [
         "success", "success", "error", "error", "error", "unanswered", "unanswered"]
+    assert result_of(503, "draining") == "draining" and result_of(503, "unavailable") == "unanswered"
+    assert error_code(b'{"error": {"code": "draining"}}') == "draining"
+    assert error_code(b"<html>") == error_code(b'["x"]') == error_code(b'{"error": "x"}') == ""
 
 
 def test_an_unanswered_probe_stands_for_the_requests_of_its_interval_at_the_recent_rate():
@@ -62,7 +65,9 @@ def test_an_unanswered_probe_stands_for_the_requests_of_its_interval_at_the_rece
     assert availability(tracker, clock.t, "5m") == pytest.approx(60 / 600)
     clock.t = start + 640
     prober.record("success", identity)  # it answers again: the next outage's weight is taken afresh
-    assert prober.weight is None and prober.counts == {"success": 2, "error": 0, "unanswered": 3}
+    assert prober.weight is None and prober.counts == {"success": 2, "error": 0, "unanswered": 3, "draining": 0}
+    prober.record("draining", identity)  # an orderly shutdown loses nothing
+    assert prober.missed == 60
     families = {f.name: f for f in prober.families(identity)}
     assert [(s.labels, s.value) for s in families["slo_probe_missed_requests"].samples] == [
         ({"model_name": "tiny"}, 60.0)]

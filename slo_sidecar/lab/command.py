@@ -1,0 +1,71 @@
+"""`slo-sidecar lab`: the incident lab's command line and its table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from iokit.files import write_atomically
+from slo_spec.load import DEFAULT_SPEC, load_spec
+
+from .run import Row, readable, as_json, run_lab
+
+COLUMNS = ("scenario", "expected", "page after", "ticket after", "false fires", "")
+
+
+def table(rows: list[Row]) -> str:
+    """A Markdown table: it reads on a terminal and goes into the README as it is."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        page = f"{readable(row.page_s)} ({row.page_alert})" if row.page_alert else "-"
+        ticket = f"{readable(row.ticket_s)} ({row.ticket_alert})" if row.ticket_alert else "-"
+        wrong = "; ".join(row.false_fires + [f"missing: {m}" for m in row.missing]) or "0"
+        lines.append(f"| {row.scenario} | {row.expected} | {page} | {ticket} | {wrong} | "
+                     f"{'pass' if row.passed else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .live import sigkilled_engine
+
+    spec = load_spec(str(DEFAULT_SPEC))  # the expectations are worked out for the default spec's objectives
+    workdir = Path(tempfile.mkdtemp(prefix="slo-sidecar-lab-")) if args.out is None else Path(args.out).resolve()
+    if args.out is not None and workdir.exists() and any(workdir.iterdir()):
+        print(f"slo-sidecar lab: error: --out {args.out}: not empty; the lab writes a fresh Prometheus there",
+              file=sys.stderr)
+        return 2
+    workdir.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    print(f"lab: replaying incidents into a real Prometheus and Alertmanager (work files in {workdir})", flush=True)
+    try:
+        rows, problems = run_lab(spec, workdir)
+        if not args.no_live:
+            print("lab: the live scenario: real engine, sidecar, Prometheus and Alertmanager; SIGKILL", flush=True)
+            rows.append(sigkilled_engine(spec, workdir / "rules", workdir / "live"))
+    finally:
+        if args.out is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(table(rows))
+    for row in rows:
+        print(f"  {row.scenario}: {row.why}; Alertmanager: {row.notified}")
+    for problem in problems:
+        print(f"  healthy service: {problem}")
+    if args.json:
+        write_atomically(Path(args.json), json.dumps(as_json(rows, problems), indent=2) + "\n")
+    failed = [row.scenario for row in rows if not row.passed]
+    print(f"lab: {len(rows) - len(failed)} of {len(rows)} scenarios as expected"
+          + (", the healthy service at burn 0 and budget 100% from its first minute" if not problems else "")
+          + f", in {time.monotonic() - began:.0f} s")
+    return 1 if failed or problems else 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", help="keep the work files (TSDB, rules, logs) in this empty directory "
+                        "(default: a temporary one, removed)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--no-live", action="store_true", help="skip the live scenario (the SIGKILLed engine)")

@@ -1,0 +1,83 @@
+"""What each alert must do in a lab scenario, from the SRE Workbook's arithmetic, not from the generator.
+
+The tiers below restate the Workbook's multiwindow, multi-burn-rate table for a 30-day SLO (and our
+total-outage page and error-rate ticket, as the README states them); they are written out here on
+purpose, so that a generator that drifted from them shows up as a failed scenario.
+
+For a steady miss fraction f from onset, after `history` seconds of clean traffic, a window of W
+seconds holds f x min(t, W) missed events per min(W, history + t) events, t seconds after onset. An
+alert fires once both its windows' ratios exceed factor x budget (and its long window holds at least
+its event guard), plus its `for:`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tier:
+    kind: str  # page or ticket
+    long_s: int
+    short_s: int
+    factor: float | None  # of the error budget; None: `ratio` is an error ratio of its own
+    hold_s: int  # for:
+    ratio: float = 0.0
+    min_events: int | None = None  # None: ceil(1 / (factor x budget)), one failure cannot fire it
+
+    def threshold(self, budget: float) -> float:
+        return self.factor * budget if self.factor is not None else self.ratio
+
+    def guard(self, budget: float) -> int:
+        derived = math.ceil(1 / self.threshold(budget) - 1e-9)
+        return max(derived, self.min_events or 0)
+
+
+# The Workbook's table 5-8 (30-day SLO): 2% of the budget in 1h, 5% in 6h (pages), 10% in 1d and 3d
+# (tickets); `for:` 1m on pages and 10m on tickets.
+WORKBOOK = (
+    Tier("page", 3600, 300, 14.4, 60),
+    Tier("page", 6 * 3600, 1800, 6.0, 60),
+    Tier("ticket", 86_400, 2 * 3600, 3.0, 600),
+    Tier("ticket", 3 * 86_400, 6 * 3600, 1.0, 600),
+)
+# A total outage: more than half the events failing over 2 minutes and the last one, in 20 or more.
+OUTAGE = Tier("page", 120, 60, None, 0, ratio=0.5, min_events=20)
+# LLMHighErrorRate: more than 1% of one instance's requests failing over 5 minutes (100 events), for 5m.
+ERROR_RATE = Tier("ticket", 300, 300, None, 300, ratio=0.01)
+
+
+def window_ratio(miss: float, t: float, window_s: int, history_s: float) -> float:
+    """The error ratio a window ending t seconds after onset holds."""
+    return miss * min(t, window_s) / min(window_s, history_s + t)
+
+
+def fires_after(tier: Tier, budget: float, miss: float, rate: float, history_s: float,
+                horizon_s: float) -> float | None:
+    """Seconds after onset the tier's alert fires for a steady miss fraction, or None within the horizon."""
+    threshold, guard = tier.threshold(budget), tier.guard(budget)
+    if miss <= threshold:
+        return None
+    for t in range(1, int(horizon_s) + 1):
+        if (window_ratio(miss, t, tier.long_s, history_s) > threshold
+                and window_ratio(miss, t, tier.short_s, history_s) > threshold
+                and rate * min(tier.long_s, history_s + t) >= guard):
+            return t + tier.hold_s if t + tier.hold_s <= horizon_s else None
+    return None
+
+
+def slo_alerts(alert: str, objective: float, miss: float, rate: float, history_s: float,
+               horizon_s: float) -> dict[tuple[str, str], float]:
+    """(alert name, tier) -> seconds after onset, for one SLO's burn-rate page and ticket and outage page."""
+    budget = 1 - objective / 100
+    expected: dict[tuple[str, str], float] = {}
+    for tier in WORKBOOK:
+        after = fires_after(tier, budget, miss, rate, history_s, horizon_s)
+        if after is not None:
+            key = (alert, tier.kind)
+            expected[key] = min(after, expected.get(key, math.inf))
+    after = fires_after(OUTAGE, budget, miss, rate, history_s, horizon_s)
+    if after is not None:
+        expected[(alert + "Outage", "page")] = after
+    return expected

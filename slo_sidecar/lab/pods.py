@@ -1,0 +1,114 @@
+"""Synthetic pods: the series one engine and its sidecar expose, scrape by scrape, for a traffic story.
+
+A story says, t seconds after the incident's onset (negative before it), how many requests users send,
+which share of them fail (5xx), miss their first-token target, are client errors (400) or are
+abandoned by their client (499), and whether the engine is serving, loading (listening, /ready 503)
+or down (not listening). The engine counts what it answers, as ours does: client errors and
+disconnects are not judged, and a failed request misses every latency target. While it does not
+serve, users' requests are lost uncounted, and the sidecar's probe (every 10 s) counts each
+unanswered one as the requests of its interval (model.PROBE_MISSED). A restart resets the engine's
+counters.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from slo_spec.model import PROBE_MISSED, SLO_COUNTER
+
+from .replay import Series
+
+ENDPOINT = "/v1/completions"
+PROBE_INTERVAL_S = 10
+LATENCY_SLOS = ("ttft", "e2e-latency", "queue-time", "goodput")
+MISSES_TTFT = ("ttft", "goodput")  # a slow first token misses these
+MODEL = "lab-model"
+
+
+def constant(value: float) -> Callable[[float], float]:
+    return lambda t: value
+
+
+@dataclass
+class Story:
+    rate: Callable[[float], float] = constant(2.0)  # requests users send per second
+    failed: Callable[[float], float] = constant(0.0)  # share answered 5xx
+    slow_ttft: Callable[[float], float] = constant(0.0)  # share of the answered that missed the TTFT target
+    client_errors: Callable[[float], float] = constant(0.0)  # share answered 400
+    disconnects: Callable[[float], float] = constant(0.0)  # share abandoned by their client (499)
+    state: Callable[[float], str] = constant("serving")  # serving, loading or down
+    single_failures: tuple[float, ...] = ()  # one extra 5xx at each of these times
+    restarts: tuple[float, ...] = ()  # counter resets (besides every return from `down`)
+
+
+@dataclass
+class Pod:
+    namespace: str
+    story: Story
+    counters: dict[tuple, float] = field(default_factory=lambda: defaultdict(float))
+    missed: float = 0.0
+
+    def labels(self, job: str, **extra: str) -> dict[str, str]:
+        port = 8000 if job == "engine" else 9400
+        return {"namespace": self.namespace, "model_name": MODEL, "job": job,
+                "instance": f"{job}-{self.namespace}:{port}", **extra}
+
+    def series(self, onset: float, start: float, end: float, scrape_s: int) -> list[Series]:
+        """Every series, scraped every scrape_s from start to end (unix seconds), onset at `onset`."""
+        samples: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+        kinds: dict[tuple, str] = {}
+
+        def add(name: str, labels: dict[str, str], kind: str, t: float, value: float) -> None:
+            key = (name, tuple(sorted(labels.items())))
+            kinds[key] = kind
+            samples[key].append((t, value))
+
+        story, previous_state = self.story, "serving"
+        t = start
+        while t <= end:
+            rel = t - onset
+            state = story.state(rel)
+            if previous_state == "down" and state != "down" or any(t - scrape_s < onset + r <= t
+                                                                   for r in story.restarts):
+                self.counters.clear()  # a new engine process
+            self._advance(rel - scrape_s, rel, state)
+            previous_state = state
+            add("up", self.labels("engine"), "gauge", t, 0.0 if state == "down" else 1.0)
+            add("up", self.labels("sidecar"), "gauge", t, 1.0)
+            add("sidecar_collector_up", self.labels("sidecar", collector="engine"), "gauge", t,
+                0.0 if state == "down" else 1.0)
+            add(PROBE_MISSED, self.labels("sidecar"), "counter", t, self.missed)
+            if state != "down":
+                add("slo_engine_ready", self.labels("engine"), "gauge", t, 1.0 if state == "serving" else 0.0)
+                for code in ("200", "400", "499", "500", "429"):
+                    add("slo_engine_http_requests_total", self.labels("engine", endpoint=ENDPOINT, code=code),
+                        "counter", t, self.counters[("http", code)])
+                for slo in LATENCY_SLOS:
+                    for good in ("true", "false"):
+                        add(SLO_COUNTER, self.labels("engine", slo=slo, good=good), "counter", t,
+                            self.counters[(slo, good)])
+            t += scrape_s
+        return [Series(name, dict(labels), kinds[(name, labels)], points)
+                for (name, labels), points in samples.items()]
+
+    def _advance(self, since: float, until: float, state: str) -> None:
+        """Count what happened in (since, until]: users' requests if serving, probes if not."""
+        story, dt, mid = self.story, until - since, (since + until) / 2
+        if state == "serving":
+            users = story.rate(mid) * dt
+            failed, gone, bad = (users * story.failed(mid), users * story.disconnects(mid),
+                                 users * story.client_errors(mid))
+            failed += sum(1 for f in story.single_failures if since < f <= until)
+            ok = max(0.0, users - failed - gone - bad)
+            for code, count in (("200", ok), ("500", failed), ("499", gone), ("400", bad)):
+                self.counters[("http", code)] += count
+            slow = ok * story.slow_ttft(mid)
+            for slo in LATENCY_SLOS:
+                missed = failed + (slow if slo in MISSES_TTFT else 0.0)
+                self.counters[(slo, "false")] += missed
+                self.counters[(slo, "true")] += failed + ok - missed
+        else:  # each probe in the interval goes unanswered and stands for its interval's requests
+            probes = int(until // PROBE_INTERVAL_S) - int(since // PROBE_INTERVAL_S)
+            self.missed += probes * max(1.0, story.rate(mid) * PROBE_INTERVAL_S)

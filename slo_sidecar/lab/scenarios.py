@@ -1,0 +1,119 @@
+"""The incidents the lab replays, each with what it must and must not fire (expect.py's arithmetic).
+
+Every scenario is a service of its own (its namespace) in one Prometheus, so a scenario's alerts that
+fire for another would show as that one's false fires. Two replays: hours of incident after two hours
+of clean traffic, with every rule file; and the slow burns (6x, 2x), days long after a clean day, with
+the availability SLO's and the operational rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from slo_spec.model import Spec
+
+from .expect import ERROR_RATE, fires_after, slo_alerts
+from .pods import Story, constant
+
+RATE = 2.0  # requests a second
+
+Expected = dict[tuple[str, str], float]  # (alert, tier) -> seconds after onset
+
+
+@dataclass(frozen=True)
+class Replay:
+    name: str
+    history_s: int  # clean traffic before the onset
+    horizon_s: int  # incident time replayed after it
+    scrape_s: int
+    step_s: int
+    all_rules: bool  # False: the availability SLO's and the operational rules only
+
+
+HOURS = Replay("hours", 2 * 3600, 6 * 3600, 15, 15, True)
+DAYS = Replay("days", 86_400, 26 * 3600, 60, 60, False)
+
+
+@dataclass
+class Scenario:
+    name: str
+    namespace: str
+    replay: Replay
+    story: Story
+    expected: Expected = field(default_factory=dict)
+    why: str = ""  # the expectation in words
+
+
+def _burns(spec: Spec, misses: dict[str, float], replay: Replay, rate: float = RATE,
+           engine_errors: float = 0.0) -> Expected:
+    """Each SLO's alerts for steady miss fractions by SLO name, and the error-rate ticket for the
+    share of requests the engine answered with an error."""
+    expected: Expected = {}
+    for slo in spec.slos:
+        if (replay.all_rules or slo.name == "availability") and misses.get(slo.name, 0.0) > 0:
+            expected.update(slo_alerts(slo.alert_name, slo.objective, misses[slo.name], rate,
+                                       replay.history_s, replay.horizon_s))
+    after = fires_after(ERROR_RATE, 1.0, engine_errors, rate, replay.history_s, replay.horizon_s)
+    if after is not None:
+        expected[("LLMHighErrorRate", "ticket")] = after
+    return expected
+
+
+def _every_slo(spec: Spec, miss: float) -> dict[str, float]:
+    """A failed request misses every latency target too: every SLO sees the same miss fraction."""
+    return {slo.name: miss for slo in spec.slos}
+
+
+def _crash_loop(t: float) -> str:
+    """Restarting every 60 s: 5 s before it listens, 35 s loading (not ready), 20 s serving."""
+    if t < 0:
+        return "serving"
+    phase = t % 60
+    return "down" if phase < 5 else "loading" if phase < 40 else "serving"
+
+
+def scenarios(spec: Spec) -> list[Scenario]:
+    # A crash loop's minute: 20 s serving 2 requests a second (40 good) and 40 s down or loading, in which
+    # 4 probes go unanswered, each standing for 20 requests (80 lost): 2/3 of its events are missed.
+    crash_miss = 80 / 120
+    return [
+        Scenario("healthy service", "lab-healthy", HOURS, Story(), why="nothing fires; burn 0, budget 100% "
+                 "from the first minute"),
+        Scenario("total outage (every request 5xx)", "lab-outage", HOURS, Story(failed=lambda t: float(t >= 0)),
+                 _burns(spec, _every_slo(spec, 1.0), HOURS, engine_errors=1.0),
+                 "outage page when >50% fail over 2m and 1m: 60 s"),
+        Scenario("second service beside the outage", "lab-neighbour", HOURS, Story(),
+                 why="nothing fires: its namespace is another service"),
+        Scenario("100x burn (10% 5xx)", "lab-burn-100x", HOURS, Story(failed=lambda t: 0.1 * (t >= 0)),
+                 _burns(spec, _every_slo(spec, 0.1), HOURS, engine_errors=0.1),
+                 "14.4x over 1h: 1h x 14.4/100 = 518 s, + for 1m"),
+        Scenario("20x burn (2% 5xx)", "lab-burn-20x", HOURS, Story(failed=lambda t: 0.02 * (t >= 0)),
+                 _burns(spec, _every_slo(spec, 0.02), HOURS, engine_errors=0.02),
+                 "14.4x over 1h: 1h x 14.4/20 = 2592 s, + for 1m"),
+        Scenario("TTFT regression (25% slow first tokens)", "lab-ttft", HOURS,
+                 Story(slow_ttft=lambda t: 0.25 * (t >= 0)),
+                 _burns(spec, {"ttft": 0.25, "goodput": 0.25}, HOURS),
+                 "the TTFT SLO pages (25x of 1%), availability stays silent"),
+        Scenario("quiet night (30 requests/h, one 5xx)", "lab-quiet", HOURS,
+                 Story(rate=constant(30 / 3600), single_failures=(3600.0,)),
+                 why="nothing fires: 1 failure in fewer events than any guard"),
+        Scenario("4xx storm (half the requests 400)", "lab-4xx", HOURS,
+                 Story(client_errors=lambda t: 0.5 * (t >= 0)), why="nothing fires: client errors are not judged"),
+        Scenario("client-disconnect storm (half 499)", "lab-499", HOURS,
+                 Story(disconnects=lambda t: 0.5 * (t >= 0)), why="nothing fires: abandoned requests are not judged"),
+        # The restart as a counter reset between two scrapes: what it costs in downtime is what the
+        # crash-loop and SIGKILL scenarios measure (and an orderly one, draining, costs nothing).
+        Scenario("engine restart (counter reset) during a 0.5x burn", "lab-restart", HOURS,
+                 Story(failed=constant(0.0005), restarts=(3600.0,)),
+                 why="nothing fires: the counters' reset is no spike"),
+        Scenario("crash loop (restart every 60 s)", "lab-crashloop", HOURS, Story(state=_crash_loop),
+                 _burns(spec, {"availability": crash_miss}, HOURS),
+                 "probes make 2/3 of its events missed: outage page ~90 s; LLMServiceDown's 2m never holds"),
+        Scenario("6x burn (6.3x: 0.63% 5xx)", "lab-burn-6x", DAYS, Story(failed=lambda t: 0.0063 * (t >= 0)),
+                 _burns(spec, {"availability": 0.0063}, DAYS, engine_errors=0.0063),
+                 "page 6x over 6h: 6h x 6/6.3 = 5.7 h, + for 1m; ticket 1x over 3d, a clean day before: "
+                 "6.3t/(1d + t) > 1 at 4.5 h, + for 10m"),
+        Scenario("2x burn (0.2% 5xx)", "lab-burn-2x", DAYS, Story(failed=lambda t: 0.002 * (t >= 0)),
+                 _burns(spec, {"availability": 0.002}, DAYS, engine_errors=0.002),
+                 "no page; 1x over 3d (a clean day before): 2t/(1d + t) > 1 at 1 d, + for 10m"),
+    ]
