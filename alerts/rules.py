@@ -327,8 +327,9 @@ def operational_group(spec: Spec) -> dict[str, Any] | None:
 
 
 def alertmanager_config(spec: Spec) -> dict[str, Any]:
-    """Alertmanager: pages to one receiver and tickets to another, grouped per alert and service; a
-    firing SLO page silences the same SLO's ticket for the same service, never another service's.
+    """Alertmanager: pages to one receiver and tickets to another, grouped per service (one page names
+    every SLO an incident burns: a failed request misses the latency SLOs too); a firing SLO page
+    silences the same SLO's ticket for the same service, never another service's.
 
     The receivers have no integration: add your pager's (`pagerduty_configs`, ...) and your
     ticket or chat one, or copy `route` and `inhibit_rules` into your own configuration.
@@ -337,7 +338,7 @@ def alertmanager_config(spec: Spec) -> dict[str, Any]:
     return {
         "route": {
             "receiver": "ticket",
-            "group_by": ["alertname", "sloth_id", *spec.identity],
+            "group_by": list(spec.identity) or ["sloth_service"],
             "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
             "routes": [{"matchers": ['tier="page"'], "receiver": "page", "group_wait": "10s",
                         "repeat_interval": "1h"}],

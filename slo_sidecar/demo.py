@@ -2,7 +2,8 @@
 
 Real processes talking HTTP on loopback: the vLLM engine on the embedded tiny
 model, the sidecar beside it (with one fake GPU, named as such, since this
-machine has none), and Prometheus with the rules generated from the SLO spec.
+machine has none), Prometheus with the rules generated from the SLO spec, and
+Alertmanager with the generated routing, which the page goes through.
 It gates the engine with `validate`, drives a load, injects a burst of
 failures, and shows burn rates climbing and the page alert going pending,
 then firing, in Prometheus. It writes the rules, dashboards and preview pages
@@ -28,7 +29,9 @@ from iokit.files import write_atomically
 from slo_spec.load import DEFAULT_SPEC, load_spec
 from slo_spec.model import Slo, Spec
 
-from .processes import EngineProcess, PrometheusProcess, SidecarProcess
+from alerts.render import ALERTMANAGER_FILE
+
+from .processes import AlertmanagerProcess, EngineProcess, PrometheusProcess, SidecarProcess
 
 SCRAPE_S, EVALUATE_S = 2, 5
 HEALTHY_S, BURST_MAX_S, RECOVERY_S, VIEW_EVERY_S = 30, 240, 30, 5
@@ -158,6 +161,34 @@ async def drive_load(engine_url: str, view: LiveView) -> None:
             await faults(0.0)
 
 
+def report_routing(manager: AlertmanagerProcess, alert: str, wait_s: float = 30.0) -> bool:
+    """Whether the page reached Alertmanager's page receiver (Prometheus sends within a few seconds);
+    prints what each receiver holds and what the page's inhibition holds back."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            groups = manager.groups(inhibited=False)
+            held = [a["labels"]["alertname"] + " (" + a["labels"].get("tier", "?") + ")" for a in manager.alerts()
+                    if a["status"]["inhibitedBy"]]
+        except (OSError, RuntimeError):
+            groups, held = [], []
+        by_receiver: dict[str, list[str]] = {}
+        for group in groups:
+            by_receiver.setdefault(group["receiver"]["name"], []).extend(
+                a["labels"]["alertname"] for a in group["alerts"])
+        if alert in by_receiver.get("page", []) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    for receiver, alerts in sorted(by_receiver.items()):
+        print(f"  Alertmanager: receiver {receiver!r} notified of {', '.join(sorted(set(alerts)))}")
+    if held:
+        print(f"  Alertmanager: held back by the page (inhibited): {', '.join(sorted(set(held)))}")
+    if alert not in by_receiver.get("page", []):
+        print(f"  Alertmanager: the page {alert} did not reach the 'page' receiver within {wait_s:.0f} s")
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     # Ctrl-C and SIGTERM both unwind run_demo's stack, which stops every process it started. SIGINT is
     # set explicitly: a shell starting the demo in the background would otherwise have it ignored.
@@ -171,10 +202,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if shutil.which(args.prometheus) is None:
-        print(f"slo-sidecar: error: no Prometheus binary {args.prometheus!r}: install Debian's prometheus package "
-              "(scripts/demo.sh does)", file=sys.stderr)
-        return 2
+    for binary, package in ((args.prometheus, "prometheus"), (args.alertmanager, "prometheus-alertmanager")):
+        if shutil.which(binary) is None:
+            print(f"slo-sidecar: error: no binary {binary!r}: install Debian's {package} package "
+                  "(scripts/demo.sh does)", file=sys.stderr)
+            return 2
     from alerts.rules import PAGE_FOR
     from dashboards.definitions import dashboards
 
@@ -190,7 +222,8 @@ def run_demo(args: argparse.Namespace) -> int:
         step(1, f"Generating Prometheus rules and Grafana dashboards from {spec.source}")
         rules = write_generated(spec, out)
 
-        step(2, "Starting the engine (vLLM, tiny-llama), the sidecar and Prometheus with the generated rules")
+        step(2, "Starting the engine (vLLM, tiny-llama), the sidecar, Alertmanager and Prometheus with the generated "
+                "rules")
         engine = stack.enter_context(EngineProcess(logs / "engine.log", *ENGINE_ARGS).start())
         print(f"  engine on {engine.url}: ready in {engine.wait_ready():.0f} s")
         sidecar = stack.enter_context(SidecarProcess(
@@ -199,10 +232,15 @@ def run_demo(args: argparse.Namespace) -> int:
         sidecar.wait_ready()
         print(f"  sidecar on {sidecar.url} (its GPU is a FAKE H100 replayed through NVML's API: no NVIDIA GPU here)")
         tsdb = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="slo-sidecar-demo-prometheus-")))
+        manager = stack.enter_context(AlertmanagerProcess(tsdb, out / "rules" / ALERTMANAGER_FILE,
+                                                          binary=args.alertmanager).start())
+        manager.wait_ready()
+        print(f"  Alertmanager on {manager.url} with the generated routing and inhibitions")
         targets = {"engine": engine.url.removeprefix("http://"), "sidecar": sidecar.url.removeprefix("http://")}
         prometheus = stack.enter_context(PrometheusProcess(
             tsdb, targets, rules, scrape_interval=f"{SCRAPE_S}s", evaluation_interval=f"{EVALUATE_S}s",
-            binary=args.prometheus, extra_args=("--enable-feature=exemplar-storage",)).start())
+            binary=args.prometheus, extra_args=("--enable-feature=exemplar-storage",),
+            alertmanager_url=manager.url).start())
         prometheus.wait_ready()
         loaded = prometheus.rule_groups()
         print(f"  Prometheus on {prometheus.url}: {sum(len(g['rules']) for g in loaded)} rules in {len(loaded)} "
@@ -222,9 +260,11 @@ def run_demo(args: argparse.Namespace) -> int:
         view = LiveView(prometheus, spec, slo)
         asyncio.run(drive_load(engine.url, view))
         seen = view.states_seen
+        paged = False
         if "firing" in seen:
             print(f"  the page alert {slo.alert_name} went pending at {seen.get('pending', seen['firing']):.0f} s and "
                   f"fired at {seen['firing']:.0f} s (its rule holds {PAGE_FOR} in pending)")
+            paged = report_routing(manager, slo.alert_name)
         else:
             print(f"  the page alert {slo.alert_name} did not fire (states seen: {', '.join(seen)})")
 
@@ -235,13 +275,13 @@ def run_demo(args: argparse.Namespace) -> int:
         for path, titles in empty.items():
             print(f"  {path}" + (f"  (no data: {', '.join(titles)})" if titles else ""))
 
-        step(6, "Stopping the engine, the sidecar and Prometheus")
+        step(6, "Stopping the engine, the sidecar, Prometheus and Alertmanager")
     print(f"\ndemo: done in {time.monotonic() - begun:.0f} s. What it wrote, in {out}:")
     print("  rules/       Prometheus recording and alerting rules (promtool-clean), an Alertmanager configuration")
     print("  dashboards/  Grafana dashboards (import format) and datasource provisioning")
     print(f"  preview/     the dashboards as static HTML pages: open {out / 'preview' / (boards[0].uid + '.html')}")
     print("  validate-report.json, logs/")
-    return 0 if "firing" in view.states_seen else 1
+    return 0 if paged else 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -249,4 +289,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "and logs go (default: ./demo-output)")
     parser.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
     parser.add_argument("--prometheus", default="prometheus", help="the Prometheus binary (default: prometheus)")
+    parser.add_argument("--alertmanager", default="prometheus-alertmanager",
+                        help="the Alertmanager binary (default: Debian's prometheus-alertmanager)")
     parser.add_argument("--validate-requests", type=int, default=40, help="requests the gate sends (default: 40)")
