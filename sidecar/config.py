@@ -55,6 +55,7 @@ class SidecarConfig:
     slo: str = ""  # the SLO spec; empty: the embedded default
     slo_state_file: str = ""
     slo_state_interval_s: float = 60.0
+    probe_url: str = ""  # the engine's API (empty: engine_url), when its /metrics is served on another port
     probe_interval_s: float = 10.0  # 0: no probes
     probe_timeout_s: float = 5.0
     engine_api_key: str = ""
@@ -172,6 +173,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "slo": (_string, "the SLO spec (ours or Sloth's prometheus/v1; default: the embedded slo.yaml)"),
     "slo_state_file": (_string, "where to keep the SLO windows across restarts (default: not kept)"),
     "slo_state_interval_s": (_positive_number, "seconds between saves of the SLO state file"),
+    "probe_url": (_url, "the engine's API base URL for the probes (default: engine_url; set it where the engine "
+                        "serves /metrics on a port of its own)"),
     "probe_interval_s": (_non_negative_number, "seconds between probe requests to the engine; an unanswered "
                          "one counts against the availability SLO as the requests users lost (0: no probes)"),
     "probe_timeout_s": (_positive_number, "how long a probe waits for its answer before it counts as unanswered"),

@@ -60,7 +60,7 @@ class Prober:
     error_reasons: tuple[str, ...] = ()
 
     def __init__(self, config: SidecarConfig, tracker: SloTracker, now: Callable[[], float] = time.time):
-        self.url = config.engine_url + "/v1/completions"
+        self.url = (config.probe_url or config.engine_url) + "/v1/completions"
         self.headers = {PROBE_HEADER: "1"}
         if config.engine_api_key:
             self.headers["Authorization"] = "Bearer " + config.engine_api_key
