@@ -120,22 +120,32 @@ class Selection:
 class EventSum:
     """A signed sum of counter selections: latency errors are `count - bucket{le=threshold}`.
 
-    With `separate_sources`, the terms come from processes that die apart (the engine's counters and
-    its sidecar's probe counter): each term reads 0 where the others have series and it has none,
-    since PromQL's `+` drops a service missing from either side.
+    With `separate_sources`, the (positive) terms come from processes that die apart (the engine's
+    counters and its sidecar's probe counter), and PromQL's `+` would drop a service whose series
+    are missing on either side. So their rates are joined with `or` inside one sum: each term after
+    the first gets a label of its own (`slo_source`), so that no series of one can hide another's
+    with the same labels, and a missing term adds nothing. Two rate() per window, not four.
     """
 
     terms: tuple[tuple[int, Selection], ...]
     separate_sources: bool = False
 
+    def __post_init__(self) -> None:
+        if self.separate_sources and any(sign < 0 for sign, _ in self.terms):
+            raise ValueError("terms from separate sources are summed: none can be subtracted")
+
     def rate_promql(self, window: str, by: tuple[str, ...] = ()) -> str:
         """The events per second over the window, summed per service (`by` its identity labels)."""
         grouping = f" by ({', '.join(by)}) " if by else ""
+        if self.separate_sources:
+            joined = " or ".join(
+                f"rate({selection.promql()}[{window}])" if i == 0 else
+                f'label_replace(rate({selection.promql()}[{window}]), "slo_source", "{i}", "", "")'
+                for i, (_, selection) in enumerate(self.terms))
+            return f"sum{grouping}({joined})"
         rates = [f"sum{grouping}(rate({selection.promql()}[{window}]))" for _, selection in self.terms]
         if len(rates) == 1:
             return rates[0]
-        if self.separate_sources:
-            rates = [f"({rate} or 0 * {' or '.join(r for r in rates if r is not rate)})" for rate in rates]
         text = rates[0]
         for (sign, _), rate in zip(self.terms[1:], rates[1:]):
             text = f"{text} {'+' if sign > 0 else '-'} {rate}"

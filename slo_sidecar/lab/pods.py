@@ -3,7 +3,7 @@
 A story says, t seconds after the incident's onset (negative before it), how many requests users send,
 which share of them fail (5xx), miss their first-token target, are client errors (400) or are
 abandoned by their client (499), and whether the engine is serving, loading (listening, /ready 503)
-or down (not listening). The engine counts what it answers, as ours does: client errors and
+down (not listening) or gone with its whole pod, sidecar and all. The engine counts what it answers, as ours does: client errors and
 disconnects are not judged, and a failed request misses every latency target. While it does not
 serve, users' requests are lost uncounted, and the sidecar's probe (every 10 s) counts each
 unanswered one as the requests of its interval (model.PROBE_MISSED). A restart resets the engine's
@@ -38,7 +38,7 @@ class Story:
     slow_ttft: Callable[[float], float] = constant(0.0)  # share of the answered that missed the TTFT target
     client_errors: Callable[[float], float] = constant(0.0)  # share answered 400
     disconnects: Callable[[float], float] = constant(0.0)  # share abandoned by their client (499)
-    state: Callable[[float], str] = constant("serving")  # serving, loading or down
+    state: Callable[[float], str] = constant("serving")  # serving, loading, down, or gone (the whole pod)
     single_failures: tuple[float, ...] = ()  # one extra 5xx at each of these times
     restarts: tuple[float, ...] = ()  # counter resets (besides every return from `down`)
 
@@ -70,17 +70,19 @@ class Pod:
         while t <= end:
             rel = t - onset
             state = story.state(rel)
-            if previous_state == "down" and state != "down" or any(t - scrape_s < onset + r <= t
+            if previous_state in ("down", "gone") and state not in ("down", "gone") or any(t - scrape_s < onset + r <= t
                                                                    for r in story.restarts):
                 self.counters.clear()  # a new engine process
             self._advance(rel - scrape_s, rel, state)
             previous_state = state
-            add("up", self.labels("engine"), "gauge", t, 0.0 if state == "down" else 1.0)
-            add("up", self.labels("sidecar"), "gauge", t, 1.0)
-            add("sidecar_collector_up", self.labels("sidecar", collector="engine"), "gauge", t,
-                0.0 if state == "down" else 1.0)
-            add(PROBE_MISSED, self.labels("sidecar"), "counter", t, self.missed)
-            if state != "down":
+            engine_up = state not in ("down", "gone")
+            add("up", self.labels("engine"), "gauge", t, float(engine_up))
+            add("up", self.labels("sidecar"), "gauge", t, float(state != "gone"))
+            if state != "gone":  # the sidecar lives
+                add("sidecar_collector_up", self.labels("sidecar", collector="engine"), "gauge", t,
+                    float(engine_up))
+                add(PROBE_MISSED, self.labels("sidecar"), "counter", t, self.missed)
+            if engine_up:
                 add("slo_engine_ready", self.labels("engine"), "gauge", t, 1.0 if state == "serving" else 0.0)
                 for code in ("200", "400", "499", "500", "429"):
                     add("slo_engine_http_requests_total", self.labels("engine", endpoint=ENDPOINT, code=code),
@@ -109,6 +111,6 @@ class Pod:
                 missed = failed + (slow if slo in MISSES_TTFT else 0.0)
                 self.counters[(slo, "false")] += missed
                 self.counters[(slo, "true")] += failed + ok - missed
-        else:  # each probe in the interval goes unanswered and stands for its interval's requests
+        elif state != "gone":  # each probe in the interval goes unanswered and stands for its interval's requests
             probes = int(until // PROBE_INTERVAL_S) - int(since // PROBE_INTERVAL_S)
             self.missed += probes * max(1.0, story.rate(mid) * PROBE_INTERVAL_S)

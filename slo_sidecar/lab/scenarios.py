@@ -30,7 +30,8 @@ class Replay:
     all_rules: bool  # False: the availability SLO's and the operational rules only
 
 
-HOURS = Replay("hours", 2 * 3600, 6 * 3600, 15, 15, True)
+SCRAPE_HOURS = 15
+HOURS = Replay("hours", 2 * 3600, 6 * 3600, SCRAPE_HOURS, 15, True)
 DAYS = Replay("days", 86_400, 26 * 3600, 60, 60, False)
 
 
@@ -57,6 +58,11 @@ def _burns(spec: Spec, misses: dict[str, float], replay: Replay, rate: float = R
     if after is not None:
         expected[("LLMHighErrorRate", "ticket")] = after
     return expected
+
+
+def _down(scrape_s: int) -> Expected:
+    """LLMServiceDown (page) and LLMEngineDown (ticket): the first scrape that fails, then `for: 2m`."""
+    return {("LLMServiceDown", "page"): 120.0 + scrape_s, ("LLMEngineDown", "ticket"): 120.0 + scrape_s}
 
 
 def _every_slo(spec: Spec, miss: float) -> dict[str, float]:
@@ -106,6 +112,15 @@ def scenarios(spec: Spec) -> list[Scenario]:
         Scenario("engine restart (counter reset) during a 0.5x burn", "lab-restart", HOURS,
                  Story(failed=constant(0.0005), restarts=(3600.0,)),
                  why="nothing fires: the counters' reset is no spike"),
+        Scenario("engine killed, not restarted (the sidecar lives)", "lab-killed", HOURS,
+                 Story(state=lambda t: "down" if t >= 0 else "serving"),
+                 {**_burns(spec, {"availability": 1.0}, HOURS), **_down(SCRAPE_HOURS),
+                  ("LLMSidecarCollectorFailing", "ticket"): 300.0},
+                 "probes: the outage page at 60 s, the hour page, the budget burning for hours; "
+                 "LLMServiceDown and LLMEngineDown after their 2m"),
+        Scenario("whole pod gone (engine and sidecar)", "lab-pod-gone", HOURS,
+                 Story(state=lambda t: "gone" if t >= 0 else "serving"), _down(SCRAPE_HOURS),
+                 "no one is left to count: LLMServiceDown pages after its 2m, LLMEngineDown tickets"),
         Scenario("crash loop (restart every 60 s)", "lab-crashloop", HOURS, Story(state=_crash_loop),
                  _burns(spec, {"availability": crash_miss}, HOURS),
                  "probes make 2/3 of its events missed: outage page ~90 s; LLMServiceDown's 2m never holds"),
