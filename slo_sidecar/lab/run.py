@@ -48,15 +48,17 @@ def tolerance(replay_: Replay, expected_s: float) -> float:
     return 2 * replay_.step_s + 2 * replay_.scrape_s + 0.03 * expected_s
 
 
-def belongs(firing: Firing, namespace: str) -> bool:
-    return firing.labels.get("namespace") == namespace or namespace in firing.labels.get("instance", "")
+def belongs(labels: dict[str, str], namespace: str) -> bool:
+    """An alert is a scenario's by its namespace, or by an instance of its pod (`<job>-<namespace>:<port>`)."""
+    host = labels.get("instance", "").partition(":")[0]
+    return labels.get("namespace") == namespace or host.partition("-")[2] == namespace
 
 
 def judge(scenario: Scenario, firings: list[Firing], onset: float) -> Row:
     """The scenario's row: its alerts' first firings against the expected ones."""
     first: dict[tuple[str, str], float] = {}
     for firing in firings:
-        if belongs(firing, scenario.namespace):
+        if belongs(firing.labels, scenario.namespace):
             key = (firing.alert, firing.labels.get("tier", ""))
             first[key] = min(first.get(key, math.inf), firing.start - onset)
     row = Row(scenario.name, "", None, None, None, None, why=scenario.why)
@@ -106,6 +108,11 @@ def run_replay(spec: Spec, replay_: Replay, chosen: list[Scenario], rules_dir: P
     replayed = replay(series, files, start, end, workdir / replay_.name, step_s=replay_.step_s,
                       scrape_interval_s=replay_.scrape_s, instants=instants)
     rows = [judge(scenario, replayed.firings, onset) for scenario in chosen]
+    strays = [f for f in replayed.firings if not any(belongs(f.labels, s.namespace) for s in chosen)]
+    if strays:  # an alert of no service (LLMSidecarAbsent, say) is a false fire of the whole replay
+        row = Row(f"alerts of no service ({replay_.name} replay)", "no alert", None, None, None, None)
+        row.false_fires = [f"{f.alert} {f.labels} at {readable(f.start - onset)}" for f in strays]
+        rows.append(row)
     return rows, replayed.firings, replayed, start
 
 
@@ -122,13 +129,12 @@ def route(rows: list[Row], chosen: list[Scenario], firings: list[Firing], config
 
 def notified(manager: AlertmanagerProcess, namespace: str) -> str:
     """What Alertmanager notifies for one service, by receiver, and what it holds back as inhibited."""
-    def ours(labels: dict[str, str]) -> bool:
-        return labels.get("namespace") == namespace or namespace in labels.get("instance", "")
-
     sent = sorted({(group["receiver"]["name"], alert["labels"]["alertname"])
-                   for group in manager.groups(inhibited=False) for alert in group["alerts"] if ours(alert["labels"])})
+                   for group in manager.groups(inhibited=False) for alert in group["alerts"]
+                   if belongs(alert["labels"], namespace)})
     inhibited = sorted({f"{alert['labels']['alertname']} {alert['labels'].get('tier', '')}".strip()
-                        for alert in manager.alerts() if alert["status"]["inhibitedBy"] and ours(alert["labels"])})
+                        for alert in manager.alerts()
+                        if alert["status"]["inhibitedBy"] and belongs(alert["labels"], namespace)})
     text = "; ".join(f"{receiver}: {', '.join(a for r, a in sent if r == receiver)}"
                      for receiver in ("page", "ticket") if any(r == receiver for r, _ in sent))
     return (text or "nothing") + (f" (inhibited: {', '.join(inhibited)})" if inhibited else "")
