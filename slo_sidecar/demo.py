@@ -74,6 +74,7 @@ class LiveView:
         }
         self.alert = f'ALERTS{{alertname="{slo.alert_name}", tier="page"}}'
         self.states_seen: dict[str, float] = {}
+        self.has_data = False  # Prometheus has the rules' first values (burn 1h, budget)
 
     def header(self) -> str:
         return f"  {'time':>6} {'req/s':>6} {'errors':>7} {'burn 5m':>8} {'burn 1h':>8} {'budget':>7} " \
@@ -101,6 +102,8 @@ class LiveView:
 
     def line(self, elapsed: float, phase: str) -> str:
         values = {name: self.value(expr) for name, expr in self.queries.items()}
+        self.has_data = self.has_data or all(values[name] is not None and not math.isnan(values[name])
+                                             for name in ("burn 1h", "budget"))
         state = self.page_state()
         if state != "?":
             self.states_seen.setdefault(state, elapsed)
@@ -133,9 +136,9 @@ async def drive_load(engine_url: str, view: LiveView) -> None:
                 response.raise_for_status()
 
         clients = [asyncio.create_task(client()) for _ in range(CLIENTS)]
+        print("  (lines start once Prometheus has evaluated the rules; every series the SLIs read exists at 0 "
+              "from the first scrape, so a healthy service reads burn 0.0x and budget 100% from then on)")
         print(view.header(), flush=True)
-        print("  (every series the SLIs read exists at 0 from the first scrape: a healthy service reads burn "
-              "0.0x and budget 100%; '-' only until Prometheus has two samples for rate())")
         started = time.monotonic()
         burst_at = recovered_at = None
         try:
@@ -152,7 +155,9 @@ async def drive_load(engine_url: str, view: LiveView) -> None:
                 phase = ("healthy" if burst_at is None else
                          f"burst: {BURST_ERROR_RATIO:.0%} of requests fail" if recovered_at is None else
                          "healed: no new errors; the burst stays in the windows")
-                print(await asyncio.to_thread(view.line, elapsed, phase), flush=True)
+                line = await asyncio.to_thread(view.line, elapsed, phase)
+                if view.has_data or burst_at is not None:
+                    print(line, flush=True)
                 if recovered_at is not None and elapsed - recovered_at >= RECOVERY_S:
                     return
         finally:

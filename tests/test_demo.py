@@ -65,3 +65,4 @@ def test_live_view_shows_unanswered_queries_as_question_marks(tmp_path, serve):
     assert cells[0] == "12s" and cells[-1] == "healthy"
     assert cells[1:-1] == ["?"] * 8, line  # seven values and the page alert's state
     assert view.states_seen == {}  # an unknown state is not a state the alert was in
+    assert not view.has_data, "no line is shown as live data until Prometheus answers with values"
