@@ -25,6 +25,7 @@ PROBE_INTERVAL_S = 10
 LATENCY_SLOS = ("ttft", "e2e-latency", "queue-time", "goodput")
 MISSES_TTFT = ("ttft", "goodput")  # a slow first token misses these
 MODEL = "lab-model"
+NOT_RUNNING = ("down", "gone")  # no engine process answers its scrapes
 
 
 def constant(value: float) -> Callable[[float], float]:
@@ -70,12 +71,12 @@ class Pod:
         while t <= end:
             rel = t - onset
             state = story.state(rel)
-            if previous_state in ("down", "gone") and state not in ("down", "gone") or any(t - scrape_s < onset + r <= t
-                                                                   for r in story.restarts):
+            returned = previous_state in NOT_RUNNING and state not in NOT_RUNNING
+            if returned or any(t - scrape_s < onset + r <= t for r in story.restarts):
                 self.counters.clear()  # a new engine process
             self._advance(rel - scrape_s, rel, state)
             previous_state = state
-            engine_up = state not in ("down", "gone")
+            engine_up = state not in NOT_RUNNING
             add("up", self.labels("engine"), "gauge", t, float(engine_up))
             add("up", self.labels("sidecar"), "gauge", t, float(state != "gone"))
             if state != "gone":  # the sidecar lives
