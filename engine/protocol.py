@@ -57,6 +57,10 @@ class ApiError(Exception):
         }
 
 
+# A seed is a 64-bit signed integer, as vLLM's own server bounds it (torch.long).
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
 def invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
     return ApiError(400, f"{param}: {message}", param=param, code=code)
 
@@ -82,10 +86,14 @@ class GenerationRequest:
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 for anything else, including what the parser itself refuses
+    (an integer of thousands of digits is Python's ValueError, deep nesting its RecursionError)."""
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "request body is not valid JSON: nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     return body
@@ -126,7 +134,7 @@ def parse_generation_request(body: dict[str, Any], kind: Kind, served_model: str
         top_p=reader.number("top_p", default=1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True),
         n=reader.integer("n", default=1, minimum=1, maximum=MAX_N),
         stop=_read_stop(body),
-        seed=reader.integer("seed", default=None),
+        seed=reader.integer("seed", default=None, minimum=SEED_MIN, maximum=SEED_MAX),
         stream=stream,
         include_usage=include_usage,
         ignore_eos=reader.boolean("ignore_eos", default=False),

@@ -79,7 +79,10 @@ def test_unknown_model_is_404_model_not_found():
 
 def test_json_body_must_be_an_object():
     assert parse_json_body(b'{"a": 1}') == {"a": 1}
-    for raw in (b"", b"\xff\xfe", b"null", b'"text"'):
+    # Also what the parser itself refuses: a 5,000-digit integer (past Python's int-string limit)
+    # and nesting deeper than its recursion limit.
+    for raw in (b"", b"\xff\xfe", b"null", b'"text"', b'{"seed": ' + b"9" * 5000 + b"}",
+                b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}"):
         with pytest.raises(ApiError) as caught:
             parse_json_body(raw)
         assert caught.value.status == 400 and caught.value.code == "invalid_json"
@@ -155,3 +158,11 @@ def test_token_chunk_template_renders_what_json_would(kind, body, usage, text):
     if usage:
         expected["usage"] = None
     assert chunk == expected
+
+
+def test_seed_is_a_64_bit_integer():
+    assert parse({"prompt": "x", "seed": 2**63 - 1}).seed == 2**63 - 1
+    assert parse({"prompt": "x", "seed": -(2**63)}).seed == -(2**63)
+    for seed in (2**63, -(2**63) - 1):
+        error = error_of({"prompt": "x", "seed": seed})
+        assert (error.status, error.param) == (400, "seed")
