@@ -163,12 +163,15 @@ async def test_queue_depth_rises_under_a_burst_and_falls_after(tmp_path):
     # is held until the sidecar has shown it, then the clients hang up, which aborts everything.
     # (A burst that drains by itself lasts a few seconds: a CI run on 2 busy cores once let the
     # observer sleep through all of it.)
-    # (No probes: the queue is the burst's alone; a probe queued behind it once changed its timing.)
+    # (No probes: the queue is the burst's alone. A 5 s scrape timeout: while vLLM streams the burst,
+    # the engine's event loop answers /metrics late, and with the default 0.8 s the sidecar's first
+    # good scrape came after the burst had drained.)
     waiting_allowed = 8
     engine_args = ("--max-model-len", "1024", "--max-num-seqs", "1",
                    "--max-waiting-requests", str(waiting_allowed))
     with EngineProcess(tmp_path / "engine.log", *engine_args).start() as engine, SidecarProcess(
             tmp_path / "sidecar.log", engine.url, "--engine-interval-s", INTERVAL, "--probe-interval-s", "0",
+            "--engine-timeout-s", "5",
             "--gpu-hourly-usd", "4", "--gpus", "2").start() as sidecar:
         engine.wait_ready()
         sidecar.wait_ready()
