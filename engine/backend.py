@@ -7,10 +7,12 @@ of the package (and the tests of pure logic) never pays for that import.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -72,6 +74,10 @@ class VllmBackend:
         self.tokenizer: Any = None
         self.vocab_size = 0
         self.max_model_len = settings.max_model_len
+        # Tokenising a long prompt takes milliseconds to seconds: off the event loop, so probes and
+        # /metrics answer meanwhile; one thread, as vLLM's server does (a Hugging Face tokenizer is
+        # not safe to share between threads).
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
 
     def load(self) -> None:
         """Start vLLM (blocking, ~20 s for the tiny model on CPU): call it from a thread."""
@@ -104,6 +110,11 @@ class VllmBackend:
     @property
     def dead(self) -> bool:
         return self.engine is not None and self.engine.errored
+
+    async def tokenize(self, request: GenerationRequest) -> list[int]:
+        """The prompt's token ids, worked out on the tokenizer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, self.prompt_token_ids,
+                                                                request)
 
     def prompt_token_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt_token_ids is not None:
@@ -161,5 +172,6 @@ class VllmBackend:
                 await self.engine.abort(request_id)
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None:
             self.engine.shutdown(timeout=timeout_s)

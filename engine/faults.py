@@ -1,7 +1,7 @@
 """Fault injection, for tests and demos only.
 
-Off unless the engine is started with --enable-fault-injection; then
-POST /admin/fault-injection sets a share of generation requests to fail with
+Off unless the engine is started with an admin listener (--admin-port, see
+admin.py); then POST /admin/fault-injection there sets a share of generation requests to fail with
 an engine error (error_ratio), a delay before each (delay_s), and a delay per
 generated token as the client sees it (token_delay_s: a slow stream whatever the
 machine's speed; vLLM's own histograms do not see it). Failures are spread evenly
@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .protocol import ApiError, invalid
+from .protocol import invalid
 
 
 class InjectedFault(Exception):
@@ -53,7 +53,3 @@ class FaultInjector:
     def state(self) -> dict[str, float]:
         return {"error_ratio": self.error_ratio, "delay_s": self.delay_s, "token_delay_s": self.token_delay_s}
 
-
-def disabled_error() -> ApiError:
-    return ApiError(404, "fault injection is disabled; start the engine with --enable-fault-injection",
-                    code="not_found", error_type="not_found_error")

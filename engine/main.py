@@ -3,17 +3,21 @@
 Start listening at once (so /health and /ready answer "loading" while the model
 loads), load vLLM in a thread, serve; on SIGTERM or SIGINT stop admitting work
 (/ready 503), let in-flight requests finish within the drain timeout, stop vLLM's
-child processes, exit 0.
+child processes, exit 0. SIGTERM while loading stops vLLM's children and exits 0
+at once; vLLM's engine core dying exits 1, so Kubernetes restarts the container.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -24,11 +28,16 @@ from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
 from slo_spec.model import Spec
 
 from .health import visible_gpu_uuids
+from .malformed_http import MalformedRequestLog
 from .metrics import ConstantLabels, ServerMetrics
+from .admin import build_admin_app
 from .server import EngineState, build_app, build_metrics_app
-from .settings import EngineSettings
+from .settings import EngineSettings, SettingsError
 from .slo_judge import SloJudge
 from .tracing import setup_tracing
+
+if TYPE_CHECKING:
+    from .backend import VllmBackend
 
 log = logging.getLogger("engine")
 
@@ -41,12 +50,13 @@ def resolve_model(settings: EngineSettings) -> tuple[str, str]:
         return str(ensure_default_model()), settings.served_model_name or MODEL_NAME
     model_dir = Path(settings.model)
     if not (model_dir / "config.json").is_file():
-        raise SystemExit(f"error: --model {settings.model}: not a Hugging Face model directory "
-                         "(no config.json); only local models can be served here")
+        print(f"slo-sidecar engine: error: --model {settings.model}: not a Hugging Face model directory "
+              "(no config.json); only local models can be served here", file=sys.stderr)
+        raise SystemExit(2)
     return str(model_dir), settings.served_model_name or model_dir.name
 
 
-async def serve(settings: EngineSettings, spec: Spec) -> int:
+async def serve(settings: EngineSettings, spec: Spec, api_key: str | None, admin_token: str | None) -> int:
     model_dir, served_name = resolve_model(settings)
     # Our series go to a registry of their own, served through vLLM's with model_name added.
     own = CollectorRegistry()
@@ -56,17 +66,16 @@ async def serve(settings: EngineSettings, spec: Spec) -> int:
     for uuid in visible_gpu_uuids():
         metrics.accelerators.labels(uuid=uuid).set(1)
     state = EngineState(settings=settings, served_model_name=served_name, metrics=metrics, tracer=tracer,
-                        judge=SloJudge(spec, own))
+                        judge=SloJudge(spec, own), api_key=api_key)
     state.generations_idle.set()
-    runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None)
-    await runner.setup()
-    await listen(runner, settings.host, settings.port, "engine")
-    runners = [runner]
+    runners = [await _start(build_app(state), settings.host, settings.port, logger=MalformedRequestLog(metrics))]
     if settings.metrics_port is not None:
-        runners.append(web.AppRunner(build_metrics_app(), access_log=None))
-        await runners[-1].setup()
-        await listen(runners[-1], settings.host, settings.metrics_port, "engine")
+        runners.append(await _start(build_metrics_app(), settings.host, settings.metrics_port))
         log.info("serving /metrics on http://%s:%d", settings.host, settings.metrics_port)
+    if admin_token is not None and settings.admin_port is not None:
+        runners.append(await _start(build_admin_app(state.faults, admin_token), settings.host, settings.admin_port))
+        log.warning("admin listener (fault injection) on http://%s:%d: for tests and demos only",
+                    settings.host, settings.admin_port)
     log.info("listening on http://%s:%d (model loading)", settings.host, settings.port)
 
     stop = asyncio.Event()
@@ -80,28 +89,78 @@ async def serve(settings: EngineSettings, spec: Spec) -> int:
     load = asyncio.create_task(asyncio.to_thread(backend.load))
     stopped_early = asyncio.create_task(stop.wait())
     await asyncio.wait({load, stopped_early}, return_when=asyncio.FIRST_COMPLETED)
+    if not load.done():
+        # vLLM cannot be interrupted while it loads (minutes for a large model, past the pod's grace
+        # period): stop listening, stop its child processes, and leave without waiting for the thread.
+        log.info("stop requested while loading: stopping vLLM's processes and exiting")
+        state.set_phase("draining")
+        for each in runners:
+            await each.cleanup()
+        stop_children(CHILD_STOP_GRACE_S)
+        tracer.shutdown()
+        logging.shutdown()
+        os._exit(0)
+    stopped_early.cancel()
     exit_code = 0
-    if load.done() and load.exception() is None:
+    if load.exception() is None:
         state.backend = backend
         state.set_phase("ready")
         log.info("ready: serving %r", served_name)
-        await stop.wait()
-        await drain(state)
-    elif load.done():
+        if await _until_stopped_or_dead(stop, backend) == "dead":
+            # vLLM's engine core is gone (killed, out of memory): no request can succeed in this
+            # process. Exit non-zero so Kubernetes restarts the container at once.
+            log.error("the vLLM engine core died; exiting so the container is restarted")
+            state.set_phase("failed")
+            exit_code = 1
+        else:
+            await drain(state)
+    else:
         state.set_phase("failed")
         log.error("the vLLM engine failed to start: %s", load.exception())
         exit_code = 1
-    else:
-        log.info("stop requested while loading; waiting for vLLM to finish starting so it can be stopped")
-        state.set_phase("draining")
-        await asyncio.wait({load})
-    stopped_early.cancel()
     for each in runners:
         await each.cleanup()
     backend.shutdown()
     tracer.shutdown()  # flushes the spans still queued
     log.info("stopped")
     return exit_code
+
+
+CHILD_STOP_GRACE_S = 2.0
+DEAD_ENGINE_POLL_S = 0.5
+
+
+async def _start(app: web.Application, host: str, port: int, **handler_args: object) -> web.AppRunner:
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, **handler_args)
+    await runner.setup()
+    await listen(runner, host, port, "engine")
+    return runner
+
+
+async def _until_stopped_or_dead(stop: asyncio.Event, backend: "VllmBackend") -> str:
+    """'stop' on SIGTERM or SIGINT, 'dead' as soon as vLLM's engine core is seen dead."""
+    while not stop.is_set():
+        if backend.dead:
+            return "dead"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), DEAD_ENGINE_POLL_S)
+    return "stop"
+
+
+def stop_children(grace_s: float) -> None:
+    """SIGTERM to every descendant of this process (vLLM's engine core and its workers); SIGKILL to
+    those still there after grace_s."""
+    import psutil  # a dependency of vLLM
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 async def drain(state: EngineState) -> None:
@@ -122,12 +181,27 @@ def run(args: argparse.Namespace) -> int:
     settings = EngineSettings.from_args(args)
     try:
         spec = load_spec(settings.slo or str(DEFAULT_SPEC))  # the targets its exact SLO counters judge
-    except SpecError as exc:
+        api_key = settings.client_api_key()
+        admin_token = admin_token_of(settings)
+    except (SpecError, SettingsError) as exc:
         print(f"slo-sidecar engine: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     try:
         import uvloop  # the event loop vLLM's own server runs on (uvicorn picks it when installed)
     except ImportError:
-        return asyncio.run(serve(settings, spec))
-    return uvloop.run(serve(settings, spec))
+        return asyncio.run(serve(settings, spec, api_key, admin_token))
+    return uvloop.run(serve(settings, spec, api_key, admin_token))
+
+
+def admin_token_of(settings: EngineSettings) -> str | None:
+    """The admin listener's token; None without an admin listener. Its port must be one of its own."""
+    if settings.admin_port is None:
+        if settings.admin_token_file:
+            raise SettingsError("--admin-token-file: given without --admin-port")
+        return None
+    if not settings.admin_token_file:
+        raise SettingsError("--admin-port: needs --admin-token-file (the admin listener has its own token)")
+    if settings.admin_port in (settings.port, settings.metrics_port):
+        raise SettingsError(f"--admin-port {settings.admin_port}: must differ from --port and --metrics-port")
+    return settings.admin_token()

@@ -25,7 +25,6 @@ ENDPOINTS = (
     "/health",
     "/ready",
     "/metrics",
-    "/admin/fault-injection",
     "other",
 )
 GENERATION_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")

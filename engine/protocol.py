@@ -7,6 +7,7 @@ ApiError to an HTTP response.
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 import time
@@ -61,6 +62,12 @@ class ApiError(Exception):
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 
+def bearer_matches(authorization: str, secret: str) -> bool:
+    """Whether an 'Authorization: Bearer X' header carries `secret` (compared in constant time)."""
+    scheme, _, supplied = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), secret.encode())
+
+
 def invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
     return ApiError(400, f"{param}: {message}", param=param, code=code)
 
@@ -96,7 +103,30 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, "request body is not valid JSON: nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    if not _all_text_is_unicode(body):
+        raise ApiError(400, "request body is not valid JSON: a string holds a lone UTF-16 surrogate "
+                       "(such as \\ud800), which is no Unicode text", code="invalid_json")
     return body
+
+
+def _all_text_is_unicode(value: Any) -> bool:
+    """False if any string (key or value) holds a lone surrogate: JSON's \\uD800 escapes decode to one,
+    and no tokenizer can encode it. Walked with a stack: nesting depth costs no recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def parse_generation_request(body: dict[str, Any], kind: Kind, served_model: str) -> GenerationRequest:

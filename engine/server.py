@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 import logging
 import time
@@ -28,7 +27,7 @@ from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from slo_spec.model import PROBE_HEADER
 
 from .backend import GenerationTally, VllmBackend
-from .faults import FaultInjector, InjectedFault, disabled_error
+from .faults import FaultInjector, InjectedFault
 from .health import AcceleratorMemoryProbe, Phase, evaluate_health
 from .metrics import CLIENT_CLOSED_REQUEST, ServerMetrics
 from .protocol import (
@@ -37,6 +36,7 @@ from .protocol import (
     GenerationRequest,
     Kind,
     StreamEncoder,
+    bearer_matches,
     check_context_length,
     full_response,
     parse_generation_request,
@@ -75,6 +75,7 @@ class EngineState:
     tracer: RequestTracer = field(default_factory=lambda: RequestTracer(None))
     generations_idle: asyncio.Event = field(default_factory=asyncio.Event)
     judge: SloJudge | None = None
+    api_key: str | None = None  # read once at start (from --api-key-file or --api-key)
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase
@@ -121,7 +122,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         request[SERVER_SPAN] = span
         attached = otel_context.attach(trace.set_span_in_context(span))
     try:
-        _check_api_key(request, state.settings.api_key)
+        _check_api_key(request, state.api_key)
         response = await handler(request)
         code = request.get(OUTCOME_CODE, response.status)
         return response
@@ -167,12 +168,10 @@ async def add_trace_id_header(request: web.Request, response: web.StreamResponse
 
 
 def _check_api_key(request: web.Request, api_key: str | None) -> None:
-    """Constant-time check of 'Authorization: Bearer KEY' on the API and admin routes."""
-    if not api_key or not request.path.startswith(("/v1/", "/admin/")):
+    """'Authorization: Bearer KEY' on the API routes (the probes and /metrics need none)."""
+    if not api_key or not request.path.startswith("/v1/"):
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, supplied = header.partition(" ")
-    if not (scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), api_key.encode())):
+    if not bearer_matches(request.headers.get("Authorization", ""), api_key):
         raise ApiError(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
                        code="invalid_api_key", error_type="authentication_error", reason="unauthorized",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -233,16 +232,6 @@ async def list_models(request: web.Request) -> web.Response:
     })
 
 
-async def fault_injection(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    if not state.settings.enable_fault_injection:
-        raise disabled_error()
-    if request.method == "POST":
-        state.faults.configure(parse_json_body(await _read_body(request)))
-        log.warning("fault injection set: %s", state.faults.state())
-    return web.json_response(state.faults.state())
-
-
 # --- Generation ----------------------------------------------------------------------------
 
 
@@ -293,18 +282,22 @@ async def _serve_generation(request: web.Request, kind: Kind, state: EngineState
     if state.phase != "ready" or state.backend is None:
         raise _unavailable(state.phase)
     backend = state.backend
+    _admit(state, 1)  # a full server says so before it reads a body
     generation = parse_generation_request(parse_json_body(await _read_body(request)), kind,
                                           state.served_model_name)
-    token_ids = backend.prompt_token_ids(generation)
-    max_tokens = check_context_length(generation, len(token_ids), backend.max_model_len)
-    _admit(state, generation.n)
-
+    _admit(state, generation.n)  # before the prompt is tokenised: overload costs no tokenizer time
     request_id = ("cmpl-" if kind == "completion" else "chatcmpl-") + uuid.uuid4().hex
     state.active_generations += 1
     state.active_sequences += generation.n
     state.generations_idle.clear()
     tally.sequences = generation.n
     failure: BaseException | None = None
+    try:
+        token_ids = await backend.tokenize(generation)
+        max_tokens = check_context_length(generation, len(token_ids), backend.max_model_len)
+    except BaseException:
+        _release(state, generation.n)
+        raise
     with state.tracer.generation_span(generation, request_id, max_tokens) as span:
         try:
             async with asyncio.timeout(state.settings.request_timeout_s) as deadline:
@@ -319,11 +312,16 @@ async def _serve_generation(request: web.Request, kind: Kind, state: EngineState
             failure = exc
             raise
         finally:
-            state.active_generations -= 1
-            state.active_sequences -= generation.n
-            if state.active_generations == 0:
-                state.generations_idle.set()
+            _release(state, generation.n)
             state.tracer.finish_generation(span, tally, len(token_ids), failure)
+
+
+def _release(state: EngineState, n: int) -> None:
+    """A generation's admission given back (it ended, or failed before it started)."""
+    state.active_generations -= 1
+    state.active_sequences -= n
+    if state.active_generations == 0:
+        state.generations_idle.set()
 
 
 def _ended_with(failure: BaseException | None, tally: GenerationTally) -> int | None:
@@ -361,7 +359,7 @@ def _timeout_error(state: EngineState) -> ApiError:
 async def _steps_with_faults(state: EngineState, backend: VllmBackend, generation: GenerationRequest,
                              token_ids: list[int], max_tokens: int, request_id: str):
     """The backend's steps, with any injected delay or failure (tests and demos only)."""
-    faults = state.faults if state.settings.enable_fault_injection else None
+    faults = state.faults if state.settings.admin_port is not None else None
     if faults is not None:
         if faults.delay_s:
             await asyncio.sleep(faults.delay_s)
@@ -460,5 +458,4 @@ def build_app(state: EngineState) -> web.Application:
     app.router.add_get("/ready", ready)
     if state.settings.metrics_port is None:
         app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_route("*", "/admin/fault-injection", fault_injection)
     return app

@@ -11,6 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from iokit.arguments import non_negative_int, port_number, positive
+from iokit.files import read_secret as read_secret_file
+
 ENV_PREFIX = "SLO_ENGINE_"
 TRACE_EXPORTERS = ("otlp", "jaeger", "console", "none")
 
@@ -31,11 +34,13 @@ class EngineSettings:
     kv_cache_gib: float
     enforce_eager: bool | None  # None: eager on CPU, compiled/graphs on GPU
     api_key: str | None
+    api_key_file: str | None
     max_waiting_requests: int
     request_timeout_s: float
     drain_timeout_s: float
     max_body_bytes: int
-    enable_fault_injection: bool
+    admin_port: int | None  # None: no admin listener (and so no fault injection)
+    admin_token_file: str | None
     trace_exporter: str
     slo: str
     log_level: str
@@ -43,6 +48,24 @@ class EngineSettings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "EngineSettings":
         return cls(**{field: getattr(args, field) for field in cls.__dataclass_fields__})
+
+    def client_api_key(self) -> str | None:
+        """The key clients must send: from --api-key-file when given (read at start), else --api-key."""
+        return read_secret(self.api_key_file, "--api-key-file") if self.api_key_file else self.api_key
+
+    def admin_token(self) -> str:
+        return read_secret(self.admin_token_file or "", "--admin-token-file")
+
+
+class SettingsError(Exception):
+    """A setting that cannot be used: the message names the flag and the reason (exit 2)."""
+
+
+def read_secret(path: str, flag: str) -> str:
+    try:
+        return read_secret_file(path)
+    except ValueError as exc:
+        raise SettingsError(f"{flag} {path}: {exc}") from None
 
 
 def _env_bool(text: str) -> bool:
@@ -52,24 +75,6 @@ def _env_bool(text: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"expected true/false, got {text!r}")
-
-
-def _positive(convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = convert(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return value
-
-    parse.__name__ = convert.__name__
-    return parse
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
 
 
 class _EnvDefaults:
@@ -91,11 +96,11 @@ class _EnvDefaults:
 
 def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str] | None = None) -> None:
     env = _EnvDefaults(parser, dict(os.environ if environ is None else environ))
-    pos_int, pos_float = _positive(int), _positive(float)
+    pos_int, pos_float = positive(int), positive(float)
     add = parser.add_argument
     add("--host", default=env("host", str, "0.0.0.0"), help="address to listen on")
-    add("--port", type=pos_int, default=env("port", pos_int, DEFAULT_PORT))
-    add("--metrics-port", type=pos_int, default=env("metrics_port", pos_int, None),
+    add("--port", type=port_number, default=env("port", port_number, DEFAULT_PORT))
+    add("--metrics-port", type=port_number, default=env("metrics_port", port_number, None),
         help="serve /metrics on this port only, so a NetworkPolicy can keep it from API clients "
              "(default: on --port)")
     add("--model", default=env("model", str, None),
@@ -113,19 +118,25 @@ def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str
     add("--enforce-eager", action=argparse.BooleanOptionalAction,
         default=env("enforce_eager", _env_bool, None),
         help="skip torch.compile and CUDA graphs (default: on for CPU, off for GPU)")
-    add("--api-key", default=env("api_key", str, None),
-        help="require 'Authorization: Bearer KEY' on /v1/* (env SLO_ENGINE_API_KEY)")
-    add("--max-waiting-requests", type=_non_negative_int,
-        default=env("max_waiting_requests", _non_negative_int, 256),
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", default=env("api_key", str, None),
+                      help="require 'Authorization: Bearer KEY' on /v1/* (env SLO_ENGINE_API_KEY; in a pod "
+                           "prefer --api-key-file: a process's environment is readable by its UID)")
+    keys.add_argument("--api-key-file", metavar="PATH", default=env("api_key_file", str, None),
+                      help="read the API key from this file (a mounted Secret), whitespace stripped")
+    add("--max-waiting-requests", type=non_negative_int,
+        default=env("max_waiting_requests", non_negative_int, 256),
         help="admitted requests beyond --max-num-seqs before answering 429")
     add("--request-timeout-s", type=pos_float, default=env("request_timeout_s", pos_float, 600.0))
     add("--drain-timeout-s", type=pos_float,
         default=env("drain_timeout_s", pos_float, DEFAULT_DRAIN_TIMEOUT_S),
         help="on SIGTERM, how long in-flight requests may take to finish")
     add("--max-body-bytes", type=pos_int, default=env("max_body_bytes", pos_int, 4 * 1024 * 1024))
-    add("--enable-fault-injection", action=argparse.BooleanOptionalAction,
-        default=env("enable_fault_injection", _env_bool, False),
-        help="FOR TESTS AND DEMOS: expose POST /admin/fault-injection to fail or delay requests")
+    add("--admin-port", type=port_number, default=env("admin_port", port_number, None),
+        help="FOR TESTS AND DEMOS: a separate admin listener on this port serving /admin/fault-injection "
+             "(fail or delay requests); off by default; needs --admin-token-file")
+    add("--admin-token-file", metavar="PATH", default=env("admin_token_file", str, None),
+        help="the token the admin listener requires ('Authorization: Bearer TOKEN'), read from this file")
     otlp_configured = any(name in env.environ for name in
                           ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     add("--trace-exporter", choices=list(TRACE_EXPORTERS),

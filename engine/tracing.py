@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -164,8 +165,9 @@ def make_exporter(name: str) -> SpanExporter | None:
         try:
             from opentelemetry.exporter.jaeger.thrift import JaegerExporter
         except ImportError as exc:
-            raise SystemExit("error: --trace-exporter jaeger needs the optional extra: "
-                             f"pip install 'slo-sidecar[jaeger]' ({exc})") from None
+            print("slo-sidecar engine: error: --trace-exporter jaeger needs the optional extra: "
+                  f"pip install 'slo-sidecar[jaeger]' ({exc})", file=sys.stderr)
+            raise SystemExit(2) from None
         return JaegerExporter()  # OTEL_EXPORTER_JAEGER_AGENT_HOST / _PORT (default localhost:6831)
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter

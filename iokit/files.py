@@ -1,4 +1,5 @@
-"""Writing generated files: atomically, so a reader never sees half a file."""
+"""Files at the edges: generated files written atomically (a reader never sees half a file), and
+secrets read from mounted files."""
 
 from __future__ import annotations
 
@@ -22,3 +23,22 @@ def write_atomically(path: Path, text: str) -> bool:
         Path(temporary).unlink(missing_ok=True)
         raise
     return True
+
+
+MIN_SECRET_CHARS = 16
+
+
+def read_secret(path: str) -> str:
+    """A key or token from a file (a mounted Secret), whitespace stripped.
+
+    ValueError saying why when it cannot be read or is too short to be a key: a
+    pod started with an empty Secret must fail loudly, not serve without a key.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            secret = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(f"holds {len(secret)} characters; a key needs at least {MIN_SECRET_CHARS}")
+    return secret

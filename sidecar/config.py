@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import yaml
 
+from iokit.files import read_secret
+
 from .engine_processes import DEFAULT_PATTERN
 
 ENV_PREFIX = "SLO_SIDECAR_"
@@ -59,6 +61,7 @@ class SidecarConfig:
     probe_interval_s: float = 10.0  # 0: no probes
     probe_timeout_s: float = 5.0
     engine_api_key: str = ""
+    engine_api_key_file: str = ""  # read at start into engine_api_key
     log_level: str = "INFO"
 
 
@@ -178,7 +181,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "probe_interval_s": (_non_negative_number, "seconds between probe requests to the engine; an unanswered "
                          "one counts against the availability SLO as the requests users lost (0: no probes)"),
     "probe_timeout_s": (_positive_number, "how long a probe waits for its answer before it counts as unanswered"),
-    "engine_api_key": (_string, "the engine's API key, for the probes (best set as SLO_SIDECAR_ENGINE_API_KEY)"),
+    "engine_api_key": (_string, "the engine's API key, for the probes (in a pod prefer engine_api_key_file)"),
+    "engine_api_key_file": (_string, "read the engine's API key, for the probes, from this file (a mounted Secret)"),
     "log_level": (_log_level, "DEBUG, INFO, WARNING or ERROR"),
 }
 
@@ -255,6 +259,12 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
     # The downward-API variables the engine reads too, when the sidecar's own are not set.
     values.setdefault("pod", environ.get("POD_NAME", ""))
     values.setdefault("namespace", environ.get("POD_NAMESPACE", ""))
+    if values.get("engine_api_key_file"):
+        try:
+            values["engine_api_key"] = read_secret(values["engine_api_key_file"])
+        except ValueError as exc:
+            raise ConfigError(f"engine_api_key_file {values['engine_api_key_file']}", "engine_api_key_file",
+                              str(exc)) from None
     return dataclasses.replace(SidecarConfig(), **values)
 
 

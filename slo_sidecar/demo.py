@@ -25,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
+from iokit.arguments import positive
 from iokit.files import write_atomically
 from slo_spec.load import DEFAULT_SPEC, load_spec
 from slo_spec.model import Slo, Spec
@@ -37,7 +38,7 @@ SCRAPE_S, EVALUATE_S = 2, 5
 HEALTHY_S, BURST_MAX_S, RECOVERY_S, VIEW_EVERY_S = 30, 240, 30, 5
 BURST_ERROR_RATIO = 0.5
 CLIENTS = 6  # above the engine's 4 slots, so a queue forms
-ENGINE_ARGS = ("--max-num-seqs", "4", "--max-waiting-requests", "32", "--enable-fault-injection")
+ENGINE_ARGS = ("--max-num-seqs", "4", "--max-waiting-requests", "32")
 
 
 def step(number: int, text: str) -> None:
@@ -118,21 +119,22 @@ class LiveView:
                 f"{state:>11} {show('queue', '{:.0f}'):>5}  {phase}")
 
 
-async def drive_load(engine_url: str, view: LiveView) -> None:
+async def drive_load(engine: EngineProcess, view: LiveView) -> None:
     """Clients at a steady rate; healthy, then a failure burst until the page fires, then healed."""
     stop = asyncio.Event()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         async def client() -> None:
             while not stop.is_set():
                 try:
-                    async with session.post(engine_url + "/v1/completions", json={
+                    async with session.post(engine.url + "/v1/completions", json={
                             "prompt": "the error budget", "max_tokens": 24, "ignore_eos": True}) as response:
                         await response.read()
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.1)
 
         async def faults(ratio: float) -> None:
-            async with session.post(engine_url + "/admin/fault-injection", json={"error_ratio": ratio}) as response:
+            async with session.post(engine.faults_url, json={"error_ratio": ratio},
+                                    headers=engine.admin_headers) as response:
                 response.raise_for_status()
 
         clients = [asyncio.create_task(client()) for _ in range(CLIENTS)]
@@ -229,7 +231,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
         step(2, "Starting the engine (vLLM, tiny-llama), the sidecar, Alertmanager and Prometheus with the generated "
                 "rules")
-        engine = stack.enter_context(EngineProcess(logs / "engine.log", *ENGINE_ARGS).start())
+        engine = stack.enter_context(EngineProcess(logs / "engine.log", *ENGINE_ARGS, fault_injection=True).start())
         print(f"  engine on {engine.url}: ready in {engine.wait_ready():.0f} s")
         sidecar = stack.enter_context(SidecarProcess(
             logs / "sidecar.log", engine.url, "--engine-interval-s", "1", "--fake-gpu", "1",
@@ -263,7 +265,7 @@ def run_demo(args: argparse.Namespace) -> int:
         step(4, f"Load from {CLIENTS} clients; after {HEALTHY_S} s, {BURST_ERROR_RATIO:.0%} of requests fail until "
                 f"the {slo.name} page fires. Live from Prometheus every {VIEW_EVERY_S} s:")
         view = LiveView(prometheus, spec, slo)
-        asyncio.run(drive_load(engine.url, view))
+        asyncio.run(drive_load(engine, view))
         seen = view.states_seen
         paged = False
         if "firing" in seen:
@@ -296,4 +298,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prometheus", default="prometheus", help="the Prometheus binary (default: prometheus)")
     parser.add_argument("--alertmanager", default="prometheus-alertmanager",
                         help="the Alertmanager binary (default: Debian's prometheus-alertmanager)")
-    parser.add_argument("--validate-requests", type=int, default=40, help="requests the gate sends (default: 40)")
+    parser.add_argument("--validate-requests", type=positive(int), default=40, help="requests the gate sends (default: 40)")

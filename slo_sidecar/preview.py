@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dashboards.model import Dashboard, expand as expand_variables
 from dashboards.preview import PanelData, Series, page
+from iokit.arguments import positive
 from iokit.files import write_atomically
 from slo_spec.model import duration_label, duration_seconds
 
@@ -133,5 +134,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo", help="the SLO spec the dashboards come from (default: the embedded slo.yaml)")
     parser.add_argument("--ranges", type=lambda text: [parse_duration(p) for p in text.split(",")],
                         default=[900, 3600, 21600], help="time ranges to offer, comma-separated (default: 15m,1h,6h)")
-    parser.add_argument("--scrape-interval", type=float, default=15.0,
+    parser.add_argument("--scrape-interval", type=positive(float), default=15.0,
                         help="Prometheus's scrape interval in seconds, for $__rate_interval (default: 15)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -112,13 +113,46 @@ class ManagedProcess:
 
 
 class EngineProcess(ManagedProcess):
-    """`slo-sidecar engine` on a loopback port (a free one unless given)."""
+    """`slo-sidecar engine` on a loopback port (a free one unless given).
 
-    def __init__(self, log_path: Path, *extra_args: str, env: dict[str, str] | None = None, port: int = 0):
+    With `fault_injection`, it has an admin listener on a port of its own, with a token
+    written beside its log: `set_faults` fails or delays its requests (tests and demos).
+    """
+
+    def __init__(self, log_path: Path, *extra_args: str, env: dict[str, str] | None = None, port: int = 0,
+                 fault_injection: bool = False):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        admin_args: list[str] = []
+        self.admin_url: str | None = None
+        self.admin_token = ""
+        if fault_injection:
+            self.admin_token = secrets.token_hex(16)
+            token_file = Path(log_path).with_name(Path(log_path).name + ".admin-token")
+            token_file.touch(mode=0o600)
+            token_file.write_text(self.admin_token)
+            admin_port = free_port()
+            self.admin_url = f"http://127.0.0.1:{admin_port}"
+            admin_args = ["--admin-port", str(admin_port), "--admin-token-file", str(token_file)]
         super().__init__("engine", [sys.executable, "-m", "slo_sidecar.cli", "engine", "--host", "127.0.0.1",
-                                    "--port", str(self.port), *extra_args], log_path, env=env)
+                                    "--port", str(self.port), *admin_args, *extra_args], log_path, env=env)
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    @property
+    def faults_url(self) -> str:
+        if self.admin_url is None:
+            raise RuntimeError("this engine was started without fault_injection")
+        return self.admin_url + "/admin/fault-injection"
+
+    def set_faults(self, **settings: float) -> dict[str, float]:
+        """Set the injected faults; the engine's whole fault state, as it answered."""
+        request = urllib.request.Request(self.faults_url, data=json.dumps(settings).encode(), method="POST",
+                                         headers={"Content-Type": "application/json", **self.admin_headers})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
 
     def wait_ready(self, timeout_s: float = 300.0) -> float:
         return self.wait_http_ok(self.url + "/ready", timeout_s)

@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from iokit.arguments import positive
 from iokit.files import write_atomically
 from slo_spec.model import Spec
 
@@ -70,11 +71,6 @@ def run(args: argparse.Namespace, spec: Spec) -> int:
     if not args.url:
         describe_spec(spec)
         return 0
-    if args.requests < 1 or args.concurrency < 1 or args.max_tokens < 1 or (args.duration is not None
-                                                                            and args.duration <= 0):
-        print("slo-sidecar: error: --requests, --concurrency, --max-tokens and --duration must be positive",
-              file=sys.stderr)
-        return EXIT_ERROR
     return run_gate(args, spec)
 
 
@@ -82,11 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
     gate = parser.add_argument_group("load-test gate (with --url)")
     gate.add_argument("--url", help="the engine's base URL, e.g. http://localhost:8000: load it and judge against the spec")
-    gate.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default: 4)")
-    gate.add_argument("--requests", type=int, default=100, help="how many requests (default: 100)")
-    gate.add_argument("--duration", type=float, help="run for this many seconds instead of a request count")
-    gate.add_argument("--prompt-tokens", type=int, default=64, help="prompt length in words, ~tokens (default: 64)")
-    gate.add_argument("--max-tokens", type=int, default=32, help="tokens to generate per request (default: 32)")
+    gate.add_argument("--concurrency", type=positive(int), default=4, help="requests in flight at once (default: 4)")
+    gate.add_argument("--requests", type=positive(int), default=100, help="how many requests (default: 100)")
+    gate.add_argument("--duration", type=positive(float), help="run for this many seconds instead of a request count")
+    gate.add_argument("--prompt-tokens", type=positive(int), default=64, help="prompt length in words, ~tokens (default: 64)")
+    gate.add_argument("--max-tokens", type=positive(int), default=32, help="tokens to generate per request (default: 32)")
     gate.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                       help="stream responses (default); TTFT and inter-token latency need it")
     gate.add_argument("--endpoint", choices=("completions", "chat"), default="completions")

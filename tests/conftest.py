@@ -23,7 +23,6 @@ ENGINE_ARGS = (
     "--request-timeout-s", "5",
     "--max-body-bytes", "65536",
     "--api-key", API_KEY,
-    "--enable-fault-injection",
 )
 
 
@@ -50,7 +49,8 @@ def otlp_receiver():
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory, otlp_receiver):
     env = {**TRACE_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint}
-    process = EngineProcess(tmp_path_factory.mktemp("engine") / "engine.log", *ENGINE_ARGS, env=env).start()
+    process = EngineProcess(tmp_path_factory.mktemp("engine") / "engine.log", *ENGINE_ARGS, env=env,
+                            fault_injection=True).start()
     try:
         process.wait_ready()
         yield process

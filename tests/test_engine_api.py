@@ -47,9 +47,10 @@ async def scrape(session: aiohttp.ClientSession, base: str) -> dict:
         return parse_metrics(await response.text())
 
 
-async def set_faults(session: aiohttp.ClientSession, base: str, **settings) -> None:
-    status, _, body = await post(session, base + "/admin/fault-injection", settings)
-    assert status == 200, body
+async def set_faults(engine, **settings) -> None:
+    """Through the engine's admin listener (its own port and token), as a test harness would."""
+    state = await asyncio.to_thread(engine.set_faults, **settings)
+    assert {name: state[name] for name in settings} == settings
 
 
 def session() -> aiohttp.ClientSession:
@@ -251,15 +252,37 @@ async def test_api_key_is_required_on_the_api_only(engine):
 
 
 @run_async
+async def test_fault_injection_is_only_on_the_admin_listener_with_its_own_token(engine):
+    """A client holding the API key cannot fail other clients' requests: the admin routes are not on the
+    API port at all, and the admin listener wants its own token, not the API key."""
+    async with session() as s:
+        for method in ("GET", "POST"):
+            async with s.request(method, engine.url + "/admin/fault-injection", json={"error_ratio": 1.0},
+                                 headers=AUTH) as r:
+                assert r.status == 404, method
+                assert (await r.json())["error"]["code"] == "not_found"
+        for headers in ({}, AUTH, {"Authorization": "Bearer " + engine.admin_token[:-1]}):
+            async with s.post(engine.faults_url, json={"error_ratio": 1.0}, headers=headers) as r:
+                assert r.status == 401, headers
+                assert (await r.json())["error"]["code"] == "invalid_admin_token"
+        async with s.get(engine.faults_url, headers=engine.admin_headers) as r:
+            assert r.status == 200 and (await r.json())["error_ratio"] == 0.0  # nothing was set by the above
+        async with s.post(engine.faults_url, data=b"{", headers=engine.admin_headers) as r:
+            assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_json"
+        status, _, body = await post(s, engine.url + "/v1/completions", {"prompt": "still fine", "max_tokens": 2})
+        assert status == 200, body
+
+
+@run_async
 async def test_waiting_requests_beyond_the_limit_get_429(engine):
     body = {"prompt": "load", "max_tokens": 100, "ignore_eos": True}
     async with session() as s:
         before = metric(await scrape(s, engine.url), "slo_engine_request_errors_total", reason="overload")
-        await set_faults(s, engine.url, token_delay_s=0.01)  # each admitted request lasts >= 1 s
+        await set_faults(engine, token_delay_s=0.01)  # each admitted request lasts >= 1 s
         try:
             results = await asyncio.gather(*(post(s, engine.url + "/v1/completions", body) for _ in range(12)))
         finally:
-            await set_faults(s, engine.url, token_delay_s=0.0)
+            await set_faults(engine, token_delay_s=0.0)
         after = metric(await scrape(s, engine.url), "slo_engine_request_errors_total", reason="overload")
     statuses = sorted(status for status, _, _ in results)
     rejected = [(headers, error) for status, headers, error in results if status == 429]
@@ -304,14 +327,14 @@ async def test_client_disconnect_mid_stream_aborts_the_vllm_request(engine):
 async def test_engine_failures_are_5xx_json_and_counted(engine):
     async with session() as s:
         before = await scrape(s, engine.url)
-        await set_faults(s, engine.url, error_ratio=1.0)
+        await set_faults(engine, error_ratio=1.0)
         try:
             status, _, error = await post(s, engine.url + "/v1/completions", {"prompt": "x", "max_tokens": 2})
             async with s.post(engine.url + "/v1/chat/completions", headers=AUTH, json={
                     "messages": [{"role": "user", "content": "x"}], "stream": True}) as r:
                 stream_status, stream_error = r.status, await r.json()
         finally:
-            await set_faults(s, engine.url, error_ratio=0.0)
+            await set_faults(engine, error_ratio=0.0)
         after = await scrape(s, engine.url)
     assert (status, stream_status) == (500, 500)
     assert error["error"]["type"] == "server_error" == stream_error["error"]["type"]
@@ -324,12 +347,12 @@ async def test_engine_failures_are_5xx_json_and_counted(engine):
 @run_async
 async def test_fault_ratio_fails_an_exact_share(engine):
     async with session() as s:
-        await set_faults(s, engine.url, error_ratio=0.25)
+        await set_faults(engine, error_ratio=0.25)
         try:
             statuses = [(await post(s, engine.url + "/v1/completions", {"prompt": "x", "max_tokens": 1}))[0]
                         for _ in range(8)]
         finally:
-            await set_faults(s, engine.url, error_ratio=0.0)
+            await set_faults(engine, error_ratio=0.0)
     assert sorted(statuses) == [200] * 6 + [500] * 2
 
 
@@ -337,11 +360,11 @@ async def test_fault_ratio_fails_an_exact_share(engine):
 async def test_request_timeout_is_504_and_counted(engine):
     async with session() as s:
         before = metric(await scrape(s, engine.url), "slo_engine_request_errors_total", reason="timeout")
-        await set_faults(s, engine.url, delay_s=6.0)
+        await set_faults(engine, delay_s=6.0)
         try:
             status, _, error = await post(s, engine.url + "/v1/completions", {"prompt": "x", "max_tokens": 2})
         finally:
-            await set_faults(s, engine.url, delay_s=0.0)
+            await set_faults(engine, delay_s=0.0)
         after = metric(await scrape(s, engine.url), "slo_engine_request_errors_total", reason="timeout")
     assert status == 504 and error["error"]["code"] == "timeout"
     assert after == before + 1
@@ -350,12 +373,12 @@ async def test_request_timeout_is_504_and_counted(engine):
 @run_async
 async def test_stream_cut_by_the_timeout_ends_with_an_error_event(engine):
     async with session() as s:
-        await set_faults(s, engine.url, token_delay_s=0.02)  # 400 tokens take >= 8 s, past the 5 s timeout
+        await set_faults(engine, token_delay_s=0.02)  # 400 tokens take >= 8 s, past the 5 s timeout
         try:
             events = await stream_events(s, engine.url + "/v1/completions",
                                          {"prompt": "x", "max_tokens": 400, "stream": True, "ignore_eos": True})
         finally:
-            await set_faults(s, engine.url, token_delay_s=0.0)
+            await set_faults(engine, token_delay_s=0.0)
         samples = await scrape(s, engine.url)
     assert events[-1] == "[DONE]"
     assert events[-2]["error"]["code"] == "timeout"

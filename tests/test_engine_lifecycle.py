@@ -33,7 +33,7 @@ def stream_in_thread(url: str, body: dict, result: dict) -> threading.Thread:
 def test_loading_then_ready_then_graceful_drain_on_sigterm(tmp_path):
     metrics_port = free_port()  # /metrics on a port of its own, as the Kubernetes NetworkPolicy wants it
     engine = EngineProcess(tmp_path / "engine.log", "--max-model-len", "1024", "--drain-timeout-s", "60",
-                           "--enable-fault-injection", "--metrics-port", str(metrics_port)).start()
+                           "--metrics-port", str(metrics_port), fault_injection=True).start()
     try:
         # The server listens before the model loads: its first answer is "loading".
         first_answer = None
@@ -56,7 +56,7 @@ def test_loading_then_ready_then_graceful_drain_on_sigterm(tmp_path):
 
         # A stream is in flight when SIGTERM arrives; the injected token delay makes it
         # last >= 3 s however fast this machine generates.
-        assert _post(engine.url + "/admin/fault-injection", {"token_delay_s": 0.01})[0] == 200
+        assert engine.set_faults(token_delay_s=0.01)["token_delay_s"] == 0.01
         result: dict = {}
         reader = stream_in_thread(engine.url + "/v1/completions",
                                   {"prompt": "drain", "max_tokens": 300, "stream": True, "ignore_eos": True}, result)

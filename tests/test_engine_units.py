@@ -89,8 +89,9 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     defaults = parse_settings([], {})
     assert (defaults.port, defaults.api_key, defaults.enforce_eager) == (8000, None, None)
     from_env = parse_settings([], {"SLO_ENGINE_PORT": "9001", "SLO_ENGINE_API_KEY": "k",
-                                   "SLO_ENGINE_ENABLE_FAULT_INJECTION": "true"})
-    assert (from_env.port, from_env.api_key, from_env.enable_fault_injection) == (9001, "k", True)
+                                   "SLO_ENGINE_ADMIN_PORT": "9009"})
+    assert (from_env.port, from_env.api_key, from_env.admin_port) == (9001, "k", 9009)
+    assert defaults.admin_port is None  # no admin listener, so no fault injection, unless asked
     assert parse_settings(["--port", "9002"], {"SLO_ENGINE_PORT": "9001"}).port == 9002
 
 

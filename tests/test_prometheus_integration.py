@@ -123,8 +123,7 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
                 await asyncio.sleep(0.5)
             assert healthy == wanted, healthy
             async with aiohttp.ClientSession(headers=headers) as session:
-                async with session.post(engine.url + "/admin/fault-injection", json={"error_ratio": FAILING}) as r:
-                    assert r.status == 200
+                await asyncio.to_thread(engine.set_faults, error_ratio=FAILING)
                 stop = asyncio.Event()
 
                 async def client() -> None:  # three at a time: below the engine's 4 slots, so no 429s
@@ -147,8 +146,7 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
                 finally:
                     stop.set()
                     await asyncio.gather(*clients, return_exceptions=True)
-                    async with session.post(engine.url + "/admin/fault-injection", json={"error_ratio": 0.0}):
-                        pass
+                    await asyncio.to_thread(engine.set_faults, error_ratio=0.0)
             up = prometheus.query('up{job="sidecar"}')
             assert up and up[0]["value"][1] == "1"
     failed = {title: outcome for title, outcome in panel_results.items() if outcome != "data"}

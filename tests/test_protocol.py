@@ -81,8 +81,12 @@ def test_json_body_must_be_an_object():
     assert parse_json_body(b'{"a": 1}') == {"a": 1}
     # Also what the parser itself refuses: a 5,000-digit integer (past Python's int-string limit)
     # and nesting deeper than its recursion limit.
+    # And a lone UTF-16 surrogate escape, in a value or a key, at any depth: valid JSON syntax, but no
+    # Unicode text (UTF-8 cannot encode it), so no tokenizer takes it; a surrogate pair is fine.
+    assert parse_json_body(b'{"prompt": "\\ud83d\\ude00"}') == {"prompt": "\N{GRINNING FACE}"}
     for raw in (b"", b"\xff\xfe", b"null", b'"text"', b'{"seed": ' + b"9" * 5000 + b"}",
-                b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}"):
+                b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}", b'{"prompt": "\\ud800"}',
+                b'{"a": [{"b": {"\\udfff": 1}}]}', b'{"a": ' + b"[" * 500 + b'"\\ud800"' + b"]" * 500 + b"}"):
         with pytest.raises(ApiError) as caught:
             parse_json_body(raw)
         assert caught.value.status == 400 and caught.value.code == "invalid_json"

@@ -14,7 +14,6 @@ from slo_sidecar.loadgen import RequestResult
 from slo_sidecar.processes import free_port
 from slo_spec.load import DEFAULT_SPEC, load_spec
 from tests.conftest import API_KEY
-from tests.helpers import post_json
 
 SPEC = load_spec(str(DEFAULT_SPEC))
 
@@ -98,8 +97,7 @@ def gate(*args: str, report=None) -> subprocess.CompletedProcess:
 
 
 def set_faults(engine, **settings: float) -> None:
-    state = post_json(engine.url + "/admin/fault-injection", settings, timeout_s=10,
-                      headers={"Authorization": f"Bearer {API_KEY}"})
+    state = engine.set_faults(**settings)
     assert {name: state[name] for name in settings} == settings
 
 
