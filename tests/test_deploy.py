@@ -1,5 +1,7 @@
 """deploy/: every overlay renders, validates offline against Kubernetes' and the Prometheus Operator's
-schemas, and agrees with the code it deploys (ports, probes, scrape targets, metric names, drain)."""
+schemas, agrees with the code it deploys (ports, probes, scrape targets, metric names, drain), and keeps
+the pod locked down (the API key in a file, one UID per container, read-only root filesystems, no admin
+listener, a disruption budget, images whose build steps cannot fail silently)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import yaml
 
 from engine.settings import add_engine_arguments
 from sidecar.config import DEFAULT_PORT as SIDECAR_DEFAULT_PORT
+from sidecar.config import add_arguments as add_sidecar_arguments
 from sidecar.engine_collector import engine_families
 from sidecar.engine_stats import EngineStats
 from slo_sidecar.k8s import SPEC_CONFIGMAP, SPEC_KEY
@@ -76,7 +79,7 @@ def test_every_object_validates_offline(overlay):
         else:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     assert {"Deployment", "Service", "PodMonitor", "PrometheusRule", "HorizontalPodAutoscaler", "NetworkPolicy",
-            "ConfigMap"} <= kinds
+            "PodDisruptionBudget", "ConfigMap"} <= kinds
 
 
 def test_the_schema_checks_would_catch_a_mistake():
@@ -86,6 +89,10 @@ def test_the_schema_checks_would_catch_a_mistake():
                "spec": {"ports": [{"port": "eighty"}]}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(service, KUBERNETES_VERSION, strict=True)
+    budget = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "x"},
+              "spec": {"maxUnavailabe": 1, "selector": {}}}
+    with pytest.raises(kubernetes_validate.ValidationError):  # a schema for it exists, and refuses a typo
+        kubernetes_validate.validate(budget, KUBERNETES_VERSION, strict=True)
     monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": {"name": "x"},
                "spec": {"selector": {}, "podMetricsEndpoints": [{"port": "metrics", "scrapeIntervl": "15s"}]}}
     with pytest.raises(AssertionError, match="scrapeIntervl"):
@@ -103,10 +110,15 @@ def test_prometheusrule_rules_pass_promtool(tmp_path):
     assert re.search(r"SUCCESS: \d+ rules found", result.stdout)
 
 
-def parse_args(args: list[str], add_arguments) -> argparse.Namespace:
+def parse_args(args: list[str], add_arguments, environ: dict[str, str]) -> argparse.Namespace:
+    """The flags as the container would see them: its own environment, not the test runner's."""
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_arguments(parser, environ)
     return parser.parse_args(args)
+
+
+def literal_env(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
 def sidecar_flags(args: list[str]) -> dict[str, str]:
@@ -130,7 +142,7 @@ def test_manifests_agree_with_the_code(overlay):
     assert engine["args"][0] == "engine" and sidecar["args"][0] == "sidecar"
 
     # The engine's flags parse with the engine's own parser; ports and probes point where it listens.
-    engine_settings = parse_args(engine["args"][1:], add_engine_arguments)
+    engine_settings = parse_args(engine["args"][1:], add_engine_arguments, literal_env(engine))
     assert ports(engine) == {"api": engine_settings.port, "metrics": engine_settings.metrics_port}
     assert engine["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "api"}
     assert engine["livenessProbe"]["httpGet"] == {"path": "/health", "port": "api"}
@@ -143,7 +155,11 @@ def test_manifests_agree_with_the_code(overlay):
         assert engine_settings.kv_cache_gib * 2**30 >= (
             engine_settings.max_num_seqs * engine_settings.max_model_len * kv_per_token)
 
-    # The sidecar scrapes the engine's metrics port over loopback and serves its own on its port.
+    # The sidecar's flags parse with its own parser (an unknown one exits); it scrapes the engine's
+    # metrics port over loopback and serves its own on its port.
+    sidecar_parser = argparse.ArgumentParser()
+    add_sidecar_arguments(sidecar_parser)
+    sidecar_parser.parse_args(sidecar["args"][1:])
     flags = sidecar_flags(sidecar["args"][1:])
     assert flags["engine-url"] == f"http://127.0.0.1:{engine_settings.metrics_port}"
     assert ports(sidecar) == {"sidecar-metrics": int(flags.get("port", SIDECAR_DEFAULT_PORT))}
@@ -162,15 +178,16 @@ def test_manifests_agree_with_the_code(overlay):
     state_mount = next(m for m in sidecar["volumeMounts"] if m["mountPath"] == state_dir)
     assert "emptyDir" in volumes[state_mount["name"]]
 
-    # Pod identity from the downward API; the API key from a Secret; processes visible to the sidecar.
+    # Pod identity from the downward API; processes visible to the sidecar.
     for container in (engine, sidecar):
         fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]
                   if "fieldRef" in e.get("valueFrom", {})}
         assert fields == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
                           "NODE_NAME": "spec.nodeName"}
-    key = next(e for e in engine["env"] if e["name"] == "SLO_ENGINE_API_KEY")
-    assert key["valueFrom"]["secretKeyRef"]["name"] == "slo-sidecar-api-key"
     assert pod["shareProcessNamespace"] is True
+    # The key from one file for both (the security tests below check where it comes from); no admin listener.
+    assert engine_settings.api_key_file == flags["engine-api-key-file"] and engine_settings.api_key is None
+    assert engine_settings.admin_port is None and engine_settings.admin_token_file is None
 
     # Termination: the pre-stop pause plus the engine's drain fit inside the grace period, with room to exit.
     pre_stop = engine["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -217,6 +234,133 @@ def test_hpa_scales_on_the_sidecars_queue_depth_as_the_adapter_names_it():
     stats = EngineStats(gauges={"queue_depth": 3.0}, rates={}, error_ratio=None, quantiles={})
     assert source in {family.name for family in engine_families(stats)}, "the sidecar does not serve the HPA's metric"
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+API_KEY_SECRET = "slo-sidecar-api-key"
+
+
+def pod_of(overlay: str) -> tuple[dict, dict[str, dict]]:
+    pod = one(rendered(overlay), "Deployment")["spec"]["template"]["spec"]
+    return pod, {c["name"]: c for c in pod["containers"]}
+
+
+def security(pod: dict, container: dict, field: str):
+    """A security setting as the container gets it: its own, else the pod's."""
+    return container.get("securityContext", {}).get(field, pod.get("securityContext", {}).get(field))
+
+
+def can_read(mode: int, uid: int, gids: set[int], file_uid: int, file_gid: int) -> bool:
+    if uid == file_uid:
+        return bool(mode & 0o400)
+    return bool(mode & 0o040) if file_gid in gids else bool(mode & 0o004)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_api_key_is_in_no_environment(overlay):
+    # A process's environment is readable through /proc by its UID: the key must never be in one.
+    pod, containers = pod_of(overlay)
+    for container in pod["containers"]:
+        assert not container.get("envFrom"), f"{container['name']}: envFrom may pull a Secret into the environment"
+        for var in container.get("env", []):
+            assert "secretKeyRef" not in var.get("valueFrom", {}), f"{container['name']}: {var['name']} from a Secret"
+            assert not re.search(r"API_KEY|TOKEN|PASSWORD", var["name"]) or var["name"].endswith("_FILE"), var
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_both_containers_read_the_api_key_from_the_mounted_secret(overlay):
+    pod, containers = pod_of(overlay)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    fs_group = pod["securityContext"]["fsGroup"]
+    for name, flag in (("engine", "api-key-file"), ("sidecar", "engine-api-key-file")):
+        container = containers[name]
+        path = sidecar_flags(container["args"][1:])[flag]
+        directory, file_name = path.rsplit("/", 1)
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
+        assert mount.get("readOnly") is True
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == API_KEY_SECRET
+        assert [item["path"] for item in secret["items"] if item["key"] == "api-key"] == [file_name]
+        assert not any("mode" in item for item in secret["items"])
+        # The kubelet writes Secret files as root, group fsGroup: mode 0440 lets both containers read
+        # the key through fsGroup, and no other UID (0400 would be root's alone).
+        mode = secret["defaultMode"]
+        assert mode == 0o440
+        uid = security(pod, container, "runAsUser")
+        groups = {security(pod, container, "runAsGroup"), fs_group,
+                  *pod["securityContext"].get("supplementalGroups", [])}
+        assert can_read(mode, uid, groups, file_uid=0, file_gid=fs_group), f"{name} (UID {uid}) cannot read {path}"
+        assert not can_read(mode, 65534, {65534}, file_uid=0, file_gid=fs_group), "any UID can read the key"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_containers_that_share_processes_run_as_different_non_root_users(overlay):
+    # Under one UID, the sidecar could read the engine's /proc/<pid>/environ and memory; under different
+    # UIDs, without CAP_SYS_PTRACE, the kernel's ptrace check refuses it.
+    pod, containers = pod_of(overlay)
+    uids = {name: security(pod, c, "runAsUser") for name, c in containers.items()}
+    assert all(isinstance(uid, int) and uid > 0 for uid in uids.values()), uids
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    if pod.get("shareProcessNamespace"):
+        assert len(set(uids.values())) == len(uids), f"containers sharing a process namespace share a UID: {uids}"
+    for container in containers.values():
+        context = container["securityContext"]
+        assert context["capabilities"] == {"drop": ["ALL"]} and context["allowPrivilegeEscalation"] is False
+        assert not context.get("privileged")
+    # Each UID is a user of the image (a name, a home), not a bare number.
+    image_uids = set(re.findall(r"useradd --uid (\d+)", (DEPLOY / "docker" / f"Dockerfile.{overlay}").read_text()))
+    assert {str(uid) for uid in uids.values()} <= image_uids
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_admin_listener_or_fault_injection_is_deployed(overlay):
+    # Fault injection lives only on the engine's admin listener (--admin-port), for tests and demos.
+    pod, containers = pod_of(overlay)
+    for container in pod["containers"]:
+        settings = [*container.get("args", []), *container.get("command", []),
+                    *(f"{e['name']}={e.get('value', '')}" for e in container.get("env", [])),
+                    *(p["name"] for p in container.get("ports", []))]
+        found = [s for s in settings if re.search(r"admin|(?<![a-z])fault", s, re.IGNORECASE)]
+        assert not found, f"{container['name']}: {found}"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_root_filesystems_are_read_only_and_the_engine_writes_to_empty_dirs(overlay):
+    pod, containers = pod_of(overlay)
+    for container in pod["containers"]:
+        assert container["securityContext"].get("readOnlyRootFilesystem") is True, container["name"]
+    # What vLLM, torch, Triton and CUDA write goes under $HOME and /tmp: both must be emptyDirs.
+    engine = containers["engine"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in engine["volumeMounts"]}
+    for path in (literal_env(engine)["HOME"], "/tmp", "/dev/shm"):
+        assert "emptyDir" in mounts[path], f"{path} is not writable"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_disruption_budget_covers_the_pods_and_lets_a_drain_proceed(overlay):
+    docs = rendered(overlay)
+    budget = one(docs, "PodDisruptionBudget")["spec"]
+    deployment = one(docs, "Deployment")
+    assert budget["selector"] == deployment["spec"]["selector"]
+    assert budget["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    # One pod at a time (each reloads its model); maxUnavailable, since with the HPA's minimum of one pod
+    # a minAvailable of 1 would block every drain.
+    assert one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 1
+    assert budget.get("maxUnavailable") == 1 and "minAvailable" not in budget
+    assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"  # a pod that never got ready cannot block a drain
+
+
+@pytest.mark.parametrize("dockerfile", sorted((DEPLOY / "docker").glob("Dockerfile*")), ids=lambda p: p.name)
+def test_no_image_build_step_swallows_a_failure(dockerfile):
+    text = dockerfile.read_text()
+    swallowed = re.findall(r"\|\|\s*(?:true|:|exit\s+0)(?![\w-])|;\s*(?:true|:)(?![\w-])|\bset\s+\+e\b", text)
+    assert not swallowed, f"{dockerfile.name}: {swallowed}"
 
 
 @pytest.mark.parametrize("flavour", ["cpu", "gpu"])
