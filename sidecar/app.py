@@ -5,6 +5,9 @@ stores its last completed families, and the exposition reads those. A failing
 collector is counted and reported down, and the process carries on. Its last good
 values stay while younger than stale_after_s (one failed scrape is not an
 outage), then are withdrawn: alerts and the HPA see no data, never a frozen number.
+Nor can one collector fail the whole /metrics: each is guarded (guard.py), and a
+broken state file or a failed save of it costs the SLO windows' history at worst,
+never the process (slo_state.py).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import json
 import os
 import sys
 import time
@@ -24,7 +26,6 @@ from typing import Iterable
 
 from aiohttp import web
 from prometheus_client import (
-    CollectorRegistry,
     Counter,
     Gauge,
     PlatformCollector,
@@ -34,7 +35,6 @@ from prometheus_client import (
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
-from iokit.files import write_atomically
 from iokit.serving import listen
 from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
 from slo_spec.model import Spec
@@ -46,9 +46,11 @@ from .engine_collector import EngineCollector
 from .engine_processes import engine_pids
 from .gpu_collector import GpuCollector
 from .gpu_families import PodLabels
+from .guard import GuardedExposition
 from .probe import Prober
 from .slo_families import SloCollector
-from .slo_tracker import SloTracker, dumps
+from .slo_state import SloStateFile
+from .slo_tracker import SloTracker
 
 log = logging.getLogger("sidecar")
 
@@ -69,27 +71,29 @@ class CollectorState:
 
 
 class SnapshotCollector:
-    """prometheus_client custom collector: yields the families collectors last stored, while fresh."""
+    """prometheus_client custom collector: yields the families collector `name` last stored, while fresh."""
 
-    def __init__(self, sidecar: "Sidecar"):
+    def __init__(self, sidecar: "Sidecar", name: str):
         self.sidecar = sidecar
+        self.name = name
 
     def collect(self) -> Iterable[Metric]:
-        for name, state in self.sidecar.states.items():
-            if self.sidecar.is_fresh(name):
-                yield from state.families
+        if self.sidecar.is_fresh(self.name):
+            yield from self.sidecar.states[self.name].families
 
 
 class Sidecar:
-    def __init__(self, config: SidecarConfig, collectors: list[Collector], registry: CollectorRegistry):
+    def __init__(self, config: SidecarConfig, collectors: list[Collector], exposition: GuardedExposition):
         self.config = config
         self.collectors = collectors
-        self.registry = registry
+        self.exposition = exposition
         self.states = {c.name: CollectorState() for c in collectors}
         # Values older than stale_after_s are withdrawn; a collector polled less often keeps
         # its values for two of its intervals, so they do not blink between two good runs.
         self.max_age_s = {c.name: max(config.stale_after_s, 2 * c.interval_s) for c in collectors}
-        registry.register(SnapshotCollector(self))
+        for collector in collectors:  # one guard each: broken families of one leave the others served
+            exposition.add(collector.name, SnapshotCollector(self, collector.name))
+        registry = exposition.group("sidecar")
         self.up = Gauge("sidecar_collector_up", "1 when the collector's last run succeeded.", ["collector"],
                         registry=registry)
         self.duration = Gauge("sidecar_collector_duration_seconds", "How long the collector's last run took.",
@@ -150,7 +154,7 @@ class Sidecar:
 
     async def metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        response = web.Response(body=encoder(self.registry))
+        response = web.Response(body=self.exposition.encode(encoder))
         response.headers["Content-Type"] = content_type
         return response
 
@@ -207,48 +211,22 @@ def generation_rate(engine: EngineCollector) -> float | None:
     return None if engine.last_stats is None else engine.last_stats.rates.get("generation_tokens_per_second")
 
 
-def load_slo_state(tracker: SloTracker, path: str) -> None:
-    if not path or not os.path.exists(path):
-        return
-    try:
-        with open(path, encoding="utf-8") as handle:
-            saved = json.load(handle)
-        why_not = tracker.restore(saved, time.time())
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        why_not = f"it cannot be read ({exc})"
-    if why_not:
-        log.warning("SLO state %s not used: %s; starting afresh", path, why_not)
-    else:
-        log.info("SLO state restored from %s", path)
-
-
-def save_slo_state(tracker: SloTracker, path: str) -> None:
-    if path:
-        try:
-            write_atomically(Path(path), dumps(tracker.snapshot()))
-        except OSError as exc:
-            log.warning("cannot save the SLO state to %s: %s", path, exc)
-
-
-async def keep_saving(tracker: SloTracker, config: SidecarConfig) -> None:
-    while True:
-        await asyncio.sleep(config.slo_state_interval_s)
-        await asyncio.to_thread(save_slo_state, tracker, config.slo_state_file)
-
-
 async def serve(config: SidecarConfig, spec: Spec) -> int:
     disable_created_metrics()  # *_created series only add noise to the sidecar's small exposition
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
+    exposition = GuardedExposition()
+    ProcessCollector(registry=exposition.group("process"))
+    PlatformCollector(registry=exposition.group("process"))
     tracker = SloTracker(spec)
-    load_slo_state(tracker, config.slo_state_file)
-    registry.register(SloCollector(tracker))
+    state = None
+    if config.slo_state_file:
+        state = SloStateFile(Path(config.slo_state_file), tracker, exposition.group("sidecar"))
+        state.load(time.time())
+    exposition.add("slo", SloCollector(tracker))
     engine, gpu = build_collectors(config, tracker)
     probes: list[Collector] = [Prober(config, tracker)] if config.probe_interval_s > 0 else []
-    sidecar = Sidecar(config, [engine, gpu, *probes], registry)
+    sidecar = Sidecar(config, [engine, gpu, *probes], exposition)
     if config.gpu_hourly_usd is not None:
-        registry.register(CostCollector(
+        exposition.add("cost", CostCollector(
             config.gpu_hourly_usd, gpus=lambda: gpu.gpu_count or config.gpus,
             generation_rate=lambda: generation_rate(engine) if sidecar.is_fresh("engine") else None))
     runner = web.AppRunner(sidecar.build_app(), access_log=None)
@@ -261,8 +239,8 @@ async def serve(config: SidecarConfig, spec: Spec) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     tasks = [asyncio.create_task(sidecar.run_collector(c)) for c in sidecar.collectors]
-    if config.slo_state_file:
-        tasks.append(asyncio.create_task(keep_saving(tracker, config)))
+    if state is not None:
+        tasks.append(asyncio.create_task(state.keep_saving(config.slo_state_interval_s)))
     await stop.wait()
     log.info("stopping")
     for task in tasks:
@@ -271,7 +249,8 @@ async def serve(config: SidecarConfig, spec: Spec) -> int:
     for collector in sidecar.collectors:
         with contextlib.suppress(Exception):
             await collector.close()
-    save_slo_state(tracker, config.slo_state_file)
+    if state is not None:
+        await state.save_at_shutdown()
     await runner.cleanup()
     return 0
 
@@ -284,8 +263,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         spec = load_spec(config.slo or str(DEFAULT_SPEC))
+        if config.slo_state_file:  # a state that could never be saved is a bad flag, not a quiet loss
+            Path(config.slo_state_file).parent.mkdir(parents=True, exist_ok=True)
     except SpecError as exc:
         print(f"slo-sidecar sidecar: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"slo-sidecar sidecar: error: slo_state_file {config.slo_state_file}: its directory cannot be "
+              f"created ({exc.strerror or exc})", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

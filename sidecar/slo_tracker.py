@@ -17,7 +17,7 @@ import json
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from slo_spec.model import EventSum, Selection, Slo, Spec, duration_label
 
@@ -83,7 +83,7 @@ class TermSeries:
                 if len(self.matches) > 10_000:
                     self.matches.clear()
                 wanted = self.matches[sample.labels] = self.selection.matches(dict(sample.labels))
-            if not wanted:
+            if not wanted or not math.isfinite(sample.value):  # NaN or Inf: no count to take a difference of
                 continue
             seen[sample.labels] = value = seen.get(sample.labels, 0.0) + sample.value
             previous = self.last.get(sample.labels)
@@ -128,8 +128,8 @@ class TrackedSlo:
 
     def observe(self, by_name: dict[str, list[Sample]], t: float, restarted: bool) -> None:
         errors, total = _increase(self.errors, by_name, restarted), _increase(self.totals, by_name, restarted)
-        self.cumulative[0] += max(0.0, errors)
-        self.cumulative[1] += max(0.0, total)
+        self.cumulative[0] += _counted(errors)
+        self.cumulative[1] += _counted(total)
         for tier in self.tiers:
             tier.record(t, *self.cumulative)
 
@@ -148,6 +148,12 @@ class TrackedSlo:
         start = tier.at(now - seconds) or (0.0, 0.0)
         end = self.cumulative
         return end[0] - start[0], end[1] - start[1]
+
+
+def _counted(increase: float) -> float:
+    """An increase as the cumulative counts take it: never negative, never infinite or NaN, which would
+    stay in every window for good (and make the saved state one that restore() refuses)."""
+    return increase if 0.0 < increase < math.inf else 0.0
 
 
 def _increase(terms: list[tuple[int, TermSeries]], by_name: dict[str, list[Sample]], restarted: bool) -> float:
@@ -242,26 +248,131 @@ class SloTracker:
             } for tracked in self.slos},
         }
 
-    def restore(self, saved: dict[str, Any], now: float) -> str | None:
-        """Take up a snapshot; None if taken, else why it was discarded."""
-        if saved.get("fingerprint") != spec_fingerprint(self.spec):
-            return "it was written for another SLO spec"
-        last_seen = saved.get("last_seen")
+    def restore(self, saved: Any, now: float) -> Discarded | None:
+        """Take up a snapshot whole, or leave the tracker exactly as it was; None if taken, else why not.
+
+        Everything is checked and built before anything changes: a file cut short, edited by
+        hand or written by another program can neither raise here nor leave half a state behind.
+        """
+        if not isinstance(saved, dict) or not isinstance(saved.get("fingerprint"), str):
+            return Discarded("malformed", "it is not an SLO state (a JSON object with a fingerprint)")
+        if saved["fingerprint"] != spec_fingerprint(self.spec):
+            return Discarded("other_spec", "it was written for another SLO spec")
+        try:
+            restored = _read_state(saved, self.slos)
+        except _Malformed as exc:
+            return Discarded("malformed", str(exc))
         longest = max((tracked.slo.period_s for tracked in self.slos), default=0)
-        if not isinstance(last_seen, (int, float)) or now - last_seen > longest:
-            return "it is older than the longest compliance period"
-        for tracked in self.slos:
-            state = saved["slos"].get(tracked.slo.name)
-            if state is None:
-                continue
-            tracked.cumulative = [float(v) for v in state["cumulative"]]
-            for tier, (ends, errors, totals) in zip(tracked.tiers, state["tiers"]):
-                tier.ends, tier.errors, tier.totals = list(ends), list(errors), list(totals)
-            for (_, term), series in zip((*tracked.errors, *tracked.totals), state["series"]):
-                term.last = {tuple(tuple(pair) for pair in labels): value for labels, value in series}
-        self.first_seen, self.last_seen = saved.get("first_seen"), last_seen
-        self._start_time = saved.get("start_time")
+        if restored.last_seen is not None and now - restored.last_seen > longest:
+            return Discarded("too_old", "it is older than the longest compliance period")
+        for tracked, (cumulative, tiers, series) in zip(self.slos, restored.slos):
+            tracked.cumulative, tracked.tiers = cumulative, tiers
+            for (_, term), last in zip((*tracked.errors, *tracked.totals), series):
+                term.last = last
+        self.first_seen, self.last_seen, self._start_time = restored.first_seen, restored.last_seen, restored.start_time
         return None
+
+
+# Why a saved state was not taken up: bounded label values of sidecar_slo_state_discarded_total.
+DISCARD_REASONS = ("unreadable", "malformed", "other_spec", "too_old")
+
+
+class Discarded(NamedTuple):
+    reason: str  # one of DISCARD_REASONS
+    detail: str  # for the log
+
+
+class _Malformed(Exception):
+    """A snapshot whose shape or values are not what snapshot() writes."""
+
+
+@dataclass
+class _State:
+    """A snapshot, checked and converted, ready to be put in place at once."""
+
+    first_seen: float | None
+    last_seen: float | None
+    start_time: float | None
+    slos: list[tuple[list[float], list[CumulativeTier], list[dict[Labels, float]]]]  # in the tracker's order
+
+
+def _read_state(saved: dict[str, Any], slos: list[TrackedSlo]) -> _State:
+    missing = {"first_seen", "last_seen", "start_time", "slos"} - saved.keys()
+    if missing:
+        raise _Malformed(f"{', '.join(sorted(missing))} missing")
+    first_seen, last_seen = _time(saved["first_seen"], "first_seen"), _time(saved["last_seen"], "last_seen")
+    if (first_seen is None) != (last_seen is None):
+        raise _Malformed("first_seen and last_seen: one is set without the other")
+    states = saved["slos"]
+    if not isinstance(states, dict) or set(states) != {tracked.slo.name for tracked in slos}:
+        raise _Malformed("slos: expected an object with one entry per SLO the sidecar evaluates")
+    return _State(first_seen, last_seen, _time(saved["start_time"], "start_time"),
+                  [_read_slo(states[tracked.slo.name], tracked, f"slos.{tracked.slo.name}") for tracked in slos])
+
+
+def _read_slo(state: Any, tracked: TrackedSlo, where: str
+              ) -> tuple[list[float], list[CumulativeTier], list[dict[Labels, float]]]:
+    if not isinstance(state, dict):
+        raise _Malformed(f"{where}: expected an object")
+    cumulative = _counts(state.get("cumulative"), f"{where}.cumulative", length=2)
+    saved_tiers = _list(state.get("tiers"), f"{where}.tiers", len(tracked.tiers))
+    tiers = [_read_tier(saved, tier, f"{where}.tiers[{i}]")
+             for i, (saved, tier) in enumerate(zip(saved_tiers, tracked.tiers))]
+    terms = len(tracked.errors) + len(tracked.totals)
+    series = [_read_series(saved, f"{where}.series[{i}]")
+              for i, saved in enumerate(_list(state.get("series"), f"{where}.series", terms))]
+    return cumulative, tiers, series
+
+
+def _read_tier(saved: Any, tier: CumulativeTier, where: str) -> CumulativeTier:
+    ends, errors, totals = _list(saved, where, 3)
+    ends = _list(ends, f"{where}[0]")
+    if not all(type(end) is int for end in ends):  # bucket indices; a bool is not one
+        raise _Malformed(f"{where}[0]: expected integers")
+    errors, totals = _counts(errors, f"{where}[1]", len(ends)), _counts(totals, f"{where}[2]", len(ends))
+    return CumulativeTier(tier.bucket_s, tier.keep_s, list(ends), errors, totals)
+
+
+def _read_series(saved: Any, where: str) -> dict[Labels, float]:
+    series: dict[Labels, float] = {}
+    for entry in _list(saved, where):
+        labels, value = _list(entry, where, 2)
+        pairs = _list(labels, where)
+        if not all(isinstance(pair, list) and len(pair) == 2 and type(pair[0]) is str and type(pair[1]) is str
+                   for pair in pairs):
+            raise _Malformed(f"{where}: expected label sets as [name, value] pairs of strings")
+        series[tuple((name, label) for name, label in pairs)] = _number(value, where)
+    return series
+
+
+def _list(value: Any, where: str, length: int | None = None) -> list:
+    if not isinstance(value, list) or (length is not None and len(value) != length):
+        raise _Malformed(f"{where}: expected a list" + ("" if length is None else f" of {length}"))
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    """A finite float from a JSON number (an int or a float, not a bool)."""
+    if type(value) not in (int, float):
+        raise _Malformed(f"{where}: expected a number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past the float range
+        raise _Malformed(f"{where}: a number too large") from None
+    if not math.isfinite(number):
+        raise _Malformed(f"{where}: {number} is not a finite number")
+    return number
+
+
+def _counts(value: Any, where: str, length: int | None = None) -> list[float]:
+    counts = [_number(item, where) for item in _list(value, where, length)]
+    if any(count < 0 for count in counts):
+        raise _Malformed(f"{where}: a count below 0")
+    return counts
+
+
+def _time(value: Any, where: str) -> float | None:
+    return None if value is None else _number(value, where)
 
 
 def _over(window: SloWindow, threshold: float, min_events: int) -> bool:

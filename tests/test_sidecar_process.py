@@ -254,9 +254,16 @@ def test_slo_state_is_saved_on_shutdown_and_restored_at_start(tmp_path, expositi
         assert state.exists(), "written atomically on SIGTERM"
     log = (tmp_path / "sidecar-2.log").read_text()
     assert "SLO state restored" in log, log
-    state.write_text(state.read_text().replace('"fingerprint":"', '"fingerprint":"x'))
+    other_spec = state.read_text().replace('"fingerprint":"', '"fingerprint":"x')
+    state.write_text(other_spec)
     with SidecarProcess(tmp_path / "sidecar-3.log", exposition_server.url, "--slo-state-file", str(state)
                         ).start() as sidecar:
         sidecar.wait_ready()
+        samples = scrape(sidecar)
+        assert metric(samples, "sidecar_slo_state_discarded_total", reason="other_spec") == 1
+        assert metric(samples, "sidecar_slo_state_discarded_total") == 1
+        assert metric(samples, "sidecar_slo_state_save_errors_total") == 0
         assert sidecar.stop() == 0
     assert "written for another SLO spec" in (tmp_path / "sidecar-3.log").read_text()
+    assert (tmp_path / "slo-state.json.discarded").read_text() == other_spec, "set aside, not overwritten"
+    assert '"fingerprint":"x' not in state.read_text(), "saved afresh at shutdown"
