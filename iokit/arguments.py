@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import urllib.parse
 from typing import Any, Callable
 
 
@@ -34,5 +35,14 @@ def port_number(text: str) -> int:
     return value
 
 
+def http_url(text: str) -> str:
+    """An http(s) URL with a host, as a base URL (a trailing slash dropped)."""
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL with a host, got {text!r}")
+    return text.rstrip("/")
+
+
+http_url.__name__ = "URL"
 non_negative_int.__name__ = "non-negative int"
 port_number.__name__ = "port"

@@ -27,7 +27,7 @@ import aiohttp
 
 from iokit.arguments import positive
 from iokit.files import write_atomically
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
 from slo_spec.model import Slo, Spec
 
 from alerts.render import ALERTMANAGER_FILE
@@ -217,7 +217,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from alerts.rules import PAGE_FOR
     from dashboards.definitions import dashboards
 
-    spec = load_spec(args.slo or str(DEFAULT_SPEC))
+    try:
+        spec = load_spec(args.slo or str(DEFAULT_SPEC))
+    except SpecError as exc:
+        print(f"slo-sidecar demo: error: {exc}", file=sys.stderr)
+        return 2
     boards = dashboards(spec)
     slo = next((s for s in spec.slos if s.sli.kind == "availability"), spec.slos[0])
     out = Path(args.out).resolve()

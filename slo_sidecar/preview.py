@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dashboards.model import Dashboard, expand as expand_variables
 from dashboards.preview import PanelData, Series, page
-from iokit.arguments import positive
+from iokit.arguments import http_url, positive
 from iokit.files import write_atomically
 from slo_spec.model import duration_label, duration_seconds
 
@@ -119,9 +119,9 @@ def run(args: argparse.Namespace, spec) -> int:
     try:
         empty = write_preview(args.prometheus.rstrip("/"), dashboards(spec), out, args.ranges,
                               args.scrape_interval)
-    except PreviewError as error:
-        print(f"slo-sidecar: error: {error}", file=sys.stderr)
-        return 1
+    except PreviewError as error:  # --prometheus names no Prometheus that answers
+        print(f"slo-sidecar preview: error: --prometheus: {error}", file=sys.stderr)
+        return 2
     for path, titles in empty.items():
         note = f" ({len(titles)} panels without data over the shortest range: {', '.join(titles)})" if titles else ""
         print(f"wrote {path}{note}")
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace, spec) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://localhost:9090")
+    parser.add_argument("--prometheus", required=True, type=http_url, help="Prometheus base URL, e.g. http://localhost:9090")
     parser.add_argument("--out", required=True, help="directory for the HTML pages")
     parser.add_argument("--slo", help="the SLO spec the dashboards come from (default: the embedded slo.yaml)")
     parser.add_argument("--ranges", type=lambda text: [parse_duration(p) for p in text.split(",")],

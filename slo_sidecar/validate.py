@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from iokit.arguments import positive
+from iokit.arguments import http_url, positive
 from iokit.files import write_atomically
 from slo_spec.model import Spec
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, spec: Spec) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
     gate = parser.add_argument_group("load-test gate (with --url)")
-    gate.add_argument("--url", help="the engine's base URL, e.g. http://localhost:8000: load it and judge against the spec")
+    gate.add_argument("--url", type=http_url, help="the engine's base URL, e.g. http://localhost:8000: load it and judge against the spec")
     gate.add_argument("--concurrency", type=positive(int), default=4, help="requests in flight at once (default: 4)")
     gate.add_argument("--requests", type=positive(int), default=100, help="how many requests (default: 100)")
     gate.add_argument("--duration", type=positive(float), help="run for this many seconds instead of a request count")

@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.json:  # before minutes of work, not after: a path that cannot be written is exit 2 now
+        Path(args.json).resolve().parent.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     print(f"lab: replaying incidents into a real Prometheus and Alertmanager (work files in {workdir})", flush=True)
     try:
