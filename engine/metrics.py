@@ -31,7 +31,7 @@ GENERATION_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
 # Every status a generation endpoint answers with, pre-created at zero on both: an SLI that
 # selects errors (5xx, 429) exists, and reads 0, before the first error, and rate() counts
 # that first error instead of starting the series at 1.
-GENERATION_CODES = ("200", "400", "401", "404", "413", "429", "499", "500", "503", "504")
+GENERATION_CODES = ("200", "400", "401", "404", "408", "413", "429", "499", "500", "503", "504")
 
 # Why a request failed; one bounded label.
 ERROR_REASONS = (

@@ -244,11 +244,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _read_body(request: web.Request) -> bytes:
+    """The whole body, within --body-timeout-s: a client trickling its body holds a connection, not the
+    server (408, counted as the client's mistake)."""
+    settings = request.app[STATE_KEY].settings
     try:
-        return await request.read()
+        async with asyncio.timeout(settings.body_timeout_s):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, f"request body is larger than {request.app[STATE_KEY].settings.max_body_bytes} bytes",
+        raise ApiError(413, f"request body is larger than {settings.max_body_bytes} bytes",
                        code="request_too_large") from None
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {settings.body_timeout_s:g} s",
+                       code="request_timeout", headers={"Connection": "close"}) from None
 
 
 def _unavailable(phase: Phase) -> ApiError:

@@ -39,6 +39,7 @@ class EngineSettings:
     request_timeout_s: float
     drain_timeout_s: float
     max_body_bytes: int
+    body_timeout_s: float
     admin_port: int | None  # None: no admin listener (and so no fault injection)
     admin_token_file: str | None
     trace_exporter: str
@@ -132,6 +133,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str
         default=env("drain_timeout_s", pos_float, DEFAULT_DRAIN_TIMEOUT_S),
         help="on SIGTERM, how long in-flight requests may take to finish")
     add("--max-body-bytes", type=pos_int, default=env("max_body_bytes", pos_int, 4 * 1024 * 1024))
+    add("--body-timeout-s", type=pos_float, default=env("body_timeout_s", pos_float, 30.0),
+        help="a request body must arrive within this; a client trickling it gets 408")
     add("--admin-port", type=port_number, default=env("admin_port", port_number, None),
         help="FOR TESTS AND DEMOS: a separate admin listener on this port serving /admin/fault-injection "
              "(fail or delay requests); off by default; needs --admin-token-file")

@@ -22,6 +22,7 @@ ENGINE_ARGS = (
     "--max-waiting-requests", "2",
     "--request-timeout-s", "5",
     "--max-body-bytes", "65536",
+    "--body-timeout-s", "3",
     "--api-key", API_KEY,
 )
 
