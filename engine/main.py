@@ -82,6 +82,7 @@ async def serve(settings: EngineSettings, spec: Spec, api_key: str | None, admin
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
 
     from .backend import VllmBackend
 

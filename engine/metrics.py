@@ -110,6 +110,12 @@ class ServerMetrics:
             "1 for each GPU this engine can use (by NVML UUID): the pod's own, which the sidecar reports.",
             ["uuid"], registry=registry,
         )
+        # For leak hunting (bench/soak.py): tasks still alive after their requests ended grow this.
+        self.event_loop_tasks = Gauge(
+            PREFIX + "event_loop_tasks",
+            "asyncio tasks alive in the API server's event loop.",
+            registry=registry,
+        )
         for reason in ERROR_REASONS:
             self.errors.labels(reason=reason)
         for endpoint in GENERATION_ENDPOINTS:

@@ -94,6 +94,9 @@ class Sidecar:
         for collector in collectors:  # one guard each: broken families of one leave the others served
             exposition.add(collector.name, SnapshotCollector(self, collector.name))
         registry = exposition.group("sidecar")
+        # For leak hunting (bench/soak.py): read at scrape time, on the event loop.
+        Gauge("sidecar_event_loop_tasks", "asyncio tasks alive in the sidecar's event loop.",
+              registry=registry).set_function(_tasks_alive)
         self.up = Gauge("sidecar_collector_up", "1 when the collector's last run succeeded.", ["collector"],
                         registry=registry)
         self.duration = Gauge("sidecar_collector_duration_seconds", "How long the collector's last run took.",
@@ -175,6 +178,13 @@ class Sidecar:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/health", self.health)
         return app
+
+
+def _tasks_alive() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # no event loop runs in this thread (a scrape from a test)
+        return 0.0
 
 
 def retry_delay(collector: Collector, failures: int) -> float:
