@@ -86,7 +86,9 @@ async def test_tokenising_a_long_prompt_leaves_the_event_loop_free():
         assert await request == 400  # longer than the context, found after tokenising
     print(f"\ntokenising took {tokenise_s:.2f} s; /health meanwhile: {len(health)} answers, "
           f"slowest {max(health) * 1000:.0f} ms")
-    assert len(health) >= 5 and max(health) < 0.1
+    # On the event loop, /health would wait out the whole tokenising; off it, a small share of it at
+    # worst (the tokenizer takes the GIL at times; on a busy 2-core machine a pause here is ~0.15 s).
+    assert len(health) >= 5 and max(health) < tokenise_s / 4
     assert state.active_sequences == 0 and state.active_generations == 0  # the admission was given back
 
 

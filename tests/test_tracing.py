@@ -105,14 +105,14 @@ async def test_streamed_chat_trace(engine, otlp_receiver):
 @run_async
 async def test_failed_request_trace_has_error_status(engine, otlp_receiver):
     async with session() as s:
-        await set_faults(s, engine.url, error_ratio=1.0)
+        await set_faults(engine, error_ratio=1.0)
         try:
             async with s.post(engine.url + "/v1/completions", headers=AUTH,
                               json={"prompt": "fail", "max_tokens": 2}) as r:
                 assert r.status == 500
                 trace_id = r.headers["X-Trace-Id"]
         finally:
-            await set_faults(s, engine.url, error_ratio=0.0)
+            await set_faults(engine, error_ratio=0.0)
     spans = otlp_receiver.trace(trace_id, lambda found: len(found) >= 2)
     named = by_name(spans)
     server, genai = named["POST /v1/completions"], named["text_completion tiny-llama"]
@@ -125,14 +125,14 @@ async def test_failed_request_trace_has_error_status(engine, otlp_receiver):
 @run_async
 async def test_client_disconnect_trace_has_error_status(engine, otlp_receiver):
     async with session() as s:
-        await set_faults(s, engine.url, token_delay_s=0.02)
+        await set_faults(engine, token_delay_s=0.02)
         try:
             async with s.post(engine.url + "/v1/completions", headers=AUTH, json={
                     "prompt": "leave", "max_tokens": 200, "stream": True, "ignore_eos": True}) as r:
                 trace_id = r.headers["X-Trace-Id"]
                 await r.content.readline()
         finally:
-            await set_faults(s, engine.url, token_delay_s=0.0)
+            await set_faults(engine, token_delay_s=0.0)
     spans = otlp_receiver.trace(trace_id, lambda found: len(found) >= 2)
     genai = by_name(spans)["text_completion tiny-llama"]
     assert genai.status == "ERROR"
