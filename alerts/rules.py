@@ -232,6 +232,8 @@ def operational_group(spec: Spec) -> dict[str, Any] | None:
         "LLMEngineDown": ("engine", "Traffic", "Requests by status"),
         "LLMSidecarCollectorFailing": ("engine", "Traffic", "Requests by status"),
         "LLMSidecarAbsent": ("engine", "Traffic", "Requests by status"),
+        "LLMSidecarFamiliesMissing": ("engine", "Traffic", "Requests by status"),
+        "LLMSidecarStateNotSaved": ("engine", "Traffic", "Requests by status"),
         "LLMHighLatencyP99": ("engine", "Latency", "Time to first token"),
         "LLMHighErrorRate": ("engine", "Traffic", "Error ratio"),
         "LLMQueueDepthHigh": ("engine", "Tokens and scheduler", "Running and waiting requests"),
@@ -275,6 +277,18 @@ def operational_group(spec: Spec) -> dict[str, Any] | None:
               "Prometheus sees no slo-sidecar",
               "No sidecar_collector_up series for 5 minutes: the sidecar is down or not scraped (value "
               "{{ $value }}).", "sidecar-collector.md"),
+        # A part of the sidecar's exposition failing at scrape time: its families are left out (absent,
+        # not frozen), the rest served. For 5m: a lone failed scrape is a log line, not a ticket.
+        alert("LLMSidecarFamiliesMissing", "increase(sidecar_exposition_errors_total[10m]) > 0", "5m", "warning",
+              "A part of the sidecar's /metrics is failing",
+              "The {{ $labels.collector }} families of the sidecar on {{ $labels.instance }} were left out of "
+              "{{ $value | humanize }} scrapes in 10 minutes: a sidecar bug; its log has the traceback.",
+              "sidecar-collector.md"),
+        alert("LLMSidecarStateNotSaved", "increase(sidecar_slo_state_save_errors_total[15m]) > 0", "5m", "warning",
+              "The sidecar cannot save its SLO state",
+              "{{ $value | humanize }} failed saves of the SLO state file on {{ $labels.instance }} in 15 minutes "
+              "(a full disk or an unwritable volume): a restart would lose the SLO windows since the last good "
+              "save.", "sidecar-collector.md"),
         alert("LLMHighLatencyP99",
               f"histogram_quantile(0.99, sum by (le, instance) "
               f"(rate(vllm:time_to_first_token_seconds_bucket[5m]))) > {op.latency_p99_alert_s:g}",
