@@ -27,10 +27,10 @@ from slo_spec import __version__
 from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
 from slo_spec.model import Spec
 
+from .admin import build_admin_app
 from .health import visible_gpu_uuids
 from .malformed_http import MalformedRequestLog
 from .metrics import ConstantLabels, ServerMetrics
-from .admin import build_admin_app
 from .server import EngineState, build_app, build_metrics_app
 from .settings import EngineSettings, SettingsError
 from .slo_judge import SloJudge
