@@ -99,6 +99,9 @@ class VllmBackend:
             enforce_eager=eager,
             disable_log_stats=False,  # vLLM's vllm:* Prometheus metrics need stats on
             kv_cache_memory_bytes=None if on_cpu else int(self.settings.kv_cache_gib * 2**30),
+            enable_lora=self.settings.enable_lora,
+            max_loras=self.settings.max_loras,
+            max_lora_rank=self.settings.max_lora_rank,
         )
         self.engine = AsyncLLM.from_engine_args(engine_args)
         self.tokenizer = self.engine.get_tokenizer()
@@ -150,7 +153,8 @@ class VllmBackend:
         )
         finished = False
         try:
-            async for output in self.engine.generate(tokens_input(token_ids), params, request_id):
+            async for output in self.engine.generate(tokens_input(token_ids), params, request_id,
+                                                     lora_request=self.lora_request(request.model)):
                 finished = output.finished
                 yield GenerationStep(
                     [ChoiceDelta(o.index, o.text, len(o.token_ids), o.finish_reason) for o in output.outputs],
@@ -170,6 +174,15 @@ class VllmBackend:
         finally:
             if not finished:
                 await self.engine.abort(request_id)
+
+    def lora_request(self, model: str) -> Any:
+        """vLLM's LoRARequest for an adapter's name; None for the base model. Ids are stable: 1, 2, ..."""
+        for index, module in enumerate(self.settings.lora_modules, start=1):
+            if module.name == model:
+                from vllm.lora.request import LoRARequest
+
+                return LoRARequest(module.name, index, module.path)
+        return None
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)

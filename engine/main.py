@@ -32,7 +32,7 @@ from .health import visible_gpu_uuids
 from .malformed_http import MalformedRequestLog
 from .metrics import ConstantLabels, ServerMetrics
 from .server import EngineState, build_app, build_metrics_app
-from .settings import EngineSettings, SettingsError
+from .settings import EngineSettings, SettingsError, check_lora
 from .slo_judge import SloJudge
 from .tracing import setup_tracing
 
@@ -58,6 +58,11 @@ def resolve_model(settings: EngineSettings) -> tuple[str, str]:
 
 async def serve(settings: EngineSettings, spec: Spec, api_key: str | None, admin_token: str | None) -> int:
     model_dir, served_name = resolve_model(settings)
+    try:
+        check_lora(settings, served_name)
+    except SettingsError as exc:
+        print(f"slo-sidecar engine: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     # Our series go to a registry of their own, served through vLLM's with model_name added.
     own = CollectorRegistry()
     REGISTRY.register(ConstantLabels(own, {"model_name": served_name}))

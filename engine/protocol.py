@@ -12,7 +12,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Collection, Literal
 
 Kind = Literal["completion", "chat"]
 
@@ -129,14 +129,19 @@ def _all_text_is_unicode(value: Any) -> bool:
     return True
 
 
-def parse_generation_request(body: dict[str, Any], kind: Kind, served_model: str) -> GenerationRequest:
-    """Validate an OpenAI request body; raise ApiError naming the first bad field."""
+def parse_generation_request(body: dict[str, Any], kind: Kind, served_model: str,
+                             adapters: Collection[str] = ()) -> GenerationRequest:
+    """Validate an OpenAI request body; raise ApiError naming the first bad field.
+
+    `model` is the base model's served name (the default) or one of the LoRA adapters' names.
+    """
     reader = _FieldReader(body)
     model = reader.string("model", default=served_model)
-    if model != served_model:
+    if model != served_model and model not in adapters:
+        served = ", ".join(f"'{name}'" for name in (served_model, *adapters))
         raise ApiError(
             404,
-            f"model: the model '{model}' does not exist; this server serves '{served_model}'",
+            f"model: the model '{model}' does not exist; this server serves {served}",
             param="model",
             code="model_not_found",
         )

@@ -77,6 +77,11 @@ class EngineState:
     judge: SloJudge | None = None
     api_key: str | None = None  # read once at start (from --api-key-file or --api-key)
 
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """The LoRA adapters' names, which clients send as `model` beside the base model's."""
+        return tuple(module.name for module in self.settings.lora_modules)
+
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase
         self.metrics.ready.set(1 if phase == "ready" else 0)
@@ -225,11 +230,11 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 async def list_models(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     max_len = state.backend.max_model_len if state.backend else state.settings.max_model_len
-    return web.json_response({
-        "object": "list",
-        "data": [{"id": state.served_model_name, "object": "model", "created": state.started_at,
-                  "owned_by": "slo-sidecar", "max_model_len": max_len}],
-    })
+    base = {"id": state.served_model_name, "object": "model", "created": state.started_at,
+            "owned_by": "slo-sidecar", "parent": None, "max_model_len": max_len}
+    # Each adapter as vLLM's server lists it: a model whose parent is the base model.
+    adapters = [{**base, "id": name, "parent": state.served_model_name} for name in state.adapters]
+    return web.json_response({"object": "list", "data": [base, *adapters]})
 
 
 # --- Generation ----------------------------------------------------------------------------
@@ -291,7 +296,7 @@ async def _serve_generation(request: web.Request, kind: Kind, state: EngineState
     backend = state.backend
     _admit(state, 1)  # a full server says so before it reads a body
     generation = parse_generation_request(parse_json_body(await _read_body(request)), kind,
-                                          state.served_model_name)
+                                          state.served_model_name, state.adapters)
     _admit(state, generation.n)  # before the prompt is tokenised: overload costs no tokenizer time
     request_id = ("cmpl-" if kind == "completion" else "chatcmpl-") + uuid.uuid4().hex
     state.active_generations += 1

@@ -33,6 +33,10 @@ class EngineSettings:
     dtype: str
     kv_cache_gib: float
     enforce_eager: bool | None  # None: eager on CPU, compiled/graphs on GPU
+    enable_lora: bool
+    lora_modules: list[LoraModule]
+    max_loras: int
+    max_lora_rank: int
     api_key: str | None
     api_key_file: str | None
     max_waiting_requests: int
@@ -56,6 +60,37 @@ class EngineSettings:
 
     def admin_token(self) -> str:
         return read_secret(self.admin_token_file or "", "--admin-token-file")
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One adapter served beside the base model: clients name it in `model`."""
+
+    name: str
+    path: str
+
+
+def lora_module(text: str) -> LoraModule:
+    """NAME=PATH, as vLLM's --lora-modules takes it; PATH a PEFT adapter directory."""
+    name, equals, path = text.partition("=")
+    if not equals or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+        raise argparse.ArgumentTypeError(f"{path}: not a LoRA adapter directory (no adapter_config.json)")
+    return LoraModule(name.strip(), path)
+
+
+lora_module.__name__ = "LoRA module"
+
+
+def check_lora(settings: EngineSettings, served_name: str) -> None:
+    """Adapters need --enable-lora; their names are label values and model names, so each is unique."""
+    if settings.lora_modules and not settings.enable_lora:
+        raise SettingsError("--lora-modules: needs --enable-lora")
+    names = [module.name for module in settings.lora_modules]
+    for name in names:
+        if name == served_name or names.count(name) > 1:
+            raise SettingsError(f"--lora-modules: the name {name!r} is used twice (or is the base model's)")
 
 
 class SettingsError(Exception):
@@ -119,6 +154,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str
     add("--enforce-eager", action=argparse.BooleanOptionalAction,
         default=env("enforce_eager", _env_bool, None),
         help="skip torch.compile and CUDA graphs (default: on for CPU, off for GPU)")
+    add("--enable-lora", action=argparse.BooleanOptionalAction, default=env("enable_lora", _env_bool, False),
+        help="serve LoRA adapters beside the base model (vLLM's flag)")
+    add("--lora-modules", nargs="+", type=lora_module, default=[], metavar="NAME=PATH",
+        help="adapters, each a PEFT directory; clients pick one by its NAME in `model` (vLLM's flag)")
+    add("--max-loras", type=pos_int, default=env("max_loras", pos_int, 1),
+        help="adapters vLLM keeps loaded at once; a request for another waits for its turn (vLLM's flag)")
+    add("--max-lora-rank", type=pos_int, default=env("max_lora_rank", pos_int, 16),
+        help="the highest rank of the served adapters (vLLM's flag)")
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--api-key", default=env("api_key", str, None),
                       help="require 'Authorization: Bearer KEY' on /v1/* (env SLO_ENGINE_API_KEY; in a pod "

@@ -14,6 +14,8 @@ from . import __version__
 
 
 def _build_model(args: argparse.Namespace) -> int:
+    if args.lora:
+        return _build_lora(args)
     from engine.tiny_model import build_model, default_model_dir, is_built
 
     out = Path(args.out) if args.out else default_model_dir()
@@ -21,6 +23,22 @@ def _build_model(args: argparse.Namespace) -> int:
         print(f"model already built: {out}")
         return 0
     print(f"built: {build_model(out)}")
+    return 0
+
+
+def _build_lora(args: argparse.Namespace) -> int:
+    from engine.tiny_lora import build_lora, check_name, default_lora_dir, is_built
+
+    try:
+        check_name(args.lora)
+    except ValueError as exc:
+        print(f"slo-sidecar build-model: error: --lora: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else default_lora_dir(args.lora)
+    if is_built(out) and not args.force:
+        print(f"adapter already built: {out}")
+        return 0
+    print(f"built: {build_lora(args.lora, out)}")
     return 0
 
 
@@ -97,9 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"slo-sidecar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    build = commands.add_parser("build-model", help="build the embedded tiny Llama model")
+    build = commands.add_parser("build-model", help="build the embedded tiny Llama model, or with --lora one of its "
+                                "LoRA adapters")
     build.add_argument("--out", help="directory to write (default: the user cache)")
     build.add_argument("--force", action="store_true", help="rebuild even if already built")
+    build.add_argument("--lora", metavar="NAME", help="build a small deterministic LoRA adapter NAME for the embedded "
+                       "model (PEFT format), to serve with --enable-lora --lora-modules NAME=DIR")
     build.set_defaults(func=_build_model)
 
     engine = commands.add_parser("engine", help="run the OpenAI-compatible inference server on vLLM")

@@ -38,6 +38,9 @@ CASES = [
     (["engine", "--admin-port", "9999"], "--admin-port"),
     (["engine", "--admin-token-file", "/etc/hostname"], "--admin-token-file"),
     (["engine", "--slo", "/nonexistent/slo.yaml"], "/nonexistent/slo.yaml"),
+    (["engine", "--enable-lora", "--lora-modules", "medical=/nonexistent/adapter"], "--lora-modules"),
+    (["engine", "--lora-modules", "medical={tmp}/adapter"], "--lora-modules"),
+    (["build-model", "--lora", "Not A Name"], "--lora"),
     (["sidecar", "--port", "70000"], "port"),
     (["sidecar", "--engine-url", "not a url"], "engine_url"),
     (["sidecar", "--engine-api-key-file", "/nonexistent/key"], "engine_api_key_file"),
@@ -75,6 +78,8 @@ def closed_port() -> int:
 @pytest.mark.parametrize("args, named", CASES, ids=[" ".join(args)[:60] for args, _ in CASES])
 def test_a_bad_value_exits_2_with_one_line_naming_it(args, named, tmp_path):
     values = {"file": a_file(tmp_path), "tmp": str(tmp_path), "closed": str(closed_port())}
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
     result = run_cli(*(arg.format(**values) for arg in args))
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])

@@ -123,3 +123,22 @@ def test_without_nvml_the_engine_names_no_gpu():
     from engine.health import visible_gpu_uuids
 
     assert visible_gpu_uuids() == []
+
+
+def test_lora_modules_are_name_path_pairs_of_adapter_directories(tmp_path):
+    from engine.settings import SettingsError, check_lora
+
+    adapter = tmp_path / "medical"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    settings = parse_settings(["--enable-lora", "--lora-modules", f"medical={adapter}", "--max-loras", "2"], {})
+    assert [(m.name, m.path) for m in settings.lora_modules] == [("medical", str(adapter))]
+    check_lora(settings, "tiny-llama")
+    for argv in (["--lora-modules", f"medical={adapter}"],  # without --enable-lora
+                 ["--enable-lora", "--lora-modules", f"medical={adapter}", f"medical={adapter}"],
+                 ["--enable-lora", "--lora-modules", f"tiny-llama={adapter}"]):
+        with pytest.raises(SettingsError):
+            check_lora(parse_settings(argv, {}), "tiny-llama")
+    for bad in ("medical", f"={adapter}", f"medical={tmp_path}"):  # no path; no name; no adapter_config.json
+        with pytest.raises(SystemExit):
+            parse_settings(["--enable-lora", "--lora-modules", bad], {})

@@ -77,6 +77,17 @@ def test_unknown_model_is_404_model_not_found():
     assert (error.status, error.code, error.param) == (404, "model_not_found", "model")
 
 
+def test_a_request_names_the_base_model_or_a_served_adapter():
+    adapters = ("medical", "legal")
+    assert parse_generation_request({"prompt": "x", "model": "legal"}, "completion", MODEL, adapters).model == "legal"
+    assert parse_generation_request({"prompt": "x"}, "completion", MODEL, adapters).model == MODEL
+    with pytest.raises(ApiError) as caught:
+        parse_generation_request({"prompt": "x", "model": "finance"}, "completion", MODEL, adapters)
+    assert caught.value.status == 404
+    for name in (MODEL, "medical", "legal"):  # the error names every model served
+        assert f"'{name}'" in caught.value.message
+
+
 def test_json_body_must_be_an_object():
     assert parse_json_body(b'{"a": 1}') == {"a": 1}
     # Also what the parser itself refuses: a 5,000-digit integer (past Python's int-string limit)
