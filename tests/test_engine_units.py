@@ -142,3 +142,16 @@ def test_lora_modules_are_name_path_pairs_of_adapter_directories(tmp_path):
     for bad in ("medical", f"={adapter}", f"medical={tmp_path}"):  # no path; no name; no adapter_config.json
         with pytest.raises(SystemExit):
             parse_settings(["--enable-lora", "--lora-modules", bad], {})
+
+
+def test_the_api_key_is_read_from_a_mounted_file_once(tmp_path):
+    from engine.settings import SettingsError
+
+    key_file = tmp_path / "api-key"
+    key_file.write_text("mounted-key-0123456789abcdef\n")
+    settings = parse_settings(["--api-key-file", str(key_file)], {"SLO_ENGINE_API_KEY": "from-env"})
+    assert settings.client_api_key() == "mounted-key-0123456789abcdef"  # the file wins, newline stripped
+    assert parse_settings([], {"SLO_ENGINE_API_KEY": "from-env"}).client_api_key() == "from-env"
+    key_file.write_text("")  # an empty Secret must not mean "no key": the engine refuses to start
+    with pytest.raises(SettingsError, match="--api-key-file"):
+        settings.client_api_key()

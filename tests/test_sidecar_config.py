@@ -77,3 +77,13 @@ def test_command_exits_2_without_a_traceback(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"{missing}: (file): cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_probes_key_is_read_from_a_mounted_file(tmp_path):
+    key_file = tmp_path / "api-key"
+    key_file.write_text("  mounted-key-0123456789abcdef\n")  # a Secret's file may end in a newline
+    config = config_from(["--engine-api-key-file", str(key_file)], {"SLO_SIDECAR_ENGINE_API_KEY": "from-env"})
+    assert config.engine_api_key == "mounted-key-0123456789abcdef"  # the file wins over the environment
+    key_file.write_text("short\n")
+    with pytest.raises(ConfigError, match="engine_api_key_file"):
+        config_from(["--engine-api-key-file", str(key_file)], {})
