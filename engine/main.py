@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,6 +111,7 @@ async def serve(settings: EngineSettings, spec: Spec, api_key: str | None, admin
     stopped_early.cancel()
     exit_code = 0
     if load.exception() is None:
+        freeze_startup_heap()
         state.backend = backend
         state.set_phase("ready")
         log.info("ready: serving %r", served_name)
@@ -130,6 +133,21 @@ async def serve(settings: EngineSettings, spec: Spec, api_key: str | None, admin
     tracer.shutdown()  # flushes the spans still queued
     log.info("stopped")
     return exit_code
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up built (torch, vLLM, the tokenizer: millions of objects) out of the garbage
+    collector's sight, as vLLM's own server does once it has started (vllm.utils.gc_utils.freeze_gc_heap).
+
+    Otherwise a full collection, which any allocation may set off (a /metrics exposition, a busy stream),
+    walks them all and stops the process for a second or two: here one /metrics answer in ~1,000 under
+    load took 2 s while /health, just before and after, took 2 ms.
+    """
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info("start-up heap frozen: %d objects out of the garbage collector's sight (%.2f s)",
+             gc.get_freeze_count(), time.perf_counter() - started)
 
 
 CHILD_STOP_GRACE_S = 2.0
