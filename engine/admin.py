@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .faults import FaultInjector
 from .protocol import ApiError, bearer_matches, parse_json_body
+from .server import json_error, route_error
 
 log = logging.getLogger(__name__)
 
@@ -22,26 +23,21 @@ TOKEN_KEY = web.AppKey("admin_token", str)
 MAX_ADMIN_BODY_BYTES = 64 * 1024
 
 
-def _error(error: ApiError) -> web.Response:
-    return web.json_response(error.body(), status=error.status, headers=error.headers)
-
-
 @web.middleware
 async def admin_middleware(request: web.Request, handler) -> web.StreamResponse:
     """The token on every route; errors as JSON bodies, 4xx never a 5xx."""
     if not bearer_matches(request.headers.get("Authorization", ""), request.app[TOKEN_KEY]):
-        return _error(ApiError(401, "missing or invalid admin token; send 'Authorization: Bearer <token>'",
-                               code="invalid_admin_token", error_type="authentication_error",
-                               headers={"WWW-Authenticate": "Bearer"}))
+        return json_error(ApiError(401, "missing or invalid admin token; send 'Authorization: Bearer <token>'",
+                                   code="invalid_admin_token", error_type="authentication_error",
+                                   headers={"WWW-Authenticate": "Bearer"}))
     try:
         return await handler(request)
     except ApiError as error:
-        return _error(error)
+        return json_error(error)
     except web.HTTPException as exc:
         if not 400 <= exc.status < 500:
             raise
-        return _error(ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
-                               code=exc.reason.lower().replace(" ", "_")))
+        return json_error(route_error(request, exc))
 
 
 async def fault_injection(request: web.Request) -> web.Response:

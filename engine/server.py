@@ -94,6 +94,13 @@ def json_error(error: ApiError) -> web.Response:
     return web.json_response(error.body(), status=error.status, headers=error.headers)
 
 
+def route_error(request: web.Request, exc: web.HTTPException) -> ApiError:
+    """aiohttp's own 4xx (unknown route, wrong method) as our error body, keeping its Allow header."""
+    return ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
+                    code=exc.reason.lower().replace(" ", "_"),
+                    headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+
+
 def is_probe(request: web.Request) -> bool:
     """A request from the pod's own sidecar (marked, and from loopback: a client outside the pod cannot
     hide its requests from the SLOs this way). It is served as any other, but not counted as a user's."""
@@ -140,9 +147,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         if not 400 <= exc.status < 500:
             raise
         metrics.record_error("validation")
-        return json_error(ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
-                                   code=exc.reason.lower().replace(" ", "_"),
-                                   headers={k: v for k, v in exc.headers.items() if k == "Allow"}))
+        return json_error(route_error(request, exc))
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client disconnects.
         code = CLIENT_CLOSED_REQUEST
