@@ -51,13 +51,15 @@ def test_sigterm_while_the_model_loads_exits_0_at_once_and_leaves_no_process(tmp
 
 
 def test_engine_core_killed_mid_stream_ends_the_stream_and_exits_non_zero(tmp_path):
-    engine = EngineProcess(tmp_path / "engine.log", "--max-model-len", "1024", fault_injection=True).start()
+    # 2,000 tokens: vLLM is still generating when the kill lands (at 300 the tiny model had finished
+    # them all before it, and the paced stream then ended normally: a fresh-clone run saw that).
+    engine = EngineProcess(tmp_path / "engine.log", "--max-model-len", "2048", fault_injection=True).start()
     try:
         engine.wait_ready()
-        engine.set_faults(token_delay_s=0.02)  # the stream lasts >= 6 s whatever the machine's speed
+        engine.set_faults(token_delay_s=0.01)  # and the client sees it slowly, whatever the machine's speed
         result: dict = {}
         reader = stream_in_thread(engine.url + "/v1/completions",
-                                  {"prompt": "doomed", "max_tokens": 300, "stream": True, "ignore_eos": True}, result)
+                                  {"prompt": "doomed", "max_tokens": 2000, "stream": True, "ignore_eos": True}, result)
         wait_for(lambda: "first_line" in result or not reader.is_alive(), 60, "the stream started")
         core = _engine_core(engine.process.pid)
         killed = time.monotonic()
