@@ -45,6 +45,7 @@ class GenerationTally:
     """What a request's generation produced so far: for usage, and for its trace."""
 
     completion_tokens: int = 0
+    prompt_tokens: int | None = None  # once the prompt is tokenised
     sequences: int = 1  # the request's n: completion_tokens are summed over its choices
     finish_reasons: dict[int, str] = field(default_factory=dict)
     metrics: Any = None

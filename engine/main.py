@@ -32,6 +32,7 @@ from slo_spec.model import Spec
 from .admin import build_admin_app
 from .health import visible_gpu_uuids
 from .malformed_http import MalformedRequestLog
+from .adapter_cache import AdapterResidency
 from .metrics import ConstantLabels, ServerMetrics
 from .server import EngineState, build_app, build_metrics_app
 from .settings import EngineSettings, SettingsError, check_lora
@@ -69,11 +70,14 @@ async def serve(settings: EngineSettings, spec: Spec, api_key: str | None, admin
     own = CollectorRegistry()
     REGISTRY.register(ConstantLabels(own, {"model_name": served_name}))
     tracer = setup_tracing(settings.trace_exporter, __version__, served_name, own)
-    metrics = ServerMetrics(own, max_waiting_requests=settings.max_waiting_requests)
+    models = (served_name, *(module.name for module in settings.lora_modules))
+    metrics = ServerMetrics(own, max_waiting_requests=settings.max_waiting_requests, models=models)
     for uuid in visible_gpu_uuids():
         metrics.accelerators.labels(uuid=uuid).set(1)
     state = EngineState(settings=settings, served_model_name=served_name, metrics=metrics, tracer=tracer,
-                        judge=SloJudge(spec, own), api_key=api_key)
+                        judge=SloJudge(spec, own, models), api_key=api_key,
+                        adapter_residency=AdapterResidency(settings.max_loras) if settings.enable_lora else None)
+    state.faults.served = models
     state.generations_idle.set()
     runners = [await _start(build_app(state), settings.host, settings.port, logger=MalformedRequestLog(metrics))]
     if settings.metrics_port is not None:

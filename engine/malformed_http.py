@@ -50,7 +50,7 @@ class MalformedRequestLog:
         if not isinstance(exc, HttpProcessingError):
             return False
         status = exc.code if isinstance(exc.code, int) and 400 <= exc.code < 500 else 400
-        self.metrics.requests.labels(endpoint="other", code=str(status)).inc()
+        self.metrics.requests.labels(endpoint="other", code=str(status), model="").inc()
         self.metrics.record_error("validation")
         self.unlogged += 1
         now = self.clock()

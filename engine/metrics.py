@@ -44,6 +44,10 @@ ERROR_REASONS = (
     "timeout",            # 504: the request ran past --request-timeout-s
 )
 
+# The tenant of a generation request that never named a served model (unreadable body, unknown
+# model, refused before its body was read): a fixed value, so no string from a request is a label.
+UNKNOWN_MODEL = "unknown"
+
 # Status recorded when no response reached the client (nginx's convention).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -72,11 +76,18 @@ class ConstantLabels:
 
 
 class ServerMetrics:
-    def __init__(self, registry: CollectorRegistry = REGISTRY, max_waiting_requests: int = 0):
+    """The API server's series. `models` are the served names (the base model's, then each LoRA
+    adapter's): the only values of the `model` label, the tenant a generation request asked for.
+    Requests on other endpoints carry model="" (no tenant)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY, max_waiting_requests: int = 0,
+                 models: tuple[str, ...] = ()):
+        self.models = (*models, UNKNOWN_MODEL)
         self.requests = Counter(
             PREFIX + "http_requests",
-            "HTTP requests handled, by endpoint and status code (499: client closed the request).",
-            ["endpoint", "code"], registry=registry,
+            "HTTP requests handled, by endpoint, status code (499: client closed the request) and tenant "
+            "(the served model or adapter a generation request named; empty on other endpoints).",
+            ["endpoint", "code", "model"], registry=registry,
         )
         self.in_flight = Gauge(
             PREFIX + "http_requests_in_flight",
@@ -90,8 +101,27 @@ class ServerMetrics:
         )
         self.errors = Counter(
             PREFIX + "request_errors",
-            "Failed requests, by reason.",
-            ["reason"], registry=registry,
+            "Failed requests, by reason and tenant.",
+            ["reason", "model"], registry=registry,
+        )
+        # Tokens per tenant: vLLM counts them for the whole engine only, and the sidecar apportions
+        # the pod's cost by them (prompt tokens as the tokenizer counted them, once per request).
+        self.prompt_tokens = Counter(
+            PREFIX + "prompt_tokens",
+            "Prompt tokens of finished generation requests, by tenant.",
+            ["model"], registry=registry,
+        )
+        self.generation_tokens = Counter(
+            PREFIX + "generation_tokens",
+            "Tokens generated for finished generation requests (all their choices), by tenant.",
+            ["model"], registry=registry,
+        )
+        # A request for an adapter that was not in vLLM's adapter cache waits for it to load from disk.
+        self.lora_cold_starts = Counter(
+            PREFIX + "lora_cold_starts",
+            "Generation requests whose LoRA adapter had to be loaded first (not among the --max-loras "
+            "adapters used most recently), by tenant.",
+            ["model"], registry=registry,
         )
         self.ready = Gauge(
             PREFIX + "ready",
@@ -116,15 +146,26 @@ class ServerMetrics:
             "asyncio tasks alive in the API server's event loop.",
             registry=registry,
         )
-        for reason in ERROR_REASONS:
-            self.errors.labels(reason=reason)
+        for model in self.models:
+            for reason in ERROR_REASONS:
+                self.errors.labels(reason=reason, model=model)
+            for endpoint in GENERATION_ENDPOINTS:
+                for code in GENERATION_CODES:
+                    self.requests.labels(endpoint=endpoint, code=code, model=model)
+        for model in models:
+            self.prompt_tokens.labels(model=model)
+            self.generation_tokens.labels(model=model)
+        for model in models[1:]:  # the adapters
+            self.lora_cold_starts.labels(model=model)
         for endpoint in GENERATION_ENDPOINTS:
             self.in_flight.labels(endpoint=endpoint)
             self.duration.labels(endpoint=endpoint)
-            for code in GENERATION_CODES:
-                self.requests.labels(endpoint=endpoint, code=code)
 
-    def record_error(self, reason: str) -> None:
+    def record_error(self, reason: str, model: str = "") -> None:
         if reason not in ERROR_REASONS:
             raise ValueError(f"unknown error reason {reason!r}")
-        self.errors.labels(reason=reason).inc()
+        self.errors.labels(reason=reason, model=model).inc()
+
+    def record_tokens(self, model: str, prompt_tokens: int, generation_tokens: int) -> None:
+        self.prompt_tokens.labels(model=model).inc(prompt_tokens)
+        self.generation_tokens.labels(model=model).inc(generation_tokens)

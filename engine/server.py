@@ -29,7 +29,8 @@ from slo_spec.model import PROBE_HEADER
 from .backend import GenerationTally, VllmBackend
 from .faults import FaultInjector, InjectedFault
 from .health import AcceleratorMemoryProbe, Phase, evaluate_health
-from .metrics import CLIENT_CLOSED_REQUEST, ServerMetrics
+from .adapter_cache import AdapterResidency
+from .metrics import CLIENT_CLOSED_REQUEST, GENERATION_ENDPOINTS, UNKNOWN_MODEL, ServerMetrics
 from .protocol import (
     ApiError,
     Choice,
@@ -54,6 +55,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # (a stream that broke mid-way): the status the request is counted under.
 OUTCOME_CODE = "slo_outcome_code"
 SERVER_SPAN = "slo_server_span"
+# The served name (base model or adapter) a generation request asked for, once it is known valid.
+TENANT = "slo_tenant"
 TRACE_ID_HEADER = "X-Trace-Id"
 RETRY_AFTER_S = "1"
 
@@ -70,17 +73,23 @@ class EngineState:
     active_generations: int = 0
     active_sequences: int = 0  # admitted sequences not yet finished (a request with n > 1 counts n)
     started_at: int = field(default_factory=lambda: int(time.time()))
-    faults: FaultInjector = field(default_factory=FaultInjector)
+    faults: FaultInjector = field(default_factory=FaultInjector)  # its `served` set from models at start
     memory_probe: AcceleratorMemoryProbe = field(default_factory=AcceleratorMemoryProbe)
     tracer: RequestTracer = field(default_factory=lambda: RequestTracer(None))
     generations_idle: asyncio.Event = field(default_factory=asyncio.Event)
     judge: SloJudge | None = None
     api_key: str | None = None  # read once at start (from --api-key-file or --api-key)
+    adapter_residency: AdapterResidency | None = None  # set when adapters are served
 
     @property
     def adapters(self) -> tuple[str, ...]:
         """The LoRA adapters' names, which clients send as `model` beside the base model's."""
         return tuple(module.name for module in self.settings.lora_modules)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every served name, base model first: the values of the `model` (tenant) label."""
+        return (self.served_model_name, *self.adapters)
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase
@@ -111,6 +120,12 @@ def is_probe(request: web.Request) -> bool:
     return False
 
 
+def tenant_of(request: web.Request, endpoint: str) -> str:
+    """The `model` label of a request: its served name on a generation endpoint (UNKNOWN_MODEL until
+    the body named a served one), empty elsewhere."""
+    return request.get(TENANT, UNKNOWN_MODEL) if endpoint in GENERATION_ENDPOINTS else ""
+
+
 def endpoint_of(request: web.Request) -> str:
     """The route template, so unknown paths cannot blow up label cardinality."""
     route = request.match_info.route
@@ -139,23 +154,23 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         code = request.get(OUTCOME_CODE, response.status)
         return response
     except ApiError as error:
-        metrics.record_error(error.reason)
+        metrics.record_error(error.reason, tenant_of(request, endpoint))
         code = error.status
         return json_error(error)
     except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method
         code = exc.status
         if not 400 <= exc.status < 500:
             raise
-        metrics.record_error("validation")
+        metrics.record_error("validation", tenant_of(request, endpoint))
         return json_error(route_error(request, exc))
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client disconnects.
         code = CLIENT_CLOSED_REQUEST
-        metrics.record_error("client_disconnect")
+        metrics.record_error("client_disconnect", tenant_of(request, endpoint))
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        metrics.record_error("engine_error")
+        metrics.record_error("engine_error", tenant_of(request, endpoint))
         return json_error(ApiError(500, "internal server error", code="internal_error",
                                    error_type="server_error", reason="engine_error"))
     finally:
@@ -164,7 +179,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         metrics.duration.labels(endpoint=endpoint).observe(
             time.perf_counter() - started, exemplar={"trace_id": trace_id} if trace_id else None)
         if not is_probe(request):
-            metrics.requests.labels(endpoint=endpoint, code=str(code)).inc()
+            metrics.requests.labels(endpoint=endpoint, code=str(code), model=tenant_of(request, endpoint)).inc()
         if span is not None:
             state.tracer.end_server_span(span, code)
             otel_context.detach(attached)
@@ -290,8 +305,12 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
         failure = exc
         raise
     finally:
-        if state.judge is not None and not is_probe(request):
-            state.judge.record(tally, started_at, _ended_with(failure, tally))
+        if not is_probe(request):
+            tenant = request.get(TENANT, UNKNOWN_MODEL)
+            if state.judge is not None:
+                state.judge.record(tally, started_at, _ended_with(failure, tally), tenant)
+            if tally.prompt_tokens is not None:
+                state.metrics.record_tokens(tenant, tally.prompt_tokens, tally.completion_tokens)
 
 
 async def _serve_generation(request: web.Request, kind: Kind, state: EngineState,
@@ -302,6 +321,7 @@ async def _serve_generation(request: web.Request, kind: Kind, state: EngineState
     _admit(state, 1)  # a full server says so before it reads a body
     generation = parse_generation_request(parse_json_body(await _read_body(request)), kind,
                                           state.served_model_name, state.adapters)
+    request[TENANT] = generation.model
     _admit(state, generation.n)  # before the prompt is tokenised: overload costs no tokenizer time
     request_id = ("cmpl-" if kind == "completion" else "chatcmpl-") + uuid.uuid4().hex
     state.active_generations += 1
@@ -315,7 +335,9 @@ async def _serve_generation(request: web.Request, kind: Kind, state: EngineState
     except BaseException:
         _release(state, generation.n)
         raise
+    tally.prompt_tokens = len(token_ids)
     with state.tracer.generation_span(generation, request_id, max_tokens) as span:
+        _note_adapter_use(state, generation.model, span, request)
         try:
             async with asyncio.timeout(state.settings.request_timeout_s) as deadline:
                 steps = _steps_with_faults(state, backend, generation, token_ids, max_tokens, request_id)
@@ -331,6 +353,16 @@ async def _serve_generation(request: web.Request, kind: Kind, state: EngineState
         finally:
             _release(state, generation.n)
             state.tracer.finish_generation(span, tally, len(token_ids), failure)
+
+
+def _note_adapter_use(state: EngineState, model: str, span: trace.Span, request: web.Request) -> None:
+    """A request for an adapter vLLM does not hold waits for it to load: counted, and an event on its span."""
+    if state.adapter_residency is None or model == state.served_model_name:
+        return
+    if state.adapter_residency.use(model) and not is_probe(request):
+        state.metrics.lora_cold_starts.labels(model=model).inc()
+        span.add_event("lora.cold_start", {"gen_ai.request.model": model,
+                                           "vllm.max_loras": state.settings.max_loras})
 
 
 def _release(state: EngineState, n: int) -> None:
@@ -377,6 +409,8 @@ async def _steps_with_faults(state: EngineState, backend: VllmBackend, generatio
                              token_ids: list[int], max_tokens: int, request_id: str):
     """The backend's steps, with any injected delay or failure (tests and demos only)."""
     faults = state.faults if state.settings.admin_port is not None else None
+    if faults is not None and not faults.applies_to(generation.model):
+        faults = None
     if faults is not None:
         if faults.delay_s:
             await asyncio.sleep(faults.delay_s)
@@ -435,7 +469,7 @@ async def _stream(request: web.Request, generation: GenerationRequest, request_i
         return response
     except ConnectionError:
         request[OUTCOME_CODE] = CLIENT_CLOSED_REQUEST
-        state.metrics.record_error("client_disconnect")
+        state.metrics.record_error("client_disconnect", generation.model)
         tally.error = ApiError(CLIENT_CLOSED_REQUEST, "the client went away mid-stream", reason="client_disconnect")
         return response
     except asyncio.CancelledError:
@@ -448,7 +482,7 @@ async def _stream(request: web.Request, generation: GenerationRequest, request_i
         error = exc
     if not response.prepared:
         raise error
-    state.metrics.record_error(error.reason)
+    state.metrics.record_error(error.reason, generation.model)
     request[OUTCOME_CODE] = error.status
     tally.error = error
     with contextlib.suppress(ConnectionError):

@@ -25,7 +25,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from slo_spec.model import SLO_COUNTER, Spec
+from slo_spec.model import GOODPUT_TOKENS, SLO_COUNTER, Spec
+
+from .metrics import UNKNOWN_MODEL
 
 
 @dataclass(frozen=True)
@@ -68,20 +70,36 @@ def judged(status: int | None) -> bool:
 
 
 class SloJudge:
-    def __init__(self, spec: Spec | None, registry: CollectorRegistry):
+    """Counts each request by SLO, verdict and tenant (`model`: the served name it asked for, one of
+    `models`, or UNKNOWN_MODEL), so a sliced SLO reads 2 series per tenant."""
+
+    def __init__(self, spec: Spec | None, registry: CollectorRegistry, models: tuple[str, ...] = ()):
+        # A sliced SLO's slices share its name and targets: the engine judges each name once.
         self.targets = {slo.name: slo.sli.targets for slo in (spec.slos if spec else ()) if slo.sli.targets}
         self.counter = Counter(SLO_COUNTER.removesuffix("_total"),
                                "Generation requests judged at their end against every target of an exact "
                                "latency or goodput SLO: good when all were met; server errors are never good.",
-                               ["slo", "good"], registry=registry)
-        for name in self.targets:  # every series an SLI reads exists from the first scrape
-            for good in ("true", "false"):
-                self.counter.labels(name, good)
+                               ["slo", "good", "model"], registry=registry)
+        self.good_tokens = Counter(GOODPUT_TOKENS.removesuffix("_total"),
+                                   "Tokens generated for requests that met every target of every exact latency "
+                                   "and goodput SLO, by tenant: the tokens that count as goodput.",
+                                   ["model"], registry=registry)
+        for model in (*models, UNKNOWN_MODEL):  # every series an SLI reads exists from the first scrape
+            for name in self.targets:
+                for good in ("true", "false"):
+                    self.counter.labels(name, good, model)
+        for model in models:
+            self.good_tokens.labels(model)
 
-    def record(self, tally: Any, started_at: float, status: int | None) -> None:
+    def record(self, tally: Any, started_at: float, status: int | None, model: str = UNKNOWN_MODEL) -> None:
         """status: the HTTP status the request ended with (None: succeeded)."""
         if not self.targets or not judged(status):
             return
         measured = None if status is not None else latencies(tally, started_at, time.monotonic())
+        all_good = True
         for name, targets in self.targets.items():
-            self.counter.labels(name, "true" if is_good(targets, measured) else "false").inc()
+            good = is_good(targets, measured)
+            all_good = all_good and good
+            self.counter.labels(name, "true" if good else "false", model).inc()
+        if all_good:
+            self.good_tokens.labels(model).inc(tally.completion_tokens)

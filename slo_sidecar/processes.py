@@ -147,7 +147,7 @@ class EngineProcess(ManagedProcess):
             raise RuntimeError("this engine was started without fault_injection")
         return self.admin_url + "/admin/fault-injection"
 
-    def set_faults(self, **settings: float) -> dict[str, float]:
+    def set_faults(self, **settings: float | str | None) -> dict[str, float | str | None]:
         """Set the injected faults; the engine's whole fault state, as it answered."""
         request = urllib.request.Request(self.faults_url, data=json.dumps(settings).encode(), method="POST",
                                          headers={"Content-Type": "application/json", **self.admin_headers})

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from engine.slo_judge import RequestLatencies, is_good, judged, latencies
+from engine.tiny_model import MODEL_NAME
 from slo_spec.load import DEFAULT_SPEC, load_spec
 from tests.conftest import API_KEY, run_async
 from tests.helpers import http_get, metric, parse_metrics
@@ -65,9 +66,11 @@ def judged_counts(url: str) -> dict[tuple[str, str], float]:
 
 def test_every_judged_series_exists_before_any_request(engine):
     samples = parse_metrics(http_get(engine.url + "/metrics")[1].decode())
-    present = {(dict(labels)["slo"], dict(labels)["good"]) for name, labels in samples
+    present = {(dict(labels)["slo"], dict(labels)["good"], dict(labels)["model"]) for name, labels in samples
                if name == "slo_engine_slo_requests_total"}
-    assert present == {(slo, good) for slo in JUDGED_SLOS for good in ("true", "false")}
+    # Per tenant: the served model, and "unknown" for requests that never named one. 2 series each per SLO.
+    tenants = (MODEL_NAME, "unknown")
+    assert present == {(slo, good, model) for slo in JUDGED_SLOS for good in ("true", "false") for model in tenants}
 
 
 @run_async
