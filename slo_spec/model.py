@@ -43,6 +43,8 @@ FAST_MIN_EVENTS = 20
 # The engine judges every generation request, once at its end, against each target of the spec's
 # exact latency and goodput SLOs, and counts it here by SLO and whether it met them all.
 SLO_COUNTER = "slo_engine_slo_requests_total"
+# The tokens generated for requests that met every one of those targets (goodput in tokens).
+GOODPUT_TOKENS = "slo_engine_goodput_tokens_total"
 # The per-request latencies a target may bound: time to first token, time per output token
 # after the first ((e2e - ttft) / (tokens - 1), as vLLM and the OpenTelemetry GenAI conventions
 # define it), end to end, and time in vLLM's queue. A target is written `<measure>_s`.
@@ -204,6 +206,14 @@ class Slo:
     min_events: int  # the spec's floor for every alert's event guard (0: the derived guard alone)
     page: AlertTier
     ticket: AlertTier
+    # A slice of a sliced SLO (`slice_by`): the label and value whose events it judges, e.g.
+    # {"model": "medical"}; {"model": "other"} for every value the spec does not name. Empty: unsliced.
+    slice: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Unique among the spec's SLOs: the name, and the slice's value for a slice ("ttft/medical")."""
+        return "/".join((self.name, *self.slice.values()))
 
     @property
     def objective_ratio(self) -> float:
