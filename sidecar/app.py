@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Mapping, Sequence
 
 from aiohttp import web
 from prometheus_client import (
@@ -41,8 +41,8 @@ from slo_spec.model import Spec
 
 from .collector import CollectError, Collector
 from .config import ConfigError, SidecarConfig, add_arguments, load_config
-from .cost import CostCollector
-from .engine_collector import EngineCollector
+from .cost import CostCollector, TenantTokenRates, TenantTokens
+from .engine_collector import EngineCollector, ScrapeReader
 from .engine_processes import engine_pids
 from .gpu_collector import GpuCollector
 from .gpu_families import PodLabels
@@ -194,7 +194,7 @@ def retry_delay(collector: Collector, failures: int) -> float:
     return max(collector.interval_s, min(collector.interval_s * 2 ** (failures - 1), collector.backoff_max_s))
 
 
-def build_collectors(config: SidecarConfig, tracker: SloTracker | None = None
+def build_collectors(config: SidecarConfig, tracker: SloTracker | None = None, readers: Sequence[ScrapeReader] = ()
                      ) -> tuple[EngineCollector, GpuCollector]:
     def find_engine() -> set[int]:
         return engine_pids(config.engine_process_pattern, config.engine_pid)
@@ -208,7 +208,7 @@ def build_collectors(config: SidecarConfig, tracker: SloTracker | None = None
         nvml = fake_nvml.fake_gpus(config.fake_gpu, processes=fake_nvml.engine_holds_memory(find_engine))
     else:
         import pynvml as nvml
-    engine = EngineCollector(config, tracker)
+    engine = EngineCollector(config, tracker, readers=readers)
     gpu = GpuCollector(nvml, interval_s=config.gpu_interval_s, timeout_s=config.gpu_timeout_s,
                        backoff_max_s=config.gpu_backoff_max_s,
                        pod=PodLabels(config.pod, config.namespace, config.container), engine_pids=find_engine,
@@ -219,6 +219,21 @@ def build_collectors(config: SidecarConfig, tracker: SloTracker | None = None
 
 def generation_rate(engine: EngineCollector) -> float | None:
     return None if engine.last_stats is None else engine.last_stats.rates.get("generation_tokens_per_second")
+
+
+def build_cost_collector(config: SidecarConfig, sidecar: "Sidecar", engine: EngineCollector,
+                         tenants: TenantTokens, gpus: Callable[[], int]) -> CostCollector:
+    """The cost figures, pod and per tenant; what comes from the engine is withdrawn once its values are stale."""
+    if config.gpu_hourly_usd is None:
+        raise ValueError("cost figures need gpu_hourly_usd")
+
+    def tenant_rates() -> Mapping[str, TenantTokenRates] | None:
+        return tenants.rates if sidecar.is_fresh("engine") else None
+
+    return CostCollector(
+        config.gpu_hourly_usd, gpus=gpus,
+        generation_rate=lambda: generation_rate(engine) if sidecar.is_fresh("engine") else None,
+        tenant_rates=tenant_rates, prompt_token_weight=config.prompt_token_weight)
 
 
 async def serve(config: SidecarConfig, spec: Spec) -> int:
@@ -232,13 +247,13 @@ async def serve(config: SidecarConfig, spec: Spec) -> int:
         state = SloStateFile(Path(config.slo_state_file), tracker, exposition.group("sidecar"))
         state.load(time.time())
     exposition.add("slo", SloCollector(tracker))
-    engine, gpu = build_collectors(config, tracker)
+    tenants = TenantTokens(window_s=config.rate_window_s)  # the tenants' token rates, for their cost
+    engine, gpu = build_collectors(config, tracker, [tenants] if config.gpu_hourly_usd is not None else [])
     probes: list[Collector] = [Prober(config, tracker)] if config.probe_interval_s > 0 else []
     sidecar = Sidecar(config, [engine, gpu, *probes], exposition)
     if config.gpu_hourly_usd is not None:
-        exposition.add("cost", CostCollector(
-            config.gpu_hourly_usd, gpus=lambda: gpu.gpu_count or config.gpus,
-            generation_rate=lambda: generation_rate(engine) if sidecar.is_fresh("engine") else None))
+        exposition.add("cost", build_cost_collector(config, sidecar, engine, tenants,
+                                                    gpus=lambda: gpu.gpu_count or config.gpus))
     runner = web.AppRunner(sidecar.build_app(), access_log=None)
     await runner.setup()
     await listen(runner, config.host, config.port, "sidecar")

@@ -19,6 +19,7 @@ import yaml
 
 from iokit.files import read_secret
 
+from .cost import DEFAULT_PROMPT_TOKEN_WEIGHT
 from .engine_processes import DEFAULT_PATTERN
 
 ENV_PREFIX = "SLO_SIDECAR_"
@@ -54,6 +55,7 @@ class SidecarConfig:
     container: str = ""
     gpu_hourly_usd: float | None = None
     gpus: int = 1
+    prompt_token_weight: float = DEFAULT_PROMPT_TOKEN_WEIGHT
     slo: str = ""  # the SLO spec; empty: the embedded default
     slo_state_file: str = ""
     slo_state_interval_s: float = 60.0
@@ -74,6 +76,12 @@ def _positive_number(value: Any) -> float:
 def _non_negative_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"expected a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _unit_interval(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"expected a number from 0 to 1, got {value!r}")
     return float(value)
 
 
@@ -173,6 +181,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "container": (_label_value, "container label on GPU series: the engine's container"),
     "gpu_hourly_usd": (_positive_number, "price of one GPU-hour in USD; turns on the cost metrics"),
     "gpus": (_positive_int, "GPUs the engine uses, for cost, when NVML cannot count them"),
+    "prompt_token_weight": (_unit_interval, "what a prompt token weighs against a generated one (0-1) when the "
+                            "pod's cost is shared among tenants by tokens"),
     "slo": (_string, "the SLO spec (ours or Sloth's prometheus/v1; default: the embedded slo.yaml)"),
     "slo_state_file": (_string, "where to keep the SLO windows across restarts (default: not kept)"),
     "slo_state_interval_s": (_positive_number, "seconds between saves of the SLO state file"),

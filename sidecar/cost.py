@@ -1,16 +1,56 @@
-"""Live serving cost: what a million generated tokens cost at the GPUs' hourly price, and tokens per GPU-hour.
+"""Live serving cost: what a million generated tokens cost at the GPUs' hourly price, tokens per GPU-hour,
+and each tenant's part of the bill.
 
 The reference design's cost analysis divides a monthly GPU bill by a month of
 tokens; the sidecar does the same with the generation rate it measures over its
 rate window, so the figure moves with batching, load and preemption.
+
+Tenants (issue 16): one engine serves a base model and LoRA adapters, each
+served name a tenant, and the engine counts each tenant's tokens
+(`slo_engine_{prompt,generation,goodput}_tokens_total{model}`). The pod's cost
+per hour is apportioned to tenants by their share of *weighted tokens* over the
+rate window:
+
+    weighted = generated tokens + prompt tokens x prompt_token_weight   (w, 0-1, default 0.25)
+    share    = tenant's weighted tokens / all tenants' weighted tokens
+    cost/h   = pod's cost/h x share            (the tenants' costs add up to the pod's)
+
+Why tokens and not GPU time: busy time cannot be split per tenant. vLLM batches
+many tenants' sequences into one forward step, so a step's time belongs to all
+of them at once; tokens are what the engine can count exactly per tenant. Why
+prompt tokens weigh less: a prompt's tokens are processed in parallel during
+prefill, while each generated token needs a decode step of its own.
+
+Per tenant, cost per million tokens divides its cost per hour by its own tokens
+per hour (prompt + generated, unweighted: what it sent and received), and cost
+per million good tokens by the generated tokens of its requests that met every
+exact SLO target. A tenant with no tokens in the window gets share 0 and no
+per-token cost (absent, never infinite); with no tokens at all in the window
+every share is 0: an idle pod's cost is nobody's (sidecar_cost_usd_per_hour
+still shows it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
 
 from prometheus_client.core import GaugeMetricFamily, Metric
+
+from .exposition import Sample, SampleFilter
+from .rates import CounterVector
+
+# A prompt token costs a quarter of a generated one unless configured (prompt_token_weight).
+DEFAULT_PROMPT_TOKEN_WEIGHT = 0.25
+
+# The engine's per-tenant token counters, labelled `model` (the served name, or "unknown").
+PROMPT_TOKENS = "slo_engine_prompt_tokens_total"
+GENERATION_TOKENS = "slo_engine_generation_tokens_total"
+GOOD_TOKENS = "slo_engine_goodput_tokens_total"  # generated tokens of requests that met every exact SLO target
+TENANT_COUNTERS = (PROMPT_TOKENS, GENERATION_TOKENS, GOOD_TOKENS)
+TENANT_FAMILIES = SampleFilter(name.removesuffix("_total") for name in TENANT_COUNTERS)
+TENANT_LABEL = "model"
 
 
 @dataclass(frozen=True)
@@ -32,13 +72,123 @@ def cost_figures(gpu_hourly_usd: float, gpus: int, generation_tokens_per_second:
     )
 
 
-class CostCollector:
-    """prometheus_client custom collector: the figures at scrape time, from the collectors' latest values."""
+@dataclass(frozen=True)
+class TenantTokenRates:
+    """One tenant's tokens per second over the rate window."""
 
-    def __init__(self, gpu_hourly_usd: float, gpus: Callable[[], int], generation_rate: Callable[[], float | None]):
+    prompt: float
+    generation: float
+    good: float | None = None  # None: the engine does not count its good tokens
+
+
+@dataclass(frozen=True)
+class TenantCost:
+    share: float  # of the pod's weighted tokens, 0-1
+    usd_per_hour: float
+    usd_per_million_tokens: float | None  # None: no tokens in the window
+    usd_per_million_good_tokens: float | None  # None: no good tokens (or none counted) in the window
+
+
+def weighted_tokens(rates: TenantTokenRates, prompt_token_weight: float) -> float:
+    return rates.generation + rates.prompt * prompt_token_weight
+
+
+def tenant_costs(pod_usd_per_hour: float, rates: Mapping[str, TenantTokenRates],
+                 prompt_token_weight: float = DEFAULT_PROMPT_TOKEN_WEIGHT) -> dict[str, TenantCost]:
+    """Each tenant's share of the pod's cost per hour, by weighted tokens, and what its tokens cost."""
+    weighted = {model: weighted_tokens(r, prompt_token_weight) for model, r in rates.items()}
+    total = sum(weighted.values())
+    costs = {}
+    for model, r in rates.items():
+        share = weighted[model] / total if total > 0 else 0.0
+        usd_per_hour = pod_usd_per_hour * share
+        tokens_per_hour = (r.prompt + r.generation) * 3600
+        good_per_hour = (r.good or 0.0) * 3600
+        costs[model] = TenantCost(
+            share, usd_per_hour,
+            usd_per_hour / tokens_per_hour * 1e6 if tokens_per_hour > 0 else None,
+            usd_per_hour / good_per_hour * 1e6 if good_per_hour > 0 else None,
+        )
+    return costs
+
+
+@dataclass
+class TenantTokens:
+    """Each tenant's token rates over the window, from the engine's per-tenant counters in each scrape.
+
+    Pure code, fed like EngineStatsDeriver (samples, monotonic time, the engine's
+    process start time) and on the same CounterVector: resets and restarts are
+    handled as for the engine's other counters. One vector per tenant, so a
+    tenant appearing (its first request) or vanishing leaves the others' history
+    alone; memory follows the tenants the engine exposes now. A tenant's series
+    seen for the first time count nothing yet (Prometheus's rule): its rates
+    come with its second scrape.
+    """
+
+    window_s: float = 60.0
+    rates: dict[str, TenantTokenRates] | None = None  # from the last scrape; None before the first
+    families = TENANT_FAMILIES  # what it reads of each engine scrape (engine_collector.ScrapeReader)
+    _series: dict[str, tuple[tuple[str, ...], CounterVector]] = field(default_factory=dict)
+    _start_time: float | None = None
+
+    def update(self, samples: Iterable[Sample], now: float,
+               process_start_time: float | None = None) -> dict[str, TenantTokenRates]:
+        restarted = (process_start_time is not None and self._start_time is not None
+                     and process_start_time != self._start_time)
+        if process_start_time is not None:
+            self._start_time = process_start_time
+        counters: dict[str, dict[str, float]] = {}  # model -> counter -> value, summed over other labels
+        for name, labels, value in samples:
+            if name not in TENANT_COUNTERS:
+                continue
+            model = next((v for k, v in labels if k == TENANT_LABEL), None)
+            if model is None:
+                continue
+            per_model = counters.setdefault(model, {})
+            per_model[name] = per_model.get(name, 0.0) + value
+        series: dict[str, tuple[tuple[str, ...], CounterVector]] = {}
+        rates: dict[str, TenantTokenRates] = {}
+        for model, values in counters.items():
+            if PROMPT_TOKENS not in values and GENERATION_TOKENS not in values:
+                continue  # good tokens alone cannot be weighed
+            layout = tuple(sorted(values))
+            known = self._series.get(model)
+            vector = known[1] if known is not None and known[0] == layout else CounterVector(horizon_s=self.window_s)
+            vector.observe(now, [values[name] for name in layout], restarted)
+            series[model] = (layout, vector)
+            increases = vector.increase(self.window_s, now)
+            covered_s = vector.covered_s(self.window_s, now)
+            if increases is None or not covered_s:
+                continue
+            per_second = {name: increase / covered_s for name, increase in zip(layout, increases)}
+            tenant = TenantTokenRates(per_second.get(PROMPT_TOKENS, 0.0), per_second.get(GENERATION_TOKENS, 0.0),
+                                      per_second.get(GOOD_TOKENS))
+            if all(math.isfinite(v) for v in (tenant.prompt, tenant.generation, tenant.good or 0.0)):
+                rates[model] = tenant
+        self._series = series
+        self.rates = rates
+        return rates
+
+    def clear(self) -> None:
+        self._series, self.rates = {}, None
+
+
+class CostCollector:
+    """prometheus_client custom collector: the figures at scrape time, from the collectors' latest values.
+
+    `tenant_rates` answers None when there is nothing fresh to apportion (the
+    engine's values stale or never read): the tenant families are then withdrawn,
+    as the per-token pod figures are when `generation_rate` answers None.
+    """
+
+    def __init__(self, gpu_hourly_usd: float, gpus: Callable[[], int], generation_rate: Callable[[], float | None],
+                 tenant_rates: Callable[[], Mapping[str, TenantTokenRates] | None] = lambda: None,
+                 prompt_token_weight: float = DEFAULT_PROMPT_TOKEN_WEIGHT):
         self.gpu_hourly_usd = gpu_hourly_usd
         self.gpus = gpus
         self.generation_rate = generation_rate
+        self.tenant_rates = tenant_rates
+        self.prompt_token_weight = prompt_token_weight
 
     def collect(self) -> Iterable[Metric]:
         figures = cost_figures(self.gpu_hourly_usd, self.gpus(), self.generation_rate())
@@ -52,3 +202,31 @@ class CostCollector:
             yield GaugeMetricFamily("sidecar_generated_tokens_per_gpu_hour",
                                     "Generated tokens per GPU-hour at the generation rate over the rate window.",
                                     value=figures.tokens_per_gpu_hour)
+        rates = self.tenant_rates()
+        if rates:
+            yield from tenant_families(tenant_costs(figures.pod_usd_per_hour, rates, self.prompt_token_weight))
+
+
+def tenant_families(costs: Mapping[str, TenantCost]) -> list[Metric]:
+    """The per-tenant families, labelled `model`; a figure a tenant lacks is left out for it."""
+    share = GaugeMetricFamily("sidecar_tenant_token_share_ratio",
+                              "Tenant's share of the pod's weighted tokens over the rate window (generated + "
+                              "prompt x prompt_token_weight), 0-1: its part of the GPU cost.", labels=[TENANT_LABEL])
+    per_hour = GaugeMetricFamily("sidecar_tenant_cost_usd_per_hour",
+                                 "Tenant's part of the pod's GPU cost per hour, by its token share.",
+                                 labels=[TENANT_LABEL])
+    per_million = GaugeMetricFamily("sidecar_tenant_cost_usd_per_million_tokens",
+                                    "Tenant's GPU cost of a million of its tokens (prompt + generated) over the "
+                                    "rate window; absent when it had none.", labels=[TENANT_LABEL])
+    per_million_good = GaugeMetricFamily("sidecar_tenant_cost_usd_per_million_good_tokens",
+                                         "Tenant's GPU cost of a million generated tokens of requests that met "
+                                         "every exact SLO target, over the rate window; absent when none.",
+                                         labels=[TENANT_LABEL])
+    for model, cost in sorted(costs.items()):
+        share.add_metric([model], cost.share)
+        per_hour.add_metric([model], cost.usd_per_hour)
+        if cost.usd_per_million_tokens is not None:
+            per_million.add_metric([model], cost.usd_per_million_tokens)
+        if cost.usd_per_million_good_tokens is not None:
+            per_million_good.add_metric([model], cost.usd_per_million_good_tokens)
+    return [family for family in (share, per_hour, per_million, per_million_good) if family.samples]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Protocol, Sequence
 
 import aiohttp
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -16,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from .collector import CollectError
 from .config import SidecarConfig
 from .engine_stats import FAMILIES, EngineStats, EngineStatsDeriver
-from .exposition import SampleFilter, parse
+from .exposition import Sample, SampleFilter, parse
 from .slo_tracker import SloTracker
 
 PROCESS_START = "process_start_time_seconds"
@@ -30,6 +31,17 @@ ACCEPT = "text/plain;version=0.0.4"
 
 
 log = logging.getLogger("sidecar.engine")
+
+
+class ScrapeReader(Protocol):
+    """Something more that reads each engine scrape (the tenants' token rates): the counters it wants,
+    and what it does with them. A failure there costs its own figures (cleared), never the scrape."""
+
+    families: SampleFilter
+
+    def update(self, samples: list[Sample], now: float, process_start_time: float | None = None) -> object: ...
+
+    def clear(self) -> None: ...
 
 
 async def fetch_exposition(session: aiohttp.ClientSession, url: str, max_bytes: int) -> tuple[str, bool]:
@@ -57,10 +69,14 @@ class EngineCollector:
     name = "engine"
     error_reasons = SCRAPE_ERROR_REASONS
 
-    def __init__(self, config: SidecarConfig, tracker: SloTracker | None = None):
+    def __init__(self, config: SidecarConfig, tracker: SloTracker | None = None,
+                 readers: Sequence[ScrapeReader] = ()):
         self.config = config
         self.tracker = tracker
-        self.wanted = SampleFilter([*SCRAPE_FAMILIES.families, *(tracker.metrics if tracker else ())])
+        self.readers = list(readers)
+        self._failing: set[int] = set()  # readers whose last update failed (logged once per streak)
+        self.wanted = SampleFilter([*SCRAPE_FAMILIES.families, *(tracker.metrics if tracker else ()),
+                                    *(name for reader in readers for name in reader.families.families)])
         self.interval_s = config.engine_interval_s
         self.timeout_s = config.engine_timeout_s
         self.backoff_max_s = config.engine_interval_s  # no backoff: a restarted engine is seen at once
@@ -75,15 +91,33 @@ class EngineCollector:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         text, openmetrics = await fetch_exposition(self._session, self.url, self.config.engine_max_bytes)
+        return self.take(text, openmetrics)
+
+    def take(self, text: str, openmetrics: bool = False) -> list[Metric]:
+        """One scrape's exposition, read: the tracker, the rates and the readers fed; the families out."""
         samples = self._capped(parse(text, self.wanted, openmetrics))  # ExpositionError is a CollectError
         start_time = next((s.value for s in samples if s.name == PROCESS_START), None)
         self.engine_gpus = frozenset(dict(s.labels).get("uuid", "") for s in samples if s.name == ACCELERATOR_INFO)
         if self.tracker is not None:
             self.tracker.observe(samples, time.time(), start_time)
-        self.last_stats = self.deriver.update(samples, time.monotonic(), start_time)
+        now = time.monotonic()
+        self.last_stats = self.deriver.update(samples, now, start_time)
+        for index, reader in enumerate(self.readers):
+            self._feed(index, reader, samples, now, start_time)
         return [*engine_families(self.last_stats), GaugeMetricFamily(
             "sidecar_engine_samples_dropped", "Samples of the last engine scrape dropped over max_engine_series "
             "(an engine exposing unbounded label sets).", value=self.samples_dropped)]
+
+    def _feed(self, index: int, reader: ScrapeReader, samples: list[Sample], now: float,
+              start_time: float | None) -> None:
+        try:
+            reader.update(samples, now, start_time)
+            self._failing.discard(index)
+        except Exception:
+            if index not in self._failing:
+                log.exception("%s failed on an engine scrape; its figures are withdrawn", type(reader).__name__)
+            self._failing.add(index)
+            reader.clear()
 
     def _capped(self, samples: list) -> list:
         """At most max_engine_series samples: the first ones, which hold every family's first label sets."""
