@@ -8,18 +8,23 @@ Two views, each judged against the same spec:
 - the client's: latency SLIs whose histogram a client can time (TTFT, inter-token,
   end-to-end), goodput targets and the error rate, as the caller saw them,
   network and HTTP included.
+With tenants (a load spread over a base model and its LoRA adapters), each
+tenant is judged on its own: its own requests, and the engine's counters
+selected by its `model` label, against the SLOs that apply to it (see
+`tenant_slos`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from slo_spec.buckets import HTTP_DURATION_HISTOGRAM
-from slo_spec.model import EventSum, Slo, Spec
+from slo_spec.model import EventSum, Matcher, Slo, Spec
 
 # Histograms a client can time itself, and the client measurement that matches each.
 CLIENT_MEASURE = {
@@ -32,6 +37,10 @@ CLIENT_MEASURE = {
 # gap between content chunks stands for time per output token; queue time is the server's alone).
 TARGET_MEASURE = {"ttft_s": "ttft", "tpot_s": "itl", "e2e_s": "e2e"}
 QUANTILES = (0.5, 0.95, 0.99)
+# The label of the engine's series that names a request's tenant (the served model or adapter it asked
+# for), and the slice of a sliced SLO that holds every tenant the spec does not name (slo_spec.model.Slo).
+TENANT_LABEL = "model"
+OTHER_SLICE = "other"
 Samples = dict[str, list[tuple[dict[str, str], float]]]  # sample name: [(labels, value)]
 
 
@@ -65,6 +74,50 @@ def server_events(slo: Slo, start: Samples, end: Samples) -> tuple[float, float]
     """(bad, total) events of the SLO between two scrapes of the engine, each parsed by samples_by_name."""
     return (event_count(slo.sli.errors, end) - event_count(slo.sli.errors, start),
             event_count(slo.sli.total, end) - event_count(slo.sli.total, start))
+
+
+def with_matcher(events: EventSum | None, matcher: Matcher) -> EventSum | None:
+    """The same sum with `matcher` added to each selection (once: one already there is not repeated)."""
+    if events is None:
+        return None
+    return replace(events, terms=tuple(
+        (sign, selection if matcher in selection.matchers
+         else replace(selection, matchers=(*selection.matchers, matcher)))
+        for sign, selection in events.terms))
+
+
+def scoped_to_tenant(slo: Slo, tenant: str, label: str = TENANT_LABEL) -> Slo:
+    """The SLO judged on one tenant's events only: `label="tenant"` added to every selection of its SLI.
+
+    Pure. A PromQL-only SLI (no selections) is returned as it is: the gate cannot scope what it cannot read."""
+    if not slo.sli.sidecar_can_evaluate:
+        return slo
+    matcher = Matcher(label, "=", tenant)
+    return replace(slo, sli=replace(slo.sli, errors=with_matcher(slo.sli.errors, matcher),
+                                    total=with_matcher(slo.sli.total, matcher)))
+
+
+def tenant_slos(spec: Spec, tenant: str, label: str = TENANT_LABEL) -> list[Slo]:
+    """The SLOs of the spec that apply to one tenant, each scoped to its events, in the spec's order:
+    an unsliced SLO; of a sliced one, the tenant's own slice (slice == {label: tenant}) with its own
+    objective, or, for a tenant the SLO's slices do not name, its "other" slice (none: not judged).
+    A slice by other labels than the tenant's is judged as an unsliced SLO is."""
+    named: dict[str, set[str]] = {}
+    for slo in spec.slos:
+        if label in slo.slice:
+            named.setdefault(slo.name, set()).add(slo.slice[label])
+    chosen = []
+    for slo in spec.slos:
+        value = slo.slice.get(label)
+        mine = slo.name in named and tenant in named[slo.name]
+        if value is None or value == tenant or (value == OTHER_SLICE and not mine):
+            chosen.append(scoped_to_tenant(slo, tenant, label))
+    return chosen
+
+
+def _carries(label: str, events: EventSum, samples: Samples) -> bool:
+    """Whether any series the sum reads has the label at all (an engine from before tenants has none)."""
+    return any(label in labels for _, selection in events.terms for labels, _ in samples.get(selection.metric, ()))
 
 
 def per_request_itl(request) -> float | None:
@@ -116,12 +169,13 @@ def _client_fault(result) -> bool:
 
 @dataclass
 class Criterion:
-    slo: str
+    slo: str  # the SLO's key: its name, and a slice's value ("ttft/medical")
     view: str  # server or client
     target: str
     measured: str
     passed: bool | None  # None: not enough to judge
     note: str = ""
+    tenant: str = ""  # the tenant judged; empty for a run on one model, judged over all events
 
 
 def _share(good: float, total: float) -> str:
@@ -134,20 +188,48 @@ def _events_note(slo: Slo, total: float) -> str:
 
 
 def judge(spec: Spec, results: list, wall_s: float, metrics_before: str | None,
-          metrics_after: str | None) -> tuple[ClientSummary, list[Criterion]]:
+          metrics_after: str | None, tenants: Sequence[str] = ()) -> tuple[ClientSummary, list[Criterion]]:
+    """The whole run's summary and the criteria: every SLO over all events, or with `tenants`, for each
+    tenant the SLOs that apply to it (`tenant_slos`) on its own requests and counters."""
     summary = ClientSummary.of(results, wall_s)
     scrapes = (samples_by_name(metrics_before), samples_by_name(metrics_after)) if metrics_before and metrics_after \
         else None
+    if not tenants:
+        return summary, _criteria(spec.slos, results, scrapes)
     criteria: list[Criterion] = []
-    for slo in spec.slos:
-        target = f">= {slo.objective:g}% good"
-        if slo.sli.sidecar_can_evaluate and scrapes:
-            bad, total = server_events(slo, *scrapes)
-            passed = None if total <= 0 else (total - bad) / total >= slo.objective_ratio
-            criteria.append(Criterion(slo.name, "server", target, _share(total - bad, total), passed,
-                                      _events_note(slo, total) if total > 0 else "the engine counted no events"))
-        criteria.extend(_client_criteria(slo, results))
+    for tenant in tenants:
+        own = [r for r in results if r.model == tenant]
+        criteria += [replace(c, tenant=tenant) for c in _criteria(tenant_slos(spec, tenant), own, scrapes, tenant)]
     return summary, criteria
+
+
+def tenant_summaries(results: list, wall_s: float, tenants: Sequence[str]) -> dict[str, ClientSummary]:
+    """Each tenant's requests summarised as the whole run's are (its tokens/s over the whole run's time)."""
+    return {tenant: ClientSummary.of([r for r in results if r.model == tenant], wall_s) for tenant in tenants}
+
+
+def _criteria(slos: Sequence[Slo], results: list, scrapes: tuple[Samples, Samples] | None,
+              tenant: str = "") -> list[Criterion]:
+    criteria: list[Criterion] = []
+    for slo in slos:
+        if slo.sli.sidecar_can_evaluate and scrapes:
+            criteria.append(_server_criterion(slo, scrapes, tenant))
+        criteria.extend(_client_criteria(slo, results))
+    return criteria
+
+
+def _server_criterion(slo: Slo, scrapes: tuple[Samples, Samples], tenant: str) -> Criterion:
+    target = f">= {slo.objective:g}% good"
+    bad, total = server_events(slo, *scrapes)
+    if total > 0:
+        return Criterion(slo.key, "server", target, _share(total - bad, total),
+                         (total - bad) / total >= slo.objective_ratio, _events_note(slo, total))
+    note = "the engine counted no events"
+    if tenant and not _carries(TENANT_LABEL, slo.sli.total, scrapes[1]):
+        metrics = sorted({selection.metric for _, selection in slo.sli.total.terms})
+        served = [metric for metric in metrics if scrapes[1].get(metric)] or metrics  # those the engine has
+        note = f"the engine's {', '.join(served)} has no {TENANT_LABEL} label: no tenant's events to judge"
+    return Criterion(slo.key, "server", target, _share(total - bad, total), None, note)
 
 
 def _client_criteria(slo: Slo, results: list) -> list[Criterion]:
@@ -156,7 +238,7 @@ def _client_criteria(slo: Slo, results: list) -> list[Criterion]:
     if sli.kind == "availability":
         judged = [r for r in results if not _client_fault(r)]
         good = sum(1 for r in judged if r.ok)
-        return [Criterion(slo.name, "client", f">= {slo.objective:g}% answered", _share(good, len(judged)),
+        return [Criterion(slo.key, "client", f">= {slo.objective:g}% answered", _share(good, len(judged)),
                           (good / len(judged) >= slo.objective_ratio) if judged else None,
                           _events_note(slo, len(judged)))]
     if sli.kind == "latency" and sli.source == "exact":
@@ -167,10 +249,10 @@ def _client_criteria(slo: Slo, results: list) -> list[Criterion]:
         measure = CLIENT_MEASURE[sli.histogram]
         values = _values(measure, ok)
         if not values:
-            return [Criterion(slo.name, "client", "", "not measured", None, f"{measure} needs --stream")]
+            return [Criterion(slo.key, "client", "", "not measured", None, f"{measure} needs --stream")]
         good = sum(1 for v in values if v <= sli.threshold_s)
         quantile = percentile(values, slo.objective_ratio)
-        return [Criterion(slo.name, "client", f"{measure} <= {sli.threshold_s:g} s for >= {slo.objective:g}%",
+        return [Criterion(slo.key, "client", f"{measure} <= {sli.threshold_s:g} s for >= {slo.objective:g}%",
                           f"{_share(good, len(values))} (p{slo.objective:g} {quantile * 1000:.0f} ms)",
                           good / len(values) >= slo.objective_ratio, _events_note(slo, len(values)))]
     if sli.kind == "goodput":
@@ -184,11 +266,11 @@ def _judged_criterion(slo: Slo, results: list, targets: dict[str, float], target
     untimed = [key for key in targets if key not in TARGET_MEASURE]
     if untimed or not ok or any(_values(TARGET_MEASURE[key], ok) == [] for key in targets):
         why = f"a client cannot time {', '.join(untimed)}" if untimed else "it needs --stream"
-        return Criterion(slo.name, "client", "", "not measured", None, why)
+        return Criterion(slo.key, "client", "", "not measured", None, why)
     good = sum(1 for r in ok if all(_within(_judged_value(TARGET_MEASURE[key], r), limit)
                                     for key, limit in targets.items()))
     judged = len(ok) + sum(1 for r in results if _server_failure(r))
-    return Criterion(slo.name, "client", target, _share(good, judged), good / judged >= slo.objective_ratio,
+    return Criterion(slo.key, "client", target, _share(good, judged), good / judged >= slo.objective_ratio,
                      _events_note(slo, judged))
 
 
@@ -212,15 +294,36 @@ def _values(measure: str, requests: list) -> list[float]:
     return [v for v in (_value(measure, r) for r in requests) if v is not None]
 
 
-def verdict(criteria: list[Criterion]) -> bool:
-    """PASS when nothing failed and at least one criterion could be judged."""
+def _passes(criteria: list[Criterion]) -> bool:
     return any(c.passed is not None for c in criteria) and not any(c.passed is False for c in criteria)
 
 
-def table(summary: ClientSummary, criteria: list[Criterion], peaks: dict[str, float | None]) -> str:
-    lines = [f"requests: {summary.requests} sent, {summary.ok} ok"
-             + (f", failed: {', '.join(f'{k} x{v}' for k, v in sorted(summary.failed_by_status.items()))}"
-                if summary.failed_by_status else "")
+def tenant_verdicts(criteria: list[Criterion], tenants: Sequence[str] = ()) -> dict[str, bool]:
+    """PASS or FAIL per tenant ("" for a run judged over all events): as `verdict`, on its criteria alone.
+    A tenant named in `tenants` with no criterion at all did not pass: nothing judged is not a pass."""
+    groups: dict[str, list[Criterion]] = {tenant: [] for tenant in tenants}
+    for c in criteria:
+        groups.setdefault(c.tenant, []).append(c)
+    return {tenant: _passes(group) for tenant, group in groups.items()}
+
+
+def verdict(criteria: list[Criterion], tenants: Sequence[str] = ()) -> bool:
+    """PASS when nothing failed and at least one criterion could be judged, for every tenant."""
+    verdicts = tenant_verdicts(criteria, tenants)
+    return bool(verdicts) and all(verdicts.values())
+
+
+def _summary_line(summary: ClientSummary) -> str:
+    return (f"{summary.requests} sent, {summary.ok} ok"
+            + (f", failed: {', '.join(f'{k} x{v}' for k, v in sorted(summary.failed_by_status.items()))}"
+               if summary.failed_by_status else ""))
+
+
+def table(summary: ClientSummary, criteria: list[Criterion], peaks: dict[str, float | None],
+          tenants: dict[str, ClientSummary] | None = None) -> str:
+    """The run's summary, then the criteria: one table, or with `tenants` (each tenant's summary by
+    name) a table per tenant and its verdict; the last line is the overall PASS or FAIL."""
+    lines = [f"requests: {_summary_line(summary)}"
              + f"; {summary.wall_s:.1f} s; {summary.output_tokens_per_s:.1f} output tokens/s "
                f"({summary.total_tokens_per_s:.1f} with prompts); error ratio {summary.error_ratio:.2%}",
              "", f"{'latency (client)':<18}{'p50':>10}{'p95':>10}{'p99':>10}{'mean':>10}"]
@@ -231,13 +334,29 @@ def table(summary: ClientSummary, criteria: list[Criterion], peaks: dict[str, fl
     lines += ["", f"peak memory: {memory or 'not reported by the engine'}", ""]
     width = max([len(c.slo) for c in criteria] + [3])
     target_width = max([len(c.target) for c in criteria] + [6])
-    lines.append(f"{'SLO':<{width}}  {'view':<6}  {'target':<{target_width}}  {'measured':<28}  result")
-    for c in criteria:
-        result = {True: "PASS", False: "FAIL", None: "n/a"}[c.passed]
-        note = f"  ({c.note})" if c.note else ""
-        lines.append(f"{c.slo:<{width}}  {c.view:<6}  {c.target:<{target_width}}  {c.measured:<28}  {result}{note}")
-    lines += ["", "PASS" if verdict(criteria) else "FAIL"]
+    if not tenants:
+        lines.append(f"{'SLO':<{width}}  {'view':<6}  {'target':<{target_width}}  {'measured':<28}  result")
+        lines += [_row(c, width, target_width) for c in criteria]
+        lines += ["", "PASS" if verdict(criteria) else "FAIL"]
+        return "\n".join(lines)
+    tenant_width = max([len(name) for name in tenants] + [6])
+    verdicts = tenant_verdicts(criteria, list(tenants))
+    for name, own in tenants.items():
+        ttft = own.latency_s["ttft"]
+        lines += [f"tenant {name}: {_summary_line(own)}; error ratio {own.error_ratio:.2%}; time to 1st token "
+                  f"p50 {_ms(ttft['p50'])}, p99 {_ms(ttft['p99'])}",
+                  f"{'tenant':<{tenant_width}}  {'SLO':<{width}}  {'view':<6}  {'target':<{target_width}}  "
+                  f"{'measured':<28}  result"]
+        lines += [f"{name:<{tenant_width}}  " + _row(c, width, target_width) for c in criteria if c.tenant == name]
+        lines += [f"{name}: {'PASS' if verdicts[name] else 'FAIL'}", ""]
+    lines.append("PASS" if verdict(criteria, list(tenants)) else "FAIL")
     return "\n".join(lines)
+
+
+def _row(c: Criterion, width: int, target_width: int) -> str:
+    result = {True: "PASS", False: "FAIL", None: "n/a"}[c.passed]
+    note = f"  ({c.note})" if c.note else ""
+    return f"{c.slo:<{width}}  {c.view:<6}  {c.target:<{target_width}}  {c.measured:<28}  {result}{note}"
 
 
 def _ms(seconds: float) -> str:
@@ -249,7 +368,8 @@ def _memory(name: str, value: float) -> str:
 
 
 def report(settings: dict[str, Any], model: str, summary: ClientSummary, criteria: list[Criterion],
-           peaks: dict[str, float | None]) -> dict[str, Any]:
+           peaks: dict[str, float | None], tenants: dict[str, ClientSummary] | None = None) -> dict[str, Any]:
+    """The JSON report; with `tenants`, each tenant's verdict and summary too (its criteria carry its name)."""
     def clean(value: Any) -> Any:  # JSON has no NaN
         if isinstance(value, float) and not math.isfinite(value):
             return None
@@ -259,5 +379,11 @@ def report(settings: dict[str, Any], model: str, summary: ClientSummary, criteri
             return [clean(v) for v in value]
         return value
 
-    return clean({"passed": verdict(criteria), "model": model, "settings": settings, "summary": asdict(summary),
-                  "peak_memory": peaks, "criteria": [asdict(c) for c in criteria]})
+    names = list(tenants or ())
+    document = {"passed": verdict(criteria, names), "model": model, "settings": settings, "summary": asdict(summary),
+                "peak_memory": peaks, "criteria": [asdict(c) for c in criteria]}
+    if tenants:
+        verdicts = tenant_verdicts(criteria, names)
+        document["tenants"] = [{"name": name, "passed": verdicts[name], "summary": asdict(own)}
+                               for name, own in tenants.items()]
+    return clean(document)

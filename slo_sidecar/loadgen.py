@@ -11,7 +11,9 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import aiohttp
 
@@ -28,7 +30,10 @@ class LoadSettings:
     max_tokens: int = 32
     stream: bool = True
     endpoint: str = "completions"  # or "chat"
-    model: str | None = None  # default: the first the server lists
+    model: str | None = None  # default: the first the server lists (unless tenants are given)
+    # The tenants, (served name, weight): requests spread over them in proportion to the weights, in
+    # a fixed order (`weighted_order`). Empty: every request goes to `model`.
+    tenants: tuple[tuple[str, float], ...] = ()
     api_key: str | None = None
     timeout_s: float = 120.0
     metrics_url: str | None = None  # the engine's /metrics, when not beside the API (--metrics-port)
@@ -48,6 +53,7 @@ class RequestResult:
     output_tokens: int = 0
     prompt_tokens: int = 0
     error: str | None = None
+    model: str = ""  # the served name the request asked for (its tenant)
 
     @property
     def ok(self) -> bool:
@@ -74,6 +80,34 @@ FILLER = ("the service level objective says how often the model must answer well
 
 def prompt_of(words: int) -> str:
     return " ".join(FILLER[i % len(FILLER)] for i in range(max(1, words)))
+
+
+def weighted_order(tenants: Sequence[tuple[str, float]]) -> Iterator[str]:
+    """The tenants' names, endlessly, each in proportion to its weight: smooth weighted round robin
+    (nginx's), in exact arithmetic, ties to the first listed. Deterministic, so a run of N requests
+    sends each tenant a known number: (a, 3), (b, 1) gives a a b a, a a b a, ...: every whole cycle (the
+    weights' sum, for whole weights) holds each tenant exactly its weight, interleaved, not in runs."""
+    if not tenants:
+        raise ValueError("no tenants to spread requests over")
+    weights = [Fraction(weight) for _, weight in tenants]  # exact: a float's Fraction is its exact value
+    if any(weight <= 0 for weight in weights):
+        raise ValueError("every weight must be > 0")
+    total = sum(weights)
+    current = [Fraction(0)] * len(tenants)
+    while True:
+        current = [c + w for c, w in zip(current, weights)]
+        chosen = max(range(len(tenants)), key=lambda i: (current[i], -i))
+        current[chosen] -= total
+        yield tenants[chosen][0]
+
+
+def spread(tenants: Sequence[tuple[str, float]], requests: int) -> dict[str, int]:
+    """How many of the first `requests` go to each tenant, as the load sends them."""
+    counts = {name: 0 for name, _ in tenants}
+    order = weighted_order(tenants)
+    for _ in range(requests):
+        counts[next(order)] += 1
+    return counts
 
 
 def request_body(settings: LoadSettings, model: str) -> dict:
@@ -135,14 +169,27 @@ async def _read_stream(response: aiohttp.ClientResponse, result: RequestResult, 
                 last_chunk = now
 
 
-async def first_model(session: aiohttp.ClientSession, url: str) -> str:
+async def served_models(session: aiohttp.ClientSession, url: str) -> list[str]:
+    """The names /v1/models lists (the base model first, then any LoRA adapters)."""
     async with session.get(url + "/v1/models") as response:
         if response.status != 200:
             raise RuntimeError(f"{url}/v1/models answered HTTP {response.status}: {(await response.text())[:200]}")
         models = (await response.json()).get("data") or []
     if not models:
         raise RuntimeError(f"{url}/v1/models lists no model")
-    return models[0]["id"]
+    return [str(entry["id"]) for entry in models]
+
+
+async def first_model(session: aiohttp.ClientSession, url: str) -> str:
+    return (await served_models(session, url))[0]
+
+
+async def check_tenants(session: aiohttp.ClientSession, url: str, tenants: Sequence[tuple[str, float]]) -> None:
+    """Every tenant must be a name the server serves: a typo would only collect 404s, judged as nothing."""
+    served = await served_models(session, url)
+    unknown = [name for name, _ in tenants if name not in served]
+    if unknown:
+        raise RuntimeError(f"--model {', '.join(unknown)}: not served there (it serves {', '.join(served)})")
 
 
 async def fetch_metrics(session: aiohttp.ClientSession, url: str) -> str | None:
@@ -179,7 +226,7 @@ class Progress:
 
 @dataclass
 class LoadRun:
-    model: str
+    model: str  # the one model loaded, or the tenants' names joined with commas
     results: list[RequestResult]
     wall_s: float
     metrics_before: str | None
@@ -192,8 +239,15 @@ async def run_load(settings: LoadSettings, show_progress: bool = True) -> LoadRu
     timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
     connector = aiohttp.TCPConnector(limit=settings.concurrency + 2)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as session:
-        model = settings.model or await first_model(session, settings.url)
-        body = request_body(settings, model)
+        if settings.tenants:
+            await check_tenants(session, settings.url, settings.tenants)
+            model = ",".join(name for name, _ in settings.tenants)
+            order = weighted_order(settings.tenants)
+            bodies = {name: request_body(settings, name) for name, _ in settings.tenants}
+        else:
+            model = settings.model or await first_model(session, settings.url)
+            order = None
+            bodies = {model: request_body(settings, model)}
         before = await fetch_metrics(session, settings.engine_metrics_url)
         peaks = MemoryPeaks()
         if before:
@@ -216,7 +270,9 @@ async def run_load(settings: LoadSettings, show_progress: bool = True) -> LoadRu
         async def worker() -> None:
             nonlocal failed
             while more():
-                result = await _one(session, settings, body)
+                target = next(order) if order else model  # taken in issue order: the counts are exact
+                result = await _one(session, settings, bodies[target])
+                result.model = target
                 results.append(result)
                 failed += not result.ok
                 if progress:

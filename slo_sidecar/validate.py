@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from dataclasses import asdict
@@ -29,12 +30,41 @@ def describe_spec(spec: Spec) -> None:
     print(f"{spec.source}: valid, {len(spec.slos)} SLOs")
 
 
+def tenant(text: str) -> tuple[str, float]:
+    """`--model NAME` or `NAME=WEIGHT`: a served model's name and its share of the load (default 1)."""
+    name, sep, weight_text = text.rpartition("=") if "=" in text else (text, "", "")
+    if not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME=WEIGHT, got {text!r}")
+    if not sep:
+        return name, 1.0
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        weight = math.nan
+    if not 0 < weight < math.inf:
+        raise argparse.ArgumentTypeError(f"the weight of {name!r} must be a finite number > 0, got {weight_text!r}")
+    return name, weight
+
+
+tenant.__name__ = "NAME[=WEIGHT]"
+
+
+class _Tenants(argparse.Action):
+    """Collects --model values in order; a name given twice is an error (which weight was meant?)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        tenants = list(getattr(namespace, self.dest) or ())
+        if any(name == value[0] for name, _ in tenants):
+            raise argparse.ArgumentError(self, f"{value[0]!r} is named twice; give each model once, with its weight")
+        setattr(namespace, self.dest, tenants + [value])
+
+
 def settings_from(args: argparse.Namespace):
     from .loadgen import LoadSettings
 
     return LoadSettings(url=args.url.rstrip("/"), concurrency=args.concurrency, requests=args.requests,
                         duration_s=args.duration, prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
-                        stream=args.stream, endpoint=args.endpoint, model=args.model,
+                        stream=args.stream, endpoint=args.endpoint, tenants=tuple(args.model or ()),
                         api_key=args.api_key or os.environ.get("SLO_ENGINE_API_KEY"), metrics_url=args.metrics_url)
 
 
@@ -43,12 +73,16 @@ def run_gate(args: argparse.Namespace, spec: Spec) -> int:
 
 
 def gate(settings, spec: Spec, report_path: Path | None, show_progress: bool = True) -> int:
-    """Load, judge, print the table, write the report: 0 on PASS, 1 on FAIL, 2 if the engine cannot be loaded."""
-    from .gate import judge, report, table, verdict
+    """Load, judge, print the table, write the report: 0 on PASS, 1 on FAIL, 2 if the engine cannot be loaded.
+
+    With tenants (settings.tenants), the load is spread over them by weight and each is judged on its own:
+    FAIL if any tenant's SLO fails."""
+    from .gate import judge, report, table, tenant_summaries, verdict
     from .loadgen import run_load
 
     how_long = f"{settings.duration_s:g} s" if settings.duration_s else f"{settings.requests} requests"
-    print(f"validate: {how_long} to {settings.url}, {settings.concurrency} at a time, ~{settings.prompt_tokens} "
+    mix = (" over " + ", ".join(f"{name} x{weight:g}" for name, weight in settings.tenants)) if settings.tenants else ""
+    print(f"validate: {how_long} to {settings.url}{mix}, {settings.concurrency} at a time, ~{settings.prompt_tokens} "
           f"prompt words, {settings.max_tokens} output tokens, {'streamed' if settings.stream else 'not streamed'}",
           file=sys.stderr)
     try:
@@ -57,14 +91,16 @@ def gate(settings, spec: Spec, report_path: Path | None, show_progress: bool = T
         print(f"slo-sidecar: error: cannot load {settings.url}: {error}", file=sys.stderr)
         return EXIT_ERROR
     peaks = asdict(run.peaks)
-    summary, criteria = judge(spec, run.results, run.wall_s, run.metrics_before, run.metrics_after)
-    print(table(summary, criteria, peaks))
+    names = [name for name, _ in settings.tenants]
+    summary, criteria = judge(spec, run.results, run.wall_s, run.metrics_before, run.metrics_after, names)
+    tenants = tenant_summaries(run.results, run.wall_s, names) if names else None
+    print(table(summary, criteria, peaks, tenants))
     if report_path:
         settings_dict = {k: v for k, v in asdict(settings).items() if k != "api_key"}
-        text = json.dumps(report(settings_dict, run.model, summary, criteria, peaks), indent=2) + "\n"
+        text = json.dumps(report(settings_dict, run.model, summary, criteria, peaks, tenants), indent=2) + "\n"
         write_atomically(report_path, text)
         print(f"report: {report_path}", file=sys.stderr)
-    return 0 if verdict(criteria) else EXIT_FAIL
+    return 0 if verdict(criteria, names) else EXIT_FAIL
 
 
 def run(args: argparse.Namespace, spec: Spec) -> int:
@@ -88,7 +124,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gate.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
     gate.add_argument("--metrics-url", help="the engine's /metrics, if not URL/metrics (an engine started with "
                       "--metrics-port); without it the gate judges from the client's view only")
-    gate.add_argument("--model", help="model name (default: the first the server lists)")
+    gate.add_argument("--model", metavar="NAME[=WEIGHT]", type=tenant, action=_Tenants,
+                      help="a served model or LoRA adapter to load; repeat it for several tenants, the load spread "
+                      "over them by WEIGHT (a number > 0, default 1), each judged against the SLOs that apply to "
+                      "it on its own requests and counters (default: the first model the server lists, all "
+                      "events judged together)")
     gate.add_argument("--api-key", help="bearer token (default: $SLO_ENGINE_API_KEY)")
     gate.add_argument("--report", default="validate-report.json", help="JSON report path (default: validate-report.json; '' for none)")
     gate.add_argument("--quiet", action="store_true", help="no progress bar")

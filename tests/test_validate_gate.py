@@ -6,12 +6,14 @@ import json
 import math
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
+from engine.tiny_lora import ensure_lora
 from slo_sidecar.gate import judge, percentile, verdict
 from slo_sidecar.loadgen import RequestResult
-from slo_sidecar.processes import free_port
+from slo_sidecar.processes import EngineProcess, free_port, http_get
 from slo_spec.load import DEFAULT_SPEC, load_spec
 from tests.conftest import API_KEY
 
@@ -149,3 +151,62 @@ def test_gate_names_an_unreachable_engine_and_exits_2():
     result = gate("--url", f"http://127.0.0.1:{free_port()}", "--requests", "2")
     assert result.returncode == 2 and "cannot load" in result.stderr and "Traceback" not in result.stderr
     assert gate("--url", "http://127.0.0.1:1", "--requests", "0").returncode == 2
+
+
+@pytest.fixture
+def lora_engine(tmp_path):
+    """An engine serving the embedded model and two LoRA adapters (as test_engine_lora.py starts one), with
+    fault injection."""
+    modules = [f"{name}={ensure_lora(name)}" for name in ("medical", "legal")]
+    process = EngineProcess(tmp_path / "lora-engine.log", "--max-model-len", "512", "--enable-lora", "--max-loras",
+                            "2", "--max-lora-rank", "8", "--lora-modules", *modules, fault_injection=True).start()
+    try:
+        process.wait_ready()
+        yield process
+        assert process.stop() == 0, process.log_tail()
+    finally:
+        process.kill_group()
+
+
+def tenant_labelled(engine) -> bool:
+    """Whether the engine's request counter carries the tenant (`model`) label yet."""
+    text = http_get(engine.url + "/metrics")[1].decode()
+    return any(line.startswith("slo_engine_http_requests_total{") and 'model="medical"' in line
+               for line in text.splitlines())
+
+
+@pytest.mark.engine
+def test_gate_judges_each_tenant_of_a_lora_engine_on_its_own(lora_engine, tmp_path):
+    for model in ("medical", "legal"):  # each adapter loaded before the run: its cold start is not judged here
+        body = json.dumps({"model": model, "prompt": "warm up", "max_tokens": 2}).encode()
+        with urllib.request.urlopen(urllib.request.Request(lora_engine.url + "/v1/completions", data=body,
+                                                           headers={"Content-Type": "application/json"}),
+                                    timeout=120) as answer:
+            assert answer.status == 200
+    # 8 requests one at a time go medical medical legal medical, twice; every 4th fails: both of them medical's.
+    set_faults(lora_engine, error_ratio=0.25)
+    report = tmp_path / "report.json"
+    try:
+        result = gate("--url", lora_engine.url, "--model", "medical=3", "--model", "legal", "--requests", "8",
+                      "--concurrency", "1", "--max-tokens", "4", "--prompt-tokens", "16", "--quiet", report=report)
+    finally:
+        set_faults(lora_engine, error_ratio=0.0)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "FAIL" and "medical: FAIL" in lines and "legal: PASS" in lines, output
+    assert "over medical x3, legal x1" in result.stderr
+    data = json.loads(report.read_text())
+    assert not data["passed"]
+    assert [(t["name"], t["passed"], t["summary"]["requests"], t["summary"]["ok"], t["summary"]["failed_by_status"])
+            for t in data["tenants"]] == [("medical", False, 6, 4, {"500": 2}), ("legal", True, 2, 2, {})]
+    rows = {(c["tenant"], c["slo"], c["view"]): c for c in data["criteria"]}
+    assert rows["medical", "availability", "client"]["measured"].startswith("66.67% of 6")
+    assert rows["medical", "availability", "client"]["passed"] is False
+    assert rows["legal", "availability", "client"]["measured"].startswith("100.00% of 2")
+    server = rows["medical", "availability", "server"], rows["legal", "availability", "server"]
+    if tenant_labelled(lora_engine):  # the engine counts each tenant: exactly our requests, per tenant
+        assert server[0]["measured"] == "66.67% of 6" and server[0]["passed"] is False, output
+        assert server[1]["measured"] == "100.00% of 2" and server[1]["passed"] is True, output
+    else:  # an engine from before tenants: said so, not judged
+        assert all(c["passed"] is None and "no model label" in c["note"] for c in server), output
