@@ -15,8 +15,13 @@ OPERATIONAL_FILE = "operational.rules.yaml"
 ALERTMANAGER_FILE = "alertmanager/alertmanager.yaml"  # routing and inhibitions; `amtool check-config` accepts it
 
 
+def file_stem(slo: Slo) -> str:
+    """slo-ttft, or slo-ttft-medical for a slice: a file per slice."""
+    return "-".join(("slo", slo.name, *slo.slice.values()))
+
+
 def rules_file(slo: Slo) -> str:
-    return f"slo-{slo.name}.rules.yaml"
+    return f"{file_stem(slo)}.rules.yaml"
 
 
 def rule_groups(spec: Spec) -> dict[str, list[dict]]:
@@ -42,7 +47,7 @@ def render(spec: Spec) -> dict[str, str]:
         files[rules] = header + dump({"groups": groups[rules]})
         tests = unit_tests(spec, slo, [f"../{rules}"])
         if tests is not None:
-            files[f"tests/slo-{slo.name}.test.yaml"] = header + tests
+            files[f"tests/{file_stem(slo)}.test.yaml"] = header + tests
     if OPERATIONAL_FILE in groups:
         files[OPERATIONAL_FILE] = header + dump({"groups": groups[OPERATIONAL_FILE]})
     files[ALERTMANAGER_FILE] = header + dump(alertmanager_config(spec))

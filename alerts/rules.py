@@ -30,8 +30,19 @@ TICKET_FOR = "10m"
 ABSENT_FOR = "10m"
 
 
+def slo_id(spec: Spec, slo: Slo) -> str:
+    """Sloth's id of an SLO, service-slo; a slice's adds its value (llm-inference-ttft-medical): the id
+    tells each slice's recordings and alerts apart, while sloth_slo stays the SLO's name."""
+    return "-".join((spec.service, slo.name, *slo.slice.values()))
+
+
 def sloth_labels(spec: Spec, slo: Slo) -> dict[str, str]:
-    return {"sloth_id": f"{spec.service}-{slo.name}", "sloth_service": spec.service, "sloth_slo": slo.name}
+    return {"sloth_id": slo_id(spec, slo), "sloth_service": spec.service, "sloth_slo": slo.name}
+
+
+def _title(slo: Slo) -> str:
+    """How alerts name the SLO: "the ttft SLO", or for a slice "the ttft SLO of model medical"."""
+    return f"the {slo.name} SLO" + "".join(f" of {label} {value}" for label, value in slo.slice.items())
 
 
 def _which(spec: Spec) -> str:
@@ -42,7 +53,7 @@ def _which(spec: Spec) -> str:
 
 
 def _id_selector(spec: Spec, slo: Slo) -> str:
-    return f'{{sloth_id="{spec.service}-{slo.name}", sloth_service="{spec.service}", sloth_slo="{slo.name}"}}'
+    return f'{{sloth_id="{slo_id(spec, slo)}", sloth_service="{spec.service}", sloth_slo="{slo.name}"}}'
 
 
 def _window_queries(spec: Spec, slo: Slo, window: str) -> tuple[str, str | None, str | None]:
@@ -87,7 +98,7 @@ def recording_group(spec: Spec, slo: Slo) -> dict[str, Any]:
                        f"count_over_time(slo:sli_error:ratio_rate{shortest}{selector}[{period}])")
     rules.append({"record": f"slo:sli_error:ratio_rate{period}", "expr": period_expr,
                   "labels": {**labels, "sloth_window": period}})
-    return {"name": f"sloth-slo-sli-recordings-{spec.service}-{slo.name}", "rules": rules}
+    return {"name": f"sloth-slo-sli-recordings-{slo_id(spec, slo)}", "rules": rules}
 
 
 def metadata_group(spec: Spec, slo: Slo) -> dict[str, Any]:
@@ -111,7 +122,7 @@ def metadata_group(spec: Spec, slo: Slo) -> dict[str, Any]:
                     "sloth_version": "slo-sidecar", "sloth_objective": f"{slo.objective:g}",
                     "slo_sidecar_error_budget": budget}},
     ]
-    return {"name": f"sloth-slo-meta-recordings-{spec.service}-{slo.name}", "rules": rules}
+    return {"name": f"sloth-slo-meta-recordings-{slo_id(spec, slo)}", "rules": rules}
 
 
 def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
@@ -133,7 +144,7 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
             "labels": {**spec.labels, **slo.labels, **tier.labels, "severity": tier.severity,
                        "sloth_severity": tier_name, "tier": tier_name, **sloth_labels(spec, slo)},
             "annotations": {
-                "summary": f"{spec.service}{_which(spec)}: the {slo.name} SLO ({slo.objective:g}% over "
+                "summary": f"{spec.service}{_which(spec)}: {_title(slo)} ({slo.objective:g}% over "
                            f"{slo.period}) is burning its error budget too fast",
                 "description": (f"{slo.description}. Error ratio {{{{ $value | humanizePercentage }}}} over the "
                                 f"short window; the {tier_name} fires at a burn of {windows} (error budget "
@@ -152,7 +163,7 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
             "labels": {**spec.labels, **slo.labels, **slo.page.labels, "severity": slo.page.severity,
                        "sloth_severity": "page", "tier": "page", **sloth_labels(spec, slo)},
             "annotations": {
-                "summary": f"{spec.service}{_which(spec)}: the {slo.name} SLO is failing most requests",
+                "summary": f"{spec.service}{_which(spec)}: {_title(slo)} is failing most requests",
                 "description": (f"{slo.description}. {{{{ $value | humanizePercentage }}}} of the events failed "
                                 f"over the last minute, and over half over {duration_label(fast.long_s)} in "
                                 f"{fast.min_events} or more: a total or near-total outage (fires with no wait; "
@@ -171,7 +182,7 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
             "labels": {**spec.labels, **slo.labels, "severity": slo.ticket.severity, "tier": "ticket",
                        **sloth_labels(spec, slo)},
             "annotations": {
-                "summary": f"{spec.service}: the {slo.name} SLO has no data",
+                "summary": f"{spec.service}: {_title(slo)} has no data",
                 "description": (f"No series for the {slo.name} SLI ({total.terms[0][1].promql()}) for "
                                 f"{ABSENT_FOR}: the SLO and its burn-rate alerts are blind. Value "
                                 f"{{{{ $value }}}}."),
@@ -179,7 +190,7 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
                 "dashboard_url": _slo_panel(spec, slo, "SLI over the period"),
             },
         })
-    return {"name": f"sloth-slo-alerts-{spec.service}-{slo.name}", "rules": rules}
+    return {"name": f"sloth-slo-alerts-{slo_id(spec, slo)}", "rules": rules}
 
 
 def _burn_condition(slo: Slo, alert: BurnAlert, selector: str, guarded: bool) -> str:
@@ -203,11 +214,13 @@ def _error_rate_alert(spec: Spec, op: Operational, alert: Callable[..., dict[str
     """The availability SLO's own errors over its own events (no 4xx, no 499), per instance: a ticket
     that points at the failing pod, once 5 minutes hold enough requests that one failure cannot cross
     it. It never pages: the SLO's burn-rate page does that."""
-    slo = next((slo for slo in spec.slos if slo.sli.kind == "availability"), None)
+    availability = [slo for slo in spec.slos if slo.sli.kind == "availability"]
+    slo = next((slo for slo in availability if not slo.slice), next(iter(availability), None))
     if slo is None or slo.sli.errors is None or slo.sli.total is None:
         return []
-    # The engine's own counts: the probes' stand-ins for lost requests belong to the sidecar's instance.
-    errors, total = (events.without(PROBE_MISSED).rate_promql("5m", ("instance",))
+    # The engine's own counts, every tenant's: the probes' stand-ins for lost requests belong to the
+    # sidecar's instance, and a slice's matcher on its tenant is left out (the pod fails, not a tenant).
+    errors, total = (events.without(PROBE_MISSED).unsliced(tuple(slo.slice)).rate_promql("5m", ("instance",))
                      for events in (slo.sli.errors, slo.sli.total))
     guard = event_guard(1, op.error_ratio_alert)  # one failed request alone cannot cross the ratio
     return [alert("LLMHighErrorRate", f"({errors})\n/\n({total}) > {op.error_ratio_alert:g}\nand on (instance)\n"
@@ -352,7 +365,8 @@ def alertmanager_config(spec: Spec) -> dict[str, Any]:
     return {
         "route": {
             "receiver": "ticket",
-            "group_by": list(spec.identity) or ["sloth_service"],
+            # Per service, and per tenant where SLOs are sliced: one tenant's page is its own notification.
+            "group_by": [*(spec.identity or ["sloth_service"]), *sorted({l for slo in spec.slos for l in slo.slice})],
             "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
             "routes": [{"matchers": ['tier="page"'], "receiver": "page", "group_wait": "10s",
                         "repeat_interval": "1h"}],

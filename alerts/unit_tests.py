@@ -22,6 +22,7 @@ from typing import Any, Callable
 from slo_spec.model import PROBE_MISSED, Matcher, Selection, Slo, Spec
 
 from .dump import dump
+from .rules import slo_id
 
 PER_MINUTE = 600  # requests per minute: 10 per second
 BASELINE_MIN = 1440  # a quiet day before each burn
@@ -240,9 +241,9 @@ def unit_tests(spec: Spec, slo: Slo, rule_files: list[str]) -> str | None:
                 continue
             for minute, firing in checks(slo, scenario, tier):
                 query = (f'count(ALERTS{{alertname="{slo.alert_name}",alertstate="firing",tier="{tier}",'
-                         f'sloth_id="{spec.service}-{slo.name}"}})')
+                         f'sloth_id="{slo_id(spec, slo)}"}})')
                 expressions.append({"expr": query, "eval_time": f"{BASELINE_MIN + minute}m",
                                     "exp_samples": [{"labels": "{}", "value": 1}] if firing else []})
-        tests.append({"name": f"{slo.name}: {scenario.name}", "interval": "1m", "input_series": series,
+        tests.append({"name": f"{slo.key}: {scenario.name}", "interval": "1m", "input_series": series,
                       "promql_expr_test": expressions})
     return dump({"rule_files": rule_files, "evaluation_interval": "1m", "tests": tests})

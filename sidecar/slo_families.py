@@ -19,8 +19,10 @@ class SloCollector:
     def collect(self) -> Iterable[Metric]:
         states = self.tracker.states(time.time())
         # The service's identity labels (e.g. model_name) on every series, as the rules' recordings carry them.
+        # And a sliced SLO's slice label (model: the tenant; "other" for the tenants the spec does not name).
         extra = [label for label in self.tracker.spec.identity if any(label in s.identity for s in states)]
-        per_slo, per_window = ["slo", *extra], ["slo", "window", *extra]
+        sliced = sorted({label for state in states for label in state.slo.slice})
+        per_slo, per_window = ["slo", *sliced, *extra], ["slo", "window", *sliced, *extra]
         ratio = GaugeMetricFamily("slo_sli_error_ratio", "Share of the SLI's events that were errors over the "
                                   "window: 0 without events, absent until the SLI's series are seen.",
                                   labels=per_window)
@@ -34,9 +36,10 @@ class SloCollector:
                                       "left (negative once overspent).", labels=per_slo)
         firing = GaugeMetricFamily("slo_alert_firing", "1 while the multi-window burn-rate condition of the "
                                    "SLO's page or ticket alert holds (no `for:`).",
-                                   labels=["slo", "severity", "tier", *extra])
+                                   labels=["slo", "severity", "tier", *sliced, *extra])
         for state in states:
-            name, who = state.slo.name, [state.identity.get(label, "") for label in extra]
+            name = state.slo.name
+            who = [*(state.slo.slice.get(label, "") for label in sliced), *(state.identity.get(label, "") for label in extra)]
             objective.add_metric([name, *who], state.slo.objective_ratio)
             if state.budget_remaining is not None:
                 remaining.add_metric([name, *who], state.budget_remaining)

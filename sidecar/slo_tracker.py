@@ -166,7 +166,7 @@ def _terms(events: EventSum) -> list[tuple[int, TermSeries]]:
 
 def spec_fingerprint(spec: Spec) -> str:
     """Changes whenever an SLO's definition does: saved state from another spec is not reused."""
-    text = repr([(s.name, s.objective, s.period, s.sli.errors, s.sli.total) for s in spec.slos])
+    text = repr([(s.key, s.objective, s.period, s.sli.errors, s.sli.total) for s in spec.slos])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -240,7 +240,7 @@ class SloTracker:
         return {
             "fingerprint": spec_fingerprint(self.spec), "first_seen": self.first_seen,
             "last_seen": self.last_seen, "start_time": self._start_time,
-            "slos": {tracked.slo.name: {
+            "slos": {tracked.slo.key: {
                 "cumulative": tracked.cumulative,
                 "tiers": [[tier.ends, tier.errors, tier.totals] for tier in tracked.tiers],
                 "series": [[[list(map(list, labels)), value] for labels, value in term.last.items()]
@@ -304,10 +304,10 @@ def _read_state(saved: dict[str, Any], slos: list[TrackedSlo]) -> _State:
     if (first_seen is None) != (last_seen is None):
         raise _Malformed("first_seen and last_seen: one is set without the other")
     states = saved["slos"]
-    if not isinstance(states, dict) or set(states) != {tracked.slo.name for tracked in slos}:
+    if not isinstance(states, dict) or set(states) != {tracked.slo.key for tracked in slos}:
         raise _Malformed("slos: expected an object with one entry per SLO the sidecar evaluates")
     return _State(first_seen, last_seen, _time(saved["start_time"], "start_time"),
-                  [_read_slo(states[tracked.slo.name], tracked, f"slos.{tracked.slo.name}") for tracked in slos])
+                  [_read_slo(states[tracked.slo.key], tracked, f"slos.{tracked.slo.key}") for tracked in slos])
 
 
 def _read_slo(state: Any, tracked: TrackedSlo, where: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 SPEC_VERSION = "slo-sidecar/v1"
 # The labels that tell one service from another in a shared Prometheus: its namespace (a target
@@ -156,6 +156,12 @@ class EventSum:
     def without(self, metric: str) -> "EventSum":
         """The same sum less the terms on `metric` (the engine's own view, without the probes)."""
         return EventSum(tuple(term for term in self.terms if term[1].metric != metric))
+
+    def unsliced(self, labels: tuple[str, ...]) -> "EventSum":
+        """The same sum with no matcher on `labels` (a slice's tenant label): every tenant's events."""
+        return replace(self, terms=tuple(
+            (sign, Selection(selection.metric, tuple(m for m in selection.matchers if m.label not in labels)))
+            for sign, selection in self.terms))
 
 
 @dataclass(frozen=True)

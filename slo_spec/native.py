@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from typing import Any
 
 from .buckets import KNOWN_BUCKETS, MEASURE_HISTOGRAMS
@@ -33,7 +34,14 @@ from .model import (
 from .yaml_tree import Located, Path_
 
 TOP_FIELDS = ("version", "service", "identity", "labels", "runbook_base_url", "grafana_url", "operational", "slos")
-SLO_FIELDS = ("name", "description", "objective", "period", "selector", "labels", "sli", "alerting")
+SLO_FIELDS = ("name", "description", "objective", "period", "selector", "labels", "slice_by", "slices", "sli",
+              "alerting")
+SLICE_FIELDS = ("objective",)
+# Slices an SLO may name: each is a set of rules, alerts and sidecar windows of its own. Every value
+# the spec does not name is judged together in one more slice, OTHER_SLICE.
+MAX_SLICES = 20
+OTHER_SLICE = "other"
+SLICE_LABELS = ("model",)  # the engine's tenant label: its values are the served names, bounded
 ALERTING_FIELDS = ("name", "labels", "annotations", "min_events", "page", "ticket")
 TIER_FIELDS = ("enabled", "severity", "labels", "annotations")
 SLI_KINDS = ("availability", "latency", "goodput")
@@ -49,11 +57,13 @@ def parse_native(doc: Located) -> Spec:
     labels = reader.labels(top.get("labels"), ("labels",))
     if not isinstance(top["slos"], list) or not top["slos"]:
         raise reader.fail(("slos",), "expected a non-empty list of SLOs")
-    slos = [_parse_slo(reader, item, ("slos", i)) for i, item in enumerate(top["slos"])]
-    names = [slo.name for slo in slos]
+    parsed = [_parse_slo(reader, item, ("slos", i)) for i, item in enumerate(top["slos"])]
+    names = [slo.name for slo in parsed]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise reader.fail(("slos", i, "name"), f"duplicate SLO name {name!r}")
+    slos = [each for i, (slo, item) in enumerate(zip(parsed, top["slos"]))
+            for each in _slices(reader, slo, item, ("slos", i))]
     operational = _parse_operational(reader, top["operational"]) if "operational" in top else None
     return Spec(service, labels, tuple(slos), operational,
                 str(top.get("runbook_base_url", "docs/runbooks/")), doc.source,
@@ -106,6 +116,68 @@ def _parse_slo(reader: FieldReader, value: Any, path: Path_) -> Slo:
         page=tiers["page"], ticket=tiers["ticket"])
     check_alerts_can_fire(reader, parsed, path)
     return parsed
+
+
+def _slices(reader: FieldReader, slo: Slo, item: dict, path: Path_) -> list[Slo]:
+    """A sliced SLO (`slice_by: [model]`) as one SLO per named slice, each on its tenant's events with its
+    own objective, and one for every other value (`other`, the SLO's objective); else the SLO itself."""
+    if "slice_by" not in item and "slices" not in item:
+        return [slo]
+    label = _slice_label(reader, item.get("slice_by"), (*path, "slice_by"))
+    if slo.sli.source == "histogram":
+        raise reader.fail((*path, "slice_by"), f"{slo.sli.histogram} has no {label} label (a tenant label on "
+                                               "latency histograms multiplies their series): slice an exact "
+                                               "latency SLI (`measure`, source: exact), which the engine counts "
+                                               "per tenant")
+    here = (*path, "slices")
+    slices = item.get("slices")
+    if not isinstance(slices, dict) or not slices:
+        raise reader.fail(here, f"expected the {label} values judged apart, e.g. {{medical: {{objective: 99.9}}, "
+                                "legal: {}}; every other value is judged in the `other` slice")
+    if len(slices) > MAX_SLICES:
+        raise reader.fail(here, f"{len(slices)} slices, over the cap of {MAX_SLICES} per SLO (each is a set of "
+                                "rules and series of its own): name the largest tenants; the rest are judged "
+                                f"together in the `{OTHER_SLICE}` slice")
+    result = []
+    for value, body in slices.items():
+        where = (*here, value)
+        if not isinstance(value, str) or not value or value == OTHER_SLICE:
+            raise reader.fail(where, f"a slice is named by a {label} value other than {OTHER_SLICE!r} "
+                                     f"(which holds every value not named), got {value!r}")
+        spec = reader.mapping(body or {}, where, SLICE_FIELDS)
+        objective = reader.objective(spec["objective"], (*where, "objective")) if "objective" in spec \
+            else slo.objective
+        result.append(_slice(reader, slo, Matcher(label, "=", value), {label: value}, objective, where))
+    rest = "|".join(re.escape(value) for value in slices)
+    result.append(_slice(reader, slo, Matcher(label, "!~", rest), {label: OTHER_SLICE}, slo.objective, here))
+    return result
+
+
+def _slice_label(reader: FieldReader, value: Any, path: Path_) -> str:
+    if not isinstance(value, list) or len(value) != 1 or value[0] not in SLICE_LABELS:
+        raise reader.fail(path, f"expected [{', '.join(SLICE_LABELS)}]: an SLO is sliced by one label, the "
+                                f"engine's tenant (its values are the served names, bounded), got {value!r}")
+    return value[0]
+
+
+def _slice(reader: FieldReader, slo: Slo, matcher: Matcher, slice_: dict[str, str], objective: float,
+           path: Path_) -> Slo:
+    """One slice: the SLI's engine selections narrowed by `matcher`. A sliced availability SLI leaves out
+    the probes' lost requests (they cannot say whose requests were lost: the unsliced SLO and
+    LLMServiceDown judge a dead engine)."""
+    sli = slo.sli
+
+    def narrowed(events: EventSum | None) -> EventSum | None:
+        if events is None:
+            return None
+        kept = events.without(PROBE_MISSED)
+        return EventSum(tuple((sign, Selection(selection.metric, (*selection.matchers, matcher)))
+                              for sign, selection in kept.terms))
+
+    sliced = replace(slo, objective=objective, sli=replace(sli, errors=narrowed(sli.errors), total=narrowed(sli.total)),
+                     labels={**slo.labels, **slice_}, slice=slice_)
+    check_alerts_can_fire(reader, sliced, path)
+    return sliced
 
 
 def _parse_tier(reader: FieldReader, value: Any, path: Path_, tier: str) -> AlertTier:

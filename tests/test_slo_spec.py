@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -176,7 +177,10 @@ def test_the_json_schema_accepts_the_default_and_knows_the_parsers_fields():
     schema = json.loads((DEFAULT_SPEC.parent / "slo.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(yaml.safe_load(DEFAULT_SPEC.read_text()), schema)
+    jsonschema.validate(yaml.safe_load(TENANTS.read_text()), schema)
     slo = schema["$defs"]["slo"]
+    assert slo["properties"]["slices"]["maxProperties"] == native.MAX_SLICES
+    assert tuple(slo["properties"]["slice_by"]["items"]["enum"]) == native.SLICE_LABELS
     assert tuple(schema["properties"]) == native.TOP_FIELDS
     assert tuple(slo["properties"]) == native.SLO_FIELDS
     assert tuple(slo["properties"]["alerting"]["properties"]) == native.ALERTING_FIELDS
@@ -301,3 +305,57 @@ def test_the_total_outage_page_fires_on_half_the_events_failing(objective, facto
         return
     assert (fast.tier, fast.long_s, fast.short_s, fast.min_events) == ("page", 120, 60, guard)
     assert fast.factor == pytest.approx(factor)
+
+
+TENANTS = Path(__file__).parent / "fixtures" / "tenants.slo.yaml"
+
+
+def test_a_sliced_slo_is_one_slo_per_named_tenant_and_one_for_every_other():
+    spec = load_spec(str(TENANTS))
+    assert [(slo.key, slo.objective) for slo in spec.slos] == [
+        ("availability/medical", 99.9), ("availability/legal", 99.0), ("availability/other", 99.5),
+        ("goodput/medical", 95.0), ("goodput/legal", 95.0), ("goodput/other", 95.0)]
+    by_key = {slo.key: slo for slo in spec.slos}
+    medical, other = by_key["availability/medical"], by_key["availability/other"]
+    assert medical.slice == medical.labels == {"model": "medical"} and other.slice == {"model": "other"}
+    # Each slice reads its tenant's series only; `other` every value not named (unknown, the base model, ...).
+    for events in (medical.sli.errors, medical.sli.total):
+        assert [term.metric for _, term in events.terms] == ["slo_engine_http_requests_total"]  # no probe term
+    total = medical.sli.total.terms[0][1]
+    assert total.matches({"endpoint": "/v1/completions", "code": "200", "model": "medical"})
+    assert not total.matches({"endpoint": "/v1/completions", "code": "200", "model": "legal"})
+    rest = other.sli.total.terms[0][1]
+    assert [rest.matches({"endpoint": "/v1/completions", "code": "200", "model": m})
+            for m in ("medical", "legal", "tiny-llama", "unknown", "medicalx")] == [False, False, True, True, True]
+    # The event guard follows each slice's own budget: 70 events at 99.9%, 7 at 99% for the 1h page.
+    assert medical.burn_alerts()[0].min_events == 70 and by_key["availability/legal"].burn_alerts()[0].min_events == 7
+
+
+@pytest.mark.parametrize("change, message", [
+    ("slice_by: [tenant]", "slice_by: expected [model]"),
+    ("slices: {other: {}}", "slices.other: a slice is named by a model value other than 'other'"),
+    ("slices: {}", "slices: expected the model values judged apart"),
+    ("slices: {a: {objective: 100}}", "slices.a.objective: expected a percentage"),
+    ("slices: {a: {target: 99}}", "slices.a.target: unknown field"),
+    ("slices: {" + ", ".join(f"t{i}: {{}}" for i in range(21)) + "}", "21 slices, over the cap of 20"),
+])
+def test_bad_slicing_is_named(tmp_path, change, message):
+    text = TENANTS.read_text().replace("    slices:\n      medical: {objective: 99.9}\n      legal: {objective: 99}\n",
+                                       "")
+    key = change.split(":")[0]
+    text = text.replace("    slice_by: [model]\n", f"    {change}\n" + ("    slice_by: [model]\n" if key == "slices" else
+                                                                          "    slices: {a: {}}\n"), 1)
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as raised:
+        load_spec(str(path))
+    assert message in str(raised.value) and "slos[0]" in str(raised.value), raised.value
+
+
+def test_a_histogram_latency_slo_cannot_be_sliced(tmp_path):
+    path = tmp_path / "histogram.yaml"
+    path.write_text("version: slo-sidecar/v1\nservice: s\nslos:\n  - name: ttft\n    objective: 99\n"
+                    "    slice_by: [model]\n    slices: {a: {}}\n"
+                    "    sli: {latency: {histogram: vllm:time_to_first_token_seconds, threshold_s: 0.5}}\n")
+    with pytest.raises(SpecError, match="has no model label"):
+        load_spec(str(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,68 @@ def test_the_sidecars_slo_series_carry_the_services_identity():
     families = {family.name: family for family in SloCollector(tracker).collect()}
     burn = [s for s in families["slo_burn_rate"].samples if s.labels["slo"] == "availability"]
     assert burn and all(s.labels["model_name"] == "tiny-llama" and "namespace" not in s.labels for s in burn)
+
+
+TENANTS = load_spec(str(Path(__file__).parent / "fixtures" / "tenants.slo.yaml"))
+
+
+def tenant_scrape(counts: dict[str, tuple[float, float]]) -> list[Sample]:
+    """slo_engine_http_requests_total per tenant: {model: (ok, failed)}."""
+    name = "slo_engine_http_requests_total"
+    return [Sample(name, (("code", code), ENDPOINT, ("model", model)), value)
+            for model, (ok, failed) in counts.items() for code, value in (("200", ok), ("500", failed))]
+
+
+def test_each_tenant_burns_its_own_budget_and_a_quiet_one_is_guarded():
+    """medical: 10 req/s, healthy. legal: 10 req/s, 5% failing (5x its 1% budget, 50x medical's).
+    finance (not named: the `other` slice): 3 requests in the hour, 2 failed, a 67% error ratio."""
+    tracker = SloTracker(TENANTS)
+    counts = {"medical": [0.0, 0.0], "legal": [0.0, 0.0], "finance": [0.0, 0.0]}
+    for second in range(0, 3601, 10):
+        tracker.observe(tenant_scrape({m: tuple(c) for m, c in counts.items()}), float(second))
+        counts["medical"][0] += 100
+        counts["legal"][0] += 95
+        counts["legal"][1] += 5
+        if second in (600, 1800, 3000):
+            counts["finance"][0 if second == 600 else 1] += 1
+    states = {state.slo.key: state for state in tracker.states(3600.0)}
+    legal, medical, other = states["availability/legal"], states["availability/medical"], states["availability/other"]
+    assert window(legal, "1h").burn_rate == pytest.approx(5.0)  # 5% over a 1% budget
+    assert window(medical, "1h").burn_rate == 0 and medical.firing == {"page": False, "ticket": False}
+    # 5x: under the 14.4x and 6x pages, over the 3x ticket (its 1d window judged on the hour there is).
+    assert legal.firing == {"page": False, "ticket": True}
+    # The other slice: 2 of 3 failed, a burn of 133x, but 3 events are under every guard (the 1h page needs 14).
+    assert window(other, "1h").error_ratio == pytest.approx(2 / 3) and window(other, "1h").events == 3
+    assert other.firing == {"page": False, "ticket": False}
+    # The saved state keeps each slice apart, and is taken up whole.
+    saved = json.loads(dumps(tracker.snapshot()))
+    assert set(saved["slos"]) == {slo.key for slo in TENANTS.slos}
+    restored = SloTracker(TENANTS)
+    assert restored.restore(saved, 3600.0) is None
+    assert window(next(s for s in restored.states(3600.0) if s.slo.key == "availability/legal"), "1h").burn_rate \
+        == pytest.approx(5.0)
+
+
+def test_the_sidecar_serves_each_slice_with_its_tenant():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sidecar.slo_families import SloCollector
+    from tests.helpers import parse_metrics
+
+    import time
+
+    tracker = SloTracker(TENANTS)
+    now = time.time()  # the collector judges at scrape time
+    tracker.observe(tenant_scrape({"medical": (10, 0), "legal": (10, 0)}), now - 20)
+    tracker.observe(tenant_scrape({"medical": (20, 0), "legal": (15, 5)}), now - 10)
+    registry = CollectorRegistry()
+    registry.register(SloCollector(tracker))
+    samples = parse_metrics(generate_latest(registry).decode())
+    objectives = {(dict(labels)["slo"], dict(labels)["model"]): value for (name, labels), value in samples.items()
+                  if name == "slo_objective_ratio"}
+    assert objectives == {("availability", "medical"): 0.999, ("availability", "legal"): 0.99,
+                          ("availability", "other"): 0.995, ("goodput", "medical"): 0.95,
+                          ("goodput", "legal"): 0.95, ("goodput", "other"): 0.95}
+    burn = {dict(labels)["model"]: value for (name, labels), value in samples.items()
+            if name == "slo_sli_error_ratio" and dict(labels)["slo"] == "availability" and dict(labels)["window"] == "5m"}
+    assert burn["legal"] == pytest.approx(5 / 10) and burn["medical"] == 0
