@@ -4,17 +4,24 @@ Every threshold comes from the spec (SLO objectives and latency thresholds, the
 operational alert thresholds, the burn factors), never typed here. Latency
 percentiles are `histogram_quantile` over `sum by (le)` of `rate`, per the
 Prometheus documentation (the reference design's queries skip both).
+
+Two kinds of "model": `model_name` is the service's base model (on every engine
+series, constant per process: picked by `$model_name`), `model` the tenant, the
+served name a request asked for (the base model or a LoRA adapter: picked by
+`$model`). Only series that carry `model` are filtered by `$model`: a matcher on
+a label a series lacks reads it as "", so `model=~"medical"` would hide them.
 """
 
 from __future__ import annotations
 
 from slo_spec.buckets import HTTP_DURATION_HISTOGRAM
-from slo_spec.model import BURN_ALERTS_30D, Slo, Spec, duration_label
+from slo_spec.model import BURN_ALERTS_30D, GOODPUT_TOKENS, SLO_COUNTER, Slo, Spec, duration_label
 
-from .model import Dashboard, Panel, Query
+from .model import TENANT_VARIABLES, Dashboard, Panel, Query
 
 POD = 'namespace=~"$namespace", pod=~"$pod"'
-MODEL = POD + ', model_name=~"$model"'
+MODEL = POD + ', model_name=~"$model_name"'
+TENANT = 'model=~"$model"'  # only on series with a `model` label: the engine's per-tenant counters, sliced SLOs
 GENERATION = 'endpoint=~"/v1/completions|/v1/chat/completions"'
 RED, ORANGE = "red", "orange"
 
@@ -25,6 +32,18 @@ LATENCIES = (
      "Each request's mean time per token after the first."),
     ("End-to-end latency", "vllm:e2e_request_latency_seconds", "How long whole requests take."),
     ("Queue time", "vllm:request_queue_time_seconds", "How long requests wait for a slot: capacity's first warning."),
+)
+# What vLLM's own example dashboard charts beyond the latencies: where a request's time goes once
+# scheduled, and how long requests are. (title, histogram, unit, question)
+PHASES_AND_SIZES = (
+    ("Prefill time", "vllm:request_prefill_time_seconds", "s",
+     "Time requests spend in prefill, reading the prompt until their first token."),
+    ("Decode time", "vllm:request_decode_time_seconds", "s",
+     "Time requests spend in decode, generating after their first token."),
+    ("Prompt length", "vllm:request_prompt_tokens", "short", "Prompt tokens per request: the prefill work."),
+    ("Generation length", "vllm:request_generation_tokens", "short", "Tokens generated per request."),
+    ("Max generation tokens", "vllm:request_max_num_generation_tokens", "short",
+     "Per request, the most tokens any of its n sequences generated (with n = 1, its generation length)."),
 )
 
 
@@ -38,7 +57,9 @@ def uid(spec: Spec, name: str) -> str:
 
 
 # The dashboard variable each identity label is filtered by, where there is one.
-IDENTITY_VARIABLES = {"namespace": "$namespace", "model_name": "$model"}
+IDENTITY_VARIABLES = {"namespace": "$namespace", "model_name": "$model_name"}
+# The dashboard variable each slice label of a sliced SLO is filtered by (its recordings carry the label).
+SLICE_VARIABLES = {"model": "$model"}
 
 
 def _slo_selector_static(spec: Spec, slo: Slo) -> str:
@@ -46,55 +67,177 @@ def _slo_selector_static(spec: Spec, slo: Slo) -> str:
     return f'sloth_service="{spec.service}", sloth_slo="{slo.name}"'
 
 
+def _identity_picks(spec: Spec) -> str:
+    return "".join(f', {label}=~"{IDENTITY_VARIABLES[label]}"' for label in spec.identity
+                   if label in IDENTITY_VARIABLES)
+
+
+def _slice_picks(slo: Slo, either: str = "") -> str:
+    """The tenants the dashboard picks, for a sliced SLO only: an unsliced SLO's series have no `model`,
+    and `model=~"medical"` would hide them. `either="|"` also keeps series that lack the label."""
+    return "".join(f', {label}=~"{SLICE_VARIABLES[label]}{either}"' for label in slo.slice if label in SLICE_VARIABLES)
+
+
 def _slo_selector(spec: Spec, slo: Slo) -> str:
-    """The SLO's recording rules, for the services the dashboard's variables pick."""
-    picked = "".join(f', {label}=~"{IDENTITY_VARIABLES[label]}"' for label in spec.identity
-                     if label in IDENTITY_VARIABLES)
-    return _slo_selector_static(spec, slo) + picked
+    """The SLO's recording rules, for the services (and, for a sliced SLO, the tenants) the variables pick."""
+    return _slo_selector_static(spec, slo) + _identity_picks(spec) + _slice_picks(slo)
 
 
-def _legend(spec: Spec, suffix: str = "") -> str:
-    """Which service a series is, by its identity labels (one line per service in a shared Prometheus)."""
-    who = "/".join(f"{{{{{label}}}}}" for label in spec.identity)
+def _alerts_selector(spec: Spec, slo: Slo) -> str:
+    """The SLO's firing alerts: a sliced SLO's tenant matcher also keeps alerts without a `model` (an
+    absent() alert has only the labels its rule gives it)."""
+    return _slo_selector_static(spec, slo) + _identity_picks(spec) + _slice_picks(slo, either="|")
+
+
+def _legend(spec: Spec, suffix: str = "", slo: Slo | None = None) -> str:
+    """Which service (and, for a sliced SLO, tenant) a series is: one line each in a shared Prometheus."""
+    who = "/".join(f"{{{{{label}}}}}" for label in (*spec.identity, *(slo.slice if slo else ())))
     return " ".join(part for part in (who, suffix) if part)
 
 
-def slo_overview(spec: Spec) -> Dashboard:
-    rows = []
+def _by_name(spec: Spec) -> dict[str, list[Slo]]:
+    """The spec's SLOs by name: a sliced SLO's slices share one, and one row (alerts link rows by name)."""
+    groups: dict[str, list[Slo]] = {}
     for slo in spec.slos:
-        selector = _slo_selector(spec, slo)
-        objective = slo.objective_ratio
-        burn_lines = tuple(sorted({(factor, RED if tier == "page" else ORANGE)
-                                   for tier, _, _, factor in BURN_ALERTS_30D}))
-        windows = [duration_label(w) for w in slo.windows() if w != slo.period_s]
-        rows.append((f"{slo.name}: {slo.description}", (
-            Panel("SLI over the period", f"Share of good events over {slo.period}; the objective is "
-                  f"{slo.objective:g}%.",
-                  (Query(f"1 - slo:sli_error:ratio_rate{slo.period}{{{selector}}}"),), "percentunit", "stat",
-                  thresholds=((0, RED), (objective, "green")), width=6),
-            Panel("Error budget remaining", f"Share of the {slo.period} error budget "
-                  f"({slo.error_budget * 100:.3g}% of events) not yet spent.",
-                  (Query(f"slo:period_error_budget_remaining:ratio{{{selector}}}"),), "percentunit", "stat",
-                  thresholds=((-1e9, RED), (0, ORANGE), (0.25, "green")), width=6),
-            Panel("Firing alerts", "Page and ticket alerts of this SLO firing now.",
-                  (Query(f'count(ALERTS{{{selector}, alertstate="firing"}}) or vector(0)'),), "short", "stat",
-                  thresholds=((1, RED),), width=6),
-            Panel("Current burn rate", "Error ratio over the shortest window divided by the budget: 1 spends "
-                  "the budget exactly over the period.",
-                  (Query(f"slo:current_burn_rate:ratio{{{selector}}}"),), "short", "stat",
-                  thresholds=((1, ORANGE), (BURN_ALERTS_30D[0][3], RED)), width=6),
-            Panel("Error budget burn-down", "The budget left over the period; below 0 the SLO is missed.",
-                  (Query(f"slo:period_error_budget_remaining:ratio{{{selector}}}", _legend(spec, "remaining")),),
-                  "percentunit", thresholds=((0, RED),), threshold_lines=True),
-            Panel("Burn rate by window", "Each alert window's burn rate, with the page (14.4x, 6x) and ticket "
-                  "(3x, 1x) lines: an alert fires when both its windows cross its line.",
-                  tuple(Query(f"slo:sli_error:ratio_rate{w}{{{selector}}}\n/ on (sloth_id, sloth_service, sloth_slo) "
-                              f"group_left\nslo:error_budget:ratio{{{_slo_selector_static(spec, slo)}}}",
-                              _legend(spec, w)) for w in windows), "short",
-                  thresholds=burn_lines, threshold_lines=True, min=0),
-        )))
+        groups.setdefault(slo.name, []).append(slo)
+    return groups
+
+
+def _objectives(slos: list[Slo]) -> str:
+    low, high = min(slo.objective for slo in slos), max(slo.objective for slo in slos)
+    return f"{low:g}%" if low == high else f"{low:g}% to {high:g}% by tenant (the Tenants table has each)"
+
+
+def _slo_row(spec: Spec, slos: list[Slo]) -> tuple[str, tuple[Panel, ...]]:
+    """One SLO's panels; for a sliced SLO, every picked tenant's series in each (the objective line:
+    the loosest of their objectives)."""
+    slo = slos[0]
+    selector = _slo_selector(spec, slo)
+    stat_legend = _legend(spec, "", slo) if slo.slice else ""
+    objective = min(s.objective_ratio for s in slos)
+    budgets = [f"{budget * 100:.3g}%" for budget in sorted({s.error_budget for s in slos})]
+    burn_lines = tuple(sorted({(factor, RED if tier == "page" else ORANGE) for tier, _, _, factor in BURN_ALERTS_30D}))
+    windows = [duration_label(w) for w in slo.windows() if w != slo.period_s]
+    return (f"{slo.name}: {slo.description}", (
+        Panel("SLI over the period", f"Share of good events over {slo.period}; the objective is {_objectives(slos)}.",
+              (Query(f"1 - slo:sli_error:ratio_rate{slo.period}{{{selector}}}", stat_legend),), "percentunit", "stat",
+              thresholds=((0, RED), (objective, "green")), width=6),
+        Panel("Error budget remaining", f"Share of the {slo.period} error budget "
+              f"({' to '.join(budgets)} of events) not yet spent.",
+              (Query(f"slo:period_error_budget_remaining:ratio{{{selector}}}", stat_legend),), "percentunit", "stat",
+              thresholds=((-1e9, RED), (0, ORANGE), (0.25, "green")), width=6),
+        Panel("Firing alerts", "Page and ticket alerts of this SLO firing now.",
+              (Query(f'count(ALERTS{{{_alerts_selector(spec, slo)}, alertstate="firing"}}) or vector(0)'),),
+              "short", "stat", thresholds=((1, RED),), width=6),
+        Panel("Current burn rate", "Error ratio over the shortest window divided by the budget: 1 spends "
+              "the budget exactly over the period.",
+              (Query(f"slo:current_burn_rate:ratio{{{selector}}}", stat_legend),), "short", "stat",
+              thresholds=((1, ORANGE), (BURN_ALERTS_30D[0][3], RED)), width=6),
+        Panel("Error budget burn-down", "The budget left over the period; below 0 the SLO is missed.",
+              (Query(f"slo:period_error_budget_remaining:ratio{{{selector}}}", _legend(spec, "remaining", slo)),),
+              "percentunit", thresholds=((0, RED),), threshold_lines=True),
+        Panel("Burn rate by window", "Each alert window's burn rate, with the page (14.4x, 6x) and ticket "
+              "(3x, 1x) lines: an alert fires when both its windows cross its line.",
+              tuple(Query(f"slo:sli_error:ratio_rate{w}{{{selector}}}\n/ on (sloth_id, sloth_service, sloth_slo) "
+                          f"group_left\nslo:error_budget:ratio{{{_slo_selector_static(spec, slo)}{_slice_picks(slo)}}}",
+                          _legend(spec, w, slo)) for w in windows), "short",
+              thresholds=burn_lines, threshold_lines=True, min=0),
+    ))
+
+
+# --- the Tenants table -------------------------------------------------------------------------------
+
+TABLE_ROWS = ("sloth_slo", "model")  # every query of the table is one series per (SLO, tenant): Grafana merges them
+
+
+def _sliced(spec: Spec) -> list[Slo]:
+    return [slo for slo in spec.slos if "model" in slo.slice]
+
+
+def _table_selector(spec: Spec, slos: list[Slo], identity: bool = True) -> str:
+    """The sliced SLOs' recordings (all carry `model`), for the picked tenants and services. SLO names are
+    `[a-z][a-z0-9_-]*`: nothing in them is special in a regular expression."""
+    names = "|".join(sorted({slo.name for slo in slos}))
+    picks = _identity_picks(spec) if identity else ""
+    return f'sloth_service="{spec.service}", sloth_slo=~"{names}"{picks}, {TENANT}'
+
+
+def _per_slo_tenant(aggregation: str, recording: str, selector: str) -> str:
+    """One series per (SLO, tenant): the worst of the picked services' (max error, min budget left)."""
+    return f"{aggregation} by ({', '.join(TABLE_ROWS)}) ({recording}{{{selector}}})"
+
+
+def _on_every_row(spec: Spec, slos: list[Slo], per_tenant: str) -> str:
+    """A per-tenant value (by model) copied onto each of the tenant's (SLO, tenant) rows."""
+    rows = _per_slo_tenant("max", "slo:objective:ratio", _table_selector(spec, slos, identity=False))
+    return f"{rows} * 0\n+ on (model) group_left ()\n{per_tenant}"
+
+
+def _sli_over_period(spec: Spec, slos: list[Slo]) -> str:
+    """1 - the error ratio over each SLO's own period: one recording per period length, joined by `or`."""
+    periods = sorted({(slo.period_s, slo.period) for slo in slos})
+    return "\nor\n".join(
+        "1 - " + _per_slo_tenant("max", f"slo:sli_error:ratio_rate{period}",
+                                 _table_selector(spec, [slo for slo in slos if slo.period == period]))
+        for _, period in periods)
+
+
+def _goodput(spec: Spec) -> str | None:
+    """Per tenant: the share of requests the engine judged good against the goodput SLO's targets, over
+    the dashboard's time range; None without an exact goodput SLO."""
+    slo = next((slo for slo in spec.slos if slo.sli.kind == "goodput" and slo.sli.targets), None)
+    if slo is None:
+        return None
+    judged = f'{SLO_COUNTER}{{slo="{slo.name}", {MODEL}, {TENANT}}}'
+    good = f'{SLO_COUNTER}{{slo="{slo.name}", good="true", {MODEL}, {TENANT}}}'
+    return f"(sum by (model) (increase({good}[$__range]))\n/\nsum by (model) (increase({judged}[$__range])))"
+
+
+def _tenant_cost_per_million() -> str:
+    """Per tenant, across the picked pods: their cost per hour over their millions of tokens per hour (each
+    pod's is its cost per hour over its cost per million tokens), so a busy pod weighs more than an idle one."""
+    per_hour = f"sidecar_tenant_cost_usd_per_hour{{{POD}, {TENANT}}}"
+    per_million = f"sidecar_tenant_cost_usd_per_million_tokens{{{POD}, {TENANT}}}"
+    return f"(sum by (model) ({per_hour})\n/\nsum by (model) ({per_hour} / {per_million}))"
+
+
+def tenants_row(spec: Spec) -> tuple[str, tuple[Panel, ...]] | None:
+    """One table row per (sliced SLO, tenant), worst budget first; None for a spec without sliced SLOs.
+
+    Its rows come from the sliced SLOs' recordings, the only per-tenant SLO series: without slices the
+    SLO columns would be empty, and the engine's per-tenant traffic is on the engine dashboard's Tenants
+    row. Goodput and cost are per tenant, copied onto each of a tenant's rows."""
+    slos = _sliced(spec)
+    if not slos:
+        return None
+    selector = _table_selector(spec, slos)
+    queries = [
+        Query(_per_slo_tenant("max", "slo:objective:ratio", _table_selector(spec, slos, identity=False)),
+              "Objective", instant=True),
+        Query(_sli_over_period(spec, slos), "SLI over the period", instant=True),
+        Query(_per_slo_tenant("min", "slo:period_error_budget_remaining:ratio", selector), "Budget left",
+              instant=True),
+        Query(_per_slo_tenant("max", "slo:current_burn_rate:ratio", selector), "Burn now", instant=True,
+              unit="short"),
+    ]
+    goodput = _goodput(spec)
+    if goodput is not None:
+        queries.append(Query(_on_every_row(spec, slos, goodput), "Goodput", instant=True))
+    queries.append(Query(_on_every_row(spec, slos, _tenant_cost_per_million()), "Cost per 1M tokens", instant=True,
+                         unit="currencyUSD"))
+    table = Panel("SLOs by tenant", "Each sliced SLO for each tenant, least error budget left first: objective, "
+                  "SLI over the period, budget left and burn now (the worst of the picked services), the share of "
+                  "requests that met the goodput targets over the time range, and the tenant's GPU cost per "
+                  "million tokens.", tuple(queries), "percentunit", "table", width=24,
+                  label_columns=(("sloth_slo", "SLO"), ("model", "Tenant")), sort_by="Budget left")
+    return ("Tenants", (table,))
+
+
+def slo_overview(spec: Spec) -> Dashboard:
+    tenants = tenants_row(spec)
+    rows = (*((tenants,) if tenants else ()), *(_slo_row(spec, slos) for slos in _by_name(spec).values()))
     return Dashboard(uid(spec, "slo"), f"{spec.service} / SLOs", "Objectives, error budgets and burn rates.",
-                     tuple(rows))
+                     rows, variables=TENANT_VARIABLES)
 
 
 def _latency_threshold(spec: Spec, histogram: str) -> tuple[tuple[float, str], ...]:
@@ -125,12 +268,12 @@ def engine(spec: Spec) -> Dashboard:
                      "Traffic, latency, tokens and the scheduler of the vLLM engine.", (
         ("Traffic", (
             Panel("Requests by status", "What the API answers, per second, by HTTP status.",
-                  (Query(f"sum by (code) (rate(slo_engine_http_requests_total{{{GENERATION}, {POD}}}"
+                  (Query(f"sum by (code) (rate(slo_engine_http_requests_total{{{GENERATION}, {POD}, {TENANT}}}"
                          f"[$__rate_interval]))", "{{code}}"),), "reqps", min=0),
             Panel("Error ratio", "Share of generation requests answered 5xx.",
-                  (Query(f'sum(rate(slo_engine_http_requests_total{{{GENERATION}, code=~"5..", {POD}}}'
-                         f"[$__rate_interval]))\n/\nsum(rate(slo_engine_http_requests_total{{{GENERATION}, {POD}}}"
-                         f"[$__rate_interval]))", "5xx"),), "percentunit",
+                  (Query(f'sum(rate(slo_engine_http_requests_total{{{GENERATION}, code=~"5..", {POD}, {TENANT}}}'
+                         f"[$__rate_interval]))\n/\nsum(rate(slo_engine_http_requests_total{{{GENERATION}, {POD}, "
+                         f"{TENANT}}}[$__rate_interval]))", "5xx"),), "percentunit",
                   thresholds=_alert_line(spec, "error_ratio_alert"), threshold_lines=True, min=0),
         )),
         ("Latency", (*latency_panels, traced)),
@@ -159,7 +302,54 @@ def engine(spec: Spec) -> Dashboard:
                          f"sum(rate(vllm:iteration_tokens_total_count{{{MODEL}}}[$__rate_interval]))", "tokens/step"),),
                   "short", min=0),
         )),
-    ))
+        ("Phases and sizes", (*_phase_and_size_panels(spec), _finish_reasons())),
+        ("Tenants", _tenant_panels(spec)),
+    ), variables=TENANT_VARIABLES)
+
+
+def _phase_and_size_panels(spec: Spec) -> tuple[Panel, ...]:
+    return tuple(Panel(title, question + " P50, P90 and P99 over the rate interval.", _quantiles(histogram, MODEL),
+                       unit, thresholds=_latency_threshold(spec, histogram), threshold_lines=True, min=0)
+                 for title, histogram, unit, question in PHASES_AND_SIZES)
+
+
+def _finish_reasons() -> Panel:
+    return Panel("Finish reasons", "Why requests ended, per second: stop (a stop token or string), length "
+                 "(max_tokens or the context), abort, error, repetition.",
+                 (Query(f"sum by (finished_reason) (rate(vllm:request_success_total{{{MODEL}}}[$__rate_interval]))",
+                        "{{finished_reason}}"),), "reqps", min=0)
+
+
+def _by_tenant(metric: str, selector: str) -> str:
+    return f"sum by (model) (rate({metric}{{{selector}}}[$__rate_interval]))"
+
+
+def _tenant_panels(spec: Spec) -> tuple[Panel, ...]:
+    """The engine's per-tenant counters (`model`: the served name a request asked for, "unknown" when it
+    named none), for the tenants `$model` picks."""
+    requests, tenant = f"{GENERATION}, {POD}, {TENANT}", f"{POD}, {TENANT}"
+    failed = f'{requests}, code=~"5.."'
+    generated = _by_tenant("slo_engine_generation_tokens_total", tenant)
+    return (
+        Panel("Requests by tenant", "Generation requests per second, by the model or adapter they asked for.",
+              (Query(_by_tenant("slo_engine_http_requests_total", requests), "{{model}}"),), "reqps", min=0),
+        Panel("Error ratio by tenant", "Share of each tenant's generation requests answered 5xx.",
+              (Query(f"{_by_tenant('slo_engine_http_requests_total', failed)}\n/\n"
+                     f"{_by_tenant('slo_engine_http_requests_total', requests)}", "{{model}}"),), "percentunit",
+              thresholds=_alert_line(spec, "error_ratio_alert"), threshold_lines=True, min=0),
+        Panel("Tokens by tenant", "Prompt tokens read and tokens generated per second, by tenant: what each "
+              "tenant's share of the GPU, and so of its cost, is.",
+              (Query(_by_tenant("slo_engine_prompt_tokens_total", tenant), "{{model}} prompt"),
+               Query(generated, "{{model}} generated")), "short", min=0),
+        Panel("Goodput by tenant", "Share of each tenant's generated tokens from requests that met every exact "
+              "latency and goodput target of the spec.",
+              (Query(f"{_by_tenant(GOODPUT_TOKENS, tenant)}\n/\n{generated}", "{{model}}"),), "percentunit",
+              min=0, max=1),
+        Panel("LoRA cold starts", "Requests per minute whose adapter had to be loaded first, by adapter: "
+              "more than --max-loras adapters in turn. 0 for the base model, which never loads.",
+              (Query(f"{_by_tenant('slo_engine_lora_cold_starts_total', tenant)} * 60\nor\n"
+                     f"{_by_tenant('slo_engine_http_requests_total', requests)} * 0", "{{model}}"),), "short", min=0),
+    )
 
 
 def gpu(spec: Spec) -> Dashboard:

@@ -6,18 +6,22 @@ import json
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as builders
-from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common, dashboard as models
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from .model import ALL, VARIABLES, Dashboard, Panel, panel_ids
+from .model import ALL, Dashboard, Panel, Query, panel_ids
 
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 PANEL_HEIGHT = 8
-VARIABLE_SOURCES = {  # variable -> (metric, label) its values come from
-    "namespace": ("sidecar_collector_up", "namespace"),
-    "pod": ('sidecar_collector_up{namespace=~"$namespace"}', "pod"),
-    "model": ("vllm:num_requests_running", "model_name"),
+VARIABLE_SOURCES = {  # variable -> (label shown, metric, label its values come from)
+    "namespace": ("Namespace", "sidecar_collector_up", "namespace"),
+    "pod": ("Pod", 'sidecar_collector_up{namespace=~"$namespace"}', "pod"),
+    "model_name": ("Service model", "vllm:num_requests_running", "model_name"),
+    # The engine's tenants: served names that requests named (and "unknown"), of the picked services.
+    "model": ("Tenant", 'slo_engine_http_requests_total{namespace=~"$namespace", model_name=~"$model_name"}',
+              "model"),
 }
 
 
@@ -27,8 +31,48 @@ def _thresholds(panel: Panel) -> builders.ThresholdsConfig:
     return builders.ThresholdsConfig().mode(models.ThresholdsMode.ABSOLUTE).steps(steps)
 
 
+def _value_column(panel: Panel, index: int) -> str:
+    """The field Grafana names a table query's value: "Value", or "Value #<refId>" beside other queries."""
+    return "Value" if len(panel.queries) == 1 else f"Value #{_ref_id(index)}"
+
+
+def _ref_id(index: int) -> str:
+    return chr(ord("A") + index)
+
+
+def _table(panel: Panel, builder: table.Panel) -> table.Panel:
+    """Instant queries merged into one row per label set, the label columns first, named, sorted.
+
+    Grafana's merge joins rows whose shared fields (the labels, and the one instant timestamp) are
+    equal; organize then hides the timestamp and names the value columns after their queries."""
+    columns = [*(label for label, _ in panel.label_columns),
+               *(_value_column(panel, i) for i in range(len(panel.queries)))]
+    titles = {**dict(panel.label_columns),
+              **{_value_column(panel, i): query.legend for i, query in enumerate(panel.queries)}}
+    builder = builder.with_transformation(models.DataTransformerConfig(id_val="merge", options={}))
+    builder = builder.with_transformation(models.DataTransformerConfig(id_val="organize", options={
+        "excludeByName": {"Time": True}, "indexByName": {name: i for i, name in enumerate(columns)},
+        "renameByName": titles}))
+    for query in panel.queries:
+        if query.unit:
+            builder = builder.override_by_name(query.legend, [models.DynamicConfigValue("unit", query.unit)])
+    if panel.sort_by:
+        builder = builder.sort_by([common_builders.TableSortByFieldState().display_name(panel.sort_by).desc(False)])
+    return builder
+
+
+def _target(query: Query, index: int) -> prometheus.Dataquery:
+    target = (prometheus.Dataquery().expr(query.expr).legend_format(query.legend or "__auto")
+              .ref_id(_ref_id(index)).datasource(DATASOURCE))
+    if query.exemplars:
+        target = target.exemplar(True)
+    if query.instant:
+        target = target.instant().format(PromQueryFormat.TABLE)
+    return target
+
+
 def _panel(panel: Panel, panel_id: int, x: int, y: int):
-    builder = (stat.Panel() if panel.kind == "stat" else timeseries.Panel())
+    builder = {"stat": stat.Panel, "table": table.Panel}.get(panel.kind, timeseries.Panel)()
     builder = (builder.id(panel_id).title(panel.title).description(panel.description).unit(panel.unit)
                .datasource(DATASOURCE).thresholds(_thresholds(panel))
                .grid_pos(models.GridPos(h=PANEL_HEIGHT, w=panel.width, x=x, y=y)))
@@ -36,15 +80,13 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int):
         builder = builder.min(panel.min)
     if panel.max is not None:
         builder = builder.max(panel.max)
-    if panel.kind != "stat" and panel.threshold_lines:
+    if panel.kind == "timeseries" and panel.threshold_lines:
         builder = builder.thresholds_style(
             common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.LINE))
+    if panel.kind == "table":
+        builder = _table(panel, builder)
     for i, query in enumerate(panel.queries):
-        target = (prometheus.Dataquery().expr(query.expr).legend_format(query.legend or "__auto")
-                  .ref_id(chr(ord("A") + i)).datasource(DATASOURCE))
-        if query.exemplars:
-            target = target.exemplar(True)
-        builder = builder.with_target(target)
+        builder = builder.with_target(_target(query, i))
     return builder
 
 
@@ -52,10 +94,10 @@ def to_grafana(board: Dashboard, others: list[Dashboard]) -> dict:
     builder = (builders.Dashboard(board.title).uid(board.uid).description(board.description)
                .tags(list(board.tags)).editable().time("now-1h", "now").refresh("30s").timezone("browser"))
     builder = builder.with_variable(builders.DatasourceVariable("datasource").label("Data source").type("prometheus"))
-    for name in VARIABLES:
-        metric, label = VARIABLE_SOURCES[name]
+    for name in board.variables:
+        title, metric, label = VARIABLE_SOURCES[name]
         builder = builder.with_variable(
-            builders.QueryVariable(name).label(name.capitalize()).datasource(DATASOURCE)
+            builders.QueryVariable(name).label(title).datasource(DATASOURCE)
             .query(f"label_values({metric}, {label})").multi(True).include_all(True).all_value(ALL)
             .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED))
     y, ids = 0, panel_ids(board)

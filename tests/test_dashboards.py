@@ -1,22 +1,46 @@
-"""Generated Grafana dashboards: committed and fresh, current schema, thresholds taken from the spec."""
+"""Generated Grafana dashboards: committed and fresh, current schema, thresholds taken from the spec,
+queries on series that exist, tenants picked only where a series has a tenant."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shutil
+import subprocess
+from functools import cache
 
-from dashboards.definitions import dashboards
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from dashboards.definitions import dashboards, slo_overview
 from dashboards.grafana import render
-from dashboards.model import expand
+from dashboards.model import Dashboard, expand
 from slo_spec.load import DEFAULT_SPEC, load_spec
-from tests.helpers import REPO
+from slo_spec.model import Matcher, Spec
+from tests.helpers import REPO, VLLM_EXPOSITION
 
 COMMITTED = REPO / "dashboards" / "generated"
 SPEC = load_spec(str(DEFAULT_SPEC))
+TENANTS = ("medical", "other")  # "other": the slice of every tenant the spec does not name
 
 
-def boards() -> dict[str, dict]:
-    return {name: json.loads(text) for name, text in render(dashboards(SPEC)).items()}
+def sliced_spec(names: tuple[str, ...] = ("ttft", "goodput")) -> Spec:
+    """The default spec with `names` sliced by tenant, as the spec's `slice_by: [model]` expands them."""
+    slos = []
+    for slo in SPEC.slos:
+        slices = [{"model": tenant} for tenant in TENANTS] if slo.name in names else [{}]
+        slos += [dataclasses.replace(slo, slice=piece) for piece in slices]
+    return dataclasses.replace(SPEC, slos=tuple(slos))
+
+
+SLICED = sliced_spec()
+
+
+def boards(spec: Spec = SPEC) -> dict[str, dict]:
+    return {name: json.loads(text) for name, text in render(dashboards(spec)).items()}
 
 
 def panels(board: dict) -> list[dict]:
@@ -48,7 +72,8 @@ def test_current_schema_stable_uids_variables_and_links():
     for board in generated.values():
         assert board["schemaVersion"] == 41
         names = [variable["name"] for variable in board["templating"]["list"]]
-        assert names == ["datasource", "namespace", "pod", "model"]
+        tenants = ["model"] if board["uid"].endswith(("-slo", "-engine")) else []
+        assert names == ["datasource", "namespace", "pod", "model_name", *tenants]
         assert len(board["links"]) == 3 and all(link["url"].startswith("/d/") for link in board["links"])
         ids = [panel["id"] for panel in board["panels"]]
         assert len(ids) == len(set(ids))
@@ -79,8 +104,285 @@ def test_thresholds_come_from_the_spec():
 
 
 def test_latency_percentiles_are_quantiles_of_summed_rates():
-    for title in ("Time to first token", "Inter-token latency", "End-to-end latency", "Queue time"):
+    for title in ("Time to first token", "Inter-token latency", "End-to-end latency", "Queue time", "Prefill time",
+                  "Decode time", "Prompt length", "Generation length", "Max generation tokens"):
         panel = by_title(title)
         for target in panel["targets"]:
             assert re.fullmatch(r"histogram_quantile\(0\.\d+, sum by \(le\) \(rate\(vllm:\w+_bucket\{.*\}"
                                 r"\[\$__rate_interval\]\)\)\)", target["expr"]), target["expr"]
+
+
+# --- the series every query reads -------------------------------------------------------------------
+
+SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^{}]*)\}")
+MATCHER = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+# What the sidecar serves per tenant (issue 16), all labelled `model` (sidecar/cost.py, TENANT_LABEL).
+SIDECAR_TENANT_SERIES = ("sidecar_tenant_cost_usd_per_hour", "sidecar_tenant_cost_usd_per_million_tokens")
+SERVICE_LABELS = {"namespace", "pod", "job", "instance"}  # target labels Prometheus adds to every scraped series
+
+
+def selectors(expr: str) -> list[tuple[str, list[Matcher]]]:
+    """Every `metric{matchers}` of a query, its matchers as the spec's Matcher (which matches as Prometheus does)."""
+    return [(metric, [Matcher(label, op, value) for label, op, value in MATCHER.findall(body)])
+            for metric, body in SELECTOR.findall(expr)]
+
+
+@cache
+def vllm_series() -> dict[str, frozenset[str]]:
+    """{sample name: label names} of a real vLLM's /metrics (the fixture)."""
+    series: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(VLLM_EXPOSITION.read_text()):
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
+    return {name: frozenset(labels | SERVICE_LABELS) for name, labels in series.items()}
+
+
+@cache
+def engine_series() -> dict[str, frozenset[str]]:
+    """{sample name: label names} of the engine's own series, from its real metric objects (every one also
+    carries `model_name`, added at exposition: engine.metrics.ConstantLabels)."""
+    from engine.metrics import ServerMetrics
+    from engine.slo_judge import SloJudge
+
+    registry = CollectorRegistry()
+    ServerMetrics(registry)
+    SloJudge(SPEC, registry)
+    return {name: frozenset({*collector._labelnames, "model_name", *SERVICE_LABELS})
+            for name, collector in registry._names_to_collectors.items()}
+
+
+@cache
+def recorded_names() -> frozenset[str]:
+    """The recordings the rule generator writes for the default spec."""
+    from alerts.render import render as render_rules
+
+    return frozenset(rule["record"] for name, text in render_rules(SPEC).items() if name.endswith(".rules.yaml")
+                     for group in yaml.safe_load(text)["groups"] for rule in group["rules"] if "record" in rule)
+
+
+def series_labels(spec: Spec, metric: str, matchers: list[Matcher]) -> frozenset[str] | None:
+    """The labels the series a selector reads carry; None for a series nobody serves.
+
+    SLO recordings carry the sloth labels and the identity, and a sliced SLO's also its slice (`model`,
+    issue 16); firing alerts may lack `model` (an absent() alert has only its rule's labels)."""
+    if metric.startswith("vllm:"):
+        return vllm_series().get(metric)
+    if metric.startswith("slo_engine_"):
+        return engine_series().get(metric)
+    if metric in SIDECAR_TENANT_SERIES:
+        return frozenset({"model", *SERVICE_LABELS})
+    if metric in recorded_names() or metric == "ALERTS":
+        picked = [slo for slo in spec.slos
+                  if all(m.matches({"sloth_slo": slo.name}) for m in matchers if m.label == "sloth_slo")]
+        sliced = metric != "ALERTS" and bool(picked) and all("model" in slo.slice for slo in picked)
+        return frozenset({"sloth_id", "sloth_service", "sloth_slo", *spec.identity, *(("model",) if sliced else ())})
+    return None
+
+
+def every_selector(spec: Spec) -> list[tuple[Dashboard, str, str, list[Matcher]]]:
+    return [(board, panel.title, metric, matchers) for board in dashboards(spec) for panel in board.panels()
+            for query in panel.queries for metric, matchers in selectors(query.expr)]
+
+
+@pytest.mark.parametrize("spec", [SPEC, SLICED], ids=["default", "sliced"])
+def test_engine_slo_and_tenant_series_read_exist(spec: Spec):
+    """vLLM's against a real vLLM's /metrics, the engine's against its metric objects, the recordings
+    against the rule generator's, the sidecar's tenant costs against its source."""
+    sidecar_source = "".join(path.read_text() for path in (REPO / "sidecar").glob("*.py"))
+    checked = set()
+    for _, title, metric, matchers in every_selector(spec):
+        if metric.startswith(("vllm:", "slo_engine_", "slo:", "sidecar_tenant_")):
+            assert series_labels(spec, metric, matchers) is not None, f"{title}: nobody serves {metric}"
+            checked.add(metric)
+        if metric.startswith("sidecar_tenant_"):
+            assert f'"{metric}"' in sidecar_source, metric
+    for wanted in ("vllm:request_prefill_time_seconds_bucket", "vllm:request_decode_time_seconds_bucket",
+                   "vllm:request_prompt_tokens_bucket", "vllm:request_generation_tokens_bucket",
+                   "vllm:request_max_num_generation_tokens_bucket", "vllm:request_success_total",
+                   "slo_engine_lora_cold_starts_total", "slo_engine_prompt_tokens_total",
+                   "slo_engine_generation_tokens_total", "slo_engine_goodput_tokens_total"):
+        assert wanted in checked, wanted
+
+
+def test_finish_reasons_by_vllms_label():
+    (query,) = by_title("Finish reasons")["targets"]
+    assert query["expr"].startswith("sum by (finished_reason) (rate(vllm:request_success_total{")
+    assert "finished_reason" in vllm_series()["vllm:request_success_total"]
+
+
+@pytest.mark.parametrize("spec", [SPEC, SLICED], ids=["default", "sliced"])
+def test_tenant_matcher_only_where_the_series_has_a_tenant(spec: Spec):
+    """A matcher on `model` reads a missing label as "": on a series without it, picking a tenant would
+    empty the panel. So a tenant matcher is on series with `model` only, or also matches "" there; and
+    every series with `model` is filtered by the tenants picked, on a dashboard that offers `$model`."""
+    for board, title, metric, matchers in every_selector(spec):
+        labels = series_labels(spec, metric, matchers)
+        tenant = [m for m in matchers if m.label == "model"]
+        for matcher in tenant:
+            assert labels is not None, f"{title}: {metric} filtered by tenant, but nobody serves it"
+            picked = Matcher(matcher.label, matcher.op, expand(matcher.value, values={"model": "medical"}))
+            assert "model" in labels or picked.matches({}), f"{title}: {metric} has no `model` to filter by"
+        if labels is not None and "model" in labels:
+            assert [m.value for m in tenant] == ["$model"], f"{title}: {metric} is not filtered by tenant"
+            assert "model" in board.variables, f"{board.title} reads {metric} but offers no $model"
+
+
+@pytest.mark.parametrize("spec", [SPEC, SLICED], ids=["default", "sliced"])
+def test_picking_a_tenant_keeps_unsliced_slos_and_that_tenants_slices(spec: Spec):
+    """Each SLO row's recordings, with $model on "medical": an unsliced SLO's series (no `model`) still
+    match; of a sliced SLO's, medical's and no other tenant's."""
+    board = slo_overview(spec)
+    for slo in spec.slos:
+        series = {"sloth_service": spec.service, "sloth_slo": slo.name, "sloth_id": f"{spec.service}-{slo.key}",
+                  "namespace": "ns", "model_name": "base", **slo.slice}
+        (panels,) = [panels for title, panels in board.rows if title.startswith(f"{slo.name}: ")]
+        for panel in panels:
+            for query in panel.queries:
+                for metric, matchers in selectors(expand(query.expr, values={"model": "medical"})):
+                    if metric.startswith("slo:sli_error:") or metric in ("slo:current_burn_rate:ratio",
+                                                                          "slo:period_error_budget_remaining:ratio"):
+                        shown = all(m.matches(series) for m in matchers)
+                        assert shown == (slo.slice.get("model", "medical") == "medical"), (slo.key, query.expr)
+
+
+# --- variables and the tenant table ---------------------------------------------------------------
+
+def variable(board: dict, name: str) -> dict:
+    return next(v for v in board["templating"]["list"] if v["name"] == name)
+
+
+@pytest.mark.parametrize("spec", [SPEC, SLICED], ids=["default", "sliced"])
+def test_tenant_variable_on_every_engine_and_slo_dashboard(spec: Spec):
+    generated = boards(spec)
+    for kind in ("slo", "engine"):
+        board = generated[f"slo-sidecar-{spec.service}-{kind}.json"]
+        tenant, service = variable(board, "model"), variable(board, "model_name")
+        assert (tenant["label"], tenant["multi"], tenant["includeAll"], tenant["allValue"]) == ("Tenant", True, True,
+                                                                                                ".*")
+        assert re.fullmatch(r"label_values\(slo_engine_http_requests_total(\{.*\})?, model\)", tenant["query"])
+        assert service["label"] == "Service model"
+        assert service["query"] == "label_values(vllm:num_requests_running, model_name)"
+    for board in dashboards(spec):  # and a dashboard asks only for the variables it offers
+        used = {name for panel in board.panels() for query in panel.queries
+                for name in re.findall(r"\$(\w+)", query.expr) if not name.startswith("__")}
+        assert used <= set(board.variables), (board.title, used)
+
+
+def test_expand_reads_whole_variable_names():
+    assert expand('{model_name=~"$model_name", model=~"$model|"}', values={"model": "medical"}) == \
+        '{model_name=~".*", model=~"medical|"}'
+
+
+def tenant_tables(spec: Spec) -> list[dict]:
+    board = boards(spec)[f"slo-sidecar-{spec.service}-slo.json"]
+    return [panel for panel in panels(board) if panel["type"] == "table"]
+
+
+def test_tenant_table_only_for_a_spec_with_sliced_slos():
+    assert tenant_tables(SPEC) == []
+    assert [title for title, _ in slo_overview(SPEC).rows if title == "Tenants"] == []
+    assert [title for title, _ in slo_overview(SLICED).rows][0] == "Tenants"
+    assert len(tenant_tables(SLICED)) == 1
+    # The rows per SLO: one per name, a sliced SLO's tenants together in it (alerts link rows by name).
+    assert len(slo_overview(SLICED).rows) == 1 + len({slo.name for slo in SLICED.slos})
+
+
+def test_tenant_table_one_row_per_slo_and_tenant_worst_first():
+    (table,) = tenant_tables(SLICED)
+    targets = table["targets"]
+    assert all(t["instant"] and t["format"] == "table" for t in targets)
+    organize = next(t["options"] for t in table["transformations"] if t["id"] == "organize")
+    assert [t["id"] for t in table["transformations"]] == ["merge", "organize"]
+    columns = sorted(organize["indexByName"], key=organize["indexByName"].get)
+    assert [organize["renameByName"][c] for c in columns] == [
+        "SLO", "Tenant", "Objective", "SLI over the period", "Budget left", "Burn now", "Goodput", "Cost per 1M tokens"]
+    assert table["options"]["sortBy"] == [{"displayName": "Budget left", "desc": False}]
+    # Grafana's merge makes one row of equal label sets: every query is one series per (SLO, tenant).
+    for target in targets:
+        assert re.match(r"(1 - )?(max|min) by \(sloth_slo, model\) \(slo:", target["expr"]), target["expr"]
+    units = {o["matcher"]["options"]: o["properties"][0]["value"] for o in table["fieldConfig"]["overrides"]}
+    assert units == {"Burn now": "short", "Cost per 1M tokens": "currencyUSD"}
+    assert table["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert 'slo_engine_slo_requests_total{slo="goodput", good="true"' in targets[4]["expr"]
+
+
+def test_tenant_table_without_a_goodput_slo_has_no_goodput_column():
+    spec = dataclasses.replace(SLICED, slos=tuple(slo for slo in SLICED.slos if slo.sli.kind != "goodput"))
+    (table,) = tenant_tables(spec)
+    assert "Goodput" not in next(t["options"] for t in table["transformations"]
+                                 if t["id"] == "organize")["renameByName"].values()
+
+
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
+                                    reason="promtool (Debian package prometheus) not installed")
+
+
+def promtool_series(spec: Spec) -> list[dict]:
+    """What Prometheus would hold for SLICED: its SLOs' recordings (medical's budget the lowest), the
+    engine's goodput verdicts (medical 95% good, and "chat", a tenant the spec does not name, with no row
+    of its own) and two pods' tenant costs (medical's: $3 an hour over 1.5M tokens an hour)."""
+    series = []
+    for slo in spec.slos:
+        labels = {"sloth_id": f"{spec.service}-{slo.key}", "sloth_service": spec.service, "sloth_slo": slo.name,
+                  **slo.slice}
+        budget_left = 0.25 if slo.slice.get("model") == "medical" else 0.75
+        service = {**labels, "namespace": "ns", "model_name": "base"}
+        series += [(labels, "slo:objective:ratio", slo.objective_ratio),
+                   (service, f"slo:sli_error:ratio_rate{slo.period}", 0.75 * slo.error_budget + 0.25 * budget_left),
+                   (service, "slo:period_error_budget_remaining:ratio", budget_left),
+                   (service, "slo:current_burn_rate:ratio", 2.0)]
+    engine = {"namespace": "ns", "pod": "a", "model_name": "base"}
+    for model, good in (("medical", 57), ("chat", 30)):
+        for verdict, per_minute in (("true", good), ("false", 60 - good)):
+            series.append(({**engine, "slo": "goodput", "good": verdict, "model": model},
+                           "slo_engine_slo_requests_total", f"0+{per_minute}x120"))
+    for pod, per_hour, per_million in (("a", 2, 4), ("b", 1, 1)):
+        for metric, value in (("sidecar_tenant_cost_usd_per_hour", per_hour),
+                              ("sidecar_tenant_cost_usd_per_million_tokens", per_million)):
+            series.append(({"namespace": "ns", "pod": pod, "model": "medical"}, metric, value))
+    return [{"series": metric + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}",
+             "values": values if isinstance(values, str) else f"{values}x120"} for labels, metric, values in series]
+
+
+@needs_promtool
+def test_tenant_table_queries_in_promtool(tmp_path):
+    """The table's queries over synthetic series, with every tenant and with one picked: a row per sliced
+    (SLO, tenant), goodput and cost on each of medical's rows, nothing for an unsliced SLO."""
+    (table,) = [panel for title, panels in slo_overview(SLICED).rows if title == "Tenants" for panel in panels]
+    sliced = sorted({(slo.name, slo.slice["model"]) for slo in SLICED.slos if slo.slice})
+    objective = {slo.key: slo.objective_ratio for slo in SLICED.slos}
+    expected = {  # column -> {(slo, tenant): value}
+        "Objective": {(name, t): objective[f"{name}/{t}"] for name, t in sliced},
+        "Budget left": {(name, t): 0.25 if t == "medical" else 0.75 for name, t in sliced},
+        "Burn now": {row: 2.0 for row in sliced},
+        "Goodput": {(name, t): 0.95 for name, t in sliced if t == "medical"},
+        "Cost per 1M tokens": {(name, t): 2.0 for name, t in sliced if t == "medical"},
+    }
+    tests = []
+    for query in table.queries:
+        if query.legend not in expected:
+            continue
+        for tenant in (".*", "medical"):
+            rows = {row: value for row, value in expected[query.legend].items() if re.fullmatch(tenant, row[1])}
+            tests.append({"expr": expand(query.expr, range_="1h", values={"model": tenant}), "eval_time": "100m",
+                          "exp_samples": [{"labels": f'{{sloth_slo="{name}", model="{t}"}}', "value": value}
+                                          for (name, t), value in sorted(rows.items())]})
+    assert len(tests) == 2 * len(expected)
+    path = tmp_path / "tenants.test.yaml"
+    path.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": promtool_series(SLICED), "promql_expr_test": tests}]}))
+    result = subprocess.run(["promtool", "test", "rules", path.name], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_every_query_parses_in_promtool(tmp_path):
+    """Every query, with all tenants and with one picked, as the expression of a rule promtool checks."""
+    exprs = [expand(query.expr, values=values) for spec in (SPEC, SLICED) for board in dashboards(spec)
+             for panel in board.panels() for query in panel.queries for values in ({}, {"model": "medical"})]
+    rules = [{"record": f"dashboard:query_{i}:check", "expr": expr} for i, expr in enumerate(exprs)]
+    path = tmp_path / "queries.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
