@@ -1,13 +1,15 @@
-"""`slo-sidecar demo`: the whole pod on one machine, a failure burst, and the page it causes.
+"""`slo-sidecar demo`: the whole pod on one machine, two tenants, a failure burst on one, and its page.
 
 Real processes talking HTTP on loopback: the vLLM engine on the embedded tiny
-model, the sidecar beside it (with one fake GPU, named as such, since this
-machine has none), Prometheus with the rules generated from the SLO spec, and
+model with two LoRA adapters (the tenants medical and legal), the sidecar
+beside it (with one fake GPU, named as such, since this machine has none),
+Prometheus with the rules generated from the SLO spec sliced per tenant, and
 Alertmanager with the generated routing, which the page goes through.
-It gates the engine with `validate`, drives a load, injects a burst of
-failures, and shows burn rates climbing and the page alert going pending,
-then firing, in Prometheus. It writes the rules, dashboards and preview pages
-and stops every process it started on exit, Ctrl-C included.
+It gates the engine with `validate` per tenant, drives a load on both, injects
+a burst of failures into legal's requests alone, and shows legal's burn rates
+climbing and its page going pending, then firing, while medical's budget stays
+whole. It writes the rules, dashboards and preview pages and stops every
+process it started on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ from pathlib import Path
 
 import aiohttp
 
+import yaml
+
 from iokit.arguments import positive
 from iokit.files import write_atomically
 from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
 from slo_spec.model import Slo, Spec
+from slo_spec.slicing import sliced_document
 
 from alerts.render import ALERTMANAGER_FILE
+from alerts.rules import slo_id
 
 from .processes import AlertmanagerProcess, EngineProcess, PrometheusProcess, SidecarProcess
 
@@ -39,6 +45,11 @@ HEALTHY_S, BURST_MAX_S, RECOVERY_S, VIEW_EVERY_S = 30, 240, 30, 5
 BURST_ERROR_RATIO = 0.5
 CLIENTS = 6  # above the engine's 4 slots, so a queue forms
 ENGINE_ARGS = ("--max-num-seqs", "4", "--max-waiting-requests", "32")
+# The tenants: LoRA adapters of the embedded model, built on first use. Failures go to FAILING alone; the
+# availability objectives differ (legal's is looser), as tenants' contracts do.
+TENANTS = ("medical", "legal")
+FAILING, HEALTHY = "legal", "medical"
+TENANT_OBJECTIVES = {"availability": {"medical": 99.9, "legal": 99.0}}
 
 
 def step(number: int, text: str) -> None:
@@ -58,28 +69,33 @@ def write_generated(spec: Spec, out: Path) -> list[Path]:
 
 
 class LiveView:
-    """A line every few seconds from Prometheus: traffic, the SLO's burn rates, its page alert, the queue."""
+    """A line every few seconds from Prometheus: traffic, and per watched slice (a tenant's SLO) its burn
+    rates, budget and page alert; the queue."""
 
-    def __init__(self, prometheus: PrometheusProcess, spec: Spec, slo: Slo):
-        self.prometheus, self.slo = prometheus, slo
-        selector = f'sloth_service="{spec.service}", sloth_slo="{slo.name}"'
-        budget = slo.error_budget
-        self.queries = {
-            "req/s": 'sum(rate(slo_engine_http_requests_total{endpoint=~"/v1/.*"}[30s]))',
-            "errors": f"slo:sli_error:ratio_rate5m{{{selector}}}",
-            "burn 5m": f"slo:sli_error:ratio_rate5m{{{selector}}} / {budget}",
-            "burn 1h": f"slo:sli_error:ratio_rate1h{{{selector}}} / {budget}",
-            "budget": f"slo:period_error_budget_remaining:ratio{{{selector}}}",
-            "sidecar 5m": f'slo_burn_rate{{slo="{slo.name}", window="5m"}}',
-            "queue": "sum(vllm:num_requests_waiting)",
-        }
-        self.alert = f'ALERTS{{alertname="{slo.alert_name}", tier="page"}}'
-        self.states_seen: dict[str, float] = {}
+    def __init__(self, prometheus: PrometheusProcess, spec: Spec, slos: list[Slo]):
+        self.prometheus, self.slos = prometheus, slos
+        self.queries = {"req/s": 'sum(rate(slo_engine_http_requests_total{endpoint=~"/v1/.*"}[30s]))'}
+        self.alerts: dict[str, str] = {}
+        for slo in slos:
+            selector = f'sloth_id="{slo_id(spec, slo)}"'
+            who = self.who(slo)
+            self.queries |= {
+                f"{who} burn 5m": f"slo:sli_error:ratio_rate5m{{{selector}}} / {slo.error_budget}",
+                f"{who} burn 1h": f"slo:sli_error:ratio_rate1h{{{selector}}} / {slo.error_budget}",
+                f"{who} budget": f"slo:period_error_budget_remaining:ratio{{{selector}}}",
+            }
+            self.alerts[who] = f'ALERTS{{alertname="{slo.alert_name}", tier="page", {selector}}}'
+        self.queries["queue"] = "sum(vllm:num_requests_waiting)"
+        self.states_seen: dict[str, dict[str, float]] = {self.who(slo): {} for slo in slos}
         self.has_data = False  # Prometheus has the rules' first values (burn 1h, budget)
 
+    @staticmethod
+    def who(slo: Slo) -> str:
+        return next(iter(slo.slice.values()), slo.name)
+
     def header(self) -> str:
-        return f"  {'time':>6} {'req/s':>6} {'errors':>7} {'burn 5m':>8} {'burn 1h':>8} {'budget':>7} " \
-               f"{'sidecar 5m':>10} {'page alert':>11} {'queue':>5}  what is happening"
+        tenants = "".join(f" | {self.who(slo) + ': burn 5m, 1h, budget, page':>38}" for slo in self.slos)
+        return f"  {'time':>6} {'req/s':>6}{tenants} | {'queue':>5}  what is happening"
 
     def _ask(self, expr: str) -> list[dict] | None:
         """The query's result; None when Prometheus did not answer in time (on 2 busy cores it
@@ -94,8 +110,8 @@ class LiveView:
         result = self._ask(expr)
         return math.nan if result is None else float(result[0]["value"][1]) if result else None
 
-    def page_state(self) -> str:
-        result = self._ask(self.alert)
+    def page_state(self, who: str) -> str:
+        result = self._ask(self.alerts[who])
         if result is None:
             return "?"
         states = {item["metric"]["alertstate"] for item in result}
@@ -103,41 +119,57 @@ class LiveView:
 
     def line(self, elapsed: float, phase: str) -> str:
         values = {name: self.value(expr) for name, expr in self.queries.items()}
-        self.has_data = self.has_data or all(values[name] is not None and not math.isnan(values[name])
-                                             for name in ("burn 1h", "budget"))
-        state = self.page_state()
-        if state != "?":
-            self.states_seen.setdefault(state, elapsed)
+        self.has_data = self.has_data or all(
+            values[name] is not None and not math.isnan(values[name])
+            for name in values if name.endswith(("burn 1h", "budget")))
 
         def show(name: str, form: str) -> str:
             value = values[name]
             return "-" if value is None else "?" if math.isnan(value) else form.format(value)
 
-        return (f"  {elapsed:5.0f}s {show('req/s', '{:.1f}'):>6} {show('errors', '{:.1%}'):>7} "
-                f"{show('burn 5m', '{:.1f}x'):>8} {show('burn 1h', '{:.1f}x'):>8} {show('budget', '{:.1%}'):>7} "
-                f"{show('sidecar 5m', '{:.1f}x'):>10} "
-                f"{state:>11} {show('queue', '{:.0f}'):>5}  {phase}")
+        cells = [f"  {elapsed:5.0f}s {show('req/s', '{:.1f}'):>6}"]
+        for slo in self.slos:
+            who = self.who(slo)
+            state = self.page_state(who)
+            if state != "?":
+                self.states_seen[who].setdefault(state, elapsed)
+            cells.append(f"{show(f'{who} burn 5m', '{:.1f}x'):>8} {show(f'{who} burn 1h', '{:.1f}x'):>8} "
+                         f"{show(f'{who} budget', '{:.1%}'):>8} {state:>10}")
+        cells.append(f"{show('queue', '{:.0f}'):>5}  {phase}")
+        return " | ".join(cells)
+
+
+def tenant_spec(source: str, out: Path) -> Path:
+    """The spec at `source` sliced per tenant (the demo's tenants, their own availability objectives),
+    written to out/slo.yaml: the file the sidecar, the rules and the dashboards read."""
+    with open(source, encoding="utf-8") as handle:
+        document = yaml.safe_load(handle)
+    path = out / "slo.yaml"
+    write_atomically(path, "# The demo's SLO spec: " + source + ", each SLO judged per tenant.\n" + yaml.safe_dump(
+        sliced_document(document, TENANTS, TENANT_OBJECTIVES), sort_keys=False))
+    return path
 
 
 async def drive_load(engine: EngineProcess, view: LiveView) -> None:
     """Clients at a steady rate; healthy, then a failure burst until the page fires, then healed."""
     stop = asyncio.Event()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async def client() -> None:
+        async def client(model: str) -> None:
             while not stop.is_set():
                 try:
                     async with session.post(engine.url + "/v1/completions", json={
-                            "prompt": "the error budget", "max_tokens": 24, "ignore_eos": True}) as response:
+                            "model": model, "prompt": "the error budget", "max_tokens": 24,
+                            "ignore_eos": True}) as response:
                         await response.read()
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.1)
 
         async def faults(ratio: float) -> None:
-            async with session.post(engine.faults_url, json={"error_ratio": ratio},
+            async with session.post(engine.faults_url, json={"error_ratio": ratio, "model": FAILING},
                                     headers=engine.admin_headers) as response:
                 response.raise_for_status()
 
-        clients = [asyncio.create_task(client()) for _ in range(CLIENTS)]
+        clients = [asyncio.create_task(client(TENANTS[i % len(TENANTS)])) for i in range(CLIENTS)]
         print("  (lines start once Prometheus has evaluated the rules; every series the SLIs read exists at 0 "
               "from the first scrape, so a healthy service reads burn 0.0x and budget 100% from then on)")
         print(view.header(), flush=True)
@@ -151,11 +183,11 @@ async def drive_load(engine: EngineProcess, view: LiveView) -> None:
                     await faults(BURST_ERROR_RATIO)
                     burst_at = elapsed
                 if recovered_at is None and burst_at is not None and (
-                        "firing" in view.states_seen or elapsed - burst_at > BURST_MAX_S):
+                        "firing" in view.states_seen[FAILING] or elapsed - burst_at > BURST_MAX_S):
                     await faults(0.0)
                     recovered_at = elapsed
                 phase = ("healthy" if burst_at is None else
-                         f"burst: {BURST_ERROR_RATIO:.0%} of requests fail" if recovered_at is None else
+                         f"burst: {BURST_ERROR_RATIO:.0%} of {FAILING}'s requests fail" if recovered_at is None else
                          "healed: no new errors; the burst stays in the windows")
                 line = await asyncio.to_thread(view.line, elapsed, phase)
                 if view.has_data or burst_at is not None:
@@ -168,32 +200,38 @@ async def drive_load(engine: EngineProcess, view: LiveView) -> None:
             await faults(0.0)
 
 
-def report_routing(manager: AlertmanagerProcess, alert: str, wait_s: float = 30.0) -> bool:
-    """Whether the page reached Alertmanager's page receiver (Prometheus sends within a few seconds);
-    prints what each receiver holds and what the page's inhibition holds back."""
+def report_routing(manager: AlertmanagerProcess, alert: str, tenant: str, wait_s: float = 30.0) -> bool:
+    """Whether the tenant's page reached Alertmanager's page receiver (Prometheus sends within a few
+    seconds); prints what each receiver holds (alert and tenant) and what the page's inhibition holds back."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
             groups = manager.groups(inhibited=False)
-            held = [a["labels"]["alertname"] + " (" + a["labels"].get("tier", "?") + ")" for a in manager.alerts()
+            held = [_named(a["labels"]) + " (" + a["labels"].get("tier", "?") + ")" for a in manager.alerts()
                     if a["status"]["inhibitedBy"]]
         except (OSError, RuntimeError):
             groups, held = [], []
         by_receiver: dict[str, list[str]] = {}
         for group in groups:
             by_receiver.setdefault(group["receiver"]["name"], []).extend(
-                a["labels"]["alertname"] for a in group["alerts"])
-        if alert in by_receiver.get("page", []) or time.monotonic() > deadline:
+                _named(a["labels"]) for a in group["alerts"])
+        page = _named({"alertname": alert, "model": tenant})
+        if page in by_receiver.get("page", []) or time.monotonic() > deadline:
             break
         time.sleep(1.0)
     for receiver, alerts in sorted(by_receiver.items()):
         print(f"  Alertmanager: receiver {receiver!r} notified of {', '.join(sorted(set(alerts)))}")
     if held:
         print(f"  Alertmanager: held back by the page (inhibited): {', '.join(sorted(set(held)))}")
-    if alert not in by_receiver.get("page", []):
-        print(f"  Alertmanager: the page {alert} did not reach the 'page' receiver within {wait_s:.0f} s")
+    if page not in by_receiver.get("page", []):
+        print(f"  Alertmanager: the page {page} did not reach the 'page' receiver within {wait_s:.0f} s")
         return False
     return True
+
+
+def _named(labels: dict[str, str]) -> str:
+    """An alert as the demo prints it: its name, and its tenant where it has one."""
+    return labels["alertname"] + (f"{{model={labels['model']}}}" if "model" in labels else "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -217,28 +255,37 @@ def run_demo(args: argparse.Namespace) -> int:
     from alerts.rules import PAGE_FOR
     from dashboards.definitions import dashboards
 
+    out = Path(args.out).resolve()
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     try:
-        spec = load_spec(args.slo or str(DEFAULT_SPEC))
+        load_spec(args.slo or str(DEFAULT_SPEC))  # its errors name the file given, not the sliced copy
+        spec_path = tenant_spec(args.slo or str(DEFAULT_SPEC), out)
+        spec = load_spec(str(spec_path))
     except SpecError as exc:
         print(f"slo-sidecar demo: error: {exc}", file=sys.stderr)
         return 2
     boards = dashboards(spec)
-    slo = next((s for s in spec.slos if s.sli.kind == "availability"), spec.slos[0])
-    out = Path(args.out).resolve()
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    watched = [next(s for s in spec.slos if s.sli.kind == "availability" and s.slice.get("model") == tenant)
+               for tenant in (FAILING, HEALTHY)]
+    slo = watched[0]
     print(f"demo: everything it writes goes to {out} (process logs in {logs})")
     begun = time.monotonic()
     with ExitStack() as stack:
         step(1, f"Generating Prometheus rules and Grafana dashboards from {spec.source}")
         rules = write_generated(spec, out)
 
-        step(2, "Starting the engine (vLLM, tiny-llama), the sidecar, Alertmanager and Prometheus with the generated "
-                "rules")
-        engine = stack.enter_context(EngineProcess(logs / "engine.log", *ENGINE_ARGS, fault_injection=True).start())
+        step(2, f"Starting the engine (vLLM, tiny-llama with the LoRA adapters {' and '.join(TENANTS)}), the "
+                "sidecar, Alertmanager and Prometheus with the generated rules")
+        from engine.tiny_lora import ensure_lora
+
+        adapters = [f"{tenant}={ensure_lora(tenant)}" for tenant in TENANTS]
+        engine = stack.enter_context(EngineProcess(
+            logs / "engine.log", *ENGINE_ARGS, "--slo", str(spec_path), "--enable-lora", "--max-loras", "2",
+            "--max-lora-rank", "8", "--lora-modules", *adapters, fault_injection=True).start())
         print(f"  engine on {engine.url}: ready in {engine.wait_ready():.0f} s")
         sidecar = stack.enter_context(SidecarProcess(
-            logs / "sidecar.log", engine.url, "--engine-interval-s", "1", "--fake-gpu", "1",
+            logs / "sidecar.log", engine.url, "--slo", str(spec_path), "--engine-interval-s", "1", "--fake-gpu", "1",
             "--engine-pid", str(engine.process.pid), "--gpu-interval-s", "1", "--gpu-hourly-usd", "2.5").start())
         sidecar.wait_ready()
         print(f"  sidecar on {sidecar.url} (its GPU is a FAKE H100 replayed through NVML's API: no NVIDIA GPU here)")
@@ -257,27 +304,34 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"  Prometheus on {prometheus.url}: {sum(len(g['rules']) for g in loaded)} rules in {len(loaded)} "
               f"groups, scraping every {SCRAPE_S} s")
 
-        step(3, f"Load-test gate: slo-sidecar validate --url {engine.url} --requests {args.validate_requests}")
+        step(3, f"Load-test gate: slo-sidecar validate --url {engine.url} --requests {args.validate_requests} "
+                + " ".join(f"--model {tenant}" for tenant in TENANTS))
         from .loadgen import LoadSettings
         from .validate import gate
 
-        verdict = gate(LoadSettings(engine.url, concurrency=4, requests=args.validate_requests, max_tokens=16),
+        verdict = gate(LoadSettings(engine.url, concurrency=4, requests=args.validate_requests, max_tokens=16,
+                                    tenants=tuple((tenant, 1.0) for tenant in TENANTS)),
                        spec, out / "validate-report.json", show_progress=False)
         print(f"  gate exit code {verdict} ({'PASS' if verdict == 0 else 'FAIL'}); report in "
               f"{out / 'validate-report.json'}")
 
-        step(4, f"Load from {CLIENTS} clients; after {HEALTHY_S} s, {BURST_ERROR_RATIO:.0%} of requests fail until "
-                f"the {slo.name} page fires. Live from Prometheus every {VIEW_EVERY_S} s:")
-        view = LiveView(prometheus, spec, slo)
+        step(4, f"Load from {CLIENTS} clients, half on each tenant; after {HEALTHY_S} s, {BURST_ERROR_RATIO:.0%} "
+                f"of {FAILING}'s requests fail until its {slo.name} page fires. Live from Prometheus every "
+                f"{VIEW_EVERY_S} s:")
+        view = LiveView(prometheus, spec, watched)
         asyncio.run(drive_load(engine, view))
-        seen = view.states_seen
+        seen, spared = view.states_seen[FAILING], view.states_seen[HEALTHY]
         paged = False
         if "firing" in seen:
-            print(f"  the page alert {slo.alert_name} went pending at {seen.get('pending', seen['firing']):.0f} s and "
-                  f"fired at {seen['firing']:.0f} s (its rule holds {PAGE_FOR} in pending)")
-            paged = report_routing(manager, slo.alert_name)
+            print(f"  {FAILING}'s page alert {slo.alert_name} went pending at {seen.get('pending', seen['firing']):.0f} "
+                  f"s and fired at {seen['firing']:.0f} s (its rule holds {PAGE_FOR} in pending)")
+            paged = report_routing(manager, slo.alert_name, FAILING)
         else:
-            print(f"  the page alert {slo.alert_name} did not fire (states seen: {', '.join(seen)})")
+            print(f"  {FAILING}'s page alert {slo.alert_name} did not fire (states seen: {', '.join(seen)})")
+        budget = view.value(view.queries[f"{HEALTHY} budget"])
+        untouched = set(spared) <= {"inactive"} and budget == 1.0
+        print(f"  {HEALTHY}: its page states seen: {', '.join(spared) or 'none'}; its budget left "
+              f"{'?' if budget is None else f'{budget:.1%}'}" + ("" if untouched else "  (expected: no page, 100%)"))
 
         step(5, "Drawing the dashboards from Prometheus as static pages (slo-sidecar preview)")
         from .preview import write_preview
@@ -292,7 +346,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print("  dashboards/  Grafana dashboards (import format) and datasource provisioning")
     print(f"  preview/     the dashboards as static HTML pages: open {out / 'preview' / (boards[0].uid + '.html')}")
     print("  validate-report.json, logs/")
-    return 0 if paged else 1
+    return 0 if paged and untouched else 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

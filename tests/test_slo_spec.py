@@ -359,3 +359,24 @@ def test_a_histogram_latency_slo_cannot_be_sliced(tmp_path):
                     "    sli: {latency: {histogram: vllm:time_to_first_token_seconds, threshold_s: 0.5}}\n")
     with pytest.raises(SpecError, match="has no model label"):
         load_spec(str(path))
+
+
+def test_a_spec_document_sliced_per_tenant_keeps_its_thresholds():
+    import yaml
+
+    from slo_spec.slicing import sliced_document
+
+    document = yaml.safe_load(DEFAULT_SPEC.read_text())
+    document["slos"].append({"name": "itl", "objective": 99, "sli": {"latency": {
+        "histogram": "vllm:inter_token_latency_seconds", "threshold_s": 0.1}}})
+    text = yaml.safe_dump(sliced_document(document, ("medical", "legal"), {"availability": {"legal": 99}}),
+                          sort_keys=False)
+    spec = parse_spec(text, "sliced.yaml")
+    original = {slo.name: slo for slo in load_spec(str(DEFAULT_SPEC)).slos}
+    keys = [slo.key for slo in spec.slos]
+    assert keys == [f"{name}/{tenant}" for name in original for tenant in ("medical", "legal", "other")] + ["itl"]
+    for slo in spec.slos:
+        if slo.name in original:  # the same targets and objectives, but legal's own availability objective
+            assert slo.sli.targets == original[slo.name].sli.targets
+            assert slo.objective == (99 if slo.key == "availability/legal" else original[slo.name].objective)
+    assert document["slos"][0].get("slice_by") is None  # the document given is left as it was
