@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
 
 from iokit.serving import listen
 from slo_spec import __version__
@@ -66,6 +66,10 @@ async def serve(settings: EngineSettings, spec: Spec, api_key: str | None, admin
     except SettingsError as exc:
         print(f"slo-sidecar engine: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    # No `*_created` series, ours or vLLM's (created from here on): in the text format Prometheus stores
+    # each as a series of its own, one per counter and histogram series, read by no rule or panel: with
+    # ten adapters they were 489 of the engine's 1,021 own samples.
+    disable_created_metrics()
     # Our series go to a registry of their own, served through vLLM's with model_name added.
     own = CollectorRegistry()
     REGISTRY.register(ConstantLabels(own, {"model_name": served_name}))

@@ -29,8 +29,12 @@ class SloCollector:
         burn = GaugeMetricFamily("slo_burn_rate", "Error ratio over the window divided by the error budget "
                                  "(1 - objective): 1 spends the budget exactly over the period.", labels=per_window)
         events = GaugeMetricFamily("slo_sli_events", "SLI events (requests) seen in the window.", labels=per_window)
+        # One series a window, not one per SLO and window: whether the sidecar has seen a whole window
+        # depends on the window alone (a sliced spec has dozens of SLOs, the same ten windows).
         filled = GaugeMetricFamily("slo_window_filled", "1 once the sidecar has data for the whole window; "
-                                   "before that the figures cover only what it has seen.", labels=per_window)
+                                   "before that every SLO's figures for it cover only what it has seen.",
+                                   labels=["window", *extra])
+        filled_windows: set[str] = set()
         objective = GaugeMetricFamily("slo_objective_ratio", "The SLO's objective, 0-1.", labels=per_slo)
         remaining = GaugeMetricFamily("slo_error_budget_remaining_ratio", "Share of the period's error budget "
                                       "left (negative once overspent).", labels=per_slo)
@@ -46,7 +50,9 @@ class SloCollector:
             for window in state.windows:
                 labels = [name, window.window, *who]
                 events.add_metric(labels, window.events)
-                filled.add_metric(labels, float(window.filled))
+                if window.window not in filled_windows:
+                    filled_windows.add(window.window)
+                    filled.add_metric([window.window, *who[len(sliced):]], float(window.filled))
                 if window.error_ratio is not None:
                     ratio.add_metric(labels, window.error_ratio)
                     burn.add_metric(labels, window.burn_rate)

@@ -55,10 +55,10 @@ FAILING = 0.2
 
 def sidecar_ratios(sidecar: SidecarProcess) -> dict[tuple[str, str], float]:
     samples = parse_metrics(http_get(sidecar.url + "/metrics")[1].decode())
-    filled = {(dict(labels)["slo"], dict(labels)["window"]) for (name, labels), value in samples.items()
+    filled = {dict(labels)["window"] for (name, labels), value in samples.items()
               if name == "slo_window_filled" and value == 1}
     return {(dict(labels)["slo"], dict(labels)["window"]): value for (name, labels), value in samples.items()
-            if name == "slo_sli_error_ratio" and (dict(labels)["slo"], dict(labels)["window"]) in filled}
+            if name == "slo_sli_error_ratio" and dict(labels)["window"] in filled}
 
 
 def run_every_panel_query(prometheus: PrometheusProcess, spec) -> dict[str, str]:

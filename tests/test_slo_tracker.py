@@ -209,3 +209,7 @@ def test_the_sidecar_serves_each_slice_with_its_tenant():
     burn = {dict(labels)["model"]: value for (name, labels), value in samples.items()
             if name == "slo_sli_error_ratio" and dict(labels)["slo"] == "availability" and dict(labels)["window"] == "5m"}
     assert burn["legal"] == pytest.approx(5 / 10) and burn["medical"] == 0
+    # Whether a window is filled is the sidecar's, not an SLO's: one series a window, however many slices.
+    filled = [dict(labels) for (name, labels), _ in samples.items() if name == "slo_window_filled"]
+    windows = {w.window for state in tracker.states(now) for w in state.windows}
+    assert sorted(f["window"] for f in filled) == sorted(windows) and all(set(f) == {"window"} for f in filled)
