@@ -86,11 +86,6 @@ class EngineState:
         """The LoRA adapters' names, which clients send as `model` beside the base model's."""
         return tuple(module.name for module in self.settings.lora_modules)
 
-    @property
-    def models(self) -> tuple[str, ...]:
-        """Every served name, base model first: the values of the `model` (tenant) label."""
-        return (self.served_model_name, *self.adapters)
-
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase
         self.metrics.ready.set(1 if phase == "ready" else 0)

@@ -47,17 +47,38 @@ def otlp_receiver():
     receiver.stop()
 
 
-@pytest.fixture(scope="session")
-def engine(tmp_path_factory, otlp_receiver):
-    env = {**TRACE_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint}
-    process = EngineProcess(tmp_path_factory.mktemp("engine") / "engine.log", *ENGINE_ARGS, env=env,
-                            fault_injection=True).start()
+def serving(process: EngineProcess):
+    """A fixture's body: the engine started and ready, then stopped in order (exit 0) or killed."""
+    process.start()
     try:
         process.wait_ready()
         yield process
         assert process.stop() == 0, process.log_tail()
     finally:
         process.kill_group()
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory, otlp_receiver):
+    env = {**TRACE_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint}
+    yield from serving(EngineProcess(tmp_path_factory.mktemp("engine") / "engine.log", *ENGINE_ARGS, env=env,
+                                     fault_injection=True))
+
+
+# The tenants' engine: the embedded model and three LoRA adapters (vLLM caches 2: retail's first request
+# waits for its load), traced, with fault injection. Tests leave its faults off when they end.
+LORA_ADAPTERS = ("medical", "legal", "retail")
+
+
+@pytest.fixture(scope="session")
+def lora_engine(tmp_path_factory, otlp_receiver):
+    from engine.tiny_lora import ensure_lora
+
+    modules = [f"{name}={ensure_lora(name)}" for name in LORA_ADAPTERS]
+    env = {**TRACE_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint}
+    yield from serving(EngineProcess(tmp_path_factory.mktemp("lora") / "engine.log", "--max-model-len", "512",
+                                     "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8", "--lora-modules",
+                                     *modules, env=env, fault_injection=True))
 
 
 def run_async(test):

@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Callable
 
 import pytest
 
@@ -16,12 +17,17 @@ from tests.helpers import EngineProcess, descendants, free_port, http_get, pid_a
 pytestmark = pytest.mark.engine
 
 
-def stream_in_thread(url: str, body: dict, result: dict) -> threading.Thread:
+def stream_in_thread(url: str, body: dict, result: dict,
+                     on_first_line: Callable[[], None] = lambda: None) -> threading.Thread:
+    """Read a streamed answer in a thread; `on_first_line` runs as soon as the first line is in."""
     def read() -> None:
         request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
-            result["first_line"] = response.readline()
+            first_line = response.readline()
+            result["first_line_at"] = time.monotonic()
+            on_first_line()
+            result["first_line"] = first_line
             result["rest"] = response.read()
             result["status"] = response.status
 

@@ -1,4 +1,4 @@
-"""A real engine serving the embedded model and two LoRA adapters with vLLM's own flags: /v1/models lists
+"""A real engine serving the embedded model and LoRA adapters with vLLM's own flags: /v1/models lists
 them with their parent, a request naming an adapter runs on it (greedy text differs from the base model's
 and is the same every time), and an unknown name is a 404 naming the served ones."""
 
@@ -8,35 +8,16 @@ import json
 
 import pytest
 
-from engine.tiny_lora import ensure_lora
-from tests.conftest import TRACE_ENV
+from tests.conftest import LORA_ADAPTERS as ADAPTERS  # retail: used by the cold-start test alone
 from tests.helpers import EngineProcess, http_get, metric, parse_metrics
 from tests.raw_http import exchange, request_bytes
 
 pytestmark = pytest.mark.engine
 
-ADAPTERS = ("medical", "legal", "retail")  # retail: used by the cold-start test alone
-
 
 def complete(engine: EngineProcess, body: dict, path: str = "/v1/completions"):
     return exchange(engine.port, request_bytes("POST", path, [("Content-Type", "application/json")],
                                                json.dumps(body).encode()))
-
-
-@pytest.fixture(scope="module")
-def lora_engine(tmp_path_factory, otlp_receiver):
-    modules = [f"{name}={ensure_lora(name)}" for name in ADAPTERS]
-    env = {**TRACE_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint}
-    engine = EngineProcess(tmp_path_factory.mktemp("lora") / "engine.log", "--max-model-len", "512",
-                           "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8", "--lora-modules", *modules,
-                           env=env, fault_injection=True)
-    engine.start()
-    try:
-        engine.wait_ready()
-        yield engine
-        assert engine.stop() == 0, engine.log_tail()
-    finally:
-        engine.kill_group()
 
 
 def test_models_lists_the_base_model_and_each_adapter_with_its_parent(lora_engine):

@@ -10,10 +10,9 @@ import urllib.request
 
 import pytest
 
-from engine.tiny_lora import ensure_lora
 from slo_sidecar.gate import judge, percentile, verdict
 from slo_sidecar.loadgen import RequestResult
-from slo_sidecar.processes import EngineProcess, free_port, http_get
+from slo_sidecar.processes import free_port
 from slo_spec.load import DEFAULT_SPEC, load_spec
 from tests.conftest import API_KEY
 
@@ -153,28 +152,6 @@ def test_gate_names_an_unreachable_engine_and_exits_2():
     assert gate("--url", "http://127.0.0.1:1", "--requests", "0").returncode == 2
 
 
-@pytest.fixture
-def lora_engine(tmp_path):
-    """An engine serving the embedded model and two LoRA adapters (as test_engine_lora.py starts one), with
-    fault injection."""
-    modules = [f"{name}={ensure_lora(name)}" for name in ("medical", "legal")]
-    process = EngineProcess(tmp_path / "lora-engine.log", "--max-model-len", "512", "--enable-lora", "--max-loras",
-                            "2", "--max-lora-rank", "8", "--lora-modules", *modules, fault_injection=True).start()
-    try:
-        process.wait_ready()
-        yield process
-        assert process.stop() == 0, process.log_tail()
-    finally:
-        process.kill_group()
-
-
-def tenant_labelled(engine) -> bool:
-    """Whether the engine's request counter carries the tenant (`model`) label yet."""
-    text = http_get(engine.url + "/metrics")[1].decode()
-    return any(line.startswith("slo_engine_http_requests_total{") and 'model="medical"' in line
-               for line in text.splitlines())
-
-
 @pytest.mark.engine
 def test_gate_judges_each_tenant_of_a_lora_engine_on_its_own(lora_engine, tmp_path):
     for model in ("medical", "legal"):  # each adapter loaded before the run: its cold start is not judged here
@@ -205,8 +182,7 @@ def test_gate_judges_each_tenant_of_a_lora_engine_on_its_own(lora_engine, tmp_pa
     assert rows["medical", "availability", "client"]["passed"] is False
     assert rows["legal", "availability", "client"]["measured"].startswith("100.00% of 2")
     server = rows["medical", "availability", "server"], rows["legal", "availability", "server"]
-    if tenant_labelled(lora_engine):  # the engine counts each tenant: exactly our requests, per tenant
-        assert server[0]["measured"] == "66.67% of 6" and server[0]["passed"] is False, output
-        assert server[1]["measured"] == "100.00% of 2" and server[1]["passed"] is True, output
-    else:  # an engine from before tenants: said so, not judged
-        assert all(c["passed"] is None and "no model label" in c["note"] for c in server), output
+    # The engine counts each tenant: exactly our requests, per tenant (an engine without the label:
+    # tests/test_validate_models.py).
+    assert server[0]["measured"] == "66.67% of 6" and server[0]["passed"] is False, output
+    assert server[1]["measured"] == "100.00% of 2" and server[1]["passed"] is True, output
