@@ -26,6 +26,8 @@ COLOURS = {"green": "#73bf69", "orange": "#ff9830", "red": "#f2495c"}
 class Series:
     name: str  # the legend, with {{label}} already filled in
     points: tuple[tuple[float, float], ...]  # (unix seconds, value); NaN for a missing value
+    labels: dict[str, str] = field(default_factory=dict)  # the series' labels (a table's row key)
+    query: int = 0  # which of the panel's queries returned it (a table's column)
 
 
 @dataclass
@@ -188,9 +190,38 @@ def stat_html(panel: Panel, data: PanelData) -> str:
     return "".join(values)
 
 
+def table_rows(panel: Panel, data: PanelData) -> list[list[str]]:
+    """A table panel as Grafana merges it: one row per label set of `label_columns`, a column per query
+    (each series' last value in the query's unit), sorted ascending by `sort_by` (empty cells last)."""
+    keys = [label for label, _ in panel.label_columns]
+    rows: dict[tuple[str, ...], dict[int, float]] = {}
+    for series in data.series:
+        rows.setdefault(tuple(series.labels.get(key, "") for key in keys), {})[series.query] = _last(series)
+    titles = [query.legend for query in panel.queries]
+    order = titles.index(panel.sort_by) if panel.sort_by in titles else None
+
+    def sort_key(item: tuple[tuple[str, ...], dict[int, float]]) -> tuple:
+        value = item[1].get(order, math.nan) if order is not None else math.nan
+        return (math.isnan(value), value if not math.isnan(value) else 0.0, item[0])
+
+    return [[*key, *(format_value(values[i], query.unit or panel.unit) if i in values else ""
+                     for i, query in enumerate(panel.queries))]
+            for key, values in sorted(rows.items(), key=sort_key)]
+
+
+def table_html(panel: Panel, data: PanelData) -> str:
+    rows = table_rows(panel, data)
+    if not rows:
+        return '<div class="stat nodata">No data</div>'
+    head = "".join(f"<th>{html.escape(title)}</th>" for title in
+                   (*(title for _, title in panel.label_columns), *(query.legend for query in panel.queries)))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table class="table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def panel_html(panel: Panel, data: PanelData, start: float, end: float, step_s: float) -> str:
-    body = stat_html(panel, data) if panel.kind == "stat" else (
-        timeseries_svg(panel, data, start, end, step_s) + legend_html(panel, data))
+    body = stat_html(panel, data) if panel.kind == "stat" else table_html(panel, data) if panel.kind == "table" \
+        else timeseries_svg(panel, data, start, end, step_s) + legend_html(panel, data)
     errors = "".join(f'<p class="error">{html.escape(error)}</p>' for error in data.errors)
     queries = "".join(f"<code>{html.escape(query.expr)}</code>" for query in panel.queries)
     return (f'<section class="panel w{panel.width}" data-kind="{panel.kind}" data-series="{len(data.series)}">'
@@ -215,6 +246,7 @@ h3{font-size:13px;margin:0 0 4px}.chart{width:100%;height:auto;display:block}
 .stat{font-size:34px;font-weight:600;text-align:center;padding:18px 0}.stat small{display:block;font-size:11px}
 .error{color:#f2495c}details{font-size:11px;color:#8e8e9e}code{display:block;white-space:pre-wrap}
 .range{display:none}.range.shown{display:block}
+.table{width:100%;border-collapse:collapse}.table th,.table td{text-align:left;padding:3px 6px;border-bottom:1px solid #2c3235}
 """
 
 SCRIPT = """

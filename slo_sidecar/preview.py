@@ -39,10 +39,11 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
-def grafana_query(expr: str, step_s: float, scrape_interval_s: float) -> str:
-    """The query as Grafana sends it: variables on All, $__rate_interval as Grafana computes it."""
+def grafana_query(expr: str, step_s: float, scrape_interval_s: float, range_s: float = 3600) -> str:
+    """The query as Grafana sends it: variables on All, $__rate_interval as Grafana computes it, $__range
+    the page's time range."""
     rate_interval = max(step_s + scrape_interval_s, 4 * scrape_interval_s)
-    return expand_variables(expr, f"{math.ceil(rate_interval)}s", f"{math.ceil(step_s)}s")
+    return expand_variables(expr, f"{math.ceil(rate_interval)}s", f"{math.ceil(step_s)}s", f"{math.ceil(range_s)}s")
 
 
 def legend(template: str, labels: dict[str, str], expr: str) -> str:
@@ -78,8 +79,8 @@ def panel_data(prometheus_url: str, board: Dashboard, start: float, end: float, 
     results = []
     for panel in board.panels():
         data = PanelData()
-        for query in panel.queries:
-            expr = grafana_query(query.expr, step_s, scrape_interval_s)
+        for index, query in enumerate(panel.queries):
+            expr = grafana_query(query.expr, step_s, scrape_interval_s, end - start)
             try:
                 matrix = query_range(prometheus_url, expr, start, end, step_s)
             except ValueError as error:
@@ -87,7 +88,7 @@ def panel_data(prometheus_url: str, board: Dashboard, start: float, end: float, 
                 continue
             for item in matrix:
                 points = tuple((float(t), float(v)) for t, v in item["values"])
-                data.series.append(Series(legend(query.legend, item["metric"], expr), points))
+                data.series.append(Series(legend(query.legend, item["metric"], expr), points, item["metric"], index))
         results.append(data)
     return results
 

@@ -13,7 +13,7 @@ import pytest
 
 from dashboards.definitions import dashboards, gpu
 from dashboards.model import Panel, Query
-from dashboards.preview import PALETTE, PanelData, Series, format_value, page, timeseries_svg, y_range
+from dashboards.preview import PALETTE, PanelData, Series, format_value, page, table_rows, timeseries_svg, y_range
 from slo_sidecar.preview import grafana_query, legend
 from slo_sidecar.processes import PrometheusProcess, SidecarProcess, free_port
 from slo_spec.load import DEFAULT_SPEC, load_spec
@@ -35,6 +35,7 @@ def test_rate_interval_is_grafanas():
     # Grafana: max(step + scrape interval, 4 x scrape interval).
     assert grafana_query("rate(x[$__rate_interval])", step_s=4, scrape_interval_s=15) == "rate(x[60s])"
     assert grafana_query("rate(x{pod=~\"$pod\"}[$__rate_interval])", 90, 15) == 'rate(x{pod=~".*"}[105s])'
+    assert grafana_query("increase(x[$__range])", 10, 2, range_s=900) == "increase(x[900s])"
 
 
 def test_legends_fill_labels_or_show_the_series():
@@ -71,6 +72,27 @@ def test_page_has_every_panel_for_every_range_and_a_stat_coloured_by_threshold()
     firing = page(board.__class__("u", "t", "d", (("r", (stat,)),)), {"1m": (0, 60, 1, [PanelData(
         [Series("a", ((0, 2.0),))])])}, {}, "p")
     assert 'color:#f2495c">2<' in firing
+
+
+def test_a_table_is_one_row_per_label_set_sorted_worst_first():
+    """The Tenants table as Grafana merges it: its instant queries joined on (SLO, tenant)."""
+    columns = (Query("objective", "Objective"), Query("budget", "Budget left"), Query("cost", "Cost", unit="currencyUSD"))
+    table = Panel("SLOs by tenant", "t", columns, "percentunit", "table",
+                  label_columns=(("sloth_slo", "SLO"), ("model", "Tenant")), sort_by="Budget left")
+
+    def value(query: int, slo: str, model: str, number: float) -> Series:
+        return Series("", ((0, number),), {"sloth_slo": slo, "model": model}, query)
+
+    data = PanelData([value(0, "availability", "legal", 0.99), value(0, "availability", "medical", 0.999),
+                      value(1, "availability", "medical", 1.0), value(1, "availability", "legal", -2.5),
+                      value(2, "availability", "legal", 4.0), value(0, "ttft", "other", 0.99)])
+    assert table_rows(table, data) == [
+        ["availability", "legal", "99%", "-250%", "$4.00"],  # least budget left first
+        ["availability", "medical", "99.9%", "100%", ""],
+        ["ttft", "other", "99%", "", ""],  # no budget yet: last
+    ]
+    text = page(gpu(SPEC).__class__("u", "t", "d", (("Tenants", (table,)),)), {"1m": (0, 60, 1, [data])}, {}, "p")
+    assert text.count("<tr>") == 4 and "<th>Budget left</th>" in text
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
