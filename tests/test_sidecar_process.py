@@ -158,15 +158,15 @@ def test_without_nvml_the_gpu_collector_is_down_logs_once_and_backs_off(tmp_path
 @pytest.mark.engine
 @run_async
 async def test_queue_depth_rises_under_a_burst_and_falls_after(tmp_path):
-    # An engine of its own that runs one sequence at a time: of a burst of 8 long requests, 7
-    # wait, and 2 or more still wait after 5 rounds of 1000 tokens, tens of seconds. The burst
+    # An engine of its own that runs one sequence at a time: of a burst of 16 long requests, 15
+    # wait, and 2 or more still wait after 13 rounds of 1000 tokens, tens of seconds. The burst
     # is held until the sidecar has shown it, then the clients hang up, which aborts everything.
     # (A burst that drains by itself lasts a few seconds: a CI run on 2 busy cores once let the
     # observer sleep through all of it.)
     # (No probes: the queue is the burst's alone. A 5 s scrape timeout: while vLLM streams the burst,
     # the engine's event loop answers /metrics late, and with the default 0.8 s the sidecar's first
     # good scrape came after the burst had drained.)
-    waiting_allowed = 8
+    waiting_allowed = 16
     engine_args = ("--max-model-len", "1024", "--max-num-seqs", "1",
                    "--max-waiting-requests", str(waiting_allowed))
     with EngineProcess(tmp_path / "engine.log", *engine_args).start() as engine, SidecarProcess(
@@ -187,9 +187,11 @@ async def test_queue_depth_rises_under_a_burst_and_falls_after(tmp_path):
             peak = await asyncio.to_thread(
                 wait_for, sidecar, lambda s: metric(s, "sidecar_engine_queue_depth") >= 2, 60.0)
             assert metric(peak, "sidecar_engine_running_requests") == 1
-            during = await asyncio.to_thread(
-                wait_for, sidecar, lambda s: metric(s, "sidecar_engine_generation_tokens_per_second") > 0)
-            assert metric(during, "sidecar_engine_queue_depth") >= 1, "the queue drained before the abort"
+            # The generation rate shows while requests still wait (one scrape with both: in a full suite
+            # the rate once first showed after the 8-request burst had drained, 15 s on).
+            await asyncio.to_thread(wait_for, sidecar, lambda s: metric(
+                s, "sidecar_engine_generation_tokens_per_second") > 0 and metric(s, "sidecar_engine_queue_depth") >= 1,
+                45.0)
             for request in burst:
                 request.cancel()
             await asyncio.gather(*burst, return_exceptions=True)
