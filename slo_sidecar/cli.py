@@ -72,6 +72,13 @@ def _validate(args: argparse.Namespace) -> int:
     return 2 if spec is None else run(args, spec)
 
 
+def _capacity(args: argparse.Namespace) -> int:
+    from .capacity import run
+
+    spec = _load_spec(args.slo)
+    return 2 if spec is None else run(args, spec)
+
+
 def _generate(args: argparse.Namespace) -> int:
     from iokit.files import write_atomically
     from .generated import generated_files
@@ -141,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_validate_arguments(validate)
     validate.set_defaults(func=_validate)
+
+    capacity = commands.add_parser("capacity", help="find the highest request rate an engine serves within every "
+                                   "SLO of the spec (open-loop load at stepped rates)")
+    from .capacity import add_arguments as add_capacity_arguments
+
+    add_capacity_arguments(capacity)
+    capacity.set_defaults(func=_capacity)
 
     generate = commands.add_parser("generate", help="write Prometheus rules, Alertmanager inhibitions and Grafana dashboards from an SLO spec")
     generate.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")

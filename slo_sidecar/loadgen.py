@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,10 @@ class LoadSettings:
     tenants: tuple[tuple[str, float], ...] = ()
     api_key: str | None = None
     timeout_s: float = 120.0
+    # Open loop: requests arrive as a Poisson process at this rate (as vLLM's benchmark sends them),
+    # whatever the server's pace; `concurrency` is then not a limit. None: `concurrency` clients in a loop.
+    rate_rps: float | None = None
+    seed: int = 1  # of the arrival times: the same run sends at the same moments
     metrics_url: str | None = None  # the engine's /metrics, when not beside the API (--metrics-port)
 
     @property
@@ -108,6 +113,20 @@ def spread(tenants: Sequence[tuple[str, float]], requests: int) -> dict[str, int
     for _ in range(requests):
         counts[next(order)] += 1
     return counts
+
+
+def poisson_arrivals(rate_rps: float, seed: int, duration_s: float | None = None,
+                     count: int | None = None) -> list[float]:
+    """Arrival times, seconds from the start, of a Poisson process at `rate_rps` (exponential gaps, mean
+    1 / rate): those before `duration_s`, or the first `count`. Seeded: reproducible."""
+    if (duration_s is None) == (count is None):
+        raise ValueError("give a duration or a count")
+    rng, at, times = random.Random(seed), 0.0, []
+    while True:
+        at += rng.expovariate(rate_rps)
+        if (duration_s is not None and at >= duration_s) or (count is not None and len(times) >= count):
+            return times
+        times.append(at)
 
 
 def request_body(settings: LoadSettings, model: str) -> dict:
@@ -237,7 +256,8 @@ class LoadRun:
 async def run_load(settings: LoadSettings, show_progress: bool = True) -> LoadRun:
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
-    connector = aiohttp.TCPConnector(limit=settings.concurrency + 2)
+    # Open loop: as many connections as requests in flight (the server's admission turns the excess away).
+    connector = aiohttp.TCPConnector(limit=0 if settings.rate_rps else settings.concurrency + 2)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as session:
         if settings.tenants:
             await check_tenants(session, settings.url, settings.tenants)
@@ -267,16 +287,18 @@ async def run_load(settings: LoadSettings, show_progress: bool = True) -> LoadRu
             issued += 1
             return issued <= settings.requests
 
-        async def worker() -> None:
+        async def send(target: str) -> None:
             nonlocal failed
+            result = await _one(session, settings, bodies[target])
+            result.model = target
+            results.append(result)
+            failed += not result.ok
+            if progress:
+                progress.update(time.monotonic() - started if by_time else len(results), failed)
+
+        async def worker() -> None:
             while more():
-                target = next(order) if order else model  # taken in issue order: the counts are exact
-                result = await _one(session, settings, bodies[target])
-                result.model = target
-                results.append(result)
-                failed += not result.ok
-                if progress:
-                    progress.update(time.monotonic() - started if by_time else len(results), failed)
+                await send(next(order) if order else model)  # taken in issue order: the counts are exact
 
         async def sample_memory() -> None:
             while True:
@@ -285,9 +307,22 @@ async def run_load(settings: LoadSettings, show_progress: bool = True) -> LoadRu
                 if text:
                     peaks.observe(text)
 
+        async def open_loop() -> None:
+            """Each request at its Poisson arrival time, none waiting for another."""
+            arrivals = poisson_arrivals(settings.rate_rps, settings.seed, settings.duration_s,
+                                        None if by_time else settings.requests)
+            sent = []
+            for at in arrivals:
+                await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+                sent.append(asyncio.create_task(send(next(order) if order else model)))
+            await asyncio.gather(*sent)
+
         sampler = asyncio.create_task(sample_memory())
         try:
-            await asyncio.gather(*(worker() for _ in range(settings.concurrency)))
+            if settings.rate_rps:
+                await open_loop()
+            else:
+                await asyncio.gather(*(worker() for _ in range(settings.concurrency)))
         finally:
             sampler.cancel()
             if progress:

@@ -65,7 +65,8 @@ def settings_from(args: argparse.Namespace):
     return LoadSettings(url=args.url.rstrip("/"), concurrency=args.concurrency, requests=args.requests,
                         duration_s=args.duration, prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
                         stream=args.stream, endpoint=args.endpoint, tenants=tuple(args.model or ()),
-                        api_key=args.api_key or os.environ.get("SLO_ENGINE_API_KEY"), metrics_url=args.metrics_url)
+                        api_key=args.api_key or os.environ.get("SLO_ENGINE_API_KEY"), metrics_url=args.metrics_url,
+                        rate_rps=args.rate, seed=args.seed)
 
 
 def run_gate(args: argparse.Namespace, spec: Spec) -> int:
@@ -82,7 +83,8 @@ def gate(settings, spec: Spec, report_path: Path | None, show_progress: bool = T
 
     how_long = f"{settings.duration_s:g} s" if settings.duration_s else f"{settings.requests} requests"
     mix = (" over " + ", ".join(f"{name} x{weight:g}" for name, weight in settings.tenants)) if settings.tenants else ""
-    print(f"validate: {how_long} to {settings.url}{mix}, {settings.concurrency} at a time, ~{settings.prompt_tokens} "
+    pace = f"Poisson arrivals at {settings.rate_rps:g}/s" if settings.rate_rps else f"{settings.concurrency} at a time"
+    print(f"validate: {how_long} to {settings.url}{mix}, {pace}, ~{settings.prompt_tokens} "
           f"prompt words, {settings.max_tokens} output tokens, {'streamed' if settings.stream else 'not streamed'}",
           file=sys.stderr)
     try:
@@ -115,6 +117,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gate = parser.add_argument_group("load-test gate (with --url)")
     gate.add_argument("--url", type=http_url, help="the engine's base URL, e.g. http://localhost:8000: load it and judge against the spec")
     gate.add_argument("--concurrency", type=positive(int), default=4, help="requests in flight at once (default: 4)")
+    gate.add_argument("--rate", type=positive(float), help="open loop: requests arrive as a Poisson process at this "
+                      "many per second, whatever the server's pace (as `capacity` loads it); --concurrency is then "
+                      "no limit")
+    gate.add_argument("--seed", type=int, default=1, help="of the --rate arrival times (default: 1)")
     gate.add_argument("--requests", type=positive(int), default=100, help="how many requests (default: 100)")
     gate.add_argument("--duration", type=positive(float), help="run for this many seconds instead of a request count")
     gate.add_argument("--prompt-tokens", type=positive(int), default=64, help="prompt length in words, ~tokens (default: 64)")
