@@ -47,6 +47,7 @@ from .engine_processes import engine_pids
 from .gpu_collector import GpuCollector
 from .gpu_families import PodLabels
 from .guard import GuardedExposition
+from .headroom import REQUEST_RATE, Headroom, HeadroomCollector, HeadroomReader, exact_targets
 from .probe import Prober
 from .slo_families import SloCollector
 from .slo_state import SloStateFile
@@ -236,6 +237,20 @@ def build_cost_collector(config: SidecarConfig, sidecar: "Sidecar", engine: Engi
         tenant_rates=tenant_rates, prompt_token_weight=config.prompt_token_weight)
 
 
+def request_rate(engine: EngineCollector) -> float | None:
+    return None if engine.last_stats is None else engine.last_stats.rates.get(REQUEST_RATE)
+
+
+def build_headroom_collector(config: SidecarConfig, spec: Spec, sidecar: "Sidecar", engine: EngineCollector
+                             ) -> HeadroomCollector:
+    """The SLO headroom, fed after each engine scrape with the snapshot the engine collector has just derived,
+    and the capacity utilisation; both withdrawn once the engine's values are stale."""
+    headroom = Headroom(exact_targets(spec), time_constant_s=config.headroom_time_constant_s)
+    engine.readers.append(HeadroomReader(headroom, lambda: engine.last_stats, window_s=config.rate_window_s))
+    return HeadroomCollector(headroom, fresh=lambda: sidecar.is_fresh("engine"),
+                             request_rate=lambda: request_rate(engine), capacity_rps=config.capacity_rps)
+
+
 async def serve(config: SidecarConfig, spec: Spec) -> int:
     disable_created_metrics()  # *_created series only add noise to the sidecar's small exposition
     exposition = GuardedExposition()
@@ -254,6 +269,9 @@ async def serve(config: SidecarConfig, spec: Spec) -> int:
     if config.gpu_hourly_usd is not None:
         exposition.add("cost", build_cost_collector(config, sidecar, engine, tenants,
                                                     gpus=lambda: gpu.gpu_count or config.gpus))
+    exposition.add("headroom", build_headroom_collector(config, spec, sidecar, engine))
+    if config.capacity_rps is not None:
+        log.info("capacity report %s: %.3g req/s at most within the SLOs", config.capacity, config.capacity_rps)
     runner = web.AppRunner(sidecar.build_app(), access_log=None)
     await runner.setup()
     await listen(runner, config.host, config.port, "sidecar")

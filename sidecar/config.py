@@ -21,6 +21,7 @@ from iokit.files import read_secret
 
 from .cost import DEFAULT_PROMPT_TOKEN_WEIGHT
 from .engine_processes import DEFAULT_PATTERN
+from .headroom import DEFAULT_TIME_CONSTANT_S, read_capacity_report
 
 ENV_PREFIX = "SLO_SIDECAR_"
 DEFAULT_PORT = 9400
@@ -64,6 +65,9 @@ class SidecarConfig:
     probe_timeout_s: float = 5.0
     engine_api_key: str = ""
     engine_api_key_file: str = ""  # read at start into engine_api_key
+    capacity: str = ""  # a capacity report (slo-sidecar capacity --json), read at start into capacity_rps
+    capacity_rps: float | None = None
+    headroom_time_constant_s: float = DEFAULT_TIME_CONSTANT_S
     log_level: str = "INFO"
 
 
@@ -193,6 +197,9 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "probe_timeout_s": (_positive_number, "how long a probe waits for its answer before it counts as unanswered"),
     "engine_api_key": (_string, "the engine's API key, for the probes (in a pod prefer engine_api_key_file)"),
     "engine_api_key_file": (_string, "read the engine's API key, for the probes, from this file (a mounted Secret)"),
+    "capacity": (_string, "the capacity report written by `slo-sidecar capacity --json FILE`: turns on "
+                 "slo_capacity_utilisation_ratio (request rate / its capacity_rps)"),
+    "headroom_time_constant_s": (_positive_number, "time constant of the moving average smoothing slo_headroom_ratio"),
     "log_level": (_log_level, "DEBUG, INFO, WARNING or ERROR"),
 }
 
@@ -275,6 +282,11 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
         except ValueError as exc:
             raise ConfigError(f"engine_api_key_file {values['engine_api_key_file']}", "engine_api_key_file",
                               str(exc)) from None
+    if values.get("capacity"):
+        try:
+            values["capacity_rps"] = read_capacity_report(values["capacity"])
+        except ValueError as exc:
+            raise ConfigError(f"capacity {values['capacity']}", "capacity", str(exc)) from None
     return dataclasses.replace(SidecarConfig(), **values)
 
 

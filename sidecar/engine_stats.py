@@ -28,6 +28,7 @@ COUNTERS = {
 HISTOGRAMS = {
     "ttft": "vllm:time_to_first_token_seconds",
     "inter_token": "vllm:inter_token_latency_seconds",
+    "tpot": "vllm:request_time_per_output_token_seconds",  # per request, as the SLO spec's tpot_s (headroom.py)
     "e2e": "vllm:e2e_request_latency_seconds",
     "queue_time": "vllm:request_queue_time_seconds",
 }

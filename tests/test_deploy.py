@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from sidecar.config import DEFAULT_PORT as SIDECAR_DEFAULT_PORT
 from sidecar.config import add_arguments as add_sidecar_arguments
 from sidecar.engine_collector import engine_families
 from sidecar.engine_stats import EngineStats
+from sidecar.headroom import HEADROOM, OVERALL, headroom_families
 from slo_sidecar.k8s import SPEC_CONFIGMAP, SPEC_KEY
 from slo_spec.load import parse_spec
 from tests.helpers import REPO
@@ -220,7 +222,10 @@ def test_hpa_scales_on_the_sidecars_queue_depth_as_the_adapter_names_it():
     docs = rendered("gpu")
     hpa = one(docs, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment")["metadata"]["name"]
-    custom, fallback = hpa["spec"]["metrics"]
+    metrics = hpa["spec"]["metrics"]
+    custom = next(m for m in metrics if m["type"] == "Pods"
+                  and m["pods"]["metric"]["name"] == "sidecar_engine_queue_depth")
+    fallback = metrics[-1]
     metric = custom["pods"]["metric"]["name"]
     assert fallback["resource"]["name"] == "cpu"
     # Every container requests CPU, or the HPA cannot compute utilisation for the fallback.
@@ -234,6 +239,90 @@ def test_hpa_scales_on_the_sidecars_queue_depth_as_the_adapter_names_it():
     stats = EngineStats(gauges={"queue_depth": 3.0}, rates={}, error_ratio=None, quantiles={})
     assert source in {family.name for family in engine_families(stats)}, "the sidecar does not serve the HPA's metric"
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+ADAPTER_VALUES = DEPLOY / "prometheus-adapter" / "values.yaml"
+ADAPTER_TEMPLATE = re.compile(r"<<\s*\.(\w+)\s*>>")
+
+
+def adapter_rules() -> dict[str, dict]:
+    """The prometheus-adapter's custom rules, by the metric name they expose to the HPA."""
+    return {rule["name"]["as"]: rule for rule in yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]}
+
+
+def render_adapter_query(template: str, series: str, label_matchers: str = "", group_by: str = "pod") -> str:
+    """A rule's metricsQuery as prometheus-adapter sends it to Prometheus: <<.Series>>, <<.LabelMatchers>>
+    and <<.GroupBy>> filled in, e.g. series "slo_headroom_overall_ratio",
+    label_matchers 'namespace="default",pod=~"slo-sidecar-a|slo-sidecar-b"', group_by "pod".
+    Any other template field is refused: the result must be plain PromQL."""
+    values = {"Series": series, "LabelMatchers": label_matchers, "GroupBy": group_by}
+
+    def fill(match: re.Match) -> str:
+        if match[1] not in values:
+            raise ValueError(f"metricsQuery uses <<.{match[1]}>>, which render_adapter_query does not fill: {template}")
+        return values[match[1]]
+
+    return ADAPTER_TEMPLATE.sub(fill, template)
+
+
+def adapter_series(rule: dict) -> str:
+    """The one series name a rule's seriesQuery selects (`name{matchers}`)."""
+    return re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)\{", rule["seriesQuery"])[1]
+
+
+def test_render_adapter_query_fills_the_adapters_template():
+    rendered_query = render_adapter_query("max by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})", "m",
+                                          'namespace="ns",pod=~"a|b"')
+    assert rendered_query == 'max by (pod) (m{namespace="ns",pod=~"a|b"})'
+    with pytest.raises(ValueError, match="<<.Resource>>"):
+        render_adapter_query("<<.Resource>>", "m")
+
+
+@needs_kubectl
+def test_hpa_scales_on_slo_headroom_then_queue_depth_then_cpu():
+    docs = rendered("gpu")
+    metrics = one(docs, "HorizontalPodAutoscaler")["spec"]["metrics"]
+    assert [m["type"] for m in metrics] == ["Pods", "Pods", "Resource"]
+    headroom, queue, cpu = metrics
+    assert headroom["pods"]["metric"]["name"] == "slo_headroom"
+    assert headroom["pods"]["target"]["type"] == "AverageValue"
+    # Below the p90 / target at which a 99% objective fails with an exponential tail (ln 10 / ln 100 = 0.5),
+    # even at the top of the HPA's 10% tolerance.
+    assert 1.1 * float(headroom["pods"]["target"]["averageValue"]) < math.log(10) / math.log(100)
+    assert queue["pods"]["metric"]["name"] == "sidecar_engine_queue_depth"
+    assert cpu["resource"]["name"] == "cpu"
+    # Every custom metric the HPA names is one the adapter exposes.
+    rules = adapter_rules()
+    assert {m["pods"]["metric"]["name"] for m in metrics if m["type"] == "Pods"} <= rules.keys()
+
+
+def test_the_adapters_headroom_rule_selects_the_sidecars_overall_family_per_pod():
+    rule = adapter_rules()["slo_headroom"]
+    source = adapter_series(rule)
+    assert source == OVERALL
+    assert re.fullmatch(rule["name"]["matches"], source)
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    assert {"namespace", "pod"} <= set(re.findall(r'(\w+)!=""', rule["seriesQuery"]))
+    # The sidecar serves that family (one series a pod, no labels of its own), beside the per-SLO one.
+    families = {family.name: family for family in headroom_families({"ttft": 0.4, "goodput": 0.9})}
+    assert set(families) == {HEADROOM, OVERALL}
+    assert [(sample.labels, sample.value) for sample in families[OVERALL].samples] == [({}, 0.9)]
+    # Rendered, the query reads that series for the HPA's pods, one value a pod.
+    query = render_adapter_query(rule["metricsQuery"], source, 'namespace="default",pod=~"slo-sidecar-a|slo-sidecar-b"')
+    assert query == ('max by (pod) (slo_headroom_overall_ratio{namespace="default",'
+                     'pod=~"slo-sidecar-a|slo-sidecar-b"})')
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (Debian package prometheus)")
+def test_every_adapter_query_renders_to_valid_promql(tmp_path):
+    rules = [{"record": f"adapter:{name}", "expr": render_adapter_query(
+        rule["metricsQuery"], adapter_series(rule), 'namespace="default",pod=~"slo-sidecar-a|slo-sidecar-b"')}
+        for name, rule in adapter_rules().items()]
+    assert not any("<<" in rule["expr"] for rule in rules)
+    path = tmp_path / "adapter.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "adapter", "rules": rules}]}))
+    result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 API_KEY_SECRET = "slo-sidecar-api-key"

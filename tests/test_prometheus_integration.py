@@ -20,6 +20,7 @@ from slo_sidecar.processes import PrometheusProcess, SidecarProcess, http_get
 from slo_spec.load import load_spec
 from tests.conftest import API_KEY, run_async
 from tests.helpers import parse_metrics
+from tests.test_deploy import adapter_rules, adapter_series, render_adapter_query
 
 pytestmark = [pytest.mark.engine,
               pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus (Debian package) not installed")]
@@ -89,6 +90,21 @@ def healthy_everywhere(prometheus: PrometheusProcess, sidecar: SidecarProcess) -
     return {"burn": burn, "budget": budget, "sidecar burn": sidecar_burn, "sidecar budget": sidecar_budget}
 
 
+def through_the_adapter(prometheus: PrometheusProcess, sidecar: SidecarProcess) -> dict[str, tuple[float, float]]:
+    """Each custom metric of the prometheus-adapter rules, as the HPA would get it for the sidecar's pod (the
+    rule's metricsQuery, rendered, against this Prometheus: `instance` stands for `pod` here), beside the
+    sidecar's own value of the series it reads."""
+    samples = parse_metrics(http_get(sidecar.url + "/metrics")[1].decode())
+    found = {}
+    for name, rule in adapter_rules().items():
+        series = adapter_series(rule)
+        query = render_adapter_query(rule["metricsQuery"], series, 'job="sidecar"', "instance")
+        result = prometheus.query(query)
+        own = [value for (sample, _), value in samples.items() if sample == series]
+        found[name] = (float(result[0]["value"][1]) if result else None, own[0] if own else None)
+    return found
+
+
 def prometheus_ratio(prometheus: PrometheusProcess, slo: str, window: str) -> float | None:
     result = prometheus.query(f'slo:sli_error:ratio_rate{window}{{sloth_slo="{slo}"}}')
     return float(result[0]["value"][1]) if result else None
@@ -104,10 +120,12 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
             (tmp_path / name).write_text(text)
             rules.append(tmp_path / name)
     headers = {"Authorization": f"Bearer {API_KEY}"}
+    capacity = tmp_path / "capacity.json"  # as `slo-sidecar capacity --json` writes it, but its figure alone
+    capacity.write_text('{"version": "slo-sidecar/capacity/v1", "capacity_rps": 20.0, "steps": []}')
     # One fake GPU and a price, so the GPU and cost panels have data to show too.
     with SidecarProcess(tmp_path / "sidecar.log", engine.url, "--engine-interval-s", "1", "--slo", str(spec_file),
                         "--fake-gpu", "1", "--engine-pid", str(engine.process.pid), "--gpu-interval-s", "1",
-                        "--gpu-hourly-usd", "4").start() as sidecar:
+                        "--gpu-hourly-usd", "4", "--capacity", str(capacity)).start() as sidecar:
         sidecar.wait_ready()
         targets = {"engine": engine.url.removeprefix("http://"), "sidecar": sidecar.url.removeprefix("http://")}
         with PrometheusProcess(tmp_path, targets, rules).start() as prometheus:
@@ -138,6 +156,8 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
                     comparisons = []
                     panel_results = await asyncio.to_thread(run_every_panel_query, prometheus,
                                                             load_spec(str(spec_file)))
+                    adapter = await asyncio.to_thread(through_the_adapter, prometheus, sidecar)
+                    utilisation = await asyncio.to_thread(prometheus.query, "slo_capacity_utilisation_ratio")
                     for _ in range(5):
                         ours = await asyncio.to_thread(sidecar_ratios, sidecar)
                         theirs = {key: await asyncio.to_thread(prometheus_ratio, prometheus, *key) for key in ours}
@@ -149,6 +169,15 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
                     await asyncio.to_thread(engine.set_faults, error_ratio=0.0)
             up = prometheus.query('up{job="sidecar"}')
             assert up and up[0]["value"][1] == "1"
+    # The HPA's metrics through the adapter's rules: the sidecar's headroom (a busy pod: above 0) and queue
+    # depth, as the sidecar serves them (Prometheus holds a scrape at most a second old: within 20%).
+    assert set(adapter) == {"slo_headroom", "sidecar_engine_queue_depth"}, adapter
+    through, own = adapter["slo_headroom"]
+    assert through is not None and own is not None and through > 0, adapter
+    assert through == pytest.approx(own, rel=0.2), adapter
+    assert adapter["sidecar_engine_queue_depth"][0] is not None, adapter
+    # Three clients at a time finish a few requests a second: a share of the report's 20 req/s, above 0.
+    assert utilisation and 0 < float(utilisation[0]["value"][1]) < 1, utilisation
     failed = {title: outcome for title, outcome in panel_results.items() if outcome != "data"}
     assert not failed, f"dashboard panels without data or with errors after the load: {failed}"
     assert len(panel_results) >= 30
