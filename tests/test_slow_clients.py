@@ -56,6 +56,9 @@ class Attack:
         self.sockets: list[socket.socket] = []
         self.body_answers: list[bytes] = []
         self.stream_statuses: list[str] = []
+        # The streams start once the tricklers' headers are in: the server admits (or refuses, when full) a
+        # request on its headers, and a fresh-clone run saw the streams fill it first: 20 429s, no 408.
+        self.heads_sent = threading.Event()
         self.threads = [threading.Thread(target=target, daemon=True) for target in
                         (self.idle, self.header_tricklers, self.body_tricklers, self.slow_streams)]
 
@@ -94,6 +97,8 @@ class Attack:
             sock.sendall(request_bytes("POST", "/v1/completions", [("Authorization", f"Bearer {API_KEY}"),
                                                                   ("Content-Type", "application/json")], b"",
                                        content_length=len(body)))
+        time.sleep(0.5)  # the server has read the heads and admitted the requests
+        self.heads_sent.set()
         answers: dict[socket.socket, bytes] = {}
         sent = 0
         while not self.stop.wait(0.2) and sent < len(body):
@@ -117,6 +122,7 @@ class Attack:
     def slow_streams(self) -> None:
         body = json.dumps({"prompt": "read me slowly", "max_tokens": 300, "stream": True,
                            "ignore_eos": True}).encode()
+        self.heads_sent.wait(10)
         socks = []
         for _ in range(SLOW_STREAMS):
             sock = connect(self.port, receive_buffer=2048)
