@@ -54,6 +54,7 @@ class Step:
     passed: bool | None  # every judged objective held; None: none could be judged
     # Requests waiting in vLLM's queue on average, by Little's law: arrival rate x mean queue time.
     queue_depth_mean: float | None = None
+    confirms: bool = False  # the confirmation of the capacity found: twice as long, other arrival times
 
     @property
     def unjudged(self) -> list[str]:
@@ -194,14 +195,31 @@ def run_step(settings, spec: Spec, rate: float, duration_s: float) -> Step:
 
 
 def search(settings, spec: Spec, args: argparse.Namespace, show: Callable[[str], None]) -> Search:
+    """The search, then a confirmation: the capacity found is loaded again, twice as long and with other
+    arrival times; if it misses, that rate fails and the search goes on below it. Near its capacity a
+    queue takes long to reach its steady length, and one short step may pass by luck."""
     found = Search(args.min_rate, args.max_rate, args.precision)
-    while (rate := found.next_rate()) is not None:
-        duration = step_duration(spec, rate, args.step_s, args.max_step_s)
-        show(f"capacity: {rate:.3g} req/s for {duration:.0f} s ...")
-        step = run_step(settings, spec, rate, duration)
-        found.steps.append(step)
-        show("  " + step_line(step))
-    return found
+    while True:
+        while (rate := found.next_rate()) is not None:
+            found.steps.append(_timed_step(settings, spec, args, rate, 1.0, show))
+        capacity = found.capacity
+        if capacity is None or any(step.confirms for step in found.steps if step.rate_rps == capacity):
+            return found
+        confirmation = replace(_timed_step(replace(settings, seed=settings.seed + 1), spec, args, capacity, 2.0,
+                                           show, "confirming "), confirms=True)
+        found.steps.append(confirmation)
+        if confirmation.passed:
+            return found
+        found.steps = [replace(step, passed=False) if step.rate_rps == capacity else step for step in found.steps]
+
+
+def _timed_step(settings, spec: Spec, args: argparse.Namespace, rate: float, longer: float,
+                show: Callable[[str], None], what: str = "") -> Step:
+    duration = step_duration(spec, rate, args.step_s, args.max_step_s) * longer
+    show(f"capacity: {what}{rate:.3g} req/s for {duration:.0f} s ...")
+    step = run_step(settings, spec, rate, duration)
+    show("  " + step_line(step))
+    return step
 
 
 # --- output ---------------------------------------------------------------------------------------
@@ -228,7 +246,8 @@ def table(found: Search) -> str:
             cells.append(f"{text + ('' if slo is None or slo.passed is not None else '?'):>14}")
         room = "-" if step.headroom is None else f"{step.headroom:.2f}"
         lines.append(f"{step.rate_rps:>7.3g} {step.sent:>6} {room:>8} " + " ".join(cells) + "  "
-                     + {True: "PASS", False: "FAIL", None: "n/a"}[step.passed])
+                     + {True: "PASS", False: "FAIL", None: "n/a"}[step.passed]
+                     + (" (confirmation, 2x as long)" if step.confirms else ""))
     capacity = found.capacity
     lines.append(f"SLO capacity: {capacity:.3g} req/s" if capacity is not None else
                  "SLO capacity: none (the lowest rate misses an objective)")

@@ -186,3 +186,34 @@ def test_capacity_finds_a_rate_validate_passes_below_and_fails_above(engine, tmp
                      "--rate", f"{capacity * factor:.3f}", "--duration", "4", "--max-tokens", "16", "--quiet",
                      "--report", "")
         assert result.returncode == expected, (factor, result.stdout, result.stderr)
+
+
+def test_the_capacity_found_is_confirmed_or_the_search_goes_on_below_it(monkeypatch):
+    """A pod whose short steps pass up to 5.3 req/s, but whose longer runs hold only up to 4.5 (a queue still
+    growing): the search finds 5, whose confirmation misses; bisecting 4..5 it finds 4.75 (short steps pass
+    at 4.5 and 4.75), whose confirmation misses too; 4.5's holds."""
+    import argparse
+
+    from slo_sidecar import capacity
+
+    runs = []
+
+    def fake_step(settings, spec, rate, duration_s):
+        confirming = duration_s > 60  # twice the 60 s step
+        runs.append((rate, confirming))
+        passed = rate <= 4.5 if confirming else rate <= 5.3
+        return Step(rate, duration_s, 1, rate, {}, {}, None, passed)
+
+    monkeypatch.setattr(capacity, "run_step", fake_step)
+    args = argparse.Namespace(min_rate=1, max_rate=64, precision=0.1, step_s=60, max_step_s=60)
+    quiet = load_spec(str(DEFAULT_SPEC))
+    found = capacity.search(capacity_settings(), quiet, args, show=lambda text: None)
+    assert runs == [(1, False), (2, False), (4, False), (8, False), (6, False), (5, False), (5.5, False),
+                    (5, True), (4.5, False), (4.75, False), (4.75, True), (4.5, True)]
+    assert found.capacity == 4.5
+
+
+def capacity_settings():
+    from slo_sidecar.loadgen import LoadSettings
+
+    return LoadSettings(url="http://127.0.0.1:1")
