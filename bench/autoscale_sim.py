@@ -132,7 +132,14 @@ class Curve:
             raise ReportError("the report found no capacity (its lowest rate already missed an objective)")
         try:
             capacity = float(report["capacity_rps"])
-            steps = sorted(report["steps"], key=lambda s: float(s["rate_rps"]))
+            # One step per rate: where a rate was loaded twice (the capacity's confirmation, twice as long),
+            # the longer run stands.
+            longest: dict[float, dict] = {}
+            for step in report["steps"]:
+                rate = float(step["rate_rps"])
+                if rate not in longest or step.get("duration_s", 0) > longest[rate].get("duration_s", 0):
+                    longest[rate] = step
+            steps = [longest[rate] for rate in sorted(longest)]
             rates = [float(step["rate_rps"]) for step in steps]
             attainment: dict[str, Series] = {}
             objectives: dict[str, float] = {}
