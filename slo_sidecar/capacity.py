@@ -258,7 +258,7 @@ def report(found: Search, settings, spec: Spec) -> dict:
     return {
         "version": REPORT_VERSION, "url": settings.url, "spec": spec.source,
         "load": {"arrivals": "poisson", "prompt_tokens": settings.prompt_tokens, "max_tokens": settings.max_tokens,
-                 "stream": settings.stream, "seed": settings.seed},
+                 "stream": settings.stream, "seed": settings.seed, "request_mix": len(settings.request_mix)},
         "steps": [{**asdict(step), "unjudged": step.unjudged} for step in sorted(found.steps, key=lambda s: s.rate_rps)],
         "capacity_rps": found.capacity,
     }
@@ -266,11 +266,16 @@ def report(found: Search, settings, spec: Spec) -> dict:
 
 def run(args: argparse.Namespace, spec: Spec) -> int:
     from .capacity_chart import write_chart
-    from .loadgen import LoadSettings
+    from .loadgen import LoadSettings, RequestFileError, read_request_file
 
+    try:
+        mix = read_request_file(args.requests_file) if args.requests_file else ()
+    except RequestFileError as error:
+        print(f"slo-sidecar capacity: error: --requests-file {error}", file=sys.stderr)
+        return EXIT_ERROR
     settings = LoadSettings(url=args.url.rstrip("/"), prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
                             stream=True, api_key=args.api_key or os.environ.get("SLO_ENGINE_API_KEY"),
-                            seed=args.seed, timeout_s=args.timeout_s)
+                            seed=args.seed, timeout_s=args.timeout_s, request_mix=mix)
     if args.min_rate > args.max_rate:
         print(f"slo-sidecar capacity: error: --min-rate {args.min_rate:g} is above --max-rate {args.max_rate:g}",
               file=sys.stderr)
@@ -314,6 +319,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop when the gap between passing and failing rates is this share (default 0.1)")
     parser.add_argument("--prompt-tokens", type=positive(int), default=64, help="prompt words, ~tokens (default 64)")
     parser.add_argument("--max-tokens", type=positive(int), default=32, help="tokens per answer (default 32)")
+    parser.add_argument("--requests-file", help="JSON lines, one request each ({\"prompt\": ..., \"max_tokens\": N} or "
+                        "{\"prompt_tokens\": N, \"max_tokens\": N}), sent in turn instead of --prompt-tokens and "
+                        "--max-tokens: your traffic's mix of lengths")
     parser.add_argument("--seed", type=int, default=1, help="of the arrival times (default 1)")
     parser.add_argument("--timeout-s", type=positive(float), default=120.0, help="per request (default 120)")
     parser.add_argument("--api-key", help="bearer token (default: $SLO_ENGINE_API_KEY)")

@@ -8,6 +8,7 @@ engine's /metrics while it runs. What the numbers mean against the SLO spec is
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import sys
@@ -41,6 +42,8 @@ class LoadSettings:
     # whatever the server's pace; `concurrency` is then not a limit. None: `concurrency` clients in a loop.
     rate_rps: float | None = None
     seed: int = 1  # of the arrival times: the same run sends at the same moments
+    # Requests from a JSON-lines file (`read_request_file`), sent in turn, instead of one shape for all.
+    request_mix: tuple[tuple[str, int], ...] = ()  # (prompt, max_tokens)
     metrics_url: str | None = None  # the engine's /metrics, when not beside the API (--metrics-port)
 
     @property
@@ -127,6 +130,42 @@ def poisson_arrivals(rate_rps: float, seed: int, duration_s: float | None = None
         if (duration_s is not None and at >= duration_s) or (count is not None and len(times) >= count):
             return times
         times.append(at)
+
+
+class RequestFileError(ValueError):
+    """A request file that cannot be used: its message names the file, the line and the reason."""
+
+
+def read_request_file(path: str) -> tuple[tuple[str, int], ...]:
+    """(prompt, max_tokens) per line of a JSON-lines file: {"prompt": "...", "max_tokens": 64}, or
+    {"prompt_tokens": 512, "max_tokens": 64} for a prompt of that many words of filler."""
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise RequestFileError(f"{path}: {getattr(error, 'strerror', None) or error}") from None
+    mix = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as error:
+            raise RequestFileError(f"{path}:{number}: not JSON: {error}") from None
+        if not isinstance(entry, dict):
+            raise RequestFileError(f"{path}:{number}: expected an object with prompt or prompt_tokens, and max_tokens")
+        max_tokens, words = entry.get("max_tokens"), entry.get("prompt_tokens")
+        prompt = entry.get("prompt", prompt_of(words) if _positive_int(words) else None)
+        if not isinstance(prompt, str) or not prompt or not _positive_int(max_tokens):
+            raise RequestFileError(f"{path}:{number}: expected a non-empty \"prompt\" (or \"prompt_tokens\" > 0) "
+                                   f"and \"max_tokens\" > 0, got {line.strip()[:120]}")
+        mix.append((prompt, max_tokens))
+    if not mix:
+        raise RequestFileError(f"{path}: no requests in it")
+    return tuple(mix)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def request_body(settings: LoadSettings, model: str) -> dict:
@@ -287,9 +326,21 @@ async def run_load(settings: LoadSettings, show_progress: bool = True) -> LoadRu
             issued += 1
             return issued <= settings.requests
 
+        mix = itertools.count()
+
+        def body_for(target: str) -> dict:
+            """The model's body; with a request file, its next request (in turn, in the order of sending)."""
+            if not settings.request_mix:
+                return bodies[target]
+            prompt, max_tokens = settings.request_mix[next(mix) % len(settings.request_mix)]
+            body = {**bodies[target], "max_tokens": max_tokens}
+            body["messages" if settings.endpoint == "chat" else "prompt"] = (
+                [{"role": "user", "content": prompt}] if settings.endpoint == "chat" else prompt)
+            return body
+
         async def send(target: str) -> None:
             nonlocal failed
-            result = await _one(session, settings, bodies[target])
+            result = await _one(session, settings, body_for(target))
             result.model = target
             results.append(result)
             failed += not result.ok

@@ -60,17 +60,25 @@ class _Tenants(argparse.Action):
 
 
 def settings_from(args: argparse.Namespace):
-    from .loadgen import LoadSettings
+    from .loadgen import LoadSettings, read_request_file
 
     return LoadSettings(url=args.url.rstrip("/"), concurrency=args.concurrency, requests=args.requests,
                         duration_s=args.duration, prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
                         stream=args.stream, endpoint=args.endpoint, tenants=tuple(args.model or ()),
                         api_key=args.api_key or os.environ.get("SLO_ENGINE_API_KEY"), metrics_url=args.metrics_url,
-                        rate_rps=args.rate, seed=args.seed)
+                        rate_rps=args.rate, seed=args.seed,
+                        request_mix=read_request_file(args.requests_file) if args.requests_file else ())
 
 
 def run_gate(args: argparse.Namespace, spec: Spec) -> int:
-    return gate(settings_from(args), spec, Path(args.report) if args.report else None, show_progress=not args.quiet)
+    from .loadgen import RequestFileError
+
+    try:
+        settings = settings_from(args)
+    except RequestFileError as error:
+        print(f"slo-sidecar validate: error: --requests-file {error}", file=sys.stderr)
+        return EXIT_ERROR
+    return gate(settings, spec, Path(args.report) if args.report else None, show_progress=not args.quiet)
 
 
 def gate(settings, spec: Spec, report_path: Path | None, show_progress: bool = True) -> int:
@@ -121,6 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "many per second, whatever the server's pace (as `capacity` loads it); --concurrency is then "
                       "no limit")
     gate.add_argument("--seed", type=int, default=1, help="of the --rate arrival times (default: 1)")
+    gate.add_argument("--requests-file", help="JSON lines, one request each ({\"prompt\": ..., \"max_tokens\": N} or "
+                      "{\"prompt_tokens\": N, \"max_tokens\": N}), sent in turn instead of --prompt-tokens and "
+                      "--max-tokens")
     gate.add_argument("--requests", type=positive(int), default=100, help="how many requests (default: 100)")
     gate.add_argument("--duration", type=positive(float), help="run for this many seconds instead of a request count")
     gate.add_argument("--prompt-tokens", type=positive(int), default=64, help="prompt length in words, ~tokens (default: 64)")

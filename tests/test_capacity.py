@@ -217,3 +217,50 @@ def capacity_settings():
     from slo_sidecar.loadgen import LoadSettings
 
     return LoadSettings(url="http://127.0.0.1:1")
+
+
+def test_a_request_file_gives_each_request_its_lengths(tmp_path):
+    from slo_sidecar.loadgen import RequestFileError, prompt_of, read_request_file
+
+    good = tmp_path / "mix.jsonl"
+    good.write_text('{"prompt": "hello there", "max_tokens": 8}\n\n{"prompt_tokens": 3, "max_tokens": 64}\n')
+    assert read_request_file(str(good)) == (("hello there", 8), (prompt_of(3), 64))
+    for text, message in (("", "no requests in it"), ("{bad\n", ":1: not JSON"), ("[1]\n", ":1: expected an object"),
+                          ('{"prompt": "x"}\n', ':1: expected a non-empty "prompt"'),
+                          ('{"prompt": "x", "max_tokens": 2}\n{"prompt_tokens": 0, "max_tokens": 2}\n', ":2:")):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(text)
+        with pytest.raises(RequestFileError, match=message):
+            read_request_file(str(bad))
+    with pytest.raises(RequestFileError, match="No such file"):
+        read_request_file(str(tmp_path / "missing.jsonl"))
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "capacity", "--url", "http://127.0.0.1:1",
+                             "--requests-file", str(tmp_path / "missing.jsonl")], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "--requests-file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_open_loop_sends_the_request_files_mix_in_turn():
+    import asyncio
+
+    from aiohttp import web
+
+    from slo_sidecar.loadgen import LoadSettings, run_load
+    from tests.test_validate_models import ModelsStub
+
+    class Recording(ModelsStub):
+        async def _complete(self, request: web.Request) -> web.Response:
+            body = await request.json()
+            self.seen.append((body["prompt"], body["max_tokens"]))
+            return web.json_response({"choices": [{"index": 0, "text": "ok"}],
+                                      "usage": {"prompt_tokens": 1, "completion_tokens": body["max_tokens"]}})
+
+    server = Recording(("tiny-llama",)).start()
+    try:
+        mix = (("short", 4), ("long", 64), ("mid", 16))
+        run = asyncio.run(run_load(LoadSettings(server.url, stream=False, requests=7, rate_rps=200.0,
+                                                request_mix=mix), show_progress=False))
+    finally:
+        server.stop()
+    assert len(run.results) == 7 and all(result.ok for result in run.results)
+    assert server.seen == [mix[i % 3] for i in range(7)]  # each request in turn, in the order sent
