@@ -208,11 +208,17 @@ def test_bad_reports_are_refused() -> None:
     with pytest.raises(ReportError):
         Curve.from_report({**report([(1.0, 1.0, 0.1, 0.0)]), "version": "v0"})
     with pytest.raises(ReportError):
-        Curve.from_report(report([(1.0, 1.0, 0.1, 0.0), (1.0, 0.9, 0.2, 0.1)]))
-    with pytest.raises(ReportError):
         Curve.from_report(report([]))
     with pytest.raises(ReportError):  # no rate held every objective
         Curve.from_report(report([(1.0, 0.5, 0.1, 0.0)], capacity=None))
+
+
+def test_a_rate_loaded_twice_takes_its_longer_run() -> None:
+    # `capacity` confirms the rate it found with a step twice as long: that run stands for the rate.
+    twice = report([(1.0, 1.0, 0.1, 0.0), (2.0, 0.995, 0.3, 0.2), (2.0, 0.99, 0.4, 0.5), (3.0, 0.5, 2.0, 6.0)])
+    twice["steps"][1]["duration_s"], twice["steps"][2]["duration_s"] = 60.0, 120.0
+    at = Curve.from_report(twice).at(2.0)
+    assert (at.attainment["ttft"], at.headroom, at.queue_depth) == (0.99, 0.4, 0.5)
 
 
 def test_steps_without_a_value_are_left_out_of_that_series() -> None:
