@@ -121,7 +121,7 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
             rules.append(tmp_path / name)
     headers = {"Authorization": f"Bearer {API_KEY}"}
     capacity = tmp_path / "capacity.json"  # as `slo-sidecar capacity --json` writes it, but its figure alone
-    capacity.write_text('{"version": "slo-sidecar/capacity/v1", "capacity_rps": 20.0, "steps": []}')
+    capacity.write_text('{"version": "slo-sidecar/capacity/v1", "capacity_rps": 1000.0, "steps": []}')
     # One fake GPU and a price, so the GPU and cost panels have data to show too.
     with SidecarProcess(tmp_path / "sidecar.log", engine.url, "--engine-interval-s", "1", "--slo", str(spec_file),
                         "--fake-gpu", "1", "--engine-pid", str(engine.process.pid), "--gpu-interval-s", "1",
@@ -176,7 +176,7 @@ async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
     assert through is not None and own is not None and through > 0, adapter
     assert through == pytest.approx(own, rel=0.2), adapter
     assert adapter["sidecar_engine_queue_depth"][0] is not None, adapter
-    # Three clients at a time finish a few requests a second: a share of the report's 20 req/s, above 0.
+    # Three clients at a time of 4-token requests finish tens a second (70 here): a share of 1000 req/s.
     assert utilisation and 0 < float(utilisation[0]["value"][1]) < 1, utilisation
     failed = {title: outcome for title, outcome in panel_results.items() if outcome != "data"}
     assert not failed, f"dashboard panels without data or with errors after the load: {failed}"
