@@ -171,20 +171,23 @@ def step_histograms(before, after) -> tuple[dict[tuple[str, float], float], dict
     quantiles, means = {}, {}
     for key in MEASURE_KEYS.values():
         histogram = HISTOGRAMS[key]
-
-        def delta(name: str) -> dict[str, float]:
-            counts: dict[str, float] = {}
-            for sign, samples in ((-1, before), (1, after)):
-                for labels, value in samples.get(name, ()):
-                    counts[labels.get("le", "")] = counts.get(labels.get("le", ""), 0.0) + sign * value
-            return counts
-
-        buckets = sorted((float(le), count) for le, count in delta(histogram + "_bucket").items())
+        increases = _increase_by_le(before, after, histogram + "_bucket")
+        buckets = sorted((float(le), count) for le, count in increases.items())
         quantiles[(key, QUANTILE)] = histogram_quantile(QUANTILE, buckets)
-        count, total = sum(delta(histogram + "_count").values()), sum(delta(histogram + "_sum").values())
+        count = sum(_increase_by_le(before, after, histogram + "_count").values())
+        total = sum(_increase_by_le(before, after, histogram + "_sum").values())
         if count > 0:
             means[key] = total / count
     return quantiles, means
+
+
+def _increase_by_le(before, after, name: str) -> dict[str, float]:
+    """A sample's increase between two scrapes, summed per `le` (one entry, "", for a series without it)."""
+    counts: dict[str, float] = {}
+    for sign, samples in ((-1, before), (1, after)):
+        for labels, value in samples.get(name, ()):
+            counts[labels.get("le", "")] = counts.get(labels.get("le", ""), 0.0) + sign * value
+    return counts
 
 
 def run_step(settings, spec: Spec, rate: float, duration_s: float) -> Step:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import aiohttp
 
@@ -140,7 +141,7 @@ def read_request_file(path: str) -> tuple[tuple[str, int], ...]:
     """(prompt, max_tokens) per line of a JSON-lines file: {"prompt": "...", "max_tokens": 64}, or
     {"prompt_tokens": 512, "max_tokens": 64} for a prompt of that many words of filler."""
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise RequestFileError(f"{path}: {getattr(error, 'strerror', None) or error}") from None
     mix = []
@@ -168,15 +169,18 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def request_body(settings: LoadSettings, model: str) -> dict:
-    body = {"model": model, "max_tokens": settings.max_tokens, "ignore_eos": True, "temperature": 0.0,
-            "stream": settings.stream}
+def request_body(settings: LoadSettings, model: str, prompt: str | None = None,
+                 max_tokens: int | None = None) -> dict:
+    """One request's body: the settings' shape, or a request file's prompt and length."""
+    body = {"model": model, "max_tokens": max_tokens or settings.max_tokens, "ignore_eos": True,
+            "temperature": 0.0, "stream": settings.stream}
     if settings.stream:
         body["stream_options"] = {"include_usage": True}
+    text = prompt_of(settings.prompt_tokens) if prompt is None else prompt
     if settings.endpoint == "chat":
-        body["messages"] = [{"role": "user", "content": prompt_of(settings.prompt_tokens)}]
+        body["messages"] = [{"role": "user", "content": text}]
     else:
-        body["prompt"] = prompt_of(settings.prompt_tokens)
+        body["prompt"] = text
     return body
 
 
@@ -333,10 +337,7 @@ async def run_load(settings: LoadSettings, show_progress: bool = True) -> LoadRu
             if not settings.request_mix:
                 return bodies[target]
             prompt, max_tokens = settings.request_mix[next(mix) % len(settings.request_mix)]
-            body = {**bodies[target], "max_tokens": max_tokens}
-            body["messages" if settings.endpoint == "chat" else "prompt"] = (
-                [{"role": "user", "content": prompt}] if settings.endpoint == "chat" else prompt)
-            return body
+            return request_body(settings, target, prompt, max_tokens)
 
         async def send(target: str) -> None:
             nonlocal failed
