@@ -158,16 +158,17 @@ def test_without_nvml_the_gpu_collector_is_down_logs_once_and_backs_off(tmp_path
 @pytest.mark.engine
 @run_async
 async def test_queue_depth_rises_under_a_burst_and_falls_after(tmp_path):
-    # An engine of its own that runs one sequence at a time: of a burst of 16 long requests, 15
-    # wait, and 2 or more still wait after 13 rounds of 1000 tokens, tens of seconds. The burst
+    # An engine of its own that runs one sequence at a time: of a burst of 32 long requests, 31
+    # wait, and 2 or more still wait after 29 rounds of 2000 tokens, a minute or more. The burst
     # is held until the sidecar has shown it, then the clients hang up, which aborts everything.
     # (A burst that drains by itself lasts a few seconds: a CI run on 2 busy cores once let the
-    # observer sleep through all of it.)
+    # observer sleep through all of it, and a later CI run never saw 2 waiting in 60 s of a burst
+    # of 16 requests of 1000 tokens.)
     # (No probes: the queue is the burst's alone. A 5 s scrape timeout: while vLLM streams the burst,
     # the engine's event loop answers /metrics late, and with the default 0.8 s the sidecar's first
     # good scrape came after the burst had drained.)
-    waiting_allowed = 16
-    engine_args = ("--max-model-len", "1024", "--max-num-seqs", "1",
+    waiting_allowed = 32
+    engine_args = ("--max-model-len", "2048", "--max-num-seqs", "1",
                    "--max-waiting-requests", str(waiting_allowed))
     with EngineProcess(tmp_path / "engine.log", *engine_args).start() as engine, SidecarProcess(
             tmp_path / "sidecar.log", engine.url, "--engine-interval-s", INTERVAL, "--probe-interval-s", "0",
@@ -176,7 +177,7 @@ async def test_queue_depth_rises_under_a_burst_and_falls_after(tmp_path):
         engine.wait_ready()
         sidecar.wait_ready()
         await asyncio.to_thread(wait_for, sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
-        body = {"prompt": "burst", "max_tokens": 1000, "ignore_eos": True}
+        body = {"prompt": "burst", "max_tokens": 2000, "ignore_eos": True}
         async with aiohttp.ClientSession() as session:
             async def one() -> int:
                 async with session.post(engine.url + "/v1/completions", json=body) as response:
