@@ -2,11 +2,17 @@
 
 Recording rules use Sloth's names and labels (`slo:sli_error:ratio_rate5m`,
 `slo:objective:ratio`, ..., `sloth_id`/`sloth_service`/`sloth_slo`/`sloth_window`),
-so dashboards built for Sloth work unchanged. Two differences, both on purpose:
-each window also records its event rate (`slo:sli_total_events:rate<w>`), which
-the minimum-traffic guard needs; and the period's error ratio is the ratio of
-summed 5m event rates, weighted by traffic, not an average of 5m ratios (a quiet
-night must not count as much as a busy day).
+so dashboards built for Sloth work unchanged. They are built to stay cheap on a
+fleet of hundreds of pods:
+- only the short windows (up to 6h for a 30-day period) read the raw counters,
+  once each for errors and total (`slo:sli_error_events:rate<w>`,
+  `slo:sli_total_events:rate<w>`); each ratio divides those recordings;
+- the long windows (1d, 3d) and the period are summed from the 5m recordings, in
+  a group of their own on a slower interval, never from days of raw samples;
+  their ratio is the ratio of summed event rates, weighted by traffic, not an
+  average of 5m ratios (a quiet night must not count as much as a busy day);
+- split (`generate --split local,global`), the raw-reading rules run on each
+  Prometheus and the rest on a ruler over the long-term store.
 
 Alerts: the SRE Workbook's multi-window, multi-burn-rate page and ticket
 alerts per SLO, an absent-SLI alert, and the operational alerts, each with
@@ -56,49 +62,137 @@ def _id_selector(spec: Spec, slo: Slo) -> str:
     return f'{{sloth_id="{slo_id(spec, slo)}", sloth_service="{spec.service}", sloth_slo="{slo.name}"}}'
 
 
-def _window_queries(spec: Spec, slo: Slo, window: str) -> tuple[str, str | None, str | None]:
-    """(error ratio, error event rate, total event rate) over the window, as PromQL, per service."""
+# A window at least this many base windows long is summed from the base window's recordings instead of
+# read from the raw counters (see long_recording_group): at most 1/LONG_WINDOW_FACTOR of its events can be
+# weighed wrongly, at its edges, which bounds the approximation's error at 1%.
+LONG_WINDOW_FACTOR = 100
+# The long windows' group runs on its own slower interval: a 1-day ratio 2 minutes old differs from the
+# exact one by at most 2m/1d of its events (0.14%), while each evaluation reads a day of samples.
+LONG_INTERVAL = "2m"
+
+
+def _event_queries(spec: Spec, slo: Slo, window: str) -> tuple[str, str] | None:
+    """(error event rate, total event rate) over the window, from the raw counters, per service; None for
+    an SLI that is only a ratio."""
     sli = slo.sli
     if sli.errors is not None and sli.total is not None:
-        errors, total = sli.errors.rate_promql(window, spec.identity), sli.total.rate_promql(window, spec.identity)
-    elif sli.raw_errors is not None and sli.raw_total is not None:
-        errors = "(" + sli.raw_errors.replace("{{.window}}", window) + ")"
-        total = "(" + sli.raw_total.replace("{{.window}}", window) + ")"
-    else:  # raw ratio: nothing but the ratio is known
-        return "(" + (sli.raw_error_ratio or "").replace("{{.window}}", window) + ")", None, None
-    if sli.errors is not None:
-        return f"{errors}\n/\nclamp_min({total}, {NO_EVENTS_FLOOR})", errors, total
-    return f"{errors}\n/\n{total}", errors, total  # Sloth's events SLI: its ratio as Sloth writes it
+        return sli.errors.rate_promql(window, spec.identity), sli.total.rate_promql(window, spec.identity)
+    if sli.raw_errors is not None and sli.raw_total is not None:
+        return ("(" + sli.raw_errors.replace("{{.window}}", window) + ")",
+                "(" + sli.raw_total.replace("{{.window}}", window) + ")")
+    return None
 
 
-def recording_group(spec: Spec, slo: Slo) -> dict[str, Any]:
+def _ratio(spec: Spec, slo: Slo, errors: str, total: str) -> str:
+    """errors / total, per service: a native SLI's total has a floor (an idle service reads 0, not NaN);
+    Sloth's events SLI keeps its ratio as Sloth writes it."""
+    if slo.sli.errors is not None:
+        total = f"clamp_min({total}, {NO_EVENTS_FLOOR})"
+    return f"{errors}\n/\n{total}"
+
+
+def _per_service(spec: Spec, expr: str) -> str:
+    """Summed per service: recordings from several Prometheus servers (shards of one fleet, read through
+    Thanos or Mimir) add up; on one server it changes nothing. A Sloth spec's queries keep their own scope."""
+    return f"sum by ({', '.join(spec.identity)}) ({expr})" if spec.identity else expr
+
+
+def _windows(slo: Slo) -> tuple[list[int], list[int]]:
+    """(short windows, long windows), without the period: a long window (and the period) is summed from the
+    base window's recordings where the SLI has events; an SLI that is only a ratio reads every window raw."""
+    windows = [w for w in slo.windows() if w != slo.period_s]
+    if slo.sli.raw_error_ratio is not None and slo.sli.raw_errors is None:
+        return windows, []
+    return ([w for w in windows if w < LONG_WINDOW_FACTOR * slo.base_window_s],
+            [w for w in windows if w >= LONG_WINDOW_FACTOR * slo.base_window_s])
+
+
+def _record(name: str, expr: str, labels: dict[str, str], window: str) -> dict[str, Any]:
+    return {"record": name, "expr": expr, "labels": {**labels, "sloth_window": window}}
+
+
+def event_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
+    """What reads the raw counters, next to the data: each short window's error and total event rates (an
+    SLI that is only a ratio: its ratio), and when the base window's recording was made (see coverage)."""
     labels = {**spec.labels, **slo.labels, **sloth_labels(spec, slo)}
-    rules: list[dict[str, Any]] = []
-    windows = [duration_label(w) for w in slo.windows() if w != slo.period_s]
+    short, _ = _windows(slo)
+    rules = []
+    for window in map(duration_label, short):
+        events = _event_queries(spec, slo, window)
+        if events is None:
+            ratio = "(" + (slo.sli.raw_error_ratio or "").replace("{{.window}}", window) + ")"
+            rules.append(_record(f"slo:sli_error:ratio_rate{window}", ratio, labels, window))
+            continue
+        rules.append(_record(f"slo:sli_error_events:rate{window}", events[0], labels, window))
+        rules.append(_record(f"slo:sli_total_events:rate{window}", events[1], labels, window))
+    if _event_queries(spec, slo, "") is not None:
+        base = duration_label(slo.base_window_s)
+        rules.append(_record("slo:sli_total_events:timestamp", f"timestamp(slo:sli_total_events:rate{base}"
+                             f"{_id_selector(spec, slo)})", labels, base))
+    return rules
+
+
+def ratio_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
+    """Each short window's error ratio, from the recorded event rates (cheap: a few series per service)."""
+    if _event_queries(spec, slo, "") is None:
+        return []
+    labels, selector = {**spec.labels, **slo.labels, **sloth_labels(spec, slo)}, _id_selector(spec, slo)
+    short, _ = _windows(slo)
+    return [_record(f"slo:sli_error:ratio_rate{w}",
+                    _ratio(spec, slo, _per_service(spec, f"slo:sli_error_events:rate{w}{selector}"),
+                           _per_service(spec, f"slo:sli_total_events:rate{w}{selector}")), labels, w)
+            for w in map(duration_label, short)]
+
+
+def long_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
+    """The long windows (1d, 3d) and the period, summed from the base window's recordings, never from days
+    of raw counters.
+
+    The base window's rate, recorded every interval, averaged over a long window is that window's rate:
+    each instant counts base/interval times, but for the base window at each edge. So the ratio of the
+    summed error and total rates is the window's error ratio, weighted by traffic, within base/window of
+    its events (LONG_WINDOW_FACTOR). The event rate is the average rate times the share of the window the
+    recordings cover, so a service younger than the window is not credited with events it never had (the
+    event guard counts them).
+    """
+    labels, selector = {**spec.labels, **slo.labels, **sloth_labels(spec, slo)}, _id_selector(spec, slo)
+    _, long = _windows(slo)
     base = duration_label(slo.base_window_s)
-    for window in windows:
-        ratio, errors, total = _window_queries(spec, slo, window)
-        rules.append({"record": f"slo:sli_error:ratio_rate{window}", "expr": ratio,
-                      "labels": {**labels, "sloth_window": window}})
-        if total is not None:
-            rules.append({"record": f"slo:sli_total_events:rate{window}", "expr": total,
-                          "labels": {**labels, "sloth_window": window}})
-        if errors is not None and window == base:
-            rules.append({"record": f"slo:sli_error_events:rate{window}", "expr": errors,
-                          "labels": {**labels, "sloth_window": window}})
-    period, shortest, selector = slo.period, base, _id_selector(spec, slo)
-    if _window_queries(spec, slo, shortest)[2] is not None:
-        period_expr = (f"sum_over_time(slo:sli_error_events:rate{shortest}{selector}[{period}])\n"
-                       f"/ ignoring (sloth_window)\n"
-                       f"clamp_min(sum_over_time(slo:sli_total_events:rate{shortest}{selector}[{period}]), "
-                       f"{NO_EVENTS_FLOOR})")
-    else:
-        period_expr = (f"sum_over_time(slo:sli_error:ratio_rate{shortest}{selector}[{period}])\n"
-                       f"/ ignoring (sloth_window)\n"
-                       f"count_over_time(slo:sli_error:ratio_rate{shortest}{selector}[{period}])")
-    rules.append({"record": f"slo:sli_error:ratio_rate{period}", "expr": period_expr,
-                  "labels": {**labels, "sloth_window": period}})
-    return {"name": f"sloth-slo-sli-recordings-{slo_id(spec, slo)}", "rules": rules}
+    rules = []
+    for window_s in [*long, slo.period_s]:
+        window = duration_label(window_s)
+        if _event_queries(spec, slo, "") is None:  # a ratio alone: Sloth's average of base ratios
+            expr = (f"sum_over_time(slo:sli_error:ratio_rate{base}{selector}[{window}])\n"
+                    f"/ ignoring (sloth_window)\n"
+                    f"count_over_time(slo:sli_error:ratio_rate{base}{selector}[{window}])")
+            rules.append(_record(f"slo:sli_error:ratio_rate{window}", expr, labels, window))
+            continue
+        errors, total = (_per_service(spec, f"sum_over_time(slo:sli_{kind}_events:rate{base}{selector}[{window}])")
+                         for kind in ("error", "total"))
+        rules.append(_record(f"slo:sli_error:ratio_rate{window}", _ratio(spec, slo, errors, total), labels, window))
+        if window_s == slo.period_s:
+            continue  # no alert counts the period's events
+        covered = (f"clamp_max((time() - min_over_time(slo:sli_total_events:timestamp{selector}[{window}])) / "
+                   f"{window_s - slo.base_window_s}, 1)")
+        rules.append(_record(f"slo:sli_total_events:rate{window}", _per_service(
+            spec, f"avg_over_time(slo:sli_total_events:rate{base}{selector}[{window}])\n"
+                  f"* ignoring (sloth_window) {covered}"), labels, window))
+    return rules
+
+
+def recording_groups(spec: Spec, slo: Slo, split: bool = False) -> tuple[list[dict], list[dict]]:
+    """(local groups, global groups) of the SLI recordings. Local: what reads the raw counters, to run on
+    each Prometheus next to its data; global: what reads only recordings (ratios, long windows, the
+    period), for a ruler over the long-term store (Thanos, Mimir, vmalert). Unsplit, the local rules and
+    the short ratios share a group, so that each ratio reads this evaluation's rates."""
+    ident = slo_id(spec, slo)
+    events, ratios = event_rules(spec, slo), ratio_rules(spec, slo)
+    long = {"name": f"sloth-slo-sli-long-recordings-{ident}", "interval": LONG_INTERVAL,
+            "rules": long_rules(spec, slo)}
+    if not split:
+        return [], [{"name": f"sloth-slo-sli-recordings-{ident}", "rules": events + ratios}, long]
+    local = [{"name": f"sloth-slo-sli-event-recordings-{ident}", "rules": events}]
+    return local, ([{"name": f"sloth-slo-sli-recordings-{ident}", "rules": ratios}] if ratios else []) + [long]
 
 
 def metadata_group(spec: Spec, slo: Slo) -> dict[str, Any]:
@@ -127,7 +221,7 @@ def metadata_group(spec: Spec, slo: Slo) -> dict[str, Any]:
 
 def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     selector = _id_selector(spec, slo)
-    guarded = _window_queries(spec, slo, "5m")[2] is not None
+    guarded = _event_queries(spec, slo, "5m") is not None
     rules: list[dict[str, Any]] = []
     for tier_name, for_ in (("page", PAGE_FOR), ("ticket", TICKET_FOR)):
         tier = getattr(slo, tier_name)

@@ -79,16 +79,23 @@ def _capacity(args: argparse.Namespace) -> int:
     return 2 if spec is None else run(args, spec)
 
 
+SPLIT = "local,global"
+
+
 def _generate(args: argparse.Namespace) -> int:
     from iokit.files import write_atomically
     from .generated import generated_files
 
+    if args.split not in (None, SPLIT):
+        print(f"slo-sidecar: error: --split: expected {SPLIT!r} (the local and the global part), got "
+              f"{args.split!r}", file=sys.stderr)
+        return 2
     spec = _load_spec(args.slo)
     if spec is None:
         return 2
     out = Path(args.out)
     board_dir = Path(args.dashboards_out) if args.dashboards_out else out / "dashboards"
-    files = generated_files(spec, out, board_dir, Path(args.k8s) if args.k8s else None)
+    files = generated_files(spec, out, board_dir, Path(args.k8s) if args.k8s else None, split=bool(args.split))
     for path, text in files.items():
         changed = write_atomically(path, text)
         print(f"{'wrote' if changed else 'unchanged'} {path}")
@@ -162,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--dashboards-out", help="directory for the Grafana dashboards (default: OUT/dashboards)")
     generate.add_argument("--k8s", metavar="DIR", help="also write the Kubernetes objects that come from the spec "
                           "(PrometheusRule, dashboard and datasource ConfigMaps, the spec's ConfigMap) into DIR")
+    generate.add_argument("--split", metavar=SPLIT, help="write the rules in two parts: OUT/local/ reads the "
+                          "scraped series (load it on every Prometheus), OUT/global/ reads only their recordings "
+                          "(long windows, SLOs, alerts: load it on Thanos Ruler, Mimir's ruler or vmalert over "
+                          "the long-term store)")
     generate.set_defaults(func=_generate)
 
     preview = commands.add_parser("preview", help="draw each dashboard as a static HTML page from a Prometheus")

@@ -115,7 +115,7 @@ def test_page_and_ticket_share_the_labels_the_inhibition_needs():
     # The SLO's id is a static label; the service's identity comes with the series, summed by it.
     assert inhibit["equal"] == ["sloth_id", *identity]
     assert all("sloth_id" in a["labels"] for a in burn)
-    assert all(f"sum by ({', '.join(identity)}) (rate(" in rule["expr"] for group in
+    assert all(f"sum by ({', '.join(identity)}) (" in rule["expr"] for group in
                yaml.safe_load(files["slo-availability.rules.yaml"])["groups"] for rule in group["rules"]
                if rule.get("record", "").startswith("slo:sli_total_events:rate"))
     assert {a["labels"]["severity"] for a in burn} == {"critical", "warning"}
@@ -235,3 +235,59 @@ def test_only_the_failing_tenants_page_fires_in_promtool(tmp_path):
     result = subprocess.run(["promtool", "test", "rules", "tenants.test.yaml"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- generate --split local,global ------------------------------------------------------------------
+
+RAW_METRIC = re.compile(r"\b(slo_engine_[a-z_]+|vllm:[a-z_:]+|sidecar_[a-z_]+)\b")
+
+
+def test_split_local_reads_the_scraped_series_and_global_only_their_recordings():
+    spec = load_spec(str(DEFAULT_SPEC))
+    split, whole = render(spec, split=True), render(spec)
+    local = {n: yaml.safe_load(t)["groups"] for n, t in split.items() if n.startswith("local/")}
+    global_ = {n: yaml.safe_load(t)["groups"] for n, t in split.items() if n.startswith("global/")}
+    assert sorted(local) == sorted(f"local/{n}" for n in whole if n.endswith(".rules.yaml"))
+    assert sorted(global_) == sorted(f"global/{n}" for n in whole if n.endswith(".rules.yaml") and n != OPERATIONAL_FILE)
+    for name, groups in local.items():
+        for rule in (r for g in groups for r in g["rules"] if "record" in r):
+            # Each recording reads the scraped counters, but the one that stamps its own group's base rate.
+            assert RAW_METRIC.search(rule["expr"]) or rule["record"] == "slo:sli_total_events:timestamp", (name, rule)
+    for name, groups in global_.items():
+        for rule in (r for g in groups for r in g["rules"]):
+            if rule.get("alert", "").endswith("SLIAbsent"):
+                continue  # absent() of the SLI's own series: the store has them too
+            assert not RAW_METRIC.search(rule["expr"]), (name, rule["expr"])
+    # Together, the same rules: every record and alert of the whole set, each once.
+    def names(files: dict[str, str]) -> list[str]:
+        return sorted(r.get("record") or r["alert"] for n, t in files.items() if n.endswith(".rules.yaml")
+                      for g in yaml.safe_load(t)["groups"] for r in g["rules"])
+    assert names(split) == names(whole)
+    # The long windows run on their slower interval in both.
+    long_groups = [g for gs in global_.values() for g in gs if "-long-" in g["name"]]
+    assert long_groups and all(g["interval"] == "2m" for g in long_groups)
+
+
+@needs_promtool
+def test_split_parts_pass_promtool_and_fire_as_predicted(tmp_path):
+    """Both parts check, and loaded together they fire when the model says (the availability SLO's tests:
+    the others share its rules' shapes)."""
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "generate", "--split", "local,global",
+                             "--out", str(tmp_path), "--dashboards-out", str(tmp_path / "d")],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    parts = sorted(tmp_path.glob("local/*.rules.yaml")) + sorted(tmp_path.glob("global/*.rules.yaml"))
+    check = subprocess.run(["promtool", "check", "rules", *map(str, parts)], capture_output=True, text=True,
+                           timeout=120)
+    assert check.returncode == 0 and check.stdout.count("SUCCESS") == len(parts), check.stdout + check.stderr
+    test = subprocess.run(["promtool", "test", "rules", "slo-availability.test.yaml"], cwd=tmp_path / "tests",
+                          capture_output=True, text=True, timeout=600)
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "../local/slo-availability.rules.yaml" in (tmp_path / "tests" / "slo-availability.test.yaml").read_text()
+
+
+def test_split_must_be_local_global(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "generate", "--split", "global",
+                             "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--split" in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
