@@ -38,14 +38,17 @@ fi
 
 # Debian packages: `prometheus` (server and promtool) for the tests that check
 # expositions and rules and for the demo, `prometheus-alertmanager` (alertmanager and
-# amtool) for the generated routing and inhibitions, `chromium` for the dashboard
-# preview's screenshot test. Installing the first two would start system services; a
-# policy-rc.d that exits 101 stops that, and the tests and the demo run their own servers.
+# amtool) for the generated routing and inhibitions, `victoria-metrics` (victoria-metrics,
+# vmagent, vmalert) for the test that runs the generated rules unchanged on VictoriaMetrics,
+# `chromium` for the dashboard preview's screenshot test. Installing the first three would
+# start system services; a policy-rc.d that exits 101 stops that, and the tests and the
+# demo run their own servers.
 # Where they cannot be installed (not root, no apt-get) set-up fails: the suite
 # refuses to pass with tests skipped for a missing tool (tests/skip_policy.py).
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v vmalert >/dev/null 2>&1 || missing+=(victoria-metrics)
 if [ "${SLO_SIDECAR_SKIP_CHROMIUM:-}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
