@@ -17,7 +17,7 @@ from __future__ import annotations
 from slo_spec.buckets import HTTP_DURATION_HISTOGRAM
 from slo_spec.model import BURN_ALERTS_30D, GOODPUT_TOKENS, SLO_COUNTER, Slo, Spec, duration_label
 
-from .model import TENANT_VARIABLES, Dashboard, Panel, Query
+from .model import TENANT_VARIABLES, Dashboard, Panel, PanelQuery, Query, panel_queries, row_link
 
 POD = 'namespace=~"$namespace", pod=~"$pod"'
 MODEL = POD + ', model_name=~"$model_name"'
@@ -138,11 +138,88 @@ def _slo_row(spec: Spec, slos: list[Slo]) -> tuple[str, tuple[Panel, ...]]:
               "percentunit", thresholds=((0, RED),), threshold_lines=True),
         Panel("Burn rate by window", "Each alert window's burn rate, with the page (14.4x, 6x) and ticket "
               "(3x, 1x) lines: an alert fires when both its windows cross its line.",
-              tuple(Query(f"slo:sli_error:ratio_rate{w}{{{selector}}}\n/ on (sloth_id, sloth_service, sloth_slo) "
-                          f"group_left\nslo:error_budget:ratio{{{_slo_selector_static(spec, slo)}{_slice_picks(slo)}}}",
+              tuple(Query(_burn_rate(w, selector, f"slo:error_budget:ratio{{{_slo_selector_static(spec, slo)}"
+                                                  f"{_slice_picks(slo)}}}"),
                           _legend(spec, w, slo)) for w in windows), "short",
               thresholds=burn_lines, threshold_lines=True, min=0),
     ))
+
+
+def _burn_rate(window: str, selector: str, budget: str) -> str:
+    """The error ratio over the window over the error budget (`budget`: one series per SLO), with the
+    ratio's series' labels."""
+    return (f"slo:sli_error:ratio_rate{window}{{{selector}}}\n/ on (sloth_id, sloth_service, sloth_slo) "
+            f"group_left\n{budget}")
+
+
+# --- the fleet table ---------------------------------------------------------------------------------
+
+FLEET_ROW = "Fleet: which service is burning"
+SLO_JOIN = ("sloth_id", "sloth_service", "sloth_slo")  # what tells one SLO (a sliced SLO's one slice) apart
+LABEL_TITLES = {"namespace": "Namespace", "model_name": "Service model", "sloth_slo": "SLO", "model": "Tenant"}
+
+
+def _fleet_rows(spec: Spec) -> tuple[str, ...]:
+    """A fleet table row's labels: the service (its identity), the SLO, and the tenant where SLOs are sliced."""
+    slices = sorted({label for slo in spec.slos for label in slo.slice})
+    return (*spec.identity, "sloth_slo", *slices)
+
+
+def _per_row(aggregation: str, spec: Spec, expr: str) -> str:
+    """One series per fleet table row, however many series (a duplicate rule, a second rule file) feed it."""
+    return f"{aggregation} by ({', '.join(_fleet_rows(spec))}) ({expr})"
+
+
+def _per_slo(recording: str, selector: str) -> str:
+    """An SLO's metadata recording, one series per SLO (the "one" side of a join, where a duplicate would fail it)."""
+    return f"max by ({', '.join(SLO_JOIN)}) ({recording}{{{selector}}})"
+
+
+def _page_window(slo: Slo) -> str:
+    """The long window of the fastest page tier: 1h at a 30-day period."""
+    return duration_label(max((a for a in slo.burn_alerts() if a.tier == "page"), key=lambda a: a.factor).long_s)
+
+
+def fleet_row(spec: Spec) -> tuple[str, tuple[Panel, ...]]:
+    """Every service's every SLO (and tenant, for a sliced SLO), highest burn rate now first, whatever the
+    variables pick: the dashboard's first question on a fleet, which service is burning. Each row links
+    to this dashboard on its service.
+
+    Reads only the SLO recordings, a few series per service and SLO whatever the pod count, each
+    aggregated to one series per row, so a duplicate cannot double a row. One row per (service, SLO) rather
+    than per service: SLOs differ in objective and budget, and a service's second burning SLO stays in
+    sight; the sort puts the worst first."""
+    selector = f'sloth_service="{spec.service}"'
+    windows: dict[str, list[str]] = {}
+    for slo in spec.slos:
+        windows.setdefault(_page_window(slo), []).append(slo.name)
+    page = "\nor\n".join(  # one window for all SLOs of one period length
+        _burn_rate(window, selector + (f', sloth_slo=~"{"|".join(sorted(set(names)))}"' if len(windows) > 1 else ""),
+                   _per_slo("slo:error_budget:ratio", selector))
+        for window, names in sorted(windows.items()))
+    page_title = f"Burn {next(iter(windows))}" if len(windows) == 1 else "Burn over the page window"
+    rows = _fleet_rows(spec)
+    objective = (f"{_per_slo('slo:objective:ratio', selector)}\n* on ({', '.join(SLO_JOIN)}) group_right ()\n"
+                 f"group by ({', '.join(dict.fromkeys((*SLO_JOIN, *rows)))}) "
+                 f"(slo:current_burn_rate:ratio{{{selector}}})")
+    queries = (
+        Query(f"sort_desc({_per_row('max', spec, f'slo:current_burn_rate:ratio{{{selector}}}')})", "Burn now",
+              instant=True, unit="short"),
+        Query(_per_row("max", spec, page), page_title, instant=True, unit="short"),
+        Query(_per_row("min", spec, f"slo:period_error_budget_remaining:ratio{{{selector}}}"), "Budget left",
+              instant=True),
+        Query(_per_row("max", spec, objective), "Objective", instant=True),
+    )
+    linked = tuple(label for label in spec.identity if label in IDENTITY_VARIABLES)
+    table = Panel(
+        "Burn rate by service and SLO", "Every service's SLOs (each tenant's, for a sliced SLO), whatever the "
+        "dashboard's variables pick, highest burn rate first: burn now (the page alerts' short window), burn "
+        "over the fastest page tier's long window, the error budget left over the period, and the objective. "
+        "A burn of 1 spends the budget exactly over the period; a row opens this dashboard on its service.",
+        queries, "percentunit", "table", width=24,
+        label_columns=tuple((label, LABEL_TITLES.get(label, label)) for label in rows), sort_by="Burn now",
+        sort_desc=True, links=(("Open this service", row_link(uid(spec, "slo"), linked)),) if linked else ())
+    return (FLEET_ROW, (table,))
 
 
 # --- the Tenants table -------------------------------------------------------------------------------
@@ -235,7 +312,8 @@ def tenants_row(spec: Spec) -> tuple[str, tuple[Panel, ...]] | None:
 
 def slo_overview(spec: Spec) -> Dashboard:
     tenants = tenants_row(spec)
-    rows = (*((tenants,) if tenants else ()), *(_slo_row(spec, slos) for slos in _by_name(spec).values()))
+    rows = (fleet_row(spec), *((tenants,) if tenants else ()),
+            *(_slo_row(spec, slos) for slos in _by_name(spec).values()))
     return Dashboard(uid(spec, "slo"), f"{spec.service} / SLOs", "Objectives, error budgets and burn rates.",
                      rows, variables=TENANT_VARIABLES)
 
@@ -414,3 +492,10 @@ def cost(spec: Spec) -> Dashboard:
 
 def dashboards(spec: Spec) -> list[Dashboard]:
     return [slo_overview(spec), engine(spec), gpu(spec), cost(spec)]
+
+
+def all_panel_queries(spec: Spec) -> list[PanelQuery]:
+    """Every panel query of every dashboard, with its dashboard and panel title, as Prometheus receives it
+    from Grafana with every variable on All ($__rate_interval 1m, $__interval 15s, $__range 1h: see
+    `model.panel_queries`): for a benchmark to run and time against a real Prometheus."""
+    return panel_queries(dashboards(spec))

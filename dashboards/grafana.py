@@ -11,7 +11,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common, dashboard as models
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from .model import ALL, Dashboard, Panel, Query, panel_ids
+from .model import ALL, TIME_RANGE, Dashboard, Panel, Query, dashboard_url, panel_ids
 
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 PANEL_HEIGHT = 8
@@ -57,7 +57,10 @@ def _table(panel: Panel, builder: table.Panel) -> table.Panel:
         if query.unit:
             builder = builder.override_by_name(query.legend, [models.DynamicConfigValue("unit", query.unit)])
     if panel.sort_by:
-        builder = builder.sort_by([common_builders.TableSortByFieldState().display_name(panel.sort_by).desc(False)])
+        builder = builder.sort_by([common_builders.TableSortByFieldState().display_name(panel.sort_by)
+                                   .desc(panel.sort_desc)])
+    if panel.links:
+        builder = builder.data_links([builders.DashboardLink(title).url(url) for title, url in panel.links])
     return builder
 
 
@@ -92,7 +95,7 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int):
 
 def to_grafana(board: Dashboard, others: list[Dashboard]) -> dict:
     builder = (builders.Dashboard(board.title).uid(board.uid).description(board.description)
-               .tags(list(board.tags)).editable().time("now-1h", "now").refresh("30s").timezone("browser"))
+               .tags(list(board.tags)).editable().time(f"now-{TIME_RANGE}", "now").refresh("30s").timezone("browser"))
     builder = builder.with_variable(builders.DatasourceVariable("datasource").label("Data source").type("prometheus"))
     for name in board.variables:
         title, metric, label = VARIABLE_SOURCES[name]
@@ -115,7 +118,7 @@ def to_grafana(board: Dashboard, others: list[Dashboard]) -> dict:
     for other in others:
         if other.uid != board.uid:
             builder = builder.link(builders.DashboardLink(other.title).type(models.DashboardLinkType.LINK)
-                                   .url(f"/d/{other.uid}").keep_time(True).include_vars(True))
+                                   .url(dashboard_url("", other.uid)).keep_time(True).include_vars(True))
     return json.loads(JSONEncoder(sort_keys=True, indent=2).encode(builder.build()))
 
 

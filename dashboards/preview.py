@@ -192,7 +192,8 @@ def stat_html(panel: Panel, data: PanelData) -> str:
 
 def table_rows(panel: Panel, data: PanelData) -> list[list[str]]:
     """A table panel as Grafana merges it: one row per label set of `label_columns`, a column per query
-    (each series' last value in the query's unit), sorted ascending by `sort_by` (empty cells last)."""
+    (each series' last value in the query's unit), sorted by `sort_by`, ascending unless `sort_desc` (empty
+    cells last either way)."""
     keys = [label for label, _ in panel.label_columns]
     rows: dict[tuple[str, ...], dict[int, float]] = {}
     for series in data.series:
@@ -202,7 +203,9 @@ def table_rows(panel: Panel, data: PanelData) -> list[list[str]]:
 
     def sort_key(item: tuple[tuple[str, ...], dict[int, float]]) -> tuple:
         value = item[1].get(order, math.nan) if order is not None else math.nan
-        return (math.isnan(value), value if not math.isnan(value) else 0.0, item[0])
+        if math.isnan(value):
+            return (True, 0.0, item[0])
+        return (False, -value if panel.sort_desc else value, item[0])
 
     return [[*key, *(format_value(values[i], query.unit or panel.unit) if i in values else ""
                      for i, query in enumerate(panel.queries))]

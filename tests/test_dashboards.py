@@ -15,7 +15,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from dashboards.definitions import dashboards, slo_overview
+from dashboards.definitions import FLEET_ROW, all_panel_queries, dashboards, slo_overview
 from dashboards.grafana import render
 from dashboards.model import Dashboard, expand
 from slo_spec.load import DEFAULT_SPEC, load_spec
@@ -37,6 +37,9 @@ def sliced_spec(names: tuple[str, ...] = ("ttft", "goodput")) -> Spec:
 
 
 SLICED = sliced_spec()
+# ttft over 7 days: its page window is 14m where the others' is 1h.
+MIXED_PERIODS = dataclasses.replace(SPEC, slos=tuple(dataclasses.replace(slo, period="7d") if slo.name == "ttft"
+                                                     else slo for slo in SPEC.slos))
 
 
 def boards(spec: Spec = SPEC) -> dict[str, dict]:
@@ -275,16 +278,16 @@ def test_expand_reads_whole_variable_names():
 
 def tenant_tables(spec: Spec) -> list[dict]:
     board = boards(spec)[f"slo-sidecar-{spec.service}-slo.json"]
-    return [panel for panel in panels(board) if panel["type"] == "table"]
+    return [panel for panel in panels(board) if panel["type"] == "table" and panel["title"] == "SLOs by tenant"]
 
 
 def test_tenant_table_only_for_a_spec_with_sliced_slos():
     assert tenant_tables(SPEC) == []
     assert [title for title, _ in slo_overview(SPEC).rows if title == "Tenants"] == []
-    assert [title for title, _ in slo_overview(SLICED).rows][0] == "Tenants"
+    assert [title for title, _ in slo_overview(SLICED).rows][:2] == [FLEET_ROW, "Tenants"]
     assert len(tenant_tables(SLICED)) == 1
     # The rows per SLO: one per name, a sliced SLO's tenants together in it (alerts link rows by name).
-    assert len(slo_overview(SLICED).rows) == 1 + len({slo.name for slo in SLICED.slos})
+    assert len(slo_overview(SLICED).rows) == 2 + len({slo.name for slo in SLICED.slos})
 
 
 def test_tenant_table_one_row_per_slo_and_tenant_worst_first():
@@ -315,6 +318,157 @@ def test_tenant_table_without_a_goodput_slo_has_no_goodput_column():
 
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
                                     reason="promtool (Debian package prometheus) not installed")
+
+
+# --- the fleet table ------------------------------------------------------------------------------------
+
+def fleet_table(spec: Spec) -> dict:
+    """The SLO dashboard's first panel, checked to be the only one of its first row."""
+    board = boards(spec)[f"slo-sidecar-{spec.service}-slo.json"]
+    row, table, after = board["panels"][:3]
+    assert (row["type"], row["title"], after["type"]) == ("row", FLEET_ROW, "row")
+    return table
+
+
+def columns(table: dict) -> dict[str, str]:
+    """{field name: column title}, in the table's column order."""
+    organize = next(t["options"] for t in table["transformations"] if t["id"] == "organize")
+    order = sorted(organize["indexByName"], key=organize["indexByName"].get)
+    return {name: organize["renameByName"][name] for name in order}
+
+
+def fleet_labels(spec: Spec) -> list[str]:
+    return ["namespace", "model_name", "sloth_slo", *(["model"] if any(slo.slice for slo in spec.slos) else [])]
+
+
+@pytest.mark.parametrize("spec", [SPEC, SLICED], ids=["default", "sliced"])
+def test_first_row_is_the_fleet_table_of_recordings_whatever_the_variables(spec: Spec):
+    """One row per (namespace, model_name, SLO[, tenant]) of every service, from the SLO recordings alone
+    (a few series per service, whatever the pod count), each query aggregated to one series per row."""
+    table = fleet_table(spec)
+    assert table["type"] == "table" and table["gridPos"]["w"] == 24
+    tenant = ["Tenant"] if spec is SLICED else []
+    assert list(columns(table).values()) == ["Namespace", "Service model", "SLO", *tenant,
+                                             "Burn now", "Burn 1h", "Budget left", "Objective"]
+    assert [t["id"] for t in table["transformations"]] == ["merge", "organize"]
+    rows = ", ".join(fleet_labels(spec))
+    for target in table["targets"]:
+        expr = target["expr"]
+        assert target["instant"] and target["format"] == "table"
+        assert "$" not in expr, expr  # no $namespace, $model_name, $model or $pod: every service, always
+        assert re.match(rf"(sort_desc\()?(max|min) by \({re.escape(rows)}\) \(", expr), expr
+        read = selectors(expr)
+        assert read and all(metric.startswith("slo:") for metric, _ in read), expr
+        for _, matchers in read:  # this spec's SLOs, nothing narrower
+            assert [(m.label, m.op, m.value) for m in matchers if m.label != "sloth_slo"] == [
+                ("sloth_service", "=", spec.service)], expr
+
+
+def test_fleet_rows_link_to_their_service_on_this_dashboard():
+    table, board = fleet_table(SPEC), slo_overview(SPEC)
+    (link,) = table["fieldConfig"]["defaults"]["links"]
+    assert link["url"] == (f"/d/{board.uid}?var-namespace=${{__data.fields.namespace}}"
+                           "&var-model_name=${__data.fields.model_name}&${__url_time_range}")
+    # Grafana finds ${__data.fields.X} by field name before display name: the label columns keep theirs.
+    assert {"namespace", "model_name"} <= set(columns(table))
+    assert {"namespace", "model_name"} <= set(board.variables)
+    # A spec without an identity (Sloth's) has no service to open: no link.
+    anonymous = dataclasses.replace(SPEC, identity=())
+    assert slo_overview(anonymous).rows[0][1][0].links == ()
+
+
+def test_fleet_table_sorted_by_burn_now_highest_first():
+    table = fleet_table(SPEC)
+    assert table["options"]["sortBy"] == [{"displayName": "Burn now", "desc": True}]
+    titles = columns(table)
+    (burn,) = [t for t in table["targets"] if titles[f"Value #{t['refId']}"] == "Burn now"]
+    assert burn["expr"] == ('sort_desc(max by (namespace, model_name, sloth_slo) '
+                            f'(slo:current_burn_rate:ratio{{sloth_service="{SPEC.service}"}}))')
+    units = {o["matcher"]["options"]: o["properties"][0]["value"] for o in table["fieldConfig"]["overrides"]}
+    assert units == {"Burn now": "short", "Burn 1h": "short"}
+
+
+def test_fleet_burn_over_each_slos_own_page_window():
+    """SLOs of different periods: each SLO's burn over its own fastest page tier's long window."""
+    (_, (table,)) = slo_overview(MIXED_PERIODS).rows[0]
+    (page,) = [query for query in table.queries if query.legend == "Burn over the page window"]
+    terms = page.expr.split("\nor\n")
+    assert len(terms) == 2
+    assert 'slo:sli_error:ratio_rate14m{sloth_service="llm-inference", sloth_slo=~"ttft"}' in terms[0]
+    assert ('slo:sli_error:ratio_rate1h{sloth_service="llm-inference", '
+            'sloth_slo=~"availability|e2e-latency|goodput|queue-time"}') in terms[1]
+
+
+@pytest.mark.parametrize("spec", [SPEC, SLICED], ids=["default", "sliced"])
+def test_panel_query_listing_covers_every_target_with_nothing_left_to_fill_in(spec: Spec):
+    """all_panel_queries: every target of every generated dashboard, in order, with variables on All and
+    Grafana's intervals as 1m ($__rate_interval), 15s ($__interval) and 1h ($__range, the default range)."""
+    listed = all_panel_queries(spec)
+    generated = boards(spec).values()
+    targets = [(board["title"], panel["title"], target) for board in generated for panel in panels(board)
+               for target in panel["targets"]]
+    assert [(q.dashboard, q.panel) for q in listed] == [(board, panel) for board, panel, _ in targets]
+    assert {q.dashboard for q in listed} == {board["title"] for board in generated}
+    for query, (_, _, target) in zip(listed, targets):
+        assert "$" not in query.expr, query
+        assert query.expr == expand(target["expr"], rate_interval="1m", interval="15s", range_="1h")
+        assert query.instant == target.get("instant", False)
+    exprs = "\n".join(q.expr for q in listed)
+    assert "[1m]" in exprs and 'namespace=~".*"' in exprs
+    assert ("[1h]" in exprs) == any("[$__range]" in target["expr"] for _, _, target in targets)
+
+
+def fleet_series(spec: Spec) -> tuple[list[dict], dict[str, dict[tuple[str, ...], float]]]:
+    """Recordings of spec's SLOs for three services in two namespaces, one of them also as a duplicate
+    (an extra label: a second rule file), and another service's spec: the input, and per column {row: value}."""
+    series, expected = [], {"Burn now": {}, "Burn 1h": {}, "Budget left": {}, "Objective": {}}
+    services = (("prod", "llama", 2.0), ("prod", "qwen", 16.0), ("staging", "llama", 0.5))
+    for i, slo in enumerate(spec.slos):
+        sloth = {"sloth_id": f"{spec.service}-{slo.key}", "sloth_service": spec.service, "sloth_slo": slo.name,
+                 **slo.slice}
+        series += [(sloth, "slo:objective:ratio", slo.objective_ratio),
+                   (sloth, "slo:error_budget:ratio", slo.error_budget)]
+        for namespace, model_name, burn in services:
+            service = {**sloth, "namespace": namespace, "model_name": model_name}
+            row = (namespace, model_name, slo.name, *slo.slice.values())
+            now, hour, left = burn + i, (burn + i) * slo.error_budget / 2, 1 - burn / 10
+            series += [(service, "slo:current_burn_rate:ratio", now),
+                       ({**service, "sloth_window": "1h"}, "slo:sli_error:ratio_rate1h", hour),
+                       (service, "slo:period_error_budget_remaining:ratio", left)]
+            if model_name == "qwen":  # the same again, lower burn and budget: a row still, the worst of the two
+                series += [({**service, "copy": "b"}, "slo:current_burn_rate:ratio", now - 1),
+                           ({**service, "copy": "b"}, "slo:period_error_budget_remaining:ratio", left - 0.5)]
+                left -= 0.5
+            expected["Burn now"][row] = now
+            expected["Burn 1h"][row] = hour / slo.error_budget
+            expected["Budget left"][row] = left
+            expected["Objective"][row] = slo.objective_ratio
+        other = {**sloth, "sloth_service": "another-service", "sloth_id": f"another-{slo.key}"}
+        series += [(other, "slo:objective:ratio", 0.5),
+                   ({**other, "namespace": "prod", "model_name": "llama"}, "slo:current_burn_rate:ratio", 99.0)]
+    return [{"series": metric + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}",
+             "values": f"{value!r}x30"} for labels, metric, value in series], expected
+
+
+@needs_promtool
+@pytest.mark.parametrize("spec", [SPEC, SLICED], ids=["default", "sliced"])
+def test_fleet_table_queries_in_promtool(tmp_path, spec: Spec):
+    """Each column over synthetic recordings: one row per (service, SLO[, tenant]), a duplicate series
+    not doubling one, another spec's services absent, the objective on every service's row."""
+    (_, (table,)) = slo_overview(spec).rows[0]
+    inputs, expected = fleet_series(spec)
+    labels = fleet_labels(spec)
+    tests = [{"expr": query.expr, "eval_time": "20m",
+              "exp_samples": [{"labels": "{" + ", ".join(f'{k}="{v}"' for k, v in zip(labels, row)) + "}",
+                               "value": value} for row, value in sorted(expected[query.legend].items())]}
+             for query in table.queries]
+    assert len(tests) == 4 and all(len(t["exp_samples"]) == 3 * len(spec.slos) for t in tests)
+    path = tmp_path / "fleet.test.yaml"
+    path.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": inputs, "promql_expr_test": tests}]}))
+    result = subprocess.run(["promtool", "test", "rules", path.name], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def promtool_series(spec: Spec) -> list[dict]:
@@ -378,9 +532,11 @@ def test_tenant_table_queries_in_promtool(tmp_path):
 
 @needs_promtool
 def test_every_query_parses_in_promtool(tmp_path):
-    """Every query, with all tenants and with one picked, as the expression of a rule promtool checks."""
-    exprs = [expand(query.expr, values=values) for spec in (SPEC, SLICED) for board in dashboards(spec)
-             for panel in board.panels() for query in panel.queries for values in ({}, {"model": "medical"})]
+    """Every query, with all tenants (the listing a benchmark runs) and with one picked, as the expression of
+    a rule promtool checks."""
+    exprs = [query.expr for spec in (SPEC, SLICED, MIXED_PERIODS) for query in all_panel_queries(spec)]
+    exprs += [expand(query.expr, values={"model": "medical"}) for spec in (SPEC, SLICED) for board in dashboards(spec)
+              for panel in board.panels() for query in panel.queries]
     rules = [{"record": f"dashboard:query_{i}:check", "expr": expr} for i, expr in enumerate(exprs)]
     path = tmp_path / "queries.rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))

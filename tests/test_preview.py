@@ -95,6 +95,21 @@ def test_a_table_is_one_row_per_label_set_sorted_worst_first():
     assert text.count("<tr>") == 4 and "<th>Budget left</th>" in text
 
 
+def test_a_table_sorted_descending_puts_the_highest_first_and_empty_cells_last():
+    """The fleet table: highest burn first."""
+    columns = (Query("burn", "Burn now", unit="short"), Query("budget", "Budget left"))
+    table = Panel("Burn rate by service and SLO", "t", columns, "percentunit", "table",
+                  label_columns=(("namespace", "Namespace"), ("model_name", "Service model")), sort_by="Burn now",
+                  sort_desc=True)
+
+    def value(query: int, namespace: str, number: float) -> Series:
+        return Series("", ((0, number),), {"namespace": namespace, "model_name": "llama"}, query)
+
+    data = PanelData([value(0, "a", 0.5), value(0, "b", 16.0), value(0, "c", 2.0), value(1, "d", 0.9)])
+    assert table_rows(table, data) == [["b", "llama", "16", ""], ["c", "llama", "2", ""], ["a", "llama", "0.5", ""],
+                                       ["d", "llama", "", "90%"]]
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

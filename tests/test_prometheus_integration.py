@@ -14,8 +14,7 @@ import aiohttp
 import pytest
 
 from alerts.render import render
-from dashboards.definitions import dashboards
-from dashboards.model import expand
+from dashboards.definitions import all_panel_queries
 from slo_sidecar.processes import PrometheusProcess, SidecarProcess, http_get
 from slo_spec.load import load_spec
 from tests.conftest import API_KEY, run_async
@@ -64,17 +63,14 @@ def sidecar_ratios(sidecar: SidecarProcess) -> dict[tuple[str, str], float]:
 
 def run_every_panel_query(prometheus: PrometheusProcess, spec) -> dict[str, str]:
     """Every query of every generated panel, as Grafana would send it with variables on All: "data", or why not."""
-    results = {}
-    for board in dashboards(spec):
-        for panel in board.panels():
-            outcomes = []
-            for query in panel.queries:
-                try:
-                    outcomes.append("data" if prometheus.query(expand(query.expr)) else f"no data: {query.expr}")
-                except RuntimeError as exc:
-                    outcomes.append(f"error: {exc}")
-            results[f"{board.title} / {panel.title}"] = next((o for o in outcomes if o != "data"), "data")
-    return results
+    outcomes: dict[str, list[str]] = {}
+    for query in all_panel_queries(spec):
+        try:
+            outcome = "data" if prometheus.query(query.expr) else f"no data: {query.expr}"
+        except RuntimeError as exc:
+            outcome = f"error: {exc}"
+        outcomes.setdefault(f"{query.dashboard} / {query.panel}", []).append(outcome)
+    return {panel: next((o for o in found if o != "data"), "data") for panel, found in outcomes.items()}
 
 
 def healthy_everywhere(prometheus: PrometheusProcess, sidecar: SidecarProcess) -> dict[str, object]:
