@@ -26,8 +26,6 @@ class SloCollector:
         ratio = GaugeMetricFamily("slo_sli_error_ratio", "Share of the SLI's events that were errors over the "
                                   "window: 0 without events, absent until the SLI's series are seen.",
                                   labels=per_window)
-        burn = GaugeMetricFamily("slo_burn_rate", "Error ratio over the window divided by the error budget "
-                                 "(1 - objective): 1 spends the budget exactly over the period.", labels=per_window)
         events = GaugeMetricFamily("slo_sli_events", "SLI events (requests) seen in the window.", labels=per_window)
         # One series a window, not one per SLO and window: whether the sidecar has seen a whole window
         # depends on the window alone (a sliced spec has dozens of SLOs, the same ten windows).
@@ -41,6 +39,8 @@ class SloCollector:
         firing = GaugeMetricFamily("slo_alert_firing", "1 while the multi-window burn-rate condition of the "
                                    "SLO's page or ticket alert holds (no `for:`).",
                                    labels=["slo", "severity", "tier", *sliced, *extra])
+        # No burn-rate family: it is the error ratio over the budget (1 - objective), both served; ten
+        # windows of it per SLO and tenant were a third of the sidecar's SLO series (the series budget).
         for state in states:
             name = state.slo.name
             who = [*(state.slo.slice.get(label, "") for label in sliced), *(state.identity.get(label, "") for label in extra)]
@@ -55,7 +55,6 @@ class SloCollector:
                     filled.add_metric([window.window, *who[len(sliced):]], float(window.filled))
                 if window.error_ratio is not None:
                     ratio.add_metric(labels, window.error_ratio)
-                    burn.add_metric(labels, window.burn_rate)
             for tier, holds in state.firing.items():
                 firing.add_metric([name, getattr(state.slo, tier).severity, tier, *who], float(holds))
-        yield from (ratio, burn, events, filled, objective, remaining, firing)
+        yield from (ratio, events, filled, objective, remaining, firing)

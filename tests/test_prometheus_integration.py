@@ -79,8 +79,11 @@ def healthy_everywhere(prometheus: PrometheusProcess, sidecar: SidecarProcess) -
     budget = {r["metric"]["sloth_slo"]: float(r["value"][1])
               for r in prometheus.query("slo:period_error_budget_remaining:ratio")}
     samples = parse_metrics(http_get(sidecar.url + "/metrics")[1].decode())
-    sidecar_burn = {dict(labels)["slo"]: value for (name, labels), value in samples.items()
-                    if name == "slo_burn_rate" and dict(labels)["window"] == "1m"}
+    objectives = {dict(labels)["slo"]: value for (name, labels), value in samples.items()
+                  if name == "slo_objective_ratio"}
+    sidecar_burn = {dict(labels)["slo"]: value / (1 - objectives[dict(labels)["slo"]])
+                    for (name, labels), value in samples.items()
+                    if name == "slo_sli_error_ratio" and dict(labels)["window"] == "1m"}
     sidecar_budget = {dict(labels)["slo"]: value for (name, labels), value in samples.items()
                       if name == "slo_error_budget_remaining_ratio"}
     return {"burn": burn, "budget": budget, "sidecar burn": sidecar_burn, "sidecar budget": sidecar_budget}

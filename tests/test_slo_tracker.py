@@ -142,8 +142,9 @@ def test_the_sidecars_slo_series_carry_the_services_identity():
         tracker.observe([Sample("slo_engine_http_requests_total", labels, count)], float(second))
     assert availability(tracker, 10.0).identity == {"model_name": "tiny-llama"}
     families = {family.name: family for family in SloCollector(tracker).collect()}
-    burn = [s for s in families["slo_burn_rate"].samples if s.labels["slo"] == "availability"]
-    assert burn and all(s.labels["model_name"] == "tiny-llama" and "namespace" not in s.labels for s in burn)
+    ratio = [s for s in families["slo_sli_error_ratio"].samples if s.labels["slo"] == "availability"]
+    assert ratio and all(s.labels["model_name"] == "tiny-llama" and "namespace" not in s.labels for s in ratio)
+    assert "slo_burn_rate" not in families  # the ratio over the budget: not served twice
 
 
 TENANTS = load_spec(str(Path(__file__).parent / "fixtures" / "tenants.slo.yaml"))
