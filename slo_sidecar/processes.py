@@ -181,9 +181,12 @@ class PrometheusProcess(ManagedProcess):
     def __init__(self, workdir: Path, targets: dict[str, str], rule_files: list[Path],
                  scrape_interval: str = "1s", evaluation_interval: str = "1s", binary: str = "prometheus",
                  extra_args: tuple[str, ...] = (), alertmanager_url: str | None = None,
-                 target_labels: dict[str, str] | None = None):
+                 target_labels: dict[str, str] | None = None, scrape_configs: list[dict] | None = None,
+                 tsdb: Path | None = None, retention: str = "1d"):
         """`target_labels` go on every target, as Kubernetes service discovery adds `namespace`;
-        alerts go to the Alertmanager at `alertmanager_url` when one is given."""
+        alerts go to the Alertmanager at `alertmanager_url` when one is given; `scrape_configs`, where
+        given, replace those of `targets` (a fleet's, each target with labels of its own); `tsdb` is the
+        data directory where it is not workdir/tsdb (one with backfilled blocks)."""
         import yaml
 
         self.port = free_port()
@@ -193,16 +196,17 @@ class PrometheusProcess(ManagedProcess):
         config: dict[str, Any] = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
             "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [address], **static}]}
-                               for job, address in targets.items()],
+            "scrape_configs": scrape_configs if scrape_configs is not None else [
+                {"job_name": job, "static_configs": [{"targets": [address], **static}]}
+                for job, address in targets.items()],
         }
         if alertmanager_url:
             config["alerting"] = {"alertmanagers": [{"static_configs": [
                 {"targets": [alertmanager_url.removeprefix("http://")]}]}]}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         super().__init__("prometheus", [
-            binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d", *extra_args,
+            binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={tsdb or workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", f"--storage.tsdb.retention.time={retention}", *extra_args,
         ], workdir / "prometheus.log")
 
     def wait_ready(self, timeout_s: float = 60.0) -> float:

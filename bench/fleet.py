@@ -1,0 +1,407 @@
+"""Fleet scale: N synthetic pods (default 200, 5 services, 2 namespaces) with a real pod's /metrics, a day
+of their SLI history backfilled, and one real Prometheus per rule set scraping them live: our generated
+rules against Sloth's for the same SLOs, in one run. Reports rule-evaluation cost, samples and series,
+the long windows' error against the exact form and the model's truth, and every dashboard panel
+query's time.
+
+    .venv/bin/python bench/fleet.py [--pods 200] [--history-h 24] [--live-s 300] [--fail svc-2=0.05] [--json FILE]
+    .venv/bin/python bench/fleet.py --serve [--pods 200]     # the fleet alone, for your own Prometheus
+    .venv/bin/python bench/fleet.py --capture                # the pod template again, from a real pod
+
+The model and the expositions: bench/fleet_model.py. The pod template: tests/fixtures/fleet/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import yaml  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+from alerts.dump import dump  # noqa: E402
+from alerts.render import rule_groups  # noqa: E402
+from alerts.rules import event_rules  # noqa: E402
+from bench.fleet_model import TEMPLATE_DIR, Fleet, Incident, PodTemplate, history, make_fleet, render, target_labels  # noqa: E402
+from bench.sloth_rules import sloth_rule_groups  # noqa: E402
+from slo_sidecar.processes import PrometheusProcess, get_json  # noqa: E402
+from slo_spec.load import DEFAULT_SPEC, load_spec  # noqa: E402
+from slo_spec.model import Spec  # noqa: E402
+from tests.threaded_server import ThreadedServer  # noqa: E402
+
+BASE_WINDOW = "5m"
+
+
+class FleetServer(ThreadedServer):
+    """Every pod's engine and sidecar /metrics on one port: /pods/<name>/<engine|sidecar>."""
+
+    def __init__(self, fleet: Fleet, template: PodTemplate):
+        super().__init__()
+        self.fleet, self.template = fleet, template
+        self.pods = {pod.name: pod for pod in fleet.pods}
+        self.paused_s = 0.0  # how far the pods' clock runs behind: see resume_from
+
+    def resume_from(self, history_end_s: float) -> None:
+        """Serve from here on as if no time had passed since the backfilled history ended: backfilling takes
+        minutes, and the pods' counters must not jump over a gap that no scrape and no rule saw. (A sample
+        at real time t then holds the model's values at t - paused_s.)"""
+        self.paused_s = time.time() - history_end_s
+
+    def model_time(self, real_s: float) -> float:
+        return real_s - self.paused_s
+
+    def routes(self, app: web.Application) -> None:
+        async def metrics(request: web.Request) -> web.Response:
+            pod = self.pods.get(request.match_info["pod"])
+            part = request.match_info["part"]
+            if pod is None or part not in ("engine", "sidecar"):
+                return web.json_response({"error": "no such pod or part"}, status=404)
+            return web.Response(text=render(self.fleet, self.template, pod, part, self.model_time(time.time())),
+                                content_type="text/plain", charset="utf-8")
+
+        app.router.add_get("/pods/{pod}/{part}", metrics)
+
+    def scrape_configs(self) -> list[dict]:
+        """The fleet as Prometheus (or vmagent) targets: one per pod and part, with the labels Kubernetes
+        discovery would give it (namespace, pod, instance)."""
+        address = self.url.removeprefix("http://")
+        return [{"job_name": part, "static_configs": [
+            {"targets": [address], "labels": {"__metrics_path__": f"/pods/{pod.name}/{part}",
+                                              **target_labels(pod, part)}} for pod in self.fleet.pods]}
+            for part in ("engine", "sidecar")]
+
+
+def write_openmetrics(path: Path, fleet: Fleet, template: PodTemplate, start_s: float, end_s: float,
+                      step_s: float) -> int:
+    """The SLI history as an OpenMetrics file for `promtool tsdb create-blocks-from openmetrics`; its lines."""
+    count = 0
+    with path.open("w") as out:
+        for line in history(fleet, template, start_s, end_s, step_s):
+            out.write(line + "\n")
+            count += 1
+        out.write("# EOF\n")
+    return count
+
+
+def backfill_raw(workdir: Path, tsdb: Path, fleet: Fleet, template: PodTemplate, start_s: float, end_s: float,
+                 step_s: float) -> int:
+    """The raw SLI history into `tsdb` as blocks; the samples written."""
+    source = workdir / "history.om"
+    samples = write_openmetrics(source, fleet, template, start_s, end_s, step_s)
+    _promtool("tsdb", "create-blocks-from", "openmetrics", str(source), str(tsdb))
+    source.unlink()
+    return samples
+
+
+def backfill_rules(prometheus_url: str, tsdb: Path, rules: list[dict], start_s: float, end_s: float,
+                   interval: str, workdir: Path, name: str) -> None:
+    """Recording rules' history, evaluated over the backfilled data by `promtool tsdb create-blocks-from
+    rules` (as if they had run all along), moved into `tsdb`. The rules must read only what the server
+    at `prometheus_url` already holds (promtool evaluates each against it)."""
+    path, out = workdir / f"{name}.rules.yaml", workdir / name
+    rule_file(path, [{"name": name, "rules": rules}])
+    _promtool("tsdb", "create-blocks-from", "rules", f"--start={int(start_s)}", f"--end={int(end_s)}",
+              f"--url={prometheus_url}", f"--eval-interval={interval}", f"--output-dir={out}", str(path))
+    for block in out.iterdir():
+        shutil.move(str(block), tsdb / block.name)
+
+
+def _promtool(*args: str) -> None:
+    result = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise RuntimeError(f"promtool {' '.join(args[:3])}: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+
+def base_window_rules(spec: Spec) -> list[dict]:
+    """Our rules the long windows read: each SLO's base-window event rates and their timestamps."""
+    return [rule for slo in spec.slos for rule in event_rules(spec, slo)
+            if rule["labels"]["sloth_window"] == BASE_WINDOW]
+
+
+def rule_file(path: Path, groups: list[dict]) -> Path:
+    path.write_text(dump({"groups": groups}))
+    return path
+
+
+@dataclass
+class RuleCost:
+    """What one Prometheus spent on its rules over the live run."""
+
+    evaluation_s_per_min: float  # seconds of rule evaluation a minute (all groups, each at its interval)
+    last_durations_s: dict[str, float]  # each group's last evaluation
+    samples_per_eval: float  # samples the groups' last evaluations produced, summed
+    recorded_series: int  # series of the rules' own records
+    head_series: int
+
+
+def rule_cost(prometheus: PrometheusProcess, live_s: float) -> RuleCost:
+    text = urllib.request.urlopen(prometheus.url + "/metrics", timeout=30).read().decode()
+    durations, samples, total_sum, head = {}, 0.0, 0.0, 0
+    for line in text.splitlines():
+        if line.startswith("prometheus_tsdb_head_series "):
+            head = int(float(line.rsplit(" ", 1)[1]))
+        if line.startswith("prometheus_rule_group_last_duration_seconds{"):
+            group = line.split('rule_group="')[1].split('"')[0].split(";")[-1]
+            durations[group] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("prometheus_rule_group_last_evaluation_samples{"):
+            samples += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("prometheus_rule_group_duration_seconds_sum"):
+            total_sum = float(line.rsplit(" ", 1)[1])
+    recorded = prometheus.query('count({__name__=~"slo:.+"})')
+    return RuleCost(total_sum / live_s * 60, durations, samples,
+                    int(float(recorded[0]["value"][1])) if recorded else 0, head)
+
+def prepare_tsdb(workdir: Path, fleet: Fleet, template: PodTemplate, spec: Spec, start_s: float, end_s: float,
+                 step_s: float, evaluation: str) -> tuple[Path, int]:
+    """A TSDB holding the fleet's SLI history and our base-window recordings over it, as if the fleet and
+    the rules had run for the whole history; (its path, raw samples written). Two rule passes: the
+    timestamps read the rates of the first."""
+    tsdb = workdir / "tsdb-history"
+    tsdb.mkdir(parents=True)
+    samples = backfill_raw(workdir, tsdb, fleet, template, start_s, end_s, step_s)
+    rules = base_window_rules(spec)
+    passes = [[r for r in rules if not r["expr"].startswith("timestamp(")],
+              [r for r in rules if r["expr"].startswith("timestamp(")]]
+    for level, chosen in enumerate(passes):
+        (workdir / f"backfill-server-{level}").mkdir()
+        with PrometheusProcess(workdir / f"backfill-server-{level}", {}, [], scrape_configs=[], tsdb=tsdb,
+                               retention="60d").start() as server:
+            server.wait_ready()
+            backfill_rules(server.url, tsdb, chosen, start_s, end_s, evaluation, workdir, f"backfill-{level}")
+    return tsdb, samples
+
+
+def error_ratio_queries(spec: Spec, slo_name: str, window: str) -> tuple[str, str]:
+    """(ours, exact) error ratio of an SLO over a window, per service: our recording, and the ratio of
+    the raw counters' increases over the whole window (Sloth's form, and our old one)."""
+    slo = next(s for s in spec.slos if s.name == slo_name)
+    by = ", ".join(spec.identity)
+    errors, total = (events.rate_promql(window, spec.identity) for events in (slo.sli.errors, slo.sli.total))
+    return (f'slo:sli_error:ratio_rate{window}{{sloth_slo="{slo_name}"}}',
+            f"sum by ({by}) ({errors}) / sum by ({by}) ({total})")
+
+
+def accuracy(prometheus: PrometheusProcess, fleet: Fleet, spec: Spec, at_s: float, paused_s: float = 0.0,
+             windows: tuple[str, ...] = ("1d", "3d", "30d"), slo_name: str = "ttft") -> list[dict]:
+    """Each service's error ratio over each long window: ours, the exact form, and the model's truth (over
+    the model's time the window holds: it starts in the history, and ends `paused_s` before `at_s`)."""
+    from slo_spec.model import duration_seconds
+
+    rows = []
+    for window in windows:
+        ours_q, exact_q = error_ratio_queries(spec, slo_name, window)
+        ours = {(r["metric"]["namespace"], r["metric"]["model_name"]): float(r["value"][1])
+                for r in _query(prometheus.url, ours_q, at_s)}
+        exact = {(r["metric"]["namespace"], r["metric"]["model_name"]): float(r["value"][1])
+                 for r in _query(prometheus.url, exact_q, at_s)}
+        for namespace, service in fleet.services():
+            start = max(fleet.epoch_s, at_s - (duration_seconds(window) or 0))
+            truth = fleet.true_error_ratio(namespace, service, start, at_s - paused_s)
+            rows.append({"window": window, "namespace": namespace, "service": service, "truth": truth,
+                         "ours": ours.get((namespace, service)), "exact": exact.get((namespace, service))})
+    return rows
+
+
+def _query(url: str, expr: str, at_s: float | None = None) -> list[dict]:
+    params = {"query": expr, **({"time": f"{at_s:.3f}"} if at_s is not None else {})}
+    return get_json(url + "/api/v1/query?" + urllib.parse.urlencode(params))["data"]["result"]
+
+
+def relative_error(value: float | None, truth: float) -> float:
+    return float("inf") if value is None else abs(value - truth) / truth
+
+
+def panel_costs(prometheus: PrometheusProcess, spec: Spec) -> list[tuple[str, str, float]]:
+    """(dashboard, panel, seconds) for every panel query of every dashboard, as Grafana would ask it: an
+    instant query, or a range query over the default hour at a 15 s step."""
+    from dashboards.definitions import all_panel_queries
+
+    costs = []
+    end = time.time()
+    for query in all_panel_queries(spec):
+        params = {"query": query.expr} if query.instant else {
+            "query": query.expr, "start": f"{end - 3600:.0f}", "end": f"{end:.0f}", "step": "15"}
+        path = "/api/v1/query?" if query.instant else "/api/v1/query_range?"
+        started = time.perf_counter()
+        get_json(prometheus.url + path + urllib.parse.urlencode(params))
+        costs.append((query.dashboard, query.panel, time.perf_counter() - started))
+    return costs
+
+
+def our_groups(spec: Spec) -> list[dict]:
+    return [group for name, groups in rule_groups(spec).items() if name.startswith("slo-") for group in groups]
+
+
+def default_incidents(now_s: float) -> list[Incident]:
+    """svc-1 fails 2% of its requests from 3 h ago on (a page); svc-3 failed 0.4% for 6 h yesterday."""
+    return [Incident("svc-1", now_s - 3 * 3600, now_s + 86400, 0.02),
+            Incident("svc-3", now_s - 20 * 3600, now_s - 14 * 3600, 0.004)]
+
+
+def parse_incident(text: str, now_s: float) -> Incident:
+    """SERVICE=RATIO[@HOURS_AGO[-HOURS_AGO]]: svc-2=0.05 fails 5% from now on; svc-2=0.05@3-1 did from 3 h
+    ago to 1 h ago."""
+    try:
+        service, rest = text.split("=", 1)
+        ratio, _, when = rest.partition("@")
+        began, _, ended = when.partition("-")
+        start = now_s - float(began) * 3600 if began else now_s
+        end = now_s - float(ended) * 3600 if ended else now_s + 86400 * 365
+        incident = Incident(service, start, end, float(ratio))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SERVICE=RATIO[@HOURS_AGO[-HOURS_AGO]], got {text!r}")
+    if not 0 <= incident.error_ratio <= 1 or incident.end_s <= incident.start_s:
+        raise argparse.ArgumentTypeError(f"a ratio in 0-1 over a time span that ends after it starts, got {text!r}")
+    return incident
+
+
+def capture(directory: Path, requests: int = 20) -> tuple[int, int]:
+    """The pod template, from a real pod: an engine traced as the deployment's is (OTLP to a collector that
+    is not there: spans are dropped and counted, as they would be), after `requests` completions, and a
+    sidecar beside it with 8 fake GPUs after a few scrapes. Returns the series each serves."""
+    from slo_sidecar.processes import EngineProcess, SidecarProcess, free_port
+    from tests.helpers import post_json
+
+    workdir = Path(tempfile.mkdtemp(prefix="slo-sidecar-capture-"))
+    env = {"OTEL_SERVICE_NAME": "llm-inference", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+           "POD_NAME": "engine-pod-0", "POD_NAMESPACE": "inference"}
+    try:
+        with EngineProcess(workdir / "engine.log", "--max-model-len", "512", env=env).start() as engine:
+            engine.wait_ready()
+            for _ in range(requests):
+                post_json(engine.url + "/v1/completions", {"prompt": "hello", "max_tokens": 8})
+            with SidecarProcess(workdir / "sidecar.log", engine.url, "--engine-interval-s", "1", "--fake-gpu", "8",
+                                "--gpu-hourly-usd", "4").start() as sidecar:
+                sidecar.wait_ready()
+                time.sleep(6)  # rates, cost and every window's series exist after a few scrapes
+                texts = {part: urllib.request.urlopen(url + "/metrics", timeout=30).read()
+                         for part, url in (("engine", engine.url), ("sidecar", sidecar.url))}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for part, text in texts.items():
+        (directory / f"{part}.prom").write_bytes(text)
+    return PodTemplate.load(directory).series()
+
+
+def serve(pods: int, services: int, namespaces: int, incidents: list[Incident]) -> None:
+    """The fleet alone, until interrupted: point your own Prometheus (or vmagent) at it."""
+    fleet = make_fleet(pods, services, namespaces, epoch_s=time.time(), incidents=incidents)
+    server = FleetServer(fleet, PodTemplate.load()).start()
+    print(f"serving {pods} pods at {server.url}/pods/<pod>/<engine|sidecar>; scrape configs:")
+    print(yaml.safe_dump({"scrape_configs": server.scrape_configs()}, sort_keys=False)[:2000] + "...")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+def run(pods: int, services: int, namespaces: int, history_h: float, live_s: float, step_s: float,
+        scrape: str, evaluation: str, workdir: Path, incidents: list[Incident] | None = None, log=print) -> dict:
+    if live_s < 150:
+        raise ValueError("live_s: at least 150 s, so that the 2-minute groups have run")
+    spec = load_spec(str(DEFAULT_SPEC))
+    template = PodTemplate.load()
+    now = time.time()
+    start = now - history_h * 3600
+    fleet = make_fleet(pods, services, namespaces, epoch_s=start - 600,
+                       incidents=default_incidents(now) if incidents is None else incidents)
+    engine_series, sidecar_series = template.series()
+    log(f"fleet: {pods} pods, {services} services, {namespaces} namespaces; {engine_series} + {sidecar_series} "
+        f"series a pod ({pods * (engine_series + sidecar_series)} in all)")
+    with ExitStack() as stack:
+        server = FleetServer(fleet, template).start()
+        stack.callback(server.stop)
+        began = time.monotonic()
+        tsdb, samples = prepare_tsdb(workdir, fleet, template, spec, start, now, step_s, evaluation)
+        log(f"history: {history_h:g} h of the SLI series, {samples} samples, and our 5m recordings over it, "
+            f"backfilled in {time.monotonic() - began:.0f} s")
+        servers = {}
+        server.resume_from(now)
+        for name, groups in (("ours", our_groups(spec)), ("sloth", sloth_rule_groups(spec))):
+            home = workdir / name
+            home.mkdir()
+            shutil.copytree(tsdb, home / "tsdb")
+            rules = rule_file(home / "rules.yaml", groups)
+            servers[name] = stack.enter_context(PrometheusProcess(
+                home, {}, [rules], scrape_interval=scrape, evaluation_interval=evaluation,
+                scrape_configs=server.scrape_configs(), retention="60d").start())
+        for prometheus in servers.values():
+            prometheus.wait_ready(300)
+        live_from = time.monotonic()
+        log(f"live: both Prometheus servers scrape the fleet and evaluate their rules for {live_s:g} s")
+        time.sleep(live_s)
+        live = time.monotonic() - live_from
+        costs = {name: rule_cost(prometheus, live) for name, prometheus in servers.items()}
+        rows = accuracy(servers["ours"], fleet, spec, time.time(), server.paused_s)
+        panels = panel_costs(servers["ours"], spec)
+    return {"pods": pods, "services": services, "namespaces": namespaces,
+            "series_per_pod": engine_series + sidecar_series, "history_h": history_h, "live_s": live,
+            "raw_history_samples": samples,
+            "cost": {name: cost.__dict__ for name, cost in costs.items()},
+            "accuracy": rows, "panels": panels}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pods", type=int, default=200)
+    parser.add_argument("--services", type=int, default=5)
+    parser.add_argument("--namespaces", type=int, default=2)
+    parser.add_argument("--history-h", type=float, default=24.0)
+    parser.add_argument("--live-s", type=float, default=300.0)
+    parser.add_argument("--step-s", type=float, default=30.0, help="the history's sample spacing")
+    parser.add_argument("--scrape", default="15s")
+    parser.add_argument("--evaluation", default="30s")
+    parser.add_argument("--json", help="write the report here too")
+    now = time.time()
+    parser.add_argument("--fail", action="append", metavar="SERVICE=RATIO[@HOURS_AGO[-HOURS_AGO]]",
+                        type=lambda text: parse_incident(text, now),
+                        help="a service's failures (repeatable; default: svc-1=0.02@3, svc-3=0.004@20-14)")
+    parser.add_argument("--serve", action="store_true", help="only serve the fleet, until interrupted")
+    parser.add_argument("--capture", action="store_true", help="capture the pod template again from a real "
+                        "engine and sidecar (tests/fixtures/fleet/), then stop")
+    args = parser.parse_args()
+    if args.capture:
+        engine, sidecar = capture(TEMPLATE_DIR)
+        print(f"captured {TEMPLATE_DIR}: {engine} engine and {sidecar} sidecar series")
+        return 0
+    if args.serve:
+        serve(args.pods, args.services, args.namespaces, args.fail or [])
+        return 0
+    workdir = Path(tempfile.mkdtemp(prefix="slo-sidecar-fleet-"))
+    try:
+        report = run(args.pods, args.services, args.namespaces, args.history_h, args.live_s, args.step_s,
+                     args.scrape, args.evaluation, workdir, args.fail)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    ours, sloth = report["cost"]["ours"], report["cost"]["sloth"]
+    print(f"\n{'':22} {'ours':>12} {'Sloth':>12} {'ours/Sloth':>10}")
+    for key, label in (("evaluation_s_per_min", "eval s per minute"), ("samples_per_eval", "samples per eval"),
+                       ("recorded_series", "recorded series")):
+        print(f"{label:22} {ours[key]:>12.4g} {sloth[key]:>12.4g} {ours[key] / sloth[key]:>10.2f}")
+    worst = max(report["accuracy"], key=lambda r: relative_error(r["ours"], r["truth"]))
+    print(f"long windows: max error ours vs truth {relative_error(worst['ours'], worst['truth']):.3%} "
+          f"({worst['window']}, {worst['service']}); ours vs exact "
+          f"{max(relative_error(r['ours'], r['exact']) for r in report['accuracy'] if r['exact']):.3%}")
+    slowest = max(report["panels"], key=lambda p: p[2])
+    print(f"panels: {len(report['panels'])} queries, slowest {slowest[2]:.3f} s ({slowest[0]}: {slowest[1]})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
