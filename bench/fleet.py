@@ -34,7 +34,6 @@ from aiohttp import web  # noqa: E402
 
 from alerts.dump import dump  # noqa: E402
 from alerts.render import rule_groups  # noqa: E402
-from alerts.rules import event_rules  # noqa: E402
 from bench.fleet_model import TEMPLATE_DIR, Fleet, Incident, PodTemplate, history, make_fleet, render, target_labels  # noqa: E402
 from bench.sloth_rules import sloth_rule_groups  # noqa: E402
 from slo_sidecar.processes import PrometheusProcess, get_json  # noqa: E402
@@ -52,16 +51,10 @@ class FleetServer(ThreadedServer):
         super().__init__()
         self.fleet, self.template = fleet, template
         self.pods = {pod.name: pod for pod in fleet.pods}
-        self.paused_s = 0.0  # how far the pods' clock runs behind: see resume_from
 
-    def resume_from(self, history_end_s: float) -> None:
-        """Serve from here on as if no time had passed since the backfilled history ended: backfilling takes
-        minutes, and the pods' counters must not jump over a gap that no scrape and no rule saw. (A sample
-        at real time t then holds the model's values at t - paused_s.)"""
-        self.paused_s = time.time() - history_end_s
-
-    def model_time(self, real_s: float) -> float:
-        return real_s - self.paused_s
+    def true_error_ratio(self, namespace: str, service: str, window_s: float, at_s: float) -> float:
+        """The model's error ratio of a service over the window that ends at `at_s` (from its first data on)."""
+        return self.fleet.true_error_ratio(namespace, service, max(self.fleet.epoch_s, at_s - window_s), at_s)
 
     def routes(self, app: web.Application) -> None:
         async def metrics(request: web.Request) -> web.Response:
@@ -69,7 +62,7 @@ class FleetServer(ThreadedServer):
             part = request.match_info["part"]
             if pod is None or part not in ("engine", "sidecar"):
                 return web.json_response({"error": "no such pod or part"}, status=404)
-            return web.Response(text=render(self.fleet, self.template, pod, part, self.model_time(time.time())),
+            return web.Response(text=render(self.fleet, self.template, pod, part, time.time()),
                                 content_type="text/plain", charset="utf-8")
 
         app.router.add_get("/pods/{pod}/{part}", metrics)
@@ -96,39 +89,40 @@ def write_openmetrics(path: Path, fleet: Fleet, template: PodTemplate, start_s: 
     return count
 
 
-def backfill_raw(workdir: Path, tsdb: Path, fleet: Fleet, template: PodTemplate, start_s: float, end_s: float,
-                 step_s: float) -> int:
-    """The raw SLI history into `tsdb` as blocks; the samples written."""
-    source = workdir / "history.om"
+def history_blocks(workdir: Path, fleet: Fleet, template: PodTemplate, start_s: float, end_s: float,
+                   step_s: float) -> tuple[Path, int]:
+    """The raw SLI history as TSDB blocks (promtool); (their directory, the samples written)."""
+    source, blocks = workdir / "history.om", workdir / "history-blocks"
     samples = write_openmetrics(source, fleet, template, start_s, end_s, step_s)
-    _promtool("tsdb", "create-blocks-from", "openmetrics", str(source), str(tsdb))
+    _promtool("tsdb", "create-blocks-from", "openmetrics", str(source), str(blocks))
     source.unlink()
-    return samples
+    return blocks, samples
 
 
-def backfill_rules(prometheus_url: str, tsdb: Path, rules: list[dict], start_s: float, end_s: float,
-                   interval: str, workdir: Path, name: str) -> None:
-    """Recording rules' history, evaluated over the backfilled data by `promtool tsdb create-blocks-from
-    rules` (as if they had run all along), moved into `tsdb`. The rules must read only what the server
-    at `prometheus_url` already holds (promtool evaluates each against it)."""
+def add_blocks(blocks: Path, prometheus: PrometheusProcess) -> None:
+    """Blocks into a running Prometheus: copied into its data directory, then a restart loads them."""
+    for block in blocks.iterdir():
+        shutil.copytree(block, prometheus.tsdb / block.name)
+    prometheus.restart()
+    prometheus.wait_ready(300)
+
+
+def recording_blocks(prometheus: PrometheusProcess, rules: list[dict], start_s: float, end_s: float,
+                     interval: str, workdir: Path, name: str) -> Path:
+    """Recording rules' history, evaluated over what `prometheus` holds by `promtool tsdb create-blocks-from
+    rules` (as if they had run all along): the blocks' directory. The rules must read only what the server
+    already holds (promtool evaluates each against it)."""
     path, out = workdir / f"{name}.rules.yaml", workdir / name
     rule_file(path, [{"name": name, "rules": rules}])
     _promtool("tsdb", "create-blocks-from", "rules", f"--start={int(start_s)}", f"--end={int(end_s)}",
-              f"--url={prometheus_url}", f"--eval-interval={interval}", f"--output-dir={out}", str(path))
-    for block in out.iterdir():
-        shutil.move(str(block), tsdb / block.name)
+              f"--url={prometheus.url}", f"--eval-interval={interval}", f"--output-dir={out}", str(path))
+    return out
 
 
 def _promtool(*args: str) -> None:
     result = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=3600)
     if result.returncode != 0:
         raise RuntimeError(f"promtool {' '.join(args[:3])}: {result.stdout[-2000:]}{result.stderr[-2000:]}")
-
-
-def base_window_rules(spec: Spec) -> list[dict]:
-    """Our rules the long windows read: each SLO's base-window event rates and their timestamps."""
-    return [rule for slo in spec.slos for rule in event_rules(spec, slo)
-            if rule["labels"]["sloth_window"] == BASE_WINDOW]
 
 
 def rule_file(path: Path, groups: list[dict]) -> Path:
@@ -138,7 +132,7 @@ def rule_file(path: Path, groups: list[dict]) -> Path:
 
 @dataclass
 class RuleCost:
-    """What one Prometheus spent on its rules over the live run."""
+    """What one Prometheus spent on its rules over the measured minutes."""
 
     evaluation_s_per_min: float  # seconds of rule evaluation a minute (all groups, each at its interval)
     last_durations_s: dict[str, float]  # each group's last evaluation
@@ -147,41 +141,66 @@ class RuleCost:
     head_series: int
 
 
-def rule_cost(prometheus: PrometheusProcess, live_s: float) -> RuleCost:
-    text = urllib.request.urlopen(prometheus.url + "/metrics", timeout=30).read().decode()
-    durations, samples, total_sum, head = {}, 0.0, 0.0, 0
-    for line in text.splitlines():
+def _own_metrics(prometheus: PrometheusProcess) -> list[str]:
+    return urllib.request.urlopen(prometheus.url + "/metrics", timeout=30).read().decode().splitlines()
+
+
+def evaluation_seconds(prometheus: PrometheusProcess) -> float:
+    """Seconds Prometheus has spent evaluating rule groups since it started."""
+    return next((float(line.rsplit(" ", 1)[1]) for line in _own_metrics(prometheus)
+                 if line.startswith("prometheus_rule_group_duration_seconds_sum")), 0.0)
+
+
+def rule_cost(prometheus: PrometheusProcess, spent_before_s: float, measured_s: float) -> RuleCost:
+    durations, samples, head = {}, 0.0, 0
+    for line in _own_metrics(prometheus):
         if line.startswith("prometheus_tsdb_head_series "):
             head = int(float(line.rsplit(" ", 1)[1]))
-        if line.startswith("prometheus_rule_group_last_duration_seconds{"):
+        elif line.startswith("prometheus_rule_group_last_duration_seconds{"):
             group = line.split('rule_group="')[1].split('"')[0].split(";")[-1]
             durations[group] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("prometheus_rule_group_last_evaluation_samples{"):
             samples += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("prometheus_rule_group_duration_seconds_sum"):
-            total_sum = float(line.rsplit(" ", 1)[1])
+    spent = evaluation_seconds(prometheus) - spent_before_s
     recorded = prometheus.query('count({__name__=~"slo:.+"})')
-    return RuleCost(total_sum / live_s * 60, durations, samples,
+    return RuleCost(spent / measured_s * 60, durations, samples,
                     int(float(recorded[0]["value"][1])) if recorded else 0, head)
 
-def prepare_tsdb(workdir: Path, fleet: Fleet, template: PodTemplate, spec: Spec, start_s: float, end_s: float,
-                 step_s: float, evaluation: str) -> tuple[Path, int]:
-    """A TSDB holding the fleet's SLI history and our base-window recordings over it, as if the fleet and
-    the rules had run for the whole history; (its path, raw samples written). Two rule passes: the
-    timestamps read the rates of the first."""
-    tsdb = workdir / "tsdb-history"
-    tsdb.mkdir(parents=True)
-    samples = backfill_raw(workdir, tsdb, fleet, template, start_s, end_s, step_s)
-    rules = base_window_rules(spec)
-    passes = [[r for r in rules if not r["expr"].startswith("timestamp(")],
-              [r for r in rules if r["expr"].startswith("timestamp(")]]
-    for level, chosen in enumerate(passes):
-        (workdir / f"backfill-server-{level}").mkdir()
-        with PrometheusProcess(workdir / f"backfill-server-{level}", {}, [], scrape_configs=[], tsdb=tsdb,
-                               retention="60d").start() as server:
-            server.wait_ready()
-            backfill_rules(server.url, tsdb, chosen, start_s, end_s, evaluation, workdir, f"backfill-{level}")
-    return tsdb, samples
+
+def backfill(servers: list[tuple[PrometheusProcess, list[dict]]], fleet: Fleet, template: PodTemplate,
+             start_s: float, end_s: float, step_s: float, evaluation: str, workdir: Path) -> int:
+    """The history behind running Prometheus servers that scrape the fleet and evaluate their rules live
+    since `end_s`: the raw SLI series from start to end, then each server's base recordings over them (its
+    rules, in passes: a rule that reads another's record comes in the pass after it), as if fleet and
+    rules had run all along. No gap: the live scrapes and rules take over where the history ends. The
+    raw samples written."""
+    blocks, samples = history_blocks(workdir, fleet, template, start_s, end_s, step_s)
+    for prometheus, _ in servers:
+        add_blocks(blocks, prometheus)
+    for index, (prometheus, rules) in enumerate(servers):
+        for level, chosen in enumerate(rule_passes(rules)):
+            name = f"recordings-{index}-{level}"
+            add_blocks(recording_blocks(prometheus, chosen, start_s, end_s - 1, evaluation, workdir, name), prometheus)
+    return samples
+
+
+def rule_passes(rules: list[dict]) -> list[list[dict]]:
+    """The rules in passes, each reading only what earlier passes recorded."""
+    left, passes = list(rules), []
+    while left:
+        pending = {rule["record"] for rule in left}
+        ready = [rule for rule in left if not any(name in rule["expr"] for name in pending - {rule["record"]})]
+        if not ready:
+            raise ValueError("recording rules that read each other in a loop")
+        passes.append(ready)
+        left = [rule for rule in left if rule not in ready]
+    return passes
+
+
+def base_recordings(groups: list[dict], window: str = BASE_WINDOW) -> list[dict]:
+    """The recording rules of the base window: what long windows (ours) or the period (Sloth's) sum."""
+    return [rule for group in groups for rule in group["rules"]
+            if "record" in rule and rule["labels"].get("sloth_window") == window]
 
 
 def error_ratio_queries(spec: Spec, slo_name: str, window: str) -> tuple[str, str]:
@@ -194,10 +213,9 @@ def error_ratio_queries(spec: Spec, slo_name: str, window: str) -> tuple[str, st
             f"sum by ({by}) ({errors}) / sum by ({by}) ({total})")
 
 
-def accuracy(prometheus: PrometheusProcess, fleet: Fleet, spec: Spec, at_s: float, paused_s: float = 0.0,
+def accuracy(prometheus: PrometheusProcess, server: FleetServer, spec: Spec, at_s: float,
              windows: tuple[str, ...] = ("1d", "3d", "30d"), slo_name: str = "ttft") -> list[dict]:
-    """Each service's error ratio over each long window: ours, the exact form, and the model's truth (over
-    the model's time the window holds: it starts in the history, and ends `paused_s` before `at_s`)."""
+    """Each service's error ratio over each long window: ours, the exact form, and the model's truth."""
     from slo_spec.model import duration_seconds
 
     rows = []
@@ -207,9 +225,8 @@ def accuracy(prometheus: PrometheusProcess, fleet: Fleet, spec: Spec, at_s: floa
                 for r in _query(prometheus.url, ours_q, at_s)}
         exact = {(r["metric"]["namespace"], r["metric"]["model_name"]): float(r["value"][1])
                  for r in _query(prometheus.url, exact_q, at_s)}
-        for namespace, service in fleet.services():
-            start = max(fleet.epoch_s, at_s - (duration_seconds(window) or 0))
-            truth = fleet.true_error_ratio(namespace, service, start, at_s - paused_s)
+        for namespace, service in server.fleet.services():
+            truth = server.true_error_ratio(namespace, service, duration_seconds(window) or 0, at_s)
             rows.append({"window": window, "namespace": namespace, "service": service, "truth": truth,
                          "ours": ours.get((namespace, service)), "exact": exact.get((namespace, service))})
     return rows
@@ -317,7 +334,7 @@ def run(pods: int, services: int, namespaces: int, history_h: float, live_s: flo
     template = PodTemplate.load()
     now = time.time()
     start = now - history_h * 3600
-    fleet = make_fleet(pods, services, namespaces, epoch_s=start - 600,
+    fleet = make_fleet(pods, services, namespaces, epoch_s=start,
                        incidents=default_incidents(now) if incidents is None else incidents)
     engine_series, sidecar_series = template.series()
     log(f"fleet: {pods} pods, {services} services, {namespaces} namespaces; {engine_series} + {sidecar_series} "
@@ -325,32 +342,32 @@ def run(pods: int, services: int, namespaces: int, history_h: float, live_s: flo
     with ExitStack() as stack:
         server = FleetServer(fleet, template).start()
         stack.callback(server.stop)
-        began = time.monotonic()
-        tsdb, samples = prepare_tsdb(workdir, fleet, template, spec, start, now, step_s, evaluation)
-        log(f"history: {history_h:g} h of the SLI series, {samples} samples, and our 5m recordings over it, "
-            f"backfilled in {time.monotonic() - began:.0f} s")
-        servers = {}
-        server.resume_from(now)
+        servers: dict[str, tuple[PrometheusProcess, list[dict]]] = {}
+        live_since = time.time()  # the history ends here: the servers scrape and evaluate from now on
         for name, groups in (("ours", our_groups(spec)), ("sloth", sloth_rule_groups(spec))):
             home = workdir / name
             home.mkdir()
-            shutil.copytree(tsdb, home / "tsdb")
-            rules = rule_file(home / "rules.yaml", groups)
-            servers[name] = stack.enter_context(PrometheusProcess(
-                home, {}, [rules], scrape_interval=scrape, evaluation_interval=evaluation,
-                scrape_configs=server.scrape_configs(), retention="60d").start())
-        for prometheus in servers.values():
+            prometheus = stack.enter_context(PrometheusProcess(
+                home, {}, [rule_file(home / "rules.yaml", groups)], scrape_interval=scrape,
+                evaluation_interval=evaluation, scrape_configs=server.scrape_configs(), retention="60d").start())
             prometheus.wait_ready(300)
-        live_from = time.monotonic()
-        log(f"live: both Prometheus servers scrape the fleet and evaluate their rules for {live_s:g} s")
+            servers[name] = (prometheus, base_recordings(groups))
+        began = time.monotonic()
+        samples = backfill(list(servers.values()), fleet, template, start, live_since, step_s, evaluation, workdir)
+        log(f"history: {history_h:g} h of the SLI series ({samples} samples) and each rule set's 5m recordings "
+            f"over it, backfilled behind the live servers in {time.monotonic() - began:.0f} s")
+        log(f"measuring: both Prometheus servers scrape the fleet and evaluate their rules for {live_s:g} s")
+        spent = {name: evaluation_seconds(prometheus) for name, (prometheus, _) in servers.items()}
+        measured_from = time.monotonic()
         time.sleep(live_s)
-        live = time.monotonic() - live_from
-        costs = {name: rule_cost(prometheus, live) for name, prometheus in servers.items()}
-        rows = accuracy(servers["ours"], fleet, spec, time.time(), server.paused_s)
-        panels = panel_costs(servers["ours"], spec)
+        measured = time.monotonic() - measured_from
+        costs = {name: rule_cost(prometheus, spent[name], measured) for name, (prometheus, _) in servers.items()}
+        ours = servers["ours"][0]
+        rows = accuracy(ours, server, spec, time.time())
+        panels = panel_costs(ours, spec)
     return {"pods": pods, "services": services, "namespaces": namespaces,
-            "series_per_pod": engine_series + sidecar_series, "history_h": history_h, "live_s": live,
-            "raw_history_samples": samples,
+            "series_per_pod": engine_series + sidecar_series, "history_h": history_h, "measured_s": measured,
+            "step_s": step_s, "scrape": scrape, "evaluation": evaluation, "raw_history_samples": samples,
             "cost": {name: cost.__dict__ for name, cost in costs.items()},
             "accuracy": rows, "panels": panels}
 

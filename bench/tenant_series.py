@@ -2,7 +2,7 @@
 beside it, its spec sliced per tenant (every tenant named). Counts the samples each /metrics serves,
 by family group, after one request per tenant.
 
-    .venv/bin/python bench/tenant_series.py [--adapters 0 2 10]
+    .venv/bin/python bench/tenant_series.py [--adapters 0 2 10] [--gpus 8]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def families(url: str) -> Counter:
     return groups
 
 
-def measure(workdir: Path, adapters: int) -> tuple[Counter, Counter]:
+def measure(workdir: Path, adapters: int, gpus: int = 8) -> tuple[Counter, Counter]:
     names = tuple(f"tenant-{i}" for i in range(adapters))
     spec = workdir / f"spec-{adapters}.yaml"
     document = yaml.safe_load(DEFAULT_SPEC.read_text())
@@ -57,7 +57,7 @@ def measure(workdir: Path, adapters: int) -> tuple[Counter, Counter]:
                                              headers={"Content-Type": "application/json"})
             urllib.request.urlopen(request, timeout=60).read()
         sidecar = SidecarProcess(workdir / f"sidecar-{adapters}.log", engine.url, "--slo", str(spec),
-                                 "--engine-interval-s", "1", "--fake-gpu", "1", "--gpu-hourly-usd", "2")
+                                 "--engine-interval-s", "1", "--fake-gpu", str(gpus), "--gpu-hourly-usd", "2")
         with sidecar.start():
             sidecar.wait_ready()
             import time
@@ -69,12 +69,13 @@ def measure(workdir: Path, adapters: int) -> tuple[Counter, Counter]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--adapters", type=int, nargs="+", default=[0, 2, 10])
+    parser.add_argument("--gpus", type=int, default=8, help="fake GPUs beside the sidecar (default 8)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="slo-sidecar-series-bench-"))
     print(f"{'adapters':>8} {'vllm:*':>7} {'slo_engine_*':>12} {'engine other':>12} {'sidecar slo_*':>13} "
           f"{'sidecar_*':>9} {'sidecar other':>13} {'pod total':>9}")
     for adapters in args.adapters:
-        engine, sidecar = measure(workdir, adapters)
+        engine, sidecar = measure(workdir, adapters, args.gpus)
         total = sum(engine.values()) + sum(sidecar.values())
         print(f"{adapters:>8} {engine['vllm:']:>7} {engine['slo_engine_']:>12} {engine['other']:>12} "
               f"{sidecar['slo_']:>13} {sidecar['sidecar_']:>9} {sidecar['other']:>13} {total:>9}", flush=True)

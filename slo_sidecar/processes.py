@@ -56,11 +56,16 @@ class ManagedProcess:
         self.cwd = cwd
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "ManagedProcess":
-        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
+    def start(self, log_mode: str = "wb") -> "ManagedProcess":
+        with open(self.log_path, log_mode) as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         return self
+
+    def restart(self) -> "ManagedProcess":
+        """Stop (SIGTERM) and start again with the same arguments, its log appended to."""
+        self.stop()
+        return self.start(log_mode="ab")
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -192,6 +197,7 @@ class PrometheusProcess(ManagedProcess):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir = Path(workdir)
+        self.tsdb = Path(tsdb) if tsdb else workdir / "tsdb"
         static = {"labels": target_labels} if target_labels else {}
         config: dict[str, Any] = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
@@ -205,7 +211,7 @@ class PrometheusProcess(ManagedProcess):
                 {"targets": [alertmanager_url.removeprefix("http://")]}]}]}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         super().__init__("prometheus", [
-            binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={tsdb or workdir / 'tsdb'}",
+            binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={self.tsdb}",
             f"--web.listen-address=127.0.0.1:{self.port}", f"--storage.tsdb.retention.time={retention}", *extra_args,
         ], workdir / "prometheus.log")
 
