@@ -213,22 +213,23 @@ def error_ratio_queries(spec: Spec, slo_name: str, window: str) -> tuple[str, st
             f"sum by ({by}) ({errors}) / sum by ({by}) ({total})")
 
 
-def accuracy(prometheus: PrometheusProcess, server: FleetServer, spec: Spec, at_s: float,
+def accuracy(prometheus: PrometheusProcess, server: FleetServer, spec: Spec,
              windows: tuple[str, ...] = ("1d", "3d", "30d"), slo_name: str = "ttft") -> list[dict]:
-    """Each service's error ratio over each long window: ours, the exact form, and the model's truth."""
+    """Each service's error ratio over each long window: our newest recording, the exact form at that
+    recording's own time, and the model's truth there (a 1-day ratio moves while a 2-minute group waits)."""
     from slo_spec.model import duration_seconds
 
     rows = []
     for window in windows:
         ours_q, exact_q = error_ratio_queries(spec, slo_name, window)
-        ours = {(r["metric"]["namespace"], r["metric"]["model_name"]): float(r["value"][1])
-                for r in _query(prometheus.url, ours_q, at_s)}
-        exact = {(r["metric"]["namespace"], r["metric"]["model_name"]): float(r["value"][1])
-                 for r in _query(prometheus.url, exact_q, at_s)}
-        for namespace, service in server.fleet.services():
-            truth = server.true_error_ratio(namespace, service, duration_seconds(window) or 0, at_s)
-            rows.append({"window": window, "namespace": namespace, "service": service, "truth": truth,
-                         "ours": ours.get((namespace, service)), "exact": exact.get((namespace, service))})
+        newest = {(r["metric"]["namespace"], r["metric"]["model_name"]): r["values"][-1]
+                  for r in _query(prometheus.url, f"{ours_q}[5m]")}
+        for (namespace, service), (at, value) in sorted(newest.items()):
+            exact = {(r["metric"]["namespace"], r["metric"]["model_name"]): float(r["value"][1])
+                     for r in _query(prometheus.url, exact_q, float(at))}
+            rows.append({"window": window, "namespace": namespace, "service": service, "at": float(at),
+                         "truth": server.true_error_ratio(namespace, service, duration_seconds(window) or 0, float(at)),
+                         "ours": float(value), "exact": exact.get((namespace, service))})
     return rows
 
 
@@ -363,7 +364,7 @@ def run(pods: int, services: int, namespaces: int, history_h: float, live_s: flo
         measured = time.monotonic() - measured_from
         costs = {name: rule_cost(prometheus, spent[name], measured) for name, (prometheus, _) in servers.items()}
         ours = servers["ours"][0]
-        rows = accuracy(ours, server, spec, time.time())
+        rows = accuracy(ours, server, spec)
         panels = panel_costs(ours, spec)
     return {"pods": pods, "services": services, "namespaces": namespaces,
             "series_per_pod": engine_series + sidecar_series, "history_h": history_h, "measured_s": measured,
@@ -406,8 +407,11 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     ours, sloth = report["cost"]["ours"], report["cost"]["sloth"]
     print(f"\n{'':22} {'ours':>12} {'Sloth':>12} {'ours/Sloth':>10}")
-    for key, label in (("evaluation_s_per_min", "eval s per minute"), ("samples_per_eval", "samples per eval"),
-                       ("recorded_series", "recorded series")):
+    for cost in (ours, sloth):
+        cost["last_durations_sum_s"] = sum(cost["last_durations_s"].values())
+    for key, label in (("evaluation_s_per_min", "eval s per minute"),
+                       ("last_durations_sum_s", "groups' last evals, s"), ("samples_per_eval", "samples per eval"),
+                       ("recorded_series", "recorded series"), ("head_series", "head series")):
         print(f"{label:22} {ours[key]:>12.4g} {sloth[key]:>12.4g} {ours[key] / sloth[key]:>10.2f}")
     worst = max(report["accuracy"], key=lambda r: relative_error(r["ours"], r["truth"]))
     print(f"long windows: max error ours vs truth {relative_error(worst['ours'], worst['truth']):.3%} "

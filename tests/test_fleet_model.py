@@ -72,3 +72,30 @@ def test_history_lines_carry_the_scrape_labels_and_match_the_live_values(templat
         own = frozenset((k, v) for k, v in re.findall(r'(\w+)="([^"]*)"', match.group(2))
                         if k not in ("job", "pod", "instance", "namespace"))
         assert live[(match.group(1), own)] == float(match.group(3))
+
+
+def test_backfill_passes_put_each_recording_after_what_it_reads():
+    from bench.fleet import base_recordings, our_groups, rule_passes
+    from bench.sloth_rules import sloth_rule_groups
+    from slo_spec.load import DEFAULT_SPEC, load_spec
+
+    spec = load_spec(str(DEFAULT_SPEC))
+    ours = [sorted({rule["record"] for rule in chosen}) for chosen in rule_passes(base_recordings(our_groups(spec)))]
+    # The 5m event rates read the scraped counters; their ratio and their timestamps read the rates.
+    assert ours == [["slo:sli_error_events:rate5m", "slo:sli_total_events:rate5m"],
+                    ["slo:sli_error:ratio_rate5m", "slo:sli_total_events:timestamp"]]
+    assert len(rule_passes(base_recordings(sloth_rule_groups(spec)))) == 1  # Sloth's 5m ratio reads the counters
+    with pytest.raises(ValueError, match="loop"):
+        rule_passes([{"record": "a", "expr": "b + 1"}, {"record": "b", "expr": "a + 1"}])
+
+
+def test_an_incident_flag_names_service_ratio_and_hours():
+    import argparse
+
+    from bench.fleet import parse_incident
+
+    incident = parse_incident("svc-2=0.05@3-1", 10 * HOUR)
+    assert (incident.service, incident.error_ratio, incident.start_s, incident.end_s) == ("svc-2", 0.05, 7 * HOUR, 9 * HOUR)
+    for bad in ("svc-2", "svc-2=x", "svc-2=2", "svc-2=0.1@1-3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_incident(bad, 10 * HOUR)
