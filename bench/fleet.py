@@ -99,12 +99,29 @@ def history_blocks(workdir: Path, fleet: Fleet, template: PodTemplate, start_s: 
     return blocks, samples
 
 
-def add_blocks(blocks: Path, prometheus: PrometheusProcess) -> None:
-    """Blocks into a running Prometheus: copied into its data directory, then a restart loads them."""
+def add_blocks(blocks: Path, prometheus: PrometheusProcess, restart: bool = True) -> None:
+    """Blocks into a running Prometheus: each copied into its data directory under a name it ignores, then
+    renamed, whole, to its block id. Then either a restart loads them (seconds, but neither scrapes nor rules
+    run meanwhile: a server with a large head takes a minute or more, a gap the long windows see), or its
+    own reload, which looks for new blocks every minute (prometheus_tsdb_reloads_total counts them)."""
+    reloads = _own_counter(prometheus, "prometheus_tsdb_reloads_total")
     for block in blocks.iterdir():
-        shutil.copytree(block, prometheus.tsdb / block.name)
-    prometheus.restart()
-    prometheus.wait_ready(300)
+        staged = prometheus.tsdb / f"{block.name}.tmp-for-creation"
+        shutil.copytree(block, staged)
+        staged.rename(prometheus.tsdb / block.name)
+    if restart:
+        prometheus.restart()
+        prometheus.wait_ready(300)
+        return
+    deadline = time.monotonic() + 300
+    while _own_counter(prometheus, "prometheus_tsdb_reloads_total") < reloads + 2:  # one that began after the copy
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{prometheus.url} did not reload its blocks in 300 s")
+        time.sleep(2)
+
+
+def _own_counter(prometheus: PrometheusProcess, name: str) -> float:
+    return next((float(line.rsplit(" ", 1)[1]) for line in _own_metrics(prometheus) if line.startswith(name + " ")), 0.0)
 
 
 def recording_blocks(prometheus: PrometheusProcess, rules: list[dict], start_s: float, end_s: float,
@@ -147,8 +164,7 @@ def _own_metrics(prometheus: PrometheusProcess) -> list[str]:
 
 def evaluation_seconds(prometheus: PrometheusProcess) -> float:
     """Seconds Prometheus has spent evaluating rule groups since it started."""
-    return next((float(line.rsplit(" ", 1)[1]) for line in _own_metrics(prometheus)
-                 if line.startswith("prometheus_rule_group_duration_seconds_sum")), 0.0)
+    return _own_counter(prometheus, "prometheus_rule_group_duration_seconds_sum")
 
 
 def rule_cost(prometheus: PrometheusProcess, spent_before_s: float, measured_s: float) -> RuleCost:
@@ -168,20 +184,31 @@ def rule_cost(prometheus: PrometheusProcess, spent_before_s: float, measured_s: 
 
 
 def backfill(servers: list[tuple[PrometheusProcess, list[dict]]], fleet: Fleet, template: PodTemplate,
-             start_s: float, end_s: float, step_s: float, evaluation: str, workdir: Path) -> int:
+             start_s: float, end_s: float, step_s: float, evaluation: str, workdir: Path, restart: bool = True) -> int:
     """The history behind running Prometheus servers that scrape the fleet and evaluate their rules live
-    since `end_s`: the raw SLI series from start to end, then each server's base recordings over them (its
-    rules, in passes: a rule that reads another's record comes in the pass after it), as if fleet and
-    rules had run all along. No gap: the live scrapes and rules take over where the history ends. The
+    since `end_s` (each started with ADMIN_API): the raw SLI series from start to end, then each server's
+    base recordings (its rules, in passes: a rule that reads another's record comes in the pass after it)
+    from the start to when the history was in, as if fleet and rules had run all along. What the servers
+    recorded live before they had the history (5m rates over a few live samples) is deleted first: the
+    backfill's take its place. No gap: the live scrapes and rules take over where the history ends. The
     raw samples written."""
     blocks, samples = history_blocks(workdir, fleet, template, start_s, end_s, step_s)
     for prometheus, _ in servers:
-        add_blocks(blocks, prometheus)
+        add_blocks(blocks, prometheus, restart)
+    loaded = time.time()
     for index, (prometheus, rules) in enumerate(servers):
+        for record in sorted({rule["record"] for rule in rules}):
+            request = urllib.request.Request(prometheus.url + "/api/v1/admin/tsdb/delete_series?" + urllib.parse.urlencode(
+                {"match[]": record, "start": f"{end_s - 1:.3f}", "end": f"{loaded:.3f}"}), method="POST")
+            urllib.request.urlopen(request, timeout=60).read()
         for level, chosen in enumerate(rule_passes(rules)):
             name = f"recordings-{index}-{level}"
-            add_blocks(recording_blocks(prometheus, chosen, start_s, end_s - 1, evaluation, workdir, name), prometheus)
+            add_blocks(recording_blocks(prometheus, chosen, start_s, loaded, evaluation, workdir, name), prometheus,
+                       restart)
     return samples
+
+
+ADMIN_API = ("--web.enable-admin-api",)  # backfill deletes what a server recorded before it had the history
 
 
 def rule_passes(rules: list[dict]) -> list[list[dict]]:
@@ -350,11 +377,13 @@ def run(pods: int, services: int, namespaces: int, history_h: float, live_s: flo
             home.mkdir()
             prometheus = stack.enter_context(PrometheusProcess(
                 home, {}, [rule_file(home / "rules.yaml", groups)], scrape_interval=scrape,
-                evaluation_interval=evaluation, scrape_configs=server.scrape_configs(), retention="60d").start())
+                evaluation_interval=evaluation, scrape_configs=server.scrape_configs(), retention="60d",
+                extra_args=ADMIN_API).start())
             prometheus.wait_ready(300)
             servers[name] = (prometheus, base_recordings(groups))
         began = time.monotonic()
-        samples = backfill(list(servers.values()), fleet, template, start, live_since, step_s, evaluation, workdir)
+        samples = backfill(list(servers.values()), fleet, template, start, live_since, step_s, evaluation, workdir,
+                           restart=False)  # 200 pods' heads take minutes to replay: no gaps in the recordings
         log(f"history: {history_h:g} h of the SLI series ({samples} samples) and each rule set's 5m recordings "
             f"over it, backfilled behind the live servers in {time.monotonic() - began:.0f} s")
         log(f"measuring: both Prometheus servers scrape the fleet and evaluate their rules for {live_s:g} s")

@@ -24,7 +24,7 @@ import urllib.parse
 
 import pytest
 
-from bench.fleet import FleetServer, backfill, base_recordings, our_groups, rule_file
+from bench.fleet import ADMIN_API, FleetServer, backfill, base_recordings, our_groups, rule_file
 from bench.fleet_model import Incident, PodTemplate, history, make_fleet
 from slo_sidecar.processes import (AlertmanagerProcess, PrometheusProcess, VictoriaMetricsProcess, VmagentProcess,
                                    VmalertProcess, get_json)
@@ -167,7 +167,8 @@ def test_the_same_rules_on_prometheus_and_victoria_metrics(tmp_path):
         live_since = time.time()
         prometheus = stack.enter_context(PrometheusProcess(
             dirs["prometheus"], {}, [rules], scrape_interval=INTERVAL, evaluation_interval=INTERVAL,
-            alertmanager_url=am_p.url, scrape_configs=server.scrape_configs(), retention="60d").start())
+            alertmanager_url=am_p.url, scrape_configs=server.scrape_configs(), retention="60d",
+            extra_args=ADMIN_API).start())
         vmagent = stack.enter_context(VmagentProcess(
             dirs["vmagent"], vm.write_url,
             {"global": {"scrape_interval": INTERVAL}, "scrape_configs": server.scrape_configs()}).start())
