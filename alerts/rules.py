@@ -8,7 +8,7 @@ fleet of hundreds of pods:
   once each for errors and total (`slo:sli_error_events:rate<w>`,
   `slo:sli_total_events:rate<w>`); each ratio divides those recordings;
 - the long windows (1d, 3d) and the period are summed from the 5m recordings, in
-  a group of their own on a slower interval, never from days of raw samples;
+  a group of their own, never from days of raw samples;
   their ratio is the ratio of summed event rates, weighted by traffic, not an
   average of 5m ratios (a quiet night must not count as much as a busy day);
 - split (`generate --split local,global`), the raw-reading rules run on each
@@ -66,9 +66,11 @@ def _id_selector(spec: Spec, slo: Slo) -> str:
 # read from the raw counters (see long_recording_group): at most 1/LONG_WINDOW_FACTOR of its events can be
 # weighed wrongly, at its edges, which bounds the approximation's error at 1%.
 LONG_WINDOW_FACTOR = 100
-# The long windows' group runs on its own slower interval: a 1-day ratio 2 minutes old differs from the
-# exact one by at most 2m/1d of its events (0.14%), while each evaluation reads a day of samples.
-LONG_INTERVAL = "2m"
+# The long windows' group could run on a slower interval (a 1-day ratio 2 minutes old is off by at most 2m/1d
+# of its events), but it holds the period's ratio, and a new service must read its whole error budget from
+# the first evaluation, not minutes later: it runs at Prometheus's own interval (None). What it reads is a
+# few recorded series per service, whatever the pods; set `interval:` on the `-long-` groups to cut it further.
+LONG_INTERVAL: str | None = None
 
 
 def _event_queries(spec: Spec, slo: Slo, window: str) -> tuple[str, str] | None:
@@ -194,7 +196,7 @@ def recording_groups(spec: Spec, slo: Slo, split: bool = False) -> tuple[list[di
     the short ratios share a group, so that each ratio reads this evaluation's rates."""
     ident = slo_id(spec, slo)
     events, ratios = event_rules(spec, slo), ratio_rules(spec, slo)
-    long = {"name": f"sloth-slo-sli-long-recordings-{ident}", "interval": LONG_INTERVAL,
+    long = {"name": f"sloth-slo-sli-long-recordings-{ident}", **({"interval": LONG_INTERVAL} if LONG_INTERVAL else {}),
             "rules": long_rules(spec, slo)}
     if not split:
         return [], [{"name": f"sloth-slo-sli-recordings-{ident}", "rules": events + ratios}, long]

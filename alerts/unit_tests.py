@@ -113,7 +113,7 @@ def checks(slo: Slo, scenario: Scenario, tier: str) -> list[tuple[int, bool]]:
 def _long_lag_min(slo: Slo, tier: str) -> int:
     """Minutes a tier's condition can lag on its long windows' slower group (0 where it has none)."""
     windows = (w for alert in slo.burn_alerts() if alert.tier == tier for w in (alert.long_s, alert.short_s))
-    if any(w >= LONG_WINDOW_FACTOR * slo.base_window_s for w in windows):
+    if LONG_INTERVAL and any(w >= LONG_WINDOW_FACTOR * slo.base_window_s for w in windows):
         return (duration_seconds(LONG_INTERVAL) or 0) // 60
     return 0
 

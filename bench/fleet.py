@@ -243,7 +243,7 @@ def error_ratio_queries(spec: Spec, slo_name: str, window: str) -> tuple[str, st
 def accuracy(prometheus: PrometheusProcess, server: FleetServer, spec: Spec,
              windows: tuple[str, ...] = ("1d", "3d", "30d"), slo_name: str = "ttft") -> list[dict]:
     """Each service's error ratio over each long window: our newest recording, the exact form at that
-    recording's own time, and the model's truth there (a 1-day ratio moves while a 2-minute group waits)."""
+    recording's own time, and the model's truth there (a 1-day ratio moves between evaluations)."""
     from slo_spec.model import duration_seconds
 
     rows = []
@@ -356,8 +356,8 @@ def serve(pods: int, services: int, namespaces: int, incidents: list[Incident]) 
 
 def run(pods: int, services: int, namespaces: int, history_h: float, live_s: float, step_s: float,
         scrape: str, evaluation: str, workdir: Path, incidents: list[Incident] | None = None, log=print) -> dict:
-    if live_s < 150:
-        raise ValueError("live_s: at least 150 s, so that the 2-minute groups have run")
+    if live_s < 60:
+        raise ValueError("live_s: at least 60 s, so that every group has run after the backfill")
     spec = load_spec(str(DEFAULT_SPEC))
     template = PodTemplate.load()
     now = time.time()

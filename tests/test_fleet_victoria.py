@@ -199,7 +199,7 @@ def test_the_same_rules_on_prometheus_and_victoria_metrics(tmp_path):
         vmalert.wait_ready()
         processes = (prometheus, vm, vmagent, vmalert, am_p, am_vm)
 
-        # Both have run the 2-minute long-window groups, and the page has had its minute: poll.
+        # Both have run the long-window groups, and the page has had its minute: poll.
         page = page_of(*PAGED)
 
         def received(alertmanager: AlertmanagerProcess) -> bool:
