@@ -36,6 +36,7 @@ from alerts.dump import dump  # noqa: E402
 from alerts.render import rule_groups  # noqa: E402
 from bench.fleet_model import TEMPLATE_DIR, Fleet, Incident, PodTemplate, history, make_fleet, render, target_labels  # noqa: E402
 from bench.sloth_rules import sloth_rule_groups  # noqa: E402
+from slo_sidecar.lab.replay import rule_levels  # noqa: E402
 from slo_sidecar.processes import PrometheusProcess, get_json  # noqa: E402
 from slo_spec.load import DEFAULT_SPEC, load_spec  # noqa: E402
 from slo_spec.model import Spec  # noqa: E402
@@ -201,7 +202,7 @@ def backfill(servers: list[tuple[PrometheusProcess, list[dict]]], fleet: Fleet, 
             request = urllib.request.Request(prometheus.url + "/api/v1/admin/tsdb/delete_series?" + urllib.parse.urlencode(
                 {"match[]": record, "start": f"{end_s - 1:.3f}", "end": f"{loaded:.3f}"}), method="POST")
             urllib.request.urlopen(request, timeout=60).read()
-        for level, chosen in enumerate(rule_passes(rules)):
+        for level, chosen in enumerate(rule_levels(rules)):
             name = f"recordings-{index}-{level}"
             add_blocks(recording_blocks(prometheus, chosen, start_s, loaded, evaluation, workdir, name), prometheus,
                        restart)
@@ -209,19 +210,6 @@ def backfill(servers: list[tuple[PrometheusProcess, list[dict]]], fleet: Fleet, 
 
 
 ADMIN_API = ("--web.enable-admin-api",)  # backfill deletes what a server recorded before it had the history
-
-
-def rule_passes(rules: list[dict]) -> list[list[dict]]:
-    """The rules in passes, each reading only what earlier passes recorded."""
-    left, passes = list(rules), []
-    while left:
-        pending = {rule["record"] for rule in left}
-        ready = [rule for rule in left if not any(name in rule["expr"] for name in pending - {rule["record"]})]
-        if not ready:
-            raise ValueError("recording rules that read each other in a loop")
-        passes.append(ready)
-        left = [rule for rule in left if rule not in ready]
-    return passes
 
 
 def base_recordings(groups: list[dict], window: str = BASE_WINDOW) -> list[dict]:

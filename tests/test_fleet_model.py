@@ -75,18 +75,19 @@ def test_history_lines_carry_the_scrape_labels_and_match_the_live_values(templat
 
 
 def test_backfill_passes_put_each_recording_after_what_it_reads():
-    from bench.fleet import base_recordings, our_groups, rule_passes
+    from bench.fleet import base_recordings, our_groups
+    from slo_sidecar.lab.replay import rule_levels
     from bench.sloth_rules import sloth_rule_groups
     from slo_spec.load import DEFAULT_SPEC, load_spec
 
     spec = load_spec(str(DEFAULT_SPEC))
-    ours = [sorted({rule["record"] for rule in chosen}) for chosen in rule_passes(base_recordings(our_groups(spec)))]
+    ours = [sorted({rule["record"] for rule in chosen}) for chosen in rule_levels(base_recordings(our_groups(spec)))]
     # The 5m event rates read the scraped counters; their ratio and their timestamps read the rates.
     assert ours == [["slo:sli_error_events:rate5m", "slo:sli_total_events:rate5m"],
                     ["slo:sli_error:ratio_rate5m", "slo:sli_total_events:timestamp"]]
-    assert len(rule_passes(base_recordings(sloth_rule_groups(spec)))) == 1  # Sloth's 5m ratio reads the counters
-    with pytest.raises(ValueError, match="loop"):
-        rule_passes([{"record": "a", "expr": "b + 1"}, {"record": "b", "expr": "a + 1"}])
+    assert len(rule_levels(base_recordings(sloth_rule_groups(spec)))) == 1  # Sloth's 5m ratio reads the counters
+    with pytest.raises(ValueError, match="cycle"):
+        rule_levels([{"record": "a", "expr": "b + 1"}, {"record": "b", "expr": "a + 1"}])
 
 
 def test_an_incident_flag_names_service_ratio_and_hours():

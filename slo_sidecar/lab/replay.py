@@ -156,26 +156,31 @@ def _seconds(duration: str) -> int:
 
 
 def _levels(recordings: list[_Recording]) -> list[list[_Recording]]:
-    """The recording rules in dependency levels, each reading only raw series and earlier levels' records.
+    """The recording rules in dependency levels (see rule_levels)."""
+    by_rule = {id(recording.rule): recording for recording in recordings}
+    return [[by_rule[id(rule)] for rule in level] for level in rule_levels([r.rule for r in recordings])]
+
+
+def rule_levels(rules: list[dict]) -> list[list[dict]]:
+    """Recording rules in dependency levels, each reading only raw series and earlier levels' records.
 
     promtool evaluates all the rules of one backfill against the data as it was before it, so a rule that
     reads another rule's series must come a level later. A rule depends on every other rule whose recorded
     name its expression mentions.
     """
     recorders: dict[str, set[int]] = defaultdict(set)
-    for index, recording in enumerate(recordings):
-        recorders[recording.rule["record"]].add(index)
-    needs = [{other for name in _METRIC_NAME.findall(recording.rule["expr"])
-              for other in recorders.get(name, ()) if other != index}
-             for index, recording in enumerate(recordings)]
-    levels: list[list[_Recording]] = []
-    pending = set(range(len(recordings)))
+    for index, rule in enumerate(rules):
+        recorders[rule["record"]].add(index)
+    needs = [{other for name in _METRIC_NAME.findall(rule["expr"]) for other in recorders.get(name, ())
+              if other != index} for index, rule in enumerate(rules)]
+    levels: list[list[dict]] = []
+    pending = set(range(len(rules)))
     while pending:
         ready = {index for index in pending if not needs[index] & pending}
         if not ready:
             raise ValueError("recording rules read each other in a cycle: "
-                             + ", ".join(sorted({recordings[index].rule["record"] for index in pending})))
-        levels.append([recordings[index] for index in sorted(ready)])
+                             + ", ".join(sorted({rules[index]["record"] for index in pending})))
+        levels.append([rules[index] for index in sorted(ready)])
         pending -= ready
     return levels
 
