@@ -63,14 +63,25 @@ def _id_selector(spec: Spec, slo: Slo) -> str:
 
 
 # A window at least this many base windows long is summed from the base window's recordings instead of
-# read from the raw counters (see long_recording_group): at most 1/LONG_WINDOW_FACTOR of its events can be
-# weighed wrongly, at its edges, which bounds the approximation's error at 1%.
+# read from the raw counters (see long_rules); a shorter one is read raw, where the recordings' edges would
+# weigh more than 1/LONG_WINDOW_FACTOR of its events.
 LONG_WINDOW_FACTOR = 100
 # The long windows' group could run on a slower interval (a 1-day ratio 2 minutes old is off by at most 2m/1d
 # of its events), but it holds the period's ratio, and a new service must read its whole error budget from
 # the first evaluation, not minutes later: it runs at Prometheus's own interval (None). What it reads is a
 # few recorded series per service, whatever the pods; set `interval:` on the `-long-` groups to cut it further.
 LONG_INTERVAL: str | None = None
+
+
+def _has_events(slo: Slo) -> bool:
+    """Whether the SLI's error and total events are known (native, or Sloth's events SLI), not just a ratio."""
+    sli = slo.sli
+    return (sli.errors is not None and sli.total is not None) or (sli.raw_errors is not None and sli.raw_total is not None)
+
+
+def _slo_labels(spec: Spec, slo: Slo) -> dict[str, str]:
+    """The static labels of every rule of an SLO: the spec's, the SLO's, and Sloth's ids."""
+    return {**spec.labels, **slo.labels, **sloth_labels(spec, slo)}
 
 
 def _event_queries(spec: Spec, slo: Slo, window: str) -> tuple[str, str] | None:
@@ -85,7 +96,7 @@ def _event_queries(spec: Spec, slo: Slo, window: str) -> tuple[str, str] | None:
     return None
 
 
-def _ratio(spec: Spec, slo: Slo, errors: str, total: str) -> str:
+def _ratio(slo: Slo, errors: str, total: str) -> str:
     """errors / total, per service: a native SLI's total has a floor (an idle service reads 0, not NaN);
     Sloth's events SLI keeps its ratio as Sloth writes it."""
     if slo.sli.errors is not None:
@@ -103,7 +114,7 @@ def _windows(slo: Slo) -> tuple[list[int], list[int]]:
     """(short windows, long windows), without the period: a long window (and the period) is summed from the
     base window's recordings where the SLI has events; an SLI that is only a ratio reads every window raw."""
     windows = [w for w in slo.windows() if w != slo.period_s]
-    if slo.sli.raw_error_ratio is not None and slo.sli.raw_errors is None:
+    if not _has_events(slo):
         return windows, []
     return ([w for w in windows if w < LONG_WINDOW_FACTOR * slo.base_window_s],
             [w for w in windows if w >= LONG_WINDOW_FACTOR * slo.base_window_s])
@@ -116,7 +127,7 @@ def _record(name: str, expr: str, labels: dict[str, str], window: str) -> dict[s
 def event_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
     """What reads the raw counters, next to the data: each short window's error and total event rates (an
     SLI that is only a ratio: its ratio), and when the base window's recording was made (see coverage)."""
-    labels = {**spec.labels, **slo.labels, **sloth_labels(spec, slo)}
+    labels = _slo_labels(spec, slo)
     short, _ = _windows(slo)
     rules = []
     for window in map(duration_label, short):
@@ -127,7 +138,7 @@ def event_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
             continue
         rules.append(_record(f"slo:sli_error_events:rate{window}", events[0], labels, window))
         rules.append(_record(f"slo:sli_total_events:rate{window}", events[1], labels, window))
-    if _event_queries(spec, slo, "") is not None:
+    if _has_events(slo):
         base = duration_label(slo.base_window_s)
         rules.append(_record("slo:sli_total_events:timestamp", f"timestamp(slo:sli_total_events:rate{base}"
                              f"{_id_selector(spec, slo)})", labels, base))
@@ -136,12 +147,12 @@ def event_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
 
 def ratio_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
     """Each short window's error ratio, from the recorded event rates (cheap: a few series per service)."""
-    if _event_queries(spec, slo, "") is None:
+    if not _has_events(slo):
         return []
-    labels, selector = {**spec.labels, **slo.labels, **sloth_labels(spec, slo)}, _id_selector(spec, slo)
+    labels, selector = _slo_labels(spec, slo), _id_selector(spec, slo)
     short, _ = _windows(slo)
     return [_record(f"slo:sli_error:ratio_rate{w}",
-                    _ratio(spec, slo, _per_service(spec, f"slo:sli_error_events:rate{w}{selector}"),
+                    _ratio(slo, _per_service(spec, f"slo:sli_error_events:rate{w}{selector}"),
                            _per_service(spec, f"slo:sli_total_events:rate{w}{selector}")), labels, w)
             for w in map(duration_label, short)]
 
@@ -160,14 +171,14 @@ def long_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
     service younger than the window (`slo:sli_total_events:timestamp`): such a service is not credited
     with events it never had (the event guard counts them).
     """
-    labels, selector = {**spec.labels, **slo.labels, **sloth_labels(spec, slo)}, _id_selector(spec, slo)
+    labels, selector = _slo_labels(spec, slo), _id_selector(spec, slo)
     _, long = _windows(slo)
     base_s = slo.base_window_s
     base = duration_label(base_s)
     rules = []
     for window_s in [*long, slo.period_s]:
         window = duration_label(window_s)
-        if _event_queries(spec, slo, "") is None:  # a ratio alone: Sloth's average of base ratios
+        if not _has_events(slo):  # a ratio alone: Sloth's average of base ratios
             expr = (f"sum_over_time(slo:sli_error:ratio_rate{base}{selector}[{window}])\n"
                     f"/ ignoring (sloth_window)\n"
                     f"count_over_time(slo:sli_error:ratio_rate{base}{selector}[{window}])")
@@ -181,7 +192,7 @@ def long_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
             return _per_service(spec, f"avg_over_time({rate}[{window}]) * {covered}\n"
                                       f"+ {base_s / 2:g} * ({rate} - ({rate} offset {window} or {rate} * 0))")
 
-        rules.append(_record(f"slo:sli_error:ratio_rate{window}", _ratio(spec, slo, events("error"), events("total")),
+        rules.append(_record(f"slo:sli_error:ratio_rate{window}", _ratio(slo, events("error"), events("total")),
                              labels, window))
         if window_s != slo.period_s:  # the event guard's count; no alert counts the period's events
             rules.append(_record(f"slo:sli_total_events:rate{window}", f"{events('total')}\n/ {window_s}",
@@ -205,7 +216,7 @@ def recording_groups(spec: Spec, slo: Slo, split: bool = False) -> tuple[list[di
 
 
 def metadata_group(spec: Spec, slo: Slo) -> dict[str, Any]:
-    labels = {**spec.labels, **slo.labels, **sloth_labels(spec, slo)}
+    labels = _slo_labels(spec, slo)
     selector, on = _id_selector(spec, slo), "on (sloth_id, sloth_slo, sloth_service) group_left"
     budget = f"{slo.error_budget:.12g}"
     rules = [
@@ -230,7 +241,7 @@ def metadata_group(spec: Spec, slo: Slo) -> dict[str, Any]:
 
 def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     selector = _id_selector(spec, slo)
-    guarded = _event_queries(spec, slo, "5m") is not None
+    guarded = _has_events(slo)
     rules: list[dict[str, Any]] = []
     for tier_name, for_ in (("page", PAGE_FOR), ("ticket", TICKET_FOR)):
         tier = getattr(slo, tier_name)
