@@ -40,6 +40,7 @@ from slo_sidecar.lab.replay import rule_levels  # noqa: E402
 from slo_sidecar.processes import PrometheusProcess, get_json  # noqa: E402
 from slo_spec.load import DEFAULT_SPEC, load_spec  # noqa: E402
 from slo_spec.model import Spec  # noqa: E402
+from tests.helpers import metric, parse_metrics  # noqa: E402
 from tests.threaded_server import ThreadedServer  # noqa: E402
 
 BASE_WINDOW = "5m"
@@ -122,7 +123,7 @@ def add_blocks(blocks: Path, prometheus: PrometheusProcess, restart: bool = True
 
 
 def _own_counter(prometheus: PrometheusProcess, name: str) -> float:
-    return next((float(line.rsplit(" ", 1)[1]) for line in _own_metrics(prometheus) if line.startswith(name + " ")), 0.0)
+    return metric(_own_metrics(prometheus), name)
 
 
 def recording_blocks(prometheus: PrometheusProcess, rules: list[dict], start_s: float, end_s: float,
@@ -159,8 +160,9 @@ class RuleCost:
     head_series: int
 
 
-def _own_metrics(prometheus: PrometheusProcess) -> list[str]:
-    return urllib.request.urlopen(prometheus.url + "/metrics", timeout=30).read().decode().splitlines()
+def _own_metrics(prometheus: PrometheusProcess) -> dict[tuple[str, frozenset], float]:
+    """Prometheus's own /metrics, as the reference parser reads them."""
+    return parse_metrics(urllib.request.urlopen(prometheus.url + "/metrics", timeout=30).read().decode())
 
 
 def evaluation_seconds(prometheus: PrometheusProcess) -> float:
@@ -169,19 +171,14 @@ def evaluation_seconds(prometheus: PrometheusProcess) -> float:
 
 
 def rule_cost(prometheus: PrometheusProcess, spent_before_s: float, measured_s: float) -> RuleCost:
-    durations, samples, head = {}, 0.0, 0
-    for line in _own_metrics(prometheus):
-        if line.startswith("prometheus_tsdb_head_series "):
-            head = int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith("prometheus_rule_group_last_duration_seconds{"):
-            group = line.split('rule_group="')[1].split('"')[0].split(";")[-1]
-            durations[group] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("prometheus_rule_group_last_evaluation_samples{"):
-            samples += float(line.rsplit(" ", 1)[1])
-    spent = evaluation_seconds(prometheus) - spent_before_s
+    own = _own_metrics(prometheus)
+    durations = {dict(labels)["rule_group"].split(";")[-1]: value for (name, labels), value in own.items()
+                 if name == "prometheus_rule_group_last_duration_seconds"}
+    spent = metric(own, "prometheus_rule_group_duration_seconds_sum") - spent_before_s
     recorded = prometheus.query('count({__name__=~"slo:.+"})')
-    return RuleCost(spent / measured_s * 60, durations, samples,
-                    int(float(recorded[0]["value"][1])) if recorded else 0, head)
+    return RuleCost(spent / measured_s * 60, durations, metric(own, "prometheus_rule_group_last_evaluation_samples"),
+                    int(float(recorded[0]["value"][1])) if recorded else 0,
+                    int(metric(own, "prometheus_tsdb_head_series")))
 
 
 def backfill(servers: list[tuple[PrometheusProcess, list[dict]]], fleet: Fleet, template: PodTemplate,
