@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import time
@@ -41,6 +42,24 @@ def wait_for(sidecar: SidecarProcess, condition, timeout_s: float = 15.0) -> dic
             shown = {k: v for k, v in samples.items() if k[0].startswith(("sidecar_engine", "sidecar_collector"))}
             raise AssertionError(f"condition not met in {timeout_s} s; last scrape had {shown}")
         time.sleep(0.1)
+
+
+def what_the_burst_met(engine: EngineProcess, burst: list[asyncio.Future]) -> str:
+    """For a burst the sidecar never saw: what the engine itself says, and what the machine was doing."""
+    done = [each for each in burst if each.done()]
+    lines = [f"{len(done)} of {len(burst)} requests answered: {[each.result() for each in done if not each.exception()]}"]
+    try:
+        status, body = http_get(engine.url + "/metrics", timeout=10)
+        lines += [line for line in body.decode().splitlines()
+                  if line.startswith(("vllm:num_requests", "slo_engine_http_requests_in_flight"))]
+    except OSError as exc:
+        lines.append(f"engine /metrics: {exc!r}")
+    for command in (["ss", "-ltn", f"sport = :{engine.port}"], ["ps", "-eo", "pid,ppid,stat,pcpu,rss,etime,args",
+                                                               "--sort=-pcpu"]):
+        with contextlib.suppress(OSError):
+            output = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
+            lines += [line[:160] for line in output.splitlines()[:25]]
+    return "\n".join(lines)
 
 
 def errors(samples: dict, reason: str) -> float:
@@ -185,8 +204,11 @@ async def test_queue_depth_rises_under_a_burst_and_falls_after(tmp_path):
                     return response.status
 
             burst = [asyncio.ensure_future(one()) for _ in range(waiting_allowed)]
-            peak = await asyncio.to_thread(
-                wait_for, sidecar, lambda s: metric(s, "sidecar_engine_queue_depth") >= 2, 60.0)
+            try:
+                peak = await asyncio.to_thread(
+                    wait_for, sidecar, lambda s: metric(s, "sidecar_engine_queue_depth") >= 2, 60.0)
+            except (AssertionError, OSError) as exc:
+                raise AssertionError(f"{exc!r}; {await asyncio.to_thread(what_the_burst_met, engine, burst)}")
             assert metric(peak, "sidecar_engine_running_requests") == 1
             # The generation rate shows while requests still wait (one scrape with both: in a full suite
             # the rate once first showed after the 8-request burst had drained, 15 s on).
