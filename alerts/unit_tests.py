@@ -4,7 +4,7 @@ For every SLO whose SLI is made of counter selections, the generator writes
 input series that a real engine could have exposed (label values that satisfy
 the SLI's matchers: good requests outside the error selection, bad ones inside)
 and checks when the page and ticket alerts fire, and that they stay silent
-otherwise, after a quiet day of baseline traffic: a total outage, burns of 100x,
+otherwise, after quiet baseline traffic: a total outage, burns of 100x,
 20x and 2x, a burn that recovers, and a trickle of failures below the
 minimum-traffic guard. The expected minutes come from a model of the alert
 conditions (`predicted_firing`); promtool checks the generated rules against it,
@@ -25,7 +25,12 @@ from .dump import dump
 from .rules import LONG_INTERVAL, LONG_WINDOW_FACTOR, slo_id
 
 PER_MINUTE = 600  # requests per minute: 10 per second
-BASELINE_MIN = 1440  # a quiet day before each burn
+# Quiet minutes before a burn: 6 hours, the page's longest window, so that window starts full of good
+# traffic; a day before the 2x burn, whose ticket waits on the day-long windows (with a day of good
+# traffic behind them it fires about a day in). promtool evaluates every minute of it: the 2x burn's
+# is the longest replay, the others' need not be as long.
+BASELINE_MIN = 360
+DAY_MIN = 1440
 NIGHT = "3 failures in 5 requests over a night"
 
 
@@ -33,9 +38,10 @@ NIGHT = "3 failures in 5 requests over a night"
 class Scenario:
     name: str
     error_ratio: float  # during the burn
-    burn_min: int  # minutes of burn after the baseline day, then quiet again
+    burn_min: int  # minutes of burn after the baseline, then quiet again
     length_min: int  # minutes simulated after the burn starts
     per_minute: float = PER_MINUTE
+    baseline_min: int = BASELINE_MIN  # quiet minutes before the burn
 
 
 def scenarios(slo: Slo) -> list[Scenario]:
@@ -45,7 +51,7 @@ def scenarios(slo: Slo) -> list[Scenario]:
         Scenario("a total outage", 1.0, 60, 60),
         Scenario("a 100x burn", 100 * budget, 60, 60),
         Scenario("a 20x burn", 20 * budget, 90, 90),
-        Scenario("a 2x burn", 2 * budget, 1500, 1500),
+        Scenario("a 2x burn", 2 * budget, 1500, 1500, baseline_min=DAY_MIN),
         Scenario("a burn that recovers", 1.0, 10, 60),
     ]
     if 0.6 > 14.4 * budget:  # a trickle that would page on its ratio alone, without the guard
@@ -56,10 +62,10 @@ def scenarios(slo: Slo) -> list[Scenario]:
 def _ratio_and_events(scenario: Scenario, minute: int, window_min: int) -> tuple[float, float]:
     """The error ratio and the event count over the window ending `minute` minutes after the burn began.
 
-    The windows see the data there is: the baseline day, then the burn (Prometheus's rate()
+    The windows see the data there is: the baseline, then the burn (Prometheus's rate()
     scales errors and totals alike, so their ratio is that of the increases).
     """
-    covered = min(window_min, BASELINE_MIN + minute)
+    covered = min(window_min, scenario.baseline_min + minute)
     start = minute - covered
     burning = max(0, min(minute, scenario.burn_min) - max(start, 0))
     return scenario.error_ratio * burning / covered, scenario.per_minute * covered
@@ -188,10 +194,10 @@ def _series(selection: Selection, labels: dict[str, str]) -> str:
 
 def _values(scenario: Scenario, share: Callable[[bool], float]) -> str:
     """Cumulative counter values, one a minute, in promtool's `start+step x count` notation."""
-    segments = [(0, BASELINE_MIN, False), (BASELINE_MIN, min(scenario.burn_min, scenario.length_min), True),
-                (BASELINE_MIN + scenario.burn_min, max(0, scenario.length_min - scenario.burn_min), False)]
+    segments = [(scenario.baseline_min, False), (min(scenario.burn_min, scenario.length_min), True),
+                (max(0, scenario.length_min - scenario.burn_min), False)]
     text, value = [], 0.0
-    for _, minutes, burning in segments:
+    for minutes, burning in segments:
         if minutes <= 0:
             continue
         step = scenario.per_minute * share(burning)
@@ -251,7 +257,7 @@ def unit_tests(spec: Spec, slo: Slo, rule_files: list[str]) -> str | None:
             for minute, firing in checks(slo, scenario, tier):
                 query = (f'count(ALERTS{{alertname="{slo.alert_name}",alertstate="firing",tier="{tier}",'
                          f'sloth_id="{slo_id(spec, slo)}"}})')
-                expressions.append({"expr": query, "eval_time": f"{BASELINE_MIN + minute}m",
+                expressions.append({"expr": query, "eval_time": f"{scenario.baseline_min + minute}m",
                                     "exp_samples": [{"labels": "{}", "value": 1}] if firing else []})
         tests.append({"name": f"{slo.key}: {scenario.name}", "interval": "1m", "input_series": series,
                       "promql_expr_test": expressions})

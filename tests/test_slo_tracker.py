@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.unit_tests import BASELINE_MIN, alert_condition, scenarios
+from alerts.unit_tests import alert_condition, scenarios
 from sidecar.exposition import Sample
 from sidecar.slo_tracker import SloTracker, dumps
 from slo_spec.load import DEFAULT_SPEC, load_spec
@@ -83,8 +83,8 @@ def test_alert_states_agree_with_the_generated_rules(scenario):
     tracker = SloTracker(SPEC)
     ok = failed = 0.0
     disagreements = []
-    for minute in range(-BASELINE_MIN, scenario.length_min + 1):
-        now = (minute + BASELINE_MIN) * 60.0
+    for minute in range(-scenario.baseline_min, scenario.length_min + 1):
+        now = (minute + scenario.baseline_min) * 60.0
         tracker.observe(scrape(ok, failed), now)
         if minute >= 0:
             state = availability(tracker, now)
