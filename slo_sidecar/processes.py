@@ -48,19 +48,25 @@ class ManagedProcess:
     """One child process with its output in a log file."""
 
     def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None):
+                 cwd: Path | None = None, cpus: frozenset[int] | None = None):
         self.name = name
         self.args = args
         self.log_path = Path(log_path)
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
+        self.cpus = cpus  # the CPUs it and its children may run on (None: all), as a container's cpuset
         self.process: subprocess.Popen | None = None
 
     def start(self, log_mode: str = "wb") -> "ManagedProcess":
         with open(self.log_path, log_mode) as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=None if self.cpus is None else self._pin)
         return self
+
+    def _pin(self) -> None:
+        """In the child, before exec: the CPUs it may use, inherited by every process it starts."""
+        os.sched_setaffinity(0, self.cpus)
 
     def restart(self) -> "ManagedProcess":
         """Stop (SIGTERM) and start again with the same arguments, its log appended to."""
@@ -125,7 +131,7 @@ class EngineProcess(ManagedProcess):
     """
 
     def __init__(self, log_path: Path, *extra_args: str, env: dict[str, str] | None = None, port: int = 0,
-                 fault_injection: bool = False):
+                 fault_injection: bool = False, cpus: frozenset[int] | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         admin_args: list[str] = []
@@ -140,7 +146,8 @@ class EngineProcess(ManagedProcess):
             self.admin_url = f"http://127.0.0.1:{admin_port}"
             admin_args = ["--admin-port", str(admin_port), "--admin-token-file", str(token_file)]
         super().__init__("engine", [sys.executable, "-m", "slo_sidecar.cli", "engine", "--host", "127.0.0.1",
-                                    "--port", str(self.port), *admin_args, *extra_args], log_path, env=env)
+                                    "--port", str(self.port), *admin_args, *extra_args], log_path, env=env,
+                         cpus=cpus)
 
     @property
     def admin_headers(self) -> dict[str, str]:

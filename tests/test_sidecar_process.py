@@ -177,19 +177,20 @@ def test_without_nvml_the_gpu_collector_is_down_logs_once_and_backs_off(tmp_path
 @pytest.mark.engine
 @run_async
 async def test_queue_depth_rises_under_a_burst_and_falls_after(tmp_path):
-    # An engine of its own that runs one sequence at a time: of a burst of 32 long requests, 31
-    # wait, and 2 or more still wait after 29 rounds of 2000 tokens, a minute or more. The burst
-    # is held until the sidecar has shown it, then the clients hang up, which aborts everything.
-    # (A burst that drains by itself lasts a few seconds: a CI run on 2 busy cores once let the
-    # observer sleep through all of it, and a later CI run never saw 2 waiting in 60 s of a burst
-    # of 16 requests of 1000 tokens.)
+    # An engine of its own that runs one sequence at a time, and a burst long enough to outlast a stall
+    # of the machine: 256 requests of 2000 tokens. Idle, the tiny model makes ~7,000 tokens/s here, so
+    # the burst lasts over a minute; the one of 32 it replaces drained in 9 s, and on 2 busy cores a
+    # stall (52 s seen here: no sampler ran, the sidecar's scrapes timed out) let it drain unseen.
+    # The engine runs on one CPU, as in a pod whose containers have CPUs of their own: vLLM flat out
+    # on both would starve the sidecar and this test of the CPU they need to watch it.
+    # The burst is held until the sidecar has shown it, then the clients hang up, which aborts it all.
     # (No probes: the queue is the burst's alone. A 5 s scrape timeout: while vLLM streams the burst,
     # the engine's event loop answers /metrics late, and with the default 0.8 s the sidecar's first
     # good scrape came after the burst had drained.)
-    waiting_allowed = 32
+    waiting_allowed = 256
     engine_args = ("--max-model-len", "2048", "--max-num-seqs", "1",
                    "--max-waiting-requests", str(waiting_allowed))
-    with EngineProcess(tmp_path / "engine.log", *engine_args).start() as engine, SidecarProcess(
+    with EngineProcess(tmp_path / "engine.log", *engine_args, cpus=frozenset({0})).start() as engine, SidecarProcess(
             tmp_path / "sidecar.log", engine.url, "--engine-interval-s", INTERVAL, "--probe-interval-s", "0",
             "--engine-timeout-s", "5",
             "--gpu-hourly-usd", "4", "--gpus", "2").start() as sidecar:
@@ -197,7 +198,7 @@ async def test_queue_depth_rises_under_a_burst_and_falls_after(tmp_path):
         sidecar.wait_ready()
         await asyncio.to_thread(wait_for, sidecar, lambda s: metric(s, "sidecar_engine_up") == 1)
         body = {"prompt": "burst", "max_tokens": 2000, "ignore_eos": True}
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:  # all at once
             async def one() -> int:
                 async with session.post(engine.url + "/v1/completions", json=body) as response:
                     await response.read()
@@ -206,7 +207,7 @@ async def test_queue_depth_rises_under_a_burst_and_falls_after(tmp_path):
             burst = [asyncio.ensure_future(one()) for _ in range(waiting_allowed)]
             try:
                 peak = await asyncio.to_thread(
-                    wait_for, sidecar, lambda s: metric(s, "sidecar_engine_queue_depth") >= 2, 60.0)
+                    wait_for, sidecar, lambda s: metric(s, "sidecar_engine_queue_depth") >= 2, 120.0)
             except (AssertionError, OSError) as exc:
                 raise AssertionError(f"{exc!r}; {await asyncio.to_thread(what_the_burst_met, engine, burst)}")
             assert metric(peak, "sidecar_engine_running_requests") == 1
@@ -219,7 +220,8 @@ async def test_queue_depth_rises_under_a_burst_and_falls_after(tmp_path):
                 request.cancel()
             await asyncio.gather(*burst, return_exceptions=True)
         after = await asyncio.to_thread(wait_for, sidecar, lambda s: metric(
-            s, "sidecar_engine_queue_depth") == 0 and metric(s, "sidecar_engine_running_requests") == 0)
+            s, "sidecar_engine_queue_depth") == 0 and metric(s, "sidecar_engine_running_requests") == 0,
+            30.0)  # within the 60 s rate window: the rate read below is still the burst's
         tokens_per_second = metric(after, "sidecar_engine_generation_tokens_per_second")
         assert tokens_per_second > 0
         # Cost from the same scrape's rate: two GPUs (no NVML here, so --gpus) at $4 an hour.
