@@ -66,11 +66,10 @@ def _id_selector(spec: Spec, slo: Slo) -> str:
 # read from the raw counters (see long_rules); a shorter one is read raw, where the recordings' edges would
 # weigh more than 1/LONG_WINDOW_FACTOR of its events.
 LONG_WINDOW_FACTOR = 100
-# The long windows' group could run on a slower interval (a 1-day ratio 2 minutes old is off by at most 2m/1d
-# of its events), but it holds the period's ratio, and a new service must read its whole error budget from
-# the first evaluation, not minutes later: it runs at Prometheus's own interval (None). What it reads is a
-# few recorded series per service, whatever the pods; set `interval:` on the `-long-` groups to cut it further.
-LONG_INTERVAL: str | None = None
+# The long windows' group has no interval of its own. It could run slower (a 1-day ratio 2 minutes old is off
+# by at most 2m/1d of its events), but it holds the period's ratio, and a new service must read its whole error
+# budget from the first evaluation, not minutes later. What it reads is a few recorded series per service,
+# whatever the pods; set `interval:` on the `-long-` groups to cut it further.
 
 
 def _has_events(slo: Slo) -> bool:
@@ -207,8 +206,7 @@ def recording_groups(spec: Spec, slo: Slo, split: bool = False) -> tuple[list[di
     the short ratios share a group, so that each ratio reads this evaluation's rates."""
     ident = slo_id(spec, slo)
     events, ratios = event_rules(spec, slo), ratio_rules(spec, slo)
-    long = {"name": f"sloth-slo-sli-long-recordings-{ident}", **({"interval": LONG_INTERVAL} if LONG_INTERVAL else {}),
-            "rules": long_rules(spec, slo)}
+    long = {"name": f"sloth-slo-sli-long-recordings-{ident}", "rules": long_rules(spec, slo)}
     if not split:
         return [], [{"name": f"sloth-slo-sli-recordings-{ident}", "rules": events + ratios}, long]
     local = [{"name": f"sloth-slo-sli-event-recordings-{ident}", "rules": events}]

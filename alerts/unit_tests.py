@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from re import _parser as sre_parse  # type: ignore[attr-defined]  # the stdlib's own regex parser
 from typing import Any, Callable
 
-from slo_spec.model import PROBE_MISSED, Matcher, Selection, Slo, Spec, duration_seconds
+from slo_spec.model import PROBE_MISSED, Matcher, Selection, Slo, Spec
 
 from .dump import dump
-from .rules import LONG_INTERVAL, LONG_WINDOW_FACTOR, slo_id
+from .rules import slo_id
 
 PER_MINUTE = 600  # requests per minute: 10 per second
 # Quiet minutes before a burn: 6 hours, the page's longest window, so that window starts full of good
@@ -105,23 +105,14 @@ def checks(slo: Slo, scenario: Scenario, tier: str) -> list[tuple[int, bool]]:
     if not runs:
         return [(scenario.length_min // 2, False), (scenario.length_min, False)]
     points = []
-    stale = _long_lag_min(slo, tier)
-    lag = 1 + stale + (1 if tier == "page" else 10)  # a step for the recording rules, the long group's, then for:
+    lag = 1 + (1 if tier == "page" else 10)  # a step for the recording rules, then for:
     for start, end in runs:
         points.append((max(0, start - 1), False))
         if start + lag + 1 < end:
             points.append((start + lag + 1, True))
-        if end + 2 + stale <= scenario.length_min:
-            points.append((end + 2 + stale, False))  # resolved
+        if end + 2 <= scenario.length_min:
+            points.append((end + 2, False))  # resolved
     return points
-
-
-def _long_lag_min(slo: Slo, tier: str) -> int:
-    """Minutes a tier's condition can lag on its long windows' slower group (0 where it has none)."""
-    windows = (w for alert in slo.burn_alerts() if alert.tier == tier for w in (alert.long_s, alert.short_s))
-    if LONG_INTERVAL and any(w >= LONG_WINDOW_FACTOR * slo.base_window_s for w in windows):
-        return (duration_seconds(LONG_INTERVAL) or 0) // 60
-    return 0
 
 
 # --- label values that satisfy matchers -------------------------------------------------------------
