@@ -165,16 +165,19 @@ def _own_metrics(prometheus: PrometheusProcess) -> dict[tuple[str, frozenset], f
     return parse_metrics(urllib.request.urlopen(prometheus.url + "/metrics", timeout=30).read().decode())
 
 
+EVALUATION_SECONDS = "prometheus_rule_group_duration_seconds_sum"  # spent evaluating rule groups since start
+
+
 def evaluation_seconds(prometheus: PrometheusProcess) -> float:
     """Seconds Prometheus has spent evaluating rule groups since it started."""
-    return _own_counter(prometheus, "prometheus_rule_group_duration_seconds_sum")
+    return _own_counter(prometheus, EVALUATION_SECONDS)
 
 
 def rule_cost(prometheus: PrometheusProcess, spent_before_s: float, measured_s: float) -> RuleCost:
     own = _own_metrics(prometheus)
     durations = {dict(labels)["rule_group"].split(";")[-1]: value for (name, labels), value in own.items()
                  if name == "prometheus_rule_group_last_duration_seconds"}
-    spent = metric(own, "prometheus_rule_group_duration_seconds_sum") - spent_before_s
+    spent = metric(own, EVALUATION_SECONDS) - spent_before_s
     recorded = prometheus.query('count({__name__=~"slo:.+"})')
     return RuleCost(spent / measured_s * 60, durations, metric(own, "prometheus_rule_group_last_evaluation_samples"),
                     int(float(recorded[0]["value"][1])) if recorded else 0,

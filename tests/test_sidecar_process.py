@@ -56,7 +56,7 @@ def what_the_burst_met(engine: EngineProcess, burst: list[asyncio.Future]) -> st
         lines.append(f"engine /metrics: {exc!r}")
     for command in (["ss", "-ltn", f"sport = :{engine.port}"], ["ps", "-eo", "pid,ppid,stat,pcpu,rss,etime,args",
                                                                "--sort=-pcpu"]):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):  # a report, never a second failure
             output = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
             lines += [line[:160] for line in output.splitlines()[:25]]
     return "\n".join(lines)
