@@ -105,8 +105,10 @@ def _ratio(slo: Slo, errors: str, total: str) -> str:
 
 def _per_service(spec: Spec, expr: str) -> str:
     """Summed per service: recordings from several Prometheus servers (shards of one fleet, read through
-    Thanos or Mimir) add up; on one server it changes nothing. A Sloth spec's queries keep their own scope."""
-    return f"sum by ({', '.join(spec.identity)}) ({expr})" if spec.identity else expr
+    Thanos or Mimir) add up; on one server it changes nothing. A Sloth spec's queries keep their own scope,
+    in parentheses: the result is one operand, whatever `expr` holds (a long window's events are a sum, and
+    `a + b / c + d` divides only the middle terms)."""
+    return f"sum by ({', '.join(spec.identity)}) ({expr})" if spec.identity else f"({expr})"
 
 
 def _windows(slo: Slo) -> tuple[list[int], list[int]]:
