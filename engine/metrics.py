@@ -62,6 +62,9 @@ class ConstantLabels:
     The engine's own series carry the served model's name as `model_name`, as vLLM's do, so
     an SLO can be scoped to one service (namespace and model) without a label taken from any
     request: one process serves one model, so the value is a constant of the process.
+
+    No `*_created` series, whatever prometheus_client's setting (inside a user's own vLLM server
+    it is theirs): in the text format each is a series of its own, read by no rule or panel.
     """
 
     def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
@@ -71,7 +74,8 @@ class ConstantLabels:
     def collect(self) -> Iterable[Metric]:
         for family in self.registry.collect():
             labelled = Metric(family.name, family.documentation, family.type, family.unit)
-            labelled.samples = [sample._replace(labels={**sample.labels, **self.labels}) for sample in family.samples]
+            labelled.samples = [sample._replace(labels={**sample.labels, **self.labels}) for sample in family.samples
+                                if not sample.name.endswith("_created")]
             yield labelled
 
 

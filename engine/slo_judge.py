@@ -93,13 +93,18 @@ class SloJudge:
 
     def record(self, tally: Any, started_at: float, status: int | None, model: str = UNKNOWN_MODEL) -> None:
         """status: the HTTP status the request ended with (None: succeeded)."""
+        measured = None if status is not None else latencies(tally, started_at, time.monotonic())
+        self.count(measured, tally.completion_tokens, model, status)
+
+    def count(self, measured: RequestLatencies | None, completion_tokens: int, model: str,
+              status: int | None) -> None:
+        """One request's verdicts from its latencies (None: it failed); status as for record."""
         if not self.targets or not judged(status):
             return
-        measured = None if status is not None else latencies(tally, started_at, time.monotonic())
         all_good = True
         for name, targets in self.targets.items():
             good = is_good(targets, measured)
             all_good = all_good and good
             self.counter.labels(name, "true" if good else "false", model).inc()
         if all_good:
-            self.good_tokens.labels(model).inc(tally.completion_tokens)
+            self.good_tokens.labels(model).inc(completion_tokens)

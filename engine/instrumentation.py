@@ -1,0 +1,106 @@
+"""Our instrumentation inside vLLM's own OpenAI server: the one object the ASGI middleware and the
+stat-logger plugin share in the API server's process.
+
+vLLM builds both with no arguments of ours (`--middleware CLASS`, and an entry point for the plugin), so
+they meet here, set up once when the server starts (the ASGI lifespan: vLLM's app state knows the served
+names by then). Configuration comes from the environment, as vLLM's own plugins take it:
+`SLO_ENGINE_SLO`, the spec whose latency and goodput targets every request is judged against (default:
+the embedded one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterable
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from slo_spec.load import DEFAULT_SPEC, load_spec
+
+from .metrics import CLIENT_CLOSED_REQUEST, GENERATION_ENDPOINTS, ConstantLabels, ServerMetrics
+from .request_join import EngineView, PendingRequest, RequestJoin
+from .slo_judge import SloJudge
+
+log = logging.getLogger(__name__)
+
+SPEC_ENV = "SLO_ENGINE_SLO"
+
+# Why a request failed, by the status it ended with (metrics.ERROR_REASONS).
+REASONS = {401: "unauthorized", 403: "unauthorized", 408: "timeout", 429: "overload", 499: "client_disconnect",
+           503: "unavailable", 504: "timeout"}
+
+
+def reason_of(status: int) -> str | None:
+    """The error reason of a status; None for a success."""
+    if status < 400:
+        return None
+    return REASONS.get(status, "validation" if status < 500 else "engine_error")
+
+
+class Instrumentation:
+    """The engine's own series and the per-request join, for one served model and its adapters."""
+
+    def __init__(self, models: tuple[str, ...], registry: CollectorRegistry | None = None,
+                 spec_path: str | None = None):
+        self.models = models
+        self.own = registry or CollectorRegistry()
+        spec = load_spec(spec_path or os.environ.get(SPEC_ENV) or str(DEFAULT_SPEC))
+        self.metrics = ServerMetrics(self.own, models=models)
+        self.judge = SloJudge(spec, self.own, models)
+        self.join = RequestJoin(self._judged)
+
+    def tenant(self, model: object) -> str:
+        """The `model` label of a request that named `model`: a served name, else UNKNOWN_MODEL."""
+        return model if isinstance(model, str) and model in self.models else self.metrics.models[-1]
+
+    def http_finished(self, endpoint: str, status: int, tenant: str, seconds: float, probe: bool,
+                      pending: PendingRequest | None) -> None:
+        """A response's last byte went out (or the client left: 499)."""
+        self.metrics.duration.labels(endpoint=endpoint).observe(seconds)
+        if probe:
+            if pending is not None:
+                pending.tenant = ""  # judged by nobody: dropped from the join when it ends
+                self.join.http_finished(pending, status)
+            return
+        self.metrics.requests.labels(endpoint=endpoint, code=str(status), model=tenant).inc()
+        reason = reason_of(status)
+        if reason is not None:
+            self.metrics.record_error(reason, tenant)
+        if pending is not None:
+            self.join.http_finished(pending, status)
+
+    def engine_finished(self, engine_id: str, view: EngineView) -> None:
+        self.join.engine_finished(engine_id, view)
+
+    def _judged(self, request: PendingRequest) -> None:
+        if not request.tenant:  # a probe
+            return
+        if request.status == 200:
+            self.metrics.record_tokens(request.tenant, request.prompt_tokens(), request.generation_tokens())
+        if request.status == CLIENT_CLOSED_REQUEST:
+            return
+        self.judge.count(request.latencies(), request.generation_tokens(), request.tenant,
+                         None if request.status == 200 else request.status)
+
+
+_current: Instrumentation | None = None
+
+
+def start(models: Iterable[str], served_name: str) -> Instrumentation:
+    """Set up the process's instrumentation (once) and serve its series on vLLM's /metrics, each with
+    `model_name` as vLLM's own carry it."""
+    global _current
+    if _current is None:
+        _current = Instrumentation(tuple(dict.fromkeys(models)))
+        REGISTRY.register(ConstantLabels(_current.own, {"model_name": served_name}))
+        log.info("slo-sidecar instrumentation on: tenants %s", ", ".join(_current.models))
+    return _current
+
+
+def current() -> Instrumentation | None:
+    return _current
+
+
+def is_generation(endpoint: str) -> bool:
+    return endpoint in GENERATION_ENDPOINTS

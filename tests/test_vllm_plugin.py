@@ -1,0 +1,181 @@
+"""Our instrumentation on vLLM's own OpenAI server, launched as a user launches it:
+
+    python -m vllm.entrypoints.openai.api_server --model DIR --middleware engine.asgi.SloMiddleware
+
+with the stat-logger plugin loaded by its entry point. The exact SLO counters, request counters and
+per-tenant tokens are served on vLLM's own /metrics, beside `vllm:*`, and count what the test sent:
+tokens as vLLM's own `usage` reports them, a request judged once however many sequences it ran, probes
+and client errors left out, a client that went away counted as 499.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from engine.tiny_model import MODEL_NAME, ensure_default_model
+from slo_sidecar.processes import VllmServerProcess
+from slo_spec.model import PROBE_HEADER
+from tests.helpers import metric, parse_metrics
+
+pytestmark = pytest.mark.engine
+
+# Two exact TTFT SLOs no request can miss and none can meet: the judge's verdicts follow the targets.
+SPEC = """version: slo-sidecar/v1
+service: llm-inference
+slos:
+  - name: ttft-never
+    objective: 99
+    sli: {latency: {measure: ttft, threshold_s: 0.00001}}
+  - name: ttft-always
+    objective: 99
+    sli: {latency: {measure: ttft, threshold_s: 60}}
+  - name: queue
+    objective: 99
+    sli: {latency: {measure: queue, threshold_s: 60}}
+"""
+SLOS = ("ttft-never", "ttft-always", "queue")
+# vLLM's CPU build gives its KV cache 90% of the machine's memory unless told (21 GiB here: 77 s to set up,
+# and no room for a second engine); 1 GiB, as `slo-sidecar engine` gives it.
+CPU_KV_CACHE = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("vllm-plugin")
+    (workdir / "slo.yaml").write_text(SPEC)
+    process = VllmServerProcess(workdir / "vllm.log", str(ensure_default_model()), "--served-model-name",
+                                MODEL_NAME, "--max-model-len", "512", "--enforce-eager",
+                                "--middleware", "engine.asgi.SloMiddleware",
+                                env={"SLO_ENGINE_SLO": str(workdir / "slo.yaml"), **CPU_KV_CACHE})
+    process.start()
+    try:
+        process.wait_ready()
+        yield process
+        assert process.stop() == 0, process.log_tail()
+    finally:
+        process.kill_group()
+
+
+def scrape(server: VllmServerProcess) -> dict:
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+        return parse_metrics(response.read().decode())
+
+
+def post(server: VllmServerProcess, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(server.url + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def counts(samples: dict, model: str = MODEL_NAME) -> dict[str, float]:
+    """The series a request moves, by short name."""
+    out = {f"{slo}/{good}": metric(samples, "slo_engine_slo_requests_total", slo=slo, good=good, model=model)
+           for slo in SLOS for good in ("true", "false")}
+    for endpoint in ("/v1/completions", "/v1/chat/completions"):
+        for code in ("200", "404", "499"):
+            out[f"{endpoint} {code}"] = metric(samples, "slo_engine_http_requests_total", endpoint=endpoint,
+                                               code=code, model=model)
+    out["prompt"] = metric(samples, "slo_engine_prompt_tokens_total", model=model) if model != "unknown" else 0
+    out["generated"] = metric(samples, "slo_engine_generation_tokens_total", model=model) if model != "unknown" else 0
+    return out
+
+
+def moved(before: dict, after: dict) -> dict[str, float]:
+    return {key: after[key] - before[key] for key in after if after[key] != before[key]}
+
+
+def test_series_exist_at_zero_beside_vllms_own(vllm_server):
+    samples = scrape(vllm_server)
+    assert any(name.startswith("vllm:") for name, _ in samples), "vLLM's own series are still served"
+    for slo in SLOS:
+        for good in ("true", "false"):
+            for model in (MODEL_NAME, "unknown"):
+                assert (("slo_engine_slo_requests_total", frozenset({("slo", slo), ("good", good), ("model", model),
+                                                                    ("model_name", MODEL_NAME)})) in samples)
+    assert metric(samples, "slo_engine_ready") == 1
+    assert not [name for name, _ in samples if name.startswith("slo_engine") and name.endswith("_created")]
+
+
+def test_a_completion_is_counted_and_judged_once_with_vllms_usage(vllm_server):
+    before = counts(scrape(vllm_server))
+    status, answer = post(vllm_server, "/v1/completions", {"model": MODEL_NAME, "prompt": "Hello", "max_tokens": 6})
+    assert status == 200
+    usage = answer["usage"]
+    assert moved(before, counts(scrape(vllm_server))) == {
+        "/v1/completions 200": 1, "ttft-never/false": 1, "ttft-always/true": 1, "queue/true": 1,
+        "prompt": usage["prompt_tokens"], "generated": usage["completion_tokens"]}
+
+
+def test_batched_prompts_with_n_are_one_request_and_all_their_tokens(vllm_server):
+    before = counts(scrape(vllm_server))
+    status, answer = post(vllm_server, "/v1/completions", {"model": MODEL_NAME, "prompt": ["One", "Two more"],
+                                                           "n": 2, "max_tokens": 4, "seed": 1})
+    assert status == 200 and len(answer["choices"]) == 4
+    usage = answer["usage"]
+    assert moved(before, counts(scrape(vllm_server))) == {
+        "/v1/completions 200": 1, "ttft-never/false": 1, "ttft-always/true": 1, "queue/true": 1,
+        "prompt": usage["prompt_tokens"], "generated": usage["completion_tokens"]}
+
+
+def test_a_streamed_chat_is_judged_on_the_first_token_the_client_got(vllm_server):
+    before = counts(scrape(vllm_server))
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "stream": True,
+            "stream_options": {"include_usage": True}}
+    connection = http.client.HTTPConnection("127.0.0.1", vllm_server.port, timeout=60)
+    connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    events = [json.loads(line[6:]) for line in response.read().decode().splitlines()
+              if line.startswith("data: {")]
+    connection.close()
+    assert response.status == 200
+    usage = events[-1]["usage"]
+    assert moved(before, counts(scrape(vllm_server))) == {
+        "/v1/chat/completions 200": 1, "ttft-never/false": 1, "ttft-always/true": 1, "queue/true": 1,
+        "prompt": usage["prompt_tokens"], "generated": usage["completion_tokens"]}
+
+
+def test_an_unknown_model_is_a_client_error_of_no_tenant_and_not_judged(vllm_server):
+    before = counts(scrape(vllm_server), "unknown")
+    status, answer = post(vllm_server, "/v1/completions", {"model": "../../etc/passwd", "prompt": "x"})
+    assert status == 404 and "error" in answer
+    samples = scrape(vllm_server)
+    assert moved(before, counts(samples, "unknown")) == {"/v1/completions 404": 1}
+    assert not [labels for name, labels in samples if ("model", "../../etc/passwd") in labels]
+
+
+def test_probes_are_served_but_not_counted(vllm_server):
+    before = counts(scrape(vllm_server))
+    status, _ = post(vllm_server, "/v1/completions", {"model": MODEL_NAME, "prompt": "probe", "max_tokens": 1},
+                     headers={PROBE_HEADER: "1"})
+    assert status == 200
+    assert moved(before, counts(scrape(vllm_server))) == {}
+
+
+def test_a_client_that_leaves_mid_stream_is_a_499(vllm_server):
+    before = counts(scrape(vllm_server))
+    errors_before = metric(scrape(vllm_server), "slo_engine_request_errors_total", reason="client_disconnect",
+                           model=MODEL_NAME)
+    body = {"model": MODEL_NAME, "prompt": "Once", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    connection = http.client.HTTPConnection("127.0.0.1", vllm_server.port, timeout=60)
+    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    response.fp.readline()  # the first event, then hang up
+    connection.sock.close()
+    connection.close()
+    for _ in range(100):
+        samples = scrape(vllm_server)
+        if counts(samples)["/v1/completions 499"] > before["/v1/completions 499"]:
+            break
+    assert moved(before, counts(samples)) == {"/v1/completions 499": 1}, "not judged, no tokens counted"
+    assert metric(samples, "slo_engine_request_errors_total", reason="client_disconnect",
+                  model=MODEL_NAME) == errors_before + 1
