@@ -33,7 +33,14 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID = b"x-request-id"
+TRACE_ID = b"x-trace-id"
 CHAT = "/v1/chat/completions"
+# The GenAI semantic conventions' request attributes, from the body fields that set them.
+GENAI_REQUEST = {"max_tokens": "gen_ai.request.max_tokens", "max_completion_tokens": "gen_ai.request.max_tokens",
+                 "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
+                 "top_k": "gen_ai.request.top_k", "n": "gen_ai.request.choice.count", "seed": "gen_ai.request.seed",
+                 "stop": "gen_ai.request.stop_sequences", "presence_penalty": "gen_ai.request.presence_penalty",
+                 "frequency_penalty": "gen_ai.request.frequency_penalty"}
 
 
 def endpoint_of(path: str) -> str:
@@ -53,6 +60,20 @@ def is_probe(scope: Scope) -> bool:
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
     return next((value for key, value in scope.get("headers", ()) if key.lower() == name), None)
+
+
+def genai_attributes(body: dict[str, Any]) -> dict[str, Any]:
+    """The span attributes a request body sets: numbers, strings and lists of strings only (what OpenTelemetry
+    accepts), whatever the client sent."""
+    attributes: dict[str, Any] = {}
+    for field, attribute in GENAI_REQUEST.items():
+        value = body.get(field)
+        if isinstance(value, str) and field == "stop":
+            value = [value]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) or (
+                isinstance(value, list) and value and all(isinstance(each, str) for each in value)):
+            attributes[attribute] = value
+    return attributes
 
 
 def carries_token(chunk: bytes) -> bool:
@@ -120,7 +141,7 @@ def _start(app: Any) -> None:
         return
     base = [path.name for path in models.base_model_paths]
     adapters = [module.name for module in (models.static_lora_modules or ())]
-    instrumentation.start([*base, *adapters], base[0]).metrics.ready.set(1)
+    instrumentation.start([*base, *adapters]).metrics.ready.set(1)
 
 
 class _Exchange:
@@ -136,6 +157,14 @@ class _Exchange:
         self.disconnected = False
         self.pending: PendingRequest | None = None
         self.tenant = ""
+        self.span: Any = None
+        tracer = state.tracer
+        if tracer.enabled and scope.get("path", "").startswith("/v1/"):
+            from starlette.datastructures import Headers  # vLLM's server is Starlette's
+
+            headers = Headers(scope=scope)
+            self.span = tracer.start_server_span(scope.get("method", ""), self.endpoint, scope.get("path", ""),
+                                                 headers, headers.get("host"))
 
     async def run(self, app: App, receive: Receive, send: Send) -> None:
         in_flight = self.state.metrics.in_flight.labels(endpoint=self.endpoint)
@@ -175,8 +204,10 @@ class _Exchange:
             request_id = uuid.uuid4().hex.encode()
             self.scope["headers"] = [*self.scope.get("headers", ()), (REQUEST_ID, request_id)]
         prompts, n = shape_of(parsed, self.endpoint == CHAT)
+        chat = self.endpoint == CHAT
         self.pending = PendingRequest(request_id.decode("latin-1"), self.tenant, self.started, prompts, n,
-                                      streamed=parsed.get("stream") is True)
+                                      streamed=parsed.get("stream") is True, chat=chat,
+                                      attributes=genai_attributes(parsed), server_span=self.span)
         self.state.join.start(self.pending)
 
         async def replay() -> Message:
@@ -195,6 +226,9 @@ class _Exchange:
         async def watched(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.status = message["status"]
+                trace_id = self.state.tracer.trace_id_of(self.span)
+                if trace_id:  # for pasting into Jaeger
+                    message["headers"] = [*message.get("headers", ()), (TRACE_ID, trace_id.encode())]
             elif message["type"] == "http.response.body":
                 chunk = message.get("body", b"")
                 pending = self.pending
@@ -214,5 +248,7 @@ class _Exchange:
             CLIENT_CLOSED_REQUEST if self.disconnected or self.status is None else self.status)
         self.state.http_finished(self.endpoint, status, self.tenant, time.monotonic() - self.started,
                                  is_probe(self.scope), self.pending)
+        if self.span is not None:  # after the join has its end: the GenAI span ends inside this one
+            self.state.tracer.end_server_span(self.span, status)
         if self.pending is not None and not self.pending.judged:
             asyncio.get_running_loop().call_later(ENGINE_VIEW_GRACE_S + 0.1, self.state.join.expire)

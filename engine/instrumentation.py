@@ -5,7 +5,8 @@ vLLM builds both with no arguments of ours (`--middleware CLASS`, and an entry p
 they meet here, set up once when the server starts (the ASGI lifespan: vLLM's app state knows the served
 names by then). Configuration comes from the environment, as vLLM's own plugins take it:
 `SLO_ENGINE_SLO`, the spec whose latency and goodput targets every request is judged against (default:
-the embedded one).
+the embedded one), and `SLO_ENGINE_TRACE_EXPORTER` (otlp, console or none; default otlp when an OTLP
+endpoint is configured) with the OTEL_* variables for the request → queue → prefill → decode spans.
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ from typing import Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from slo_spec import __version__
 from slo_spec.load import DEFAULT_SPEC, load_spec
 
 from .metrics import CLIENT_CLOSED_REQUEST, GENERATION_ENDPOINTS, ConstantLabels, ServerMetrics
 from .request_join import EngineView, PendingRequest, RequestJoin
+from .settings import ENV_PREFIX, default_trace_exporter
 from .slo_judge import SloJudge
+from .tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
-SPEC_ENV = "SLO_ENGINE_SLO"
+SPEC_ENV = ENV_PREFIX + "SLO"
+TRACE_EXPORTER_ENV = ENV_PREFIX + "TRACE_EXPORTER"
 
 # Why a request failed, by the status it ended with (metrics.ERROR_REASONS).
 REASONS = {401: "unauthorized", 403: "unauthorized", 408: "timeout", 429: "overload", 499: "client_disconnect",
@@ -41,13 +46,15 @@ def reason_of(status: int) -> str | None:
 class Instrumentation:
     """The engine's own series and the per-request join, for one served model and its adapters."""
 
-    def __init__(self, models: tuple[str, ...], registry: CollectorRegistry | None = None,
-                 spec_path: str | None = None):
+    def __init__(self, models: tuple[str, ...], registry: CollectorRegistry | None = None):
+        """models: the served names, the base model's first."""
         self.models = models
         self.own = registry or CollectorRegistry()
-        spec = load_spec(spec_path or os.environ.get(SPEC_ENV) or str(DEFAULT_SPEC))
+        spec = load_spec(os.environ.get(SPEC_ENV) or str(DEFAULT_SPEC))
         self.metrics = ServerMetrics(self.own, models=models)
         self.judge = SloJudge(spec, self.own, models)
+        self.tracer = setup_tracing(os.environ.get(TRACE_EXPORTER_ENV) or default_trace_exporter(os.environ),
+                                    __version__, models[0], self.own)
         self.join = RequestJoin(self._judged)
 
     def tenant(self, model: object) -> str:
@@ -60,7 +67,7 @@ class Instrumentation:
         self.metrics.duration.labels(endpoint=endpoint).observe(seconds)
         if probe:
             if pending is not None:
-                pending.tenant = ""  # judged by nobody: dropped from the join when it ends
+                pending.probe = True
                 self.join.http_finished(pending, status)
             return
         self.metrics.requests.labels(endpoint=endpoint, code=str(status), model=tenant).inc()
@@ -74,7 +81,10 @@ class Instrumentation:
         self.join.engine_finished(engine_id, view)
 
     def _judged(self, request: PendingRequest) -> None:
-        if not request.tenant:  # a probe
+        failed = request.status if request.status != 200 else None
+        server_failed = failed is not None and (failed >= 500 or failed == CLIENT_CLOSED_REQUEST)
+        self.tracer.joined_request_spans(request, reason_of(failed) if server_failed else None)
+        if request.probe:
             return
         if request.status == 200:
             self.metrics.record_tokens(request.tenant, request.prompt_tokens(), request.generation_tokens())
@@ -87,13 +97,13 @@ class Instrumentation:
 _current: Instrumentation | None = None
 
 
-def start(models: Iterable[str], served_name: str) -> Instrumentation:
+def start(models: Iterable[str]) -> Instrumentation:
     """Set up the process's instrumentation (once) and serve its series on vLLM's /metrics, each with
-    `model_name` as vLLM's own carry it."""
+    `model_name` (the base model's served name) as vLLM's own carry it."""
     global _current
     if _current is None:
         _current = Instrumentation(tuple(dict.fromkeys(models)))
-        REGISTRY.register(ConstantLabels(_current.own, {"model_name": served_name}))
+        REGISTRY.register(ConstantLabels(_current.own, {"model_name": _current.models[0]}))
         log.info("slo-sidecar instrumentation on: tenants %s", ", ".join(_current.models))
     return _current
 

@@ -34,6 +34,7 @@ class EngineView:
     preemptions: int
     cached_tokens: int
     finished_at: float  # time.monotonic() when the plugin received it
+    finish_reason: str = "stop"
 
 
 @dataclass
@@ -46,6 +47,10 @@ class PendingRequest:
     prompts: int  # a batched completion's prompts, else 1
     n: int  # sequences per prompt
     streamed: bool
+    chat: bool = False
+    attributes: dict[str, Any] = field(default_factory=dict)  # the GenAI request attributes its body set
+    server_span: Any = None  # the middleware's SERVER span, when tracing
+    probe: bool = False  # the sidecar's: served and traced, never counted
     first_token_at: float | None = None  # the first token-bearing chunk sent (streams only)
     finished_at: float | None = None  # the last byte sent
     status: int | None = None

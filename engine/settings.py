@@ -21,6 +21,12 @@ DEFAULT_PORT = 8000
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 
 
+def default_trace_exporter(environ: Any) -> str:
+    """otlp when an OTLP endpoint is configured (OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), else none."""
+    configured = any(name in environ for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    return "otlp" if configured else "none"
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     host: str
@@ -183,10 +189,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str
              "(fail or delay requests); off by default; needs --admin-token-file")
     add("--admin-token-file", metavar="PATH", default=env("admin_token_file", str, None),
         help="the token the admin listener requires ('Authorization: Bearer TOKEN'), read from this file")
-    otlp_configured = any(name in env.environ for name in
-                          ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     add("--trace-exporter", choices=list(TRACE_EXPORTERS),
-        default=env("trace_exporter", str, "otlp" if otlp_configured else "none"),
+        default=env("trace_exporter", str, default_trace_exporter(env.environ)),
         help="where spans go (default: otlp when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set, else none); "
              "OTEL_SDK_DISABLED=true turns tracing off whatever this says")
     add("--slo", default=env("slo", str, ""),

@@ -33,7 +33,8 @@ class SloStatLogger(StatLoggerBase):
             state.engine_finished(finished.request_id, EngineView(
                 queued_s=finished.queued_time, prefill_s=finished.prefill_time, decode_s=finished.decode_time,
                 prompt_tokens=finished.num_prompt_tokens, generation_tokens=finished.num_generation_tokens,
-                preemptions=finished.num_preemptions, cached_tokens=finished.num_cached_tokens, finished_at=now))
+                preemptions=finished.num_preemptions, cached_tokens=finished.num_cached_tokens, finished_at=now,
+                finish_reason=str(finished.finish_reason)))
 
     def log_engine_initialized(self) -> None:
         pass

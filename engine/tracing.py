@@ -42,6 +42,7 @@ from .protocol import ApiError
 if TYPE_CHECKING:
     from .backend import GenerationTally
     from .protocol import GenerationRequest
+    from .request_join import PendingRequest
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,51 @@ class RequestTracer:
             span = self.tracer.start_span(name, context=context, kind=SpanKind.INTERNAL, start_time=start)
             span.end(end_time=end)
         parent.add_event("first_token", timestamp=first_token)
+
+
+    def joined_request_spans(self, request: "PendingRequest", error_reason: str | None) -> None:
+        """The GenAI span and its queue / prefill / decode children of a request served by vLLM's own server,
+        under the SERVER span the middleware opened, drawn once the request's two views are joined.
+
+        vLLM reports each phase's length; the phases end where the engine reported the request finished (no
+        later than its last byte), so they are laid back to back from there.
+        """
+        parent = request.server_span
+        if not self.enabled or parent is None:
+            return
+        offset = self.monotonic_to_wall_ns()
+        wall = lambda monotonic_s: int(monotonic_s * 1e9) + offset  # noqa: E731
+        operation = "chat" if request.chat else "text_completion"
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation, "gen_ai.provider.name": "vllm", "gen_ai.system": "vllm",
+            "gen_ai.request.model": request.tenant, "gen_ai.response.model": request.tenant,
+            "gen_ai.response.id": ("chatcmpl-" if request.chat else "cmpl-") + request.request_id,
+            **request.attributes}
+        views = request.engine
+        if views:
+            attributes["gen_ai.usage.input_tokens"] = request.prompt_tokens()
+            attributes["gen_ai.usage.output_tokens"] = request.generation_tokens()
+            attributes["gen_ai.usage.cache_read.input_tokens"] = sum(view.cached_tokens for view in views)
+            attributes["gen_ai.response.finish_reasons"] = [view.finish_reason for view in views]
+            attributes["vllm.num_preemptions"] = sum(view.preemptions for view in views)
+        end = wall(request.finished_at if request.finished_at is not None else time.monotonic())
+        start = max(wall(request.started_at), getattr(parent, "start_time", None) or 0)  # not before its parent
+        span = self.tracer.start_span(f"{operation} {request.tenant}", context=trace.set_span_in_context(parent),
+                                      kind=SpanKind.INTERNAL, attributes=attributes, start_time=start)
+        if error_reason is not None:
+            set_error(span, error_reason, f"the request ended with HTTP {request.status}")
+        if views:
+            view = views[0]
+            last_token = min(wall(view.finished_at), end)
+            first_token = last_token - int(view.decode_s * 1e9)
+            scheduled = first_token - int(view.prefill_s * 1e9)
+            queued = scheduled - int(view.queued_s * 1e9)
+            context = trace.set_span_in_context(span)
+            for name, start, stop in (("queue", queued, scheduled), ("prefill", scheduled, first_token),
+                                      ("decode", first_token, last_token)):
+                self.tracer.start_span(name, context=context, kind=SpanKind.INTERNAL, start_time=start).end(stop)
+            span.add_event("first_token", timestamp=first_token)
+        span.end(end_time=end)
 
 
 def setup_tracing(exporter_name: str, service_version: str, model: str,

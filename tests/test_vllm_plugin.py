@@ -20,7 +20,9 @@ import pytest
 from engine.tiny_model import MODEL_NAME, ensure_default_model
 from slo_sidecar.processes import VllmServerProcess
 from slo_spec.model import PROBE_HEADER
+from tests.conftest import TRACE_ENV
 from tests.helpers import metric, parse_metrics
+from tests.test_tracing import INCOMING_PARENT, INCOMING_TRACE, check_tree, complete_tree
 
 pytestmark = pytest.mark.engine
 
@@ -45,13 +47,14 @@ CPU_KV_CACHE = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
 @pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory):
+def vllm_server(tmp_path_factory, otlp_receiver):
     workdir = tmp_path_factory.mktemp("vllm-plugin")
     (workdir / "slo.yaml").write_text(SPEC)
     process = VllmServerProcess(workdir / "vllm.log", str(ensure_default_model()), "--served-model-name",
                                 MODEL_NAME, "--max-model-len", "512", "--enforce-eager",
                                 "--middleware", "engine.asgi.SloMiddleware",
-                                env={"SLO_ENGINE_SLO": str(workdir / "slo.yaml"), **CPU_KV_CACHE})
+                                env={"SLO_ENGINE_SLO": str(workdir / "slo.yaml"), **CPU_KV_CACHE, **TRACE_ENV,
+                                     "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint})
     process.start()
     try:
         process.wait_ready()
@@ -179,3 +182,30 @@ def test_a_client_that_leaves_mid_stream_is_a_499(vllm_server):
     assert moved(before, counts(samples)) == {"/v1/completions 499": 1}, "not judged, no tokens counted"
     assert metric(samples, "slo_engine_request_errors_total", reason="client_disconnect",
                   model=MODEL_NAME) == errors_before + 1
+
+
+def test_a_traced_request_continues_the_callers_trace_with_its_phases(vllm_server, otlp_receiver):
+    """request -> GenAI -> queue / prefill / decode, as `slo-sidecar engine` draws it, under the caller's
+    W3C traceparent; usage and finish reasons as vLLM's answer gives them."""
+    traceparent = f"00-{INCOMING_TRACE[:-4]}beef-{INCOMING_PARENT}-01"
+    request = urllib.request.Request(
+        vllm_server.url + "/v1/completions", method="POST", headers={"Content-Type": "application/json",
+                                                                     "traceparent": traceparent},
+        data=json.dumps({"model": MODEL_NAME, "prompt": "trace me", "max_tokens": 6, "temperature": 0.5,
+                         "top_p": 0.9, "ignore_eos": True}).encode())
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.load(response)
+        assert response.headers["X-Trace-Id"] == INCOMING_TRACE[:-4] + "beef"
+    spans = otlp_receiver.trace(INCOMING_TRACE[:-4] + "beef", complete_tree)
+    named = check_tree(spans, "POST /v1/completions", f"text_completion {MODEL_NAME}")
+    server, genai = named["POST /v1/completions"], named[f"text_completion {MODEL_NAME}"]
+    assert server.parent_span_id == INCOMING_PARENT
+    assert server.attributes["http.response.status_code"] == 200
+    attributes = genai.attributes
+    assert (attributes["gen_ai.request.max_tokens"], attributes["gen_ai.request.temperature"],
+            attributes["gen_ai.request.top_p"]) == (6, 0.5, 0.9)
+    assert attributes["gen_ai.usage.input_tokens"] == answer["usage"]["prompt_tokens"]
+    assert attributes["gen_ai.usage.output_tokens"] == answer["usage"]["completion_tokens"] == 6
+    assert attributes["gen_ai.response.id"] == answer["id"]
+    assert attributes["gen_ai.response.finish_reasons"] == ["length"]
+    assert genai.resource["k8s.pod.name"] == "engine-pod-0"
