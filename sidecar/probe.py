@@ -29,6 +29,7 @@ from .slo_tracker import SloTracker
 RESULTS = ("success", "error", "unanswered", "draining")
 PROBE_BODY = {"prompt": "ping", "max_tokens": 1, "temperature": 0}
 NOT_READY = 503  # loading or draining: up, but serving nobody
+NOT_READY_CODES = ("unavailable", "")  # the error codes of a 503 that means not ready
 
 log = logging.getLogger("sidecar.probe")
 
@@ -36,10 +37,14 @@ log = logging.getLogger("sidecar.probe")
 def result_of(status: int | None, code: str = "") -> str:
     """success for 2xx; draining for an orderly shutdown (users are sent to other pods: nothing lost);
     unanswered for no answer or not ready; error for any other answer (the engine counts users'
-    requests that fail that way itself)."""
+    requests that fail that way itself).
+
+    Not ready is a 503 that says so ("unavailable": loading, or its engine gone) or says nothing (a proxy's
+    page). A 503 that names another code was served and counted: vLLM's own admission limit answers 503
+    with `"code": 503` when it is full, an error like any other."""
     if status == NOT_READY and code == "draining":
         return "draining"
-    if status is None or status == NOT_READY:
+    if status is None or status == NOT_READY and code in NOT_READY_CODES:
         return "unanswered"
     return "success" if 200 <= status < 300 else "error"
 

@@ -15,9 +15,11 @@ from .native import parse_native
 from .sloth import parse_sloth
 from .yaml_tree import YamlError, load
 
-__all__ = ["DEFAULT_SPEC", "SpecError", "load_spec", "parse_spec"]
+__all__ = ["BUILT_IN", "DEFAULT_SPEC", "SpecError", "load_spec", "parse_spec"]
 
 DEFAULT_SPEC = Path(__file__).resolve().parent / "slo.yaml"  # the embedded default
+# Specs that ship with the package, by name: `--slo stock-vllm` reads only what an unmodified vLLM exports.
+BUILT_IN = {"default": DEFAULT_SPEC, "stock-vllm": DEFAULT_SPEC.with_name("stock-vllm.yaml")}
 
 
 def parse_spec(text: str, source: str) -> Spec:
@@ -31,7 +33,9 @@ def parse_spec(text: str, source: str) -> Spec:
 
 
 def load_spec(path: str) -> Spec:
-    """Read and parse a spec file; errors name the file."""
+    """Read and parse a spec file, or a built-in spec by name (a file of that name wins); errors name the file."""
+    if path in BUILT_IN and not Path(path).exists():
+        path = str(BUILT_IN[path])
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()

@@ -42,6 +42,8 @@ def test_results():
     assert [result_of(s) for s in (200, 204, 500, 429, 401, 503, None)] == [
         "success", "success", "error", "error", "error", "unanswered", "unanswered"]
     assert result_of(503, "draining") == "draining" and result_of(503, "unavailable") == "unanswered"
+    # vLLM's own admission limit: served, refused, and counted by the server (an error, nothing lost).
+    assert result_of(503, error_code(b'{"error": {"message": "busy", "code": 503}}')) == "error"
     assert error_code(b'{"error": {"code": "draining"}}') == "draining"
     assert error_code(b"<html>") == error_code(b'["x"]') == error_code(b'{"error": "x"}') == ""
 
