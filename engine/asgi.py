@@ -20,11 +20,13 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable, MutableMapping
 
+from slo_spec.fields import SpecError
 from slo_spec.model import PROBE_HEADER
 
 from . import instrumentation
 from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS
 from .request_join import ENGINE_VIEW_GRACE_S, PendingRequest, shape_of
+from .settings import SettingsError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -109,6 +111,24 @@ def stream_error(chunk: bytes) -> int | None:
     return None
 
 
+class Refusal(Exception):
+    """A request the middleware answers itself, before vLLM sees it, in vLLM's error shape."""
+
+    def __init__(self, status: int, message: str, error_type: str, headers: tuple[tuple[bytes, bytes], ...] = ()):
+        super().__init__(message)
+        self.status, self.message, self.error_type, self.headers = status, message, error_type, headers
+
+    async def send(self, send: Send) -> None:
+        body = json.dumps({"error": {"message": self.message, "type": self.error_type, "param": None,
+                                     "code": self.status}}).encode()
+        await send({"type": "http.response.start", "status": self.status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *self.headers]})
+        await send({"type": "http.response.body", "body": body})
+
+
+RETRY_AFTER = (b"retry-after", b"1")
+
+
 class SloMiddleware:
     def __init__(self, app: App):
         self.app = app
@@ -127,7 +147,10 @@ class SloMiddleware:
     def _lifespan_send(scope: Scope, send: Send) -> Send:
         async def watched(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
-                _start(scope["app"])
+                try:
+                    _start(scope["app"])
+                except (SettingsError, SpecError) as exc:  # uvicorn says why and exits; vLLM stops its engine
+                    message = {"type": "lifespan.startup.failed", "message": f"slo-sidecar: {exc}"}
             elif message["type"] == "lifespan.shutdown.complete" and instrumentation.current() is not None:
                 instrumentation.current().metrics.ready.set(0)
             await send(message)
@@ -141,7 +164,8 @@ def _start(app: Any) -> None:
         return
     base = [path.name for path in models.base_model_paths]
     adapters = [module.name for module in (models.static_lora_modules or ())]
-    instrumentation.start([*base, *adapters]).metrics.ready.set(1)
+    max_num_seqs = app.state.vllm_config.scheduler_config.max_num_seqs
+    instrumentation.start([*base, *adapters], max_num_seqs).metrics.ready.set(1)
 
 
 class _Exchange:
@@ -171,28 +195,49 @@ class _Exchange:
         in_flight.inc()
         try:
             if instrumentation.is_generation(self.endpoint) and self.scope.get("method") == "POST":
+                self._admit(1)  # a full server says so before it reads a body
                 receive = await self._read_body(receive)
             await app(self.scope, self._receive(receive), self._send(send))
+        except Refusal as refusal:
+            await refusal.send(self._send(send))
         except BaseException:
             if self.status is None or not self.done:
                 self.status = CLIENT_CLOSED_REQUEST if self.disconnected else 500
             raise
         finally:
             in_flight.dec()
+            if self.pending is not None:
+                self.state.active_sequences -= self.pending.sequences
             self._finish()
 
+    def _admit(self, sequences: int) -> None:
+        if not self.state.admits(sequences):
+            limit = self.state.limits.max_waiting_requests
+            raise Refusal(429, f"server overloaded: more than {limit} requests waiting; retry later",
+                          "TooManyRequestsError", (RETRY_AFTER,))
+
     async def _read_body(self, receive: Receive) -> Receive:
-        """Read the body (to learn its tenant and shape), then hand it to vLLM as it came."""
+        """Read the body (to learn its tenant and shape) within the size and time limits, admit its sequences
+        before vLLM tokenises anything, then hand the body to vLLM as it came."""
+        limits = self.state.limits
         messages, body = [], b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                self.disconnected = message["type"] == "http.disconnect"
-                break
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        try:
+            async with asyncio.timeout(limits.body_timeout_s):
+                while True:
+                    message = await receive()
+                    messages.append(message)
+                    if message["type"] != "http.request":
+                        self.disconnected = message["type"] == "http.disconnect"
+                        break
+                    body += message.get("body", b"")
+                    if limits.max_body_bytes is not None and len(body) > limits.max_body_bytes:
+                        raise Refusal(413, f"request body over {limits.max_body_bytes} bytes", "BadRequestError",
+                                      ((b"connection", b"close"),))
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            raise Refusal(408, f"the request body did not arrive within {limits.body_timeout_s:g} s",
+                          "BadRequestError", ((b"connection", b"close"),)) from None
         try:
             parsed = json.loads(body)
         except ValueError:
@@ -204,6 +249,8 @@ class _Exchange:
             request_id = uuid.uuid4().hex.encode()
             self.scope["headers"] = [*self.scope.get("headers", ()), (REQUEST_ID, request_id)]
         prompts, n = shape_of(parsed, self.endpoint == CHAT)
+        self._admit(prompts * n)  # before vLLM tokenises the prompt: overload costs no tokenizer time
+        self.state.active_sequences += prompts * n
         chat = self.endpoint == CHAT
         self.pending = PendingRequest(request_id.decode("latin-1"), self.tenant, self.started, prompts, n,
                                       streamed=parsed.get("stream") is True, chat=chat,

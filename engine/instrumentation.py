@@ -11,18 +11,22 @@ endpoint is configured) with the OTEL_* variables for the request → queue → 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry
+
+from iokit.arguments import non_negative_int, positive
 
 from slo_spec import __version__
 from slo_spec.load import DEFAULT_SPEC, load_spec
 
 from .metrics import CLIENT_CLOSED_REQUEST, GENERATION_ENDPOINTS, ConstantLabels, ServerMetrics
 from .request_join import EngineView, PendingRequest, RequestJoin
-from .settings import ENV_PREFIX, default_trace_exporter
+from .settings import ENV_PREFIX, SettingsError, default_trace_exporter
 from .slo_judge import SloJudge
 from .tracing import setup_tracing
 
@@ -43,19 +47,55 @@ def reason_of(status: int) -> str | None:
     return REASONS.get(status, "validation" if status < 500 else "engine_error")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What the middleware refuses before vLLM sees a request; None: no limit of ours (vLLM's own apply).
+
+    Inside a user's own `vllm serve` each is off unless its SLO_ENGINE_* variable sets it; `slo-sidecar
+    engine` sets them from its flags."""
+
+    max_waiting_requests: int | None = None  # sequences admitted beyond --max-num-seqs before a 429
+    max_body_bytes: int | None = None  # a larger generation request body: 413
+    body_timeout_s: float | None = None  # a generation request body slower than this: 408
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> "Limits":
+        def read(field: str, convert: Callable[[str], Any]) -> Any:
+            name = ENV_PREFIX + field.upper()
+            if name not in environ:
+                return None
+            try:
+                return convert(environ[name])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise SettingsError(f"environment variable {name}: {exc}") from None
+        return cls(read("max_waiting_requests", non_negative_int), read("max_body_bytes", positive(int)),
+                   read("body_timeout_s", positive(float)))
+
+
 class Instrumentation:
     """The engine's own series and the per-request join, for one served model and its adapters."""
 
-    def __init__(self, models: tuple[str, ...], registry: CollectorRegistry | None = None):
-        """models: the served names, the base model's first."""
+    def __init__(self, models: tuple[str, ...], max_num_seqs: int, registry: CollectorRegistry | None = None):
+        """models: the served names, the base model's first; max_num_seqs: vLLM's, the sequences it runs
+        at once. Raises SettingsError or SpecError for a bad SLO_ENGINE_* variable or spec."""
         self.models = models
         self.own = registry or CollectorRegistry()
+        self.limits = Limits.from_environ(os.environ)
+        self.max_num_seqs = max_num_seqs
+        self.active_sequences = 0  # admitted generation sequences not yet answered (n per prompt)
         spec = load_spec(os.environ.get(SPEC_ENV) or str(DEFAULT_SPEC))
-        self.metrics = ServerMetrics(self.own, models=models)
+        self.metrics = ServerMetrics(self.own, max_waiting_requests=self.limits.max_waiting_requests or 0,
+                                     models=models)
         self.judge = SloJudge(spec, self.own, models)
         self.tracer = setup_tracing(os.environ.get(TRACE_EXPORTER_ENV) or default_trace_exporter(os.environ),
                                     __version__, models[0], self.own)
         self.join = RequestJoin(self._judged)
+
+    def admits(self, sequences: int) -> bool:
+        """Whether `sequences` more fit under the admission limit (always, without one). Checked and counted
+        with no await between, so a burst cannot slip past it together."""
+        limit = self.limits.max_waiting_requests
+        return limit is None or self.active_sequences + sequences <= self.max_num_seqs + limit
 
     def tenant(self, model: object) -> str:
         """The `model` label of a request that named `model`: a served name, else UNKNOWN_MODEL."""
@@ -97,12 +137,12 @@ class Instrumentation:
 _current: Instrumentation | None = None
 
 
-def start(models: Iterable[str]) -> Instrumentation:
+def start(models: Iterable[str], max_num_seqs: int) -> Instrumentation:
     """Set up the process's instrumentation (once) and serve its series on vLLM's /metrics, each with
     `model_name` (the base model's served name) as vLLM's own carry it."""
     global _current
     if _current is None:
-        _current = Instrumentation(tuple(dict.fromkeys(models)))
+        _current = Instrumentation(tuple(dict.fromkeys(models)), max_num_seqs)
         REGISTRY.register(ConstantLabels(_current.own, {"model_name": _current.models[0]}))
         log.info("slo-sidecar instrumentation on: tenants %s", ", ".join(_current.models))
     return _current

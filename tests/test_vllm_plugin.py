@@ -44,6 +44,9 @@ SLOS = ("ttft-never", "ttft-always", "queue")
 # vLLM's CPU build gives its KV cache 90% of the machine's memory unless told (21 GiB here: 77 s to set up,
 # and no room for a second engine); 1 GiB, as `slo-sidecar engine` gives it.
 CPU_KV_CACHE = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# Our admission and body limits, set as a user sets them in their own vLLM's environment.
+MAX_NUM_SEQS = 4
+LIMITS = {"SLO_ENGINE_MAX_WAITING_REQUESTS": "2", "SLO_ENGINE_MAX_BODY_BYTES": "65536"}
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +54,10 @@ def vllm_server(tmp_path_factory, otlp_receiver):
     workdir = tmp_path_factory.mktemp("vllm-plugin")
     (workdir / "slo.yaml").write_text(SPEC)
     process = VllmServerProcess(workdir / "vllm.log", str(ensure_default_model()), "--served-model-name",
-                                MODEL_NAME, "--max-model-len", "512", "--enforce-eager",
-                                "--middleware", "engine.asgi.SloMiddleware",
+                                MODEL_NAME, "--max-model-len", "512", "--enforce-eager", "--max-num-seqs",
+                                str(MAX_NUM_SEQS), "--middleware", "engine.asgi.SloMiddleware",
                                 env={"SLO_ENGINE_SLO": str(workdir / "slo.yaml"), **CPU_KV_CACHE, **TRACE_ENV,
+                                     **LIMITS,
                                      "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint})
     process.start()
     try:
@@ -209,3 +213,22 @@ def test_a_traced_request_continues_the_callers_trace_with_its_phases(vllm_serve
     assert attributes["gen_ai.response.id"] == answer["id"]
     assert attributes["gen_ai.response.finish_reasons"] == ["length"]
     assert genai.resource["k8s.pod.name"] == "engine-pod-0"
+
+
+def test_a_request_for_more_sequences_than_admitted_is_429_before_vllm_sees_it(vllm_server):
+    before = metric(scrape(vllm_server), "vllm:request_prompt_tokens_count")
+    request = urllib.request.Request(
+        vllm_server.url + "/v1/completions", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"model": MODEL_NAME, "prompt": "x", "n": MAX_NUM_SEQS + 3, "max_tokens": 2}).encode())
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 429 and refused.value.headers["Retry-After"] == "1"
+    assert json.load(refused.value)["error"]["type"] == "TooManyRequestsError"
+    samples = scrape(vllm_server)
+    assert metric(samples, "vllm:request_prompt_tokens_count") == before, "vLLM never saw it"
+    assert metric(samples, "slo_engine_request_errors_total", reason="overload", model=MODEL_NAME) == 1
+
+
+def test_a_body_over_the_limit_is_413(vllm_server):
+    status, answer = post(vllm_server, "/v1/completions", {"model": MODEL_NAME, "prompt": "x" * 70_000})
+    assert status == 413 and "65536" in answer["error"]["message"]

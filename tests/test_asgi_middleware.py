@@ -1,0 +1,126 @@
+"""SloMiddleware in-process, around a stand-in ASGI app (no vLLM: what is tested is what the middleware does
+before and around the app): admission before the body is read and before vLLM would tokenise it, the body's
+size and time limits, the body handed on byte for byte, and what each refusal counts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from engine import instrumentation
+from engine.asgi import SloMiddleware
+from tests.conftest import run_async
+from tests.helpers import metric, parse_metrics
+
+MODEL = "tiny-llama"
+
+
+@pytest.fixture
+def state(monkeypatch):
+    """The process's instrumentation, with max_num_seqs 2 and 1 more waiting: 3 sequences admitted."""
+    monkeypatch.setenv("SLO_ENGINE_MAX_WAITING_REQUESTS", "1")
+    monkeypatch.setenv("SLO_ENGINE_MAX_BODY_BYTES", "1000")
+    monkeypatch.setenv("SLO_ENGINE_BODY_TIMEOUT_S", "0.2")
+    made = instrumentation.Instrumentation((MODEL,), max_num_seqs=2, registry=CollectorRegistry())
+    monkeypatch.setattr(instrumentation, "_current", made)
+    return made
+
+
+class StandIn:
+    """An ASGI app that reads the whole body, then answers 200 with what it read."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.bodies.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def call(app, body_parts: list[bytes], stall: bool = False) -> tuple[int, dict, dict]:
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": [],
+             "client": ("10.0.0.1", 1234)}
+    parts = [{"type": "http.request", "body": part, "more_body": i < len(body_parts) - 1 or stall}
+             for i, part in enumerate(body_parts)]
+
+    async def receive():
+        if parts:
+            return parts.pop(0)
+        await asyncio.sleep(3600)  # a client that stops sending
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+    await SloMiddleware(app)(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), json.loads(body)
+
+
+def counted(state, code: str) -> float:
+    return metric(parse_metrics_of(state), "slo_engine_http_requests_total", endpoint="/v1/completions", code=code)
+
+
+def parse_metrics_of(state) -> dict:
+    from prometheus_client import generate_latest
+
+    return parse_metrics(generate_latest(state.own).decode())
+
+
+@run_async
+async def test_the_body_reaches_the_app_as_it_came(state):
+    app = StandIn()
+    parts = [b'{"model": "tiny-llama", ', b'"prompt": "hi", "n": 2}']
+    status, _, _ = await call(app, parts)
+    assert status == 200 and app.bodies == [b"".join(parts)]
+    assert state.active_sequences == 0, "given back when the answer went out"
+
+
+@run_async
+async def test_a_full_server_refuses_before_it_reads_the_body(state):
+    state.active_sequences = 3  # all admitted
+    app = StandIn()
+    status, headers, error = await call(app, [b'{"prompt": "x"}'], stall=True)  # a body that would never end
+    assert status == 429 and headers[b"retry-after"] == b"1"
+    assert error["error"]["code"] == 429 and error["error"]["type"] == "TooManyRequestsError"
+    assert app.bodies == [] and state.active_sequences == 3, "nothing taken, nothing given back"
+    assert counted(state, "429") == 1
+
+
+@run_async
+async def test_a_request_for_more_sequences_than_fit_is_refused_before_vllm_sees_it(state):
+    state.active_sequences = 2  # one more fits
+    app = StandIn()
+    refused = await call(app, [b'{"model": "tiny-llama", "prompt": ["a", "b"], "n": 1}'])
+    admitted = await call(app, [b'{"model": "tiny-llama", "prompt": "a", "n": 1}'])
+    assert (refused[0], admitted[0]) == (429, 200)
+    assert len(app.bodies) == 1 and state.active_sequences == 2
+    assert metric(parse_metrics_of(state), "slo_engine_request_errors_total", reason="overload", model=MODEL) == 1
+
+
+@run_async
+async def test_a_body_too_large_is_413_and_a_slow_one_408(state):
+    app = StandIn()
+    large = await call(app, [b'{"prompt": "', b"x" * 1000, b'"}'])
+    slow = await call(app, [b'{"prompt": '], stall=True)
+    assert large[0] == 413 and large[1][b"connection"] == b"close"
+    assert slow[0] == 408 and slow[1][b"connection"] == b"close"
+    assert app.bodies == [] and state.active_sequences == 0
+    assert counted(state, "413") == counted(state, "408") == 1
+
+
+def test_a_bad_limit_names_its_variable(monkeypatch):
+    monkeypatch.setenv("SLO_ENGINE_MAX_BODY_BYTES", "lots")
+    with pytest.raises(instrumentation.SettingsError, match="SLO_ENGINE_MAX_BODY_BYTES"):
+        instrumentation.Limits.from_environ(__import__("os").environ)
