@@ -32,6 +32,10 @@ from .tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
+# The vLLM release line the middleware and the stat-logger plugin are built and tested against (both extras in
+# pyproject.toml pin it): the stats and app state they read are interfaces vLLM calls unstable.
+VLLM_RELEASE_LINE = "0.32"
+
 SPEC_ENV = ENV_PREFIX + "SLO"
 TRACE_EXPORTER_ENV = ENV_PREFIX + "TRACE_EXPORTER"
 
@@ -146,6 +150,20 @@ def start(models: Iterable[str], max_num_seqs: int) -> Instrumentation:
         REGISTRY.register(ConstantLabels(_current.own, {"model_name": _current.models[0]}))
         log.info("slo-sidecar instrumentation on: tenants %s", ", ".join(_current.models))
     return _current
+
+
+def supported_vllm(version: str) -> bool:
+    """Whether a vLLM version is of the release line we support (0.32.0, 0.32.1rc1+cpu, ...)."""
+    return version == VLLM_RELEASE_LINE or version.startswith(VLLM_RELEASE_LINE + ".")
+
+
+def unsupported_vllm_warning(version: str) -> str | None:
+    """What to log at start when the installed vLLM is not the supported line; None when it is."""
+    if supported_vllm(version):
+        return None
+    return (f"slo-sidecar supports vLLM {VLLM_RELEASE_LINE}.x; this is vLLM {version}: the request join reads "
+            "interfaces vLLM calls unstable, so counts or spans may be missing. Install slo-sidecar's cpu or gpu "
+            "extra for the supported vLLM.")
 
 
 def current() -> Instrumentation | None:

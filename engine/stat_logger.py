@@ -8,18 +8,25 @@ finished sequence's stats to the join: no I/O, nothing that could stall serving.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import vllm
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from . import instrumentation
 from .request_join import EngineView
 
+log = logging.getLogger(__name__)
+
 
 class SloStatLogger(StatLoggerBase):
     def __init__(self, vllm_config: Any, engine_index: int = 0):
         self.engine_index = engine_index
+        warning = instrumentation.unsupported_vllm_warning(vllm.__version__)
+        if warning:
+            log.warning(warning)
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
                engine_idx: int = 0) -> None:

