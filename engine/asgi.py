@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import time
 import uuid
 from typing import Any, Awaitable, Callable, MutableMapping
@@ -24,6 +25,8 @@ from slo_spec.fields import SpecError
 from slo_spec.model import PROBE_HEADER
 
 from . import instrumentation
+from .adapter_cache import AdapterResidency
+from .health import visible_gpu_uuids
 from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS
 from .request_join import ENGINE_VIEW_GRACE_S, PendingRequest, shape_of
 from .settings import SettingsError
@@ -33,6 +36,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 REQUEST_ID = b"x-request-id"
 TRACE_ID = b"x-trace-id"
@@ -143,29 +148,63 @@ class SloMiddleware:
             return
         await _Exchange(state, scope).run(self.app, receive, send)
 
-    @staticmethod
-    def _lifespan_send(scope: Scope, send: Send) -> Send:
+    def _lifespan_send(self, scope: Scope, send: Send) -> Send:
         async def watched(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
                 try:
-                    _start(scope["app"])
-                except (SettingsError, SpecError) as exc:  # uvicorn says why and exits; vLLM stops its engine
+                    await self._start(scope["app"])
+                except (SettingsError, SpecError, OSError) as exc:  # uvicorn says why and exits; vLLM stops
                     message = {"type": "lifespan.startup.failed", "message": f"slo-sidecar: {exc}"}
-            elif message["type"] == "lifespan.shutdown.complete" and instrumentation.current() is not None:
-                instrumentation.current().metrics.ready.set(0)
+            elif message["type"] == "lifespan.shutdown.complete":
+                await self._stop()
             await send(message)
         return watched
 
+    async def _start(self, app: Any) -> None:
+        """Our series, for the names vLLM serves (base model, then its --lora-modules), from its app state;
+        and the admin listener where one is configured."""
+        models = getattr(app.state, "openai_serving_models", None)
+        if models is None:
+            return
+        base = [path.name for path in models.base_model_paths]
+        adapters = [module.name for module in (models.static_lora_modules or ())]
+        scheduler = app.state.vllm_config.scheduler_config
+        state = instrumentation.start([*base, *adapters], scheduler.max_num_seqs,
+                                      getattr(scheduler, "max_num_queued_reqs", None))
+        lora = app.state.vllm_config.lora_config
+        if lora is not None and adapters:  # vLLM's worker caches max_cpu_loras adapters (default: max_loras)
+            state.adapters = AdapterResidency(getattr(lora, "max_cpu_loras", None) or lora.max_loras)
+        for uuid_ in visible_gpu_uuids():
+            state.metrics.accelerators.labels(uuid=uuid_).set(1)
+        loop = asyncio.get_running_loop()
+        state.metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        token = state.limits.admin_token()
+        if token is not None:
+            self.admin = await _serve_admin(state, token)
+        state.ready = True
+        state.metrics.ready.set(1)
 
-def _start(app: Any) -> None:
-    """Our series, for the names vLLM serves (base model, then its --lora-modules), from its app state."""
-    models = getattr(app.state, "openai_serving_models", None)
-    if models is None:
-        return
-    base = [path.name for path in models.base_model_paths]
-    adapters = [module.name for module in (models.static_lora_modules or ())]
-    max_num_seqs = app.state.vllm_config.scheduler_config.max_num_seqs
-    instrumentation.start([*base, *adapters], max_num_seqs).metrics.ready.set(1)
+    async def _stop(self) -> None:
+        state = instrumentation.current()
+        if state is not None:
+            state.ready = False
+            state.metrics.ready.set(0)
+        if getattr(self, "admin", None) is not None:
+            await self.admin.cleanup()
+
+
+async def _serve_admin(state: instrumentation.Instrumentation, token: str) -> Any:
+    """The fault-injection listener (tests and demos only), on loopback and a port of its own."""
+    from aiohttp import web
+
+    from .admin import build_admin_app
+
+    runner = web.AppRunner(build_admin_app(state.faults, token), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", state.limits.admin_port).start()
+    log.warning("admin listener (fault injection) on http://127.0.0.1:%d: for tests and demos only",
+                state.limits.admin_port)
+    return runner
 
 
 class _Exchange:
@@ -194,10 +233,14 @@ class _Exchange:
         in_flight = self.state.metrics.in_flight.labels(endpoint=self.endpoint)
         in_flight.inc()
         try:
-            if instrumentation.is_generation(self.endpoint) and self.scope.get("method") == "POST":
+            if self.endpoint == "/ready" and self.scope.get("method") == "GET":
+                await self._ready(self._send(send))
+            elif instrumentation.is_generation(self.endpoint) and self.scope.get("method") == "POST":
                 self._admit(1)  # a full server says so before it reads a body
                 receive = await self._read_body(receive)
-            await app(self.scope, self._receive(receive), self._send(send))
+                await self._generate(app, receive, send)
+            else:
+                await app(self.scope, self._receive(receive), self._send(send))
         except Refusal as refusal:
             await refusal.send(self._send(send))
         except BaseException:
@@ -210,6 +253,47 @@ class _Exchange:
                 self.state.active_sequences -= self.pending.sequences
             self._finish()
 
+    async def _ready(self, send: Send) -> None:
+        """200 while vLLM serves; 503 once it is stopping (Kubernetes' readiness probe)."""
+        ready = self.state.ready
+        body = json.dumps({"status": "ready" if ready else "stopping"}).encode()
+        await send({"type": "http.response.start", "status": 200 if ready else 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _generate(self, app: App, receive: Receive, send: Send) -> None:
+        """A generation request to vLLM, with any injected fault first, within the request timeout."""
+        watched = self._send(send)
+        try:
+            async with asyncio.timeout(self.state.limits.request_timeout_s):
+                faults = self.state.faults if self.state.limits.admin_port is not None else None
+                if faults is not None and faults.applies_to(self.tenant):
+                    if faults.delay_s:
+                        await asyncio.sleep(faults.delay_s)
+                    if faults.should_fail():
+                        raise Refusal(500, "injected fault: an engine error, for tests and demos", "InternalServerError")
+                self._note_adapter_use()
+                await app(self.scope, self._receive(receive), watched)
+        except TimeoutError:
+            message = f"request exceeded the {self.state.limits.request_timeout_s:g} s timeout"
+            if self.status is None:
+                raise Refusal(504, message, "GatewayTimeoutError") from None
+            if not self.done:  # mid-stream: an error event, as vLLM sends its own, then the end
+                event = json.dumps({"error": {"message": message, "type": "GatewayTimeoutError", "param": None,
+                                              "code": 504}})
+                await watched({"type": "http.response.body", "body": f"data: {event}\n\ndata: [DONE]\n\n".encode()})
+
+    def _note_adapter_use(self) -> None:
+        """A request for an adapter vLLM does not hold waits for it to load: counted, and an event on its span."""
+        adapters = self.state.adapters
+        if adapters is None or self.tenant in (self.state.models[0], instrumentation.UNKNOWN_MODEL):
+            return
+        if adapters.use(self.tenant) and not is_probe(self.scope):
+            self.state.metrics.lora_cold_starts.labels(model=self.tenant).inc()
+            if self.span is not None:
+                self.span.add_event("lora.cold_start", {"gen_ai.request.model": self.tenant,
+                                                        "vllm.max_loras": adapters.capacity})
+
     def _admit(self, sequences: int) -> None:
         if not self.state.admits(sequences):
             limit = self.state.limits.max_waiting_requests
@@ -220,7 +304,8 @@ class _Exchange:
         """Read the body (to learn its tenant and shape) within the size and time limits, admit its sequences
         before vLLM tokenises anything, then hand the body to vLLM as it came."""
         limits = self.state.limits
-        messages, body = [], b""
+        messages: list[Message] = []
+        size = 0
         try:
             async with asyncio.timeout(limits.body_timeout_s):
                 while True:
@@ -229,8 +314,8 @@ class _Exchange:
                     if message["type"] != "http.request":
                         self.disconnected = message["type"] == "http.disconnect"
                         break
-                    body += message.get("body", b"")
-                    if limits.max_body_bytes is not None and len(body) > limits.max_body_bytes:
+                    size += len(message.get("body", b""))
+                    if limits.max_body_bytes is not None and size > limits.max_body_bytes:
                         raise Refusal(413, f"request body over {limits.max_body_bytes} bytes", "BadRequestError",
                                       ((b"connection", b"close"),))
                     if not message.get("more_body"):
@@ -239,7 +324,7 @@ class _Exchange:
             raise Refusal(408, f"the request body did not arrive within {limits.body_timeout_s:g} s",
                           "BadRequestError", ((b"connection", b"close"),)) from None
         try:
-            parsed = json.loads(body)
+            parsed = json.loads(b"".join(message.get("body", b"") for message in messages))
         except ValueError:
             parsed = None
         parsed = parsed if isinstance(parsed, dict) else {}
@@ -280,7 +365,10 @@ class _Exchange:
                 chunk = message.get("body", b"")
                 pending = self.pending
                 if pending is not None and pending.streamed and chunk:
-                    if pending.first_token_at is None and carries_token(chunk):
+                    token = carries_token(chunk) if pending.first_token_at is None or self._token_delay() else False
+                    if token and self._token_delay():
+                        await asyncio.sleep(self._token_delay())  # a slow stream, as the client sees it
+                    if pending.first_token_at is None and token:
                         pending.first_token_at = time.monotonic()
                     failed = stream_error(chunk)
                     if failed is not None:
@@ -289,6 +377,13 @@ class _Exchange:
                     self.done = True
             await send(message)
         return watched
+
+    def _token_delay(self) -> float:
+        """The injected delay per streamed token, for this request's tenant (0: none)."""
+        faults = self.state.faults
+        if self.state.limits.admin_port is None or not faults.token_delay_s or not faults.applies_to(self.tenant):
+            return 0.0
+        return faults.token_delay_s
 
     def _finish(self) -> None:
         status = self.status if self.done and self.status is not None else (

@@ -4,7 +4,9 @@ Off unless the engine is started with an admin listener (--admin-port, see
 admin.py); then POST /admin/fault-injection there sets a share of generation requests to fail with
 an engine error (error_ratio), a delay before each (delay_s), and a delay per
 generated token as the client sees it (token_delay_s: a slow stream whatever the
-machine's speed; vLLM's own histograms do not see it). Failures are spread evenly
+machine's speed; vLLM's own histograms do not see it). Inside vLLM's own server
+(engine/asgi.py) the token delay is per streamed chunk: tokens that wait behind a
+slow client reach it together, in one chunk, as vLLM sends them. Failures are spread evenly
 (every 1/ratio-th request), not drawn at random, so a test or a demo that
 sends N requests knows exactly how many fail. With `model` (a served name), the faults
 touch that tenant's requests alone, and its failures are spread over its requests only.

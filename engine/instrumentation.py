@@ -19,12 +19,15 @@ from typing import Any, Callable, Iterable, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from iokit.arguments import non_negative_int, positive
+from iokit.arguments import non_negative_int, port_number, positive
+from iokit.files import read_secret
 
 from slo_spec import __version__
 from slo_spec.load import DEFAULT_SPEC, load_spec
 
-from .metrics import CLIENT_CLOSED_REQUEST, GENERATION_ENDPOINTS, ConstantLabels, ServerMetrics
+from .adapter_cache import AdapterResidency
+from .faults import FaultInjector
+from .metrics import CLIENT_CLOSED_REQUEST, GENERATION_ENDPOINTS, UNKNOWN_MODEL, ConstantLabels, ServerMetrics
 from .request_join import EngineView, PendingRequest, RequestJoin
 from .settings import ENV_PREFIX, SettingsError, default_trace_exporter
 from .slo_judge import SloJudge
@@ -40,8 +43,8 @@ SPEC_ENV = ENV_PREFIX + "SLO"
 TRACE_EXPORTER_ENV = ENV_PREFIX + "TRACE_EXPORTER"
 
 # Why a request failed, by the status it ended with (metrics.ERROR_REASONS).
-REASONS = {401: "unauthorized", 403: "unauthorized", 408: "timeout", 429: "overload", 499: "client_disconnect",
-           503: "unavailable", 504: "timeout"}
+REASONS = {401: "unauthorized", 403: "unauthorized", 429: "overload", 499: "client_disconnect", 503: "unavailable",
+           504: "timeout"}  # any other 4xx (a body too slow, 408, included) is the client's: validation
 
 
 def reason_of(status: int) -> str | None:
@@ -61,6 +64,9 @@ class Limits:
     max_waiting_requests: int | None = None  # sequences admitted beyond --max-num-seqs before a 429
     max_body_bytes: int | None = None  # a larger generation request body: 413
     body_timeout_s: float | None = None  # a generation request body slower than this: 408
+    request_timeout_s: float | None = None  # a generation request running longer: 504 (mid-stream: an error event)
+    admin_port: int | None = None  # FOR TESTS AND DEMOS: the fault-injection listener (engine/admin.py)
+    admin_token_file: str | None = None  # its token, which it requires
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> "Limits":
@@ -72,28 +78,55 @@ class Limits:
                 return convert(environ[name])
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise SettingsError(f"environment variable {name}: {exc}") from None
-        return cls(read("max_waiting_requests", non_negative_int), read("max_body_bytes", positive(int)),
-                   read("body_timeout_s", positive(float)))
+        limits = cls(read("max_waiting_requests", non_negative_int), read("max_body_bytes", positive(int)),
+                     read("body_timeout_s", positive(float)), read("request_timeout_s", positive(float)),
+                     read("admin_port", port_number), read("admin_token_file", str))
+        if (limits.admin_port is None) != (limits.admin_token_file is None):
+            raise SettingsError(f"{ENV_PREFIX}ADMIN_PORT and {ENV_PREFIX}ADMIN_TOKEN_FILE go together: the "
+                                "fault-injection listener requires its own token")
+        return limits
+
+    def admin_token(self) -> str | None:
+        """The admin listener's token, read from its file (None without a listener)."""
+        if self.admin_token_file is None:
+            return None
+        try:
+            return read_secret(self.admin_token_file)
+        except ValueError as exc:
+            raise SettingsError(f"{ENV_PREFIX}ADMIN_TOKEN_FILE {self.admin_token_file}: {exc}") from None
+
+
+def waiting_limit(ours: int | None, max_num_seqs: int, max_num_queued_reqs: int | None) -> int | None:
+    """The requests the server lets wait before it refuses more: ours where set, else what vLLM's own limit on
+    unfinished requests leaves beyond those running, else None (no limit: no series)."""
+    if ours is not None:
+        return ours
+    return None if max_num_queued_reqs is None else max(0, max_num_queued_reqs - max_num_seqs)
 
 
 class Instrumentation:
     """The engine's own series and the per-request join, for one served model and its adapters."""
 
-    def __init__(self, models: tuple[str, ...], max_num_seqs: int, registry: CollectorRegistry | None = None):
+    def __init__(self, models: tuple[str, ...], max_num_seqs: int, registry: CollectorRegistry | None = None,
+                 max_num_queued_reqs: int | None = None):
         """models: the served names, the base model's first; max_num_seqs: vLLM's, the sequences it runs
-        at once. Raises SettingsError or SpecError for a bad SLO_ENGINE_* variable or spec."""
+        at once; max_num_queued_reqs: vLLM's own admission limit, if set. Raises SettingsError or SpecError
+        for a bad SLO_ENGINE_* variable or spec."""
         self.models = models
         self.own = registry or CollectorRegistry()
         self.limits = Limits.from_environ(os.environ)
         self.max_num_seqs = max_num_seqs
         self.active_sequences = 0  # admitted generation sequences not yet answered (n per prompt)
         spec = load_spec(os.environ.get(SPEC_ENV) or str(DEFAULT_SPEC))
-        self.metrics = ServerMetrics(self.own, max_waiting_requests=self.limits.max_waiting_requests or 0,
-                                     models=models)
+        self.metrics = ServerMetrics(self.own, models=models, max_waiting_requests=waiting_limit(
+            self.limits.max_waiting_requests, max_num_seqs, max_num_queued_reqs))
         self.judge = SloJudge(spec, self.own, models)
         self.tracer = setup_tracing(os.environ.get(TRACE_EXPORTER_ENV) or default_trace_exporter(os.environ),
                                     __version__, models[0], self.own)
         self.join = RequestJoin(self._judged)
+        self.faults = FaultInjector(served=models)  # set through the admin listener, where there is one
+        self.ready = False  # once vLLM serves (the ASGI lifespan started), until it stops
+        self.adapters: AdapterResidency | None = None  # vLLM's LoRA adapter cache, as requests use it
 
     def admits(self, sequences: int) -> bool:
         """Whether `sequences` more fit under the admission limit (always, without one). Checked and counted
@@ -103,7 +136,7 @@ class Instrumentation:
 
     def tenant(self, model: object) -> str:
         """The `model` label of a request that named `model`: a served name, else UNKNOWN_MODEL."""
-        return model if isinstance(model, str) and model in self.models else self.metrics.models[-1]
+        return model if isinstance(model, str) and model in self.models else UNKNOWN_MODEL
 
     def http_finished(self, endpoint: str, status: int, tenant: str, seconds: float, probe: bool,
                       pending: PendingRequest | None) -> None:
@@ -141,12 +174,13 @@ class Instrumentation:
 _current: Instrumentation | None = None
 
 
-def start(models: Iterable[str], max_num_seqs: int) -> Instrumentation:
+def start(models: Iterable[str], max_num_seqs: int, max_num_queued_reqs: int | None = None) -> Instrumentation:
     """Set up the process's instrumentation (once) and serve its series on vLLM's /metrics, each with
     `model_name` (the base model's served name) as vLLM's own carry it."""
     global _current
     if _current is None:
-        _current = Instrumentation(tuple(dict.fromkeys(models)), max_num_seqs)
+        _current = Instrumentation(tuple(dict.fromkeys(models)), max_num_seqs,
+                                   max_num_queued_reqs=max_num_queued_reqs)
         REGISTRY.register(ConstantLabels(_current.own, {"model_name": _current.models[0]}))
         log.info("slo-sidecar instrumentation on: tenants %s", ", ".join(_current.models))
     return _current

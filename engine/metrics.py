@@ -84,7 +84,7 @@ class ServerMetrics:
     adapter's): the only values of the `model` label, the tenant a generation request asked for.
     Requests on other endpoints carry model="" (no tenant)."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY, max_waiting_requests: int = 0,
+    def __init__(self, registry: CollectorRegistry = REGISTRY, max_waiting_requests: int | None = 0,
                  models: tuple[str, ...] = ()):
         self.models = (*models, UNKNOWN_MODEL)
         self.requests = Counter(
@@ -132,13 +132,11 @@ class ServerMetrics:
             "1 when the model is loaded and the server accepts new requests, else 0.",
             registry=registry,
         )
-        # The queue the engine admits (--max-waiting-requests): the queue-depth alert is a share of it.
-        self.max_waiting = Gauge(
-            PREFIX + "max_waiting_requests",
-            "Requests the engine lets wait beyond those running before it answers 429.",
-            registry=registry,
-        )
-        self.max_waiting.set(max_waiting_requests)
+        # The queue the engine admits (--max-waiting-requests): the queue-depth alert is a share of it. With no
+        # limit (None) there is no series: a share of nothing is no alert, where a limit of 0 would read +Inf.
+        if max_waiting_requests is not None:
+            Gauge(PREFIX + "max_waiting_requests", "Requests the engine lets wait beyond those running before it "
+                  "refuses more.", registry=registry).set(max_waiting_requests)
         self.accelerators = Gauge(
             PREFIX + "accelerator_info",
             "1 for each GPU this engine can use (by NVML UUID): the pod's own, which the sidecar reports.",

@@ -74,3 +74,15 @@ def post_json(url: str, body: dict, timeout_s: float = 60.0, headers: dict[str, 
                                      headers={"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return json.load(response)
+
+
+def write_rule_files(spec, directory: Path) -> list[Path]:
+    """The spec's generated Prometheus rule files, written into directory: their paths."""
+    from alerts.render import render
+
+    paths = []
+    for name, text in render(spec).items():
+        if name.endswith(".rules.yaml"):
+            (directory / name).write_text(text)
+            paths.append(directory / name)
+    return paths

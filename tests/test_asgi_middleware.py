@@ -124,3 +124,20 @@ def test_a_bad_limit_names_its_variable(monkeypatch):
     monkeypatch.setenv("SLO_ENGINE_MAX_BODY_BYTES", "lots")
     with pytest.raises(instrumentation.SettingsError, match="SLO_ENGINE_MAX_BODY_BYTES"):
         instrumentation.Limits.from_environ(__import__("os").environ)
+
+
+@pytest.mark.parametrize(("ours", "queued", "limit"), [(5, None, 5), (5, 100, 5), (None, 20, 16), (None, 3, 0),
+                                                       (None, None, None)])
+def test_the_waiting_limit_is_ours_else_what_vllms_own_leaves(ours, queued, limit):
+    """With max_num_seqs 4, vLLM's limit on unfinished requests leaves queued - 4 waiting."""
+    assert instrumentation.waiting_limit(ours, 4, queued) == limit
+
+
+def test_no_waiting_limit_means_no_series_not_a_limit_of_zero(monkeypatch):
+    """LLMQueueDepthHigh divides the waiting requests by it: 0 would read +Inf and page on any queue."""
+    monkeypatch.delenv("SLO_ENGINE_MAX_WAITING_REQUESTS", raising=False)
+    unlimited = instrumentation.Instrumentation((MODEL,), max_num_seqs=2, registry=CollectorRegistry())
+    assert not [name for name, _ in parse_metrics_of(unlimited) if name == "slo_engine_max_waiting_requests"]
+    vllms = instrumentation.Instrumentation((MODEL,), max_num_seqs=2, registry=CollectorRegistry(),
+                                            max_num_queued_reqs=10)
+    assert metric(parse_metrics_of(vllms), "slo_engine_max_waiting_requests") == 8

@@ -13,12 +13,11 @@ import statistics
 import aiohttp
 import pytest
 
-from alerts.render import render
 from dashboards.definitions import all_panel_queries
 from slo_sidecar.processes import PrometheusProcess, SidecarProcess, http_get
 from slo_spec.load import load_spec
 from tests.conftest import API_KEY, run_async
-from tests.helpers import parse_metrics
+from tests.helpers import parse_metrics, write_rule_files
 from tests.test_deploy import adapter_rules, adapter_series, render_adapter_query
 
 pytestmark = [pytest.mark.engine,
@@ -113,11 +112,7 @@ def prometheus_ratio(prometheus: PrometheusProcess, slo: str, window: str) -> fl
 async def test_sidecar_burn_rates_agree_with_prometheus_rules(engine, tmp_path):
     spec_file = tmp_path / "slo.yaml"
     spec_file.write_text(SPEC)
-    rules = []
-    for name, text in render(load_spec(str(spec_file))).items():
-        if name.endswith(".rules.yaml"):
-            (tmp_path / name).write_text(text)
-            rules.append(tmp_path / name)
+    rules = write_rule_files(load_spec(str(spec_file)), tmp_path)
     headers = {"Authorization": f"Bearer {API_KEY}"}
     capacity = tmp_path / "capacity.json"  # as `slo-sidecar capacity --json` writes it, but its figure alone
     capacity.write_text('{"version": "slo-sidecar/capacity/v1", "capacity_rps": 1000.0, "steps": []}')

@@ -18,13 +18,12 @@ import sys
 import aiohttp
 import pytest
 
-from alerts.render import render
 from dashboards.definitions import all_panel_queries
 from engine.tiny_model import MODEL_NAME, ensure_default_model
 from slo_sidecar.processes import PrometheusProcess, SidecarProcess, VllmServerProcess, http_get
 from slo_spec.load import BUILT_IN, load_spec, parse_spec
-from tests.conftest import run_async
-from tests.helpers import REPO, metric, parse_metrics
+from tests.conftest import run_async, serving
+from tests.helpers import REPO, metric, parse_metrics, write_rule_files
 from tests.test_vllm_plugin import CPU_KV_CACHE
 
 pytestmark = [pytest.mark.engine,
@@ -42,13 +41,7 @@ def stock_vllm(tmp_path_factory):
     process = VllmServerProcess(workdir / "vllm.log", str(ensure_default_model()), "--served-model-name", MODEL_NAME,
                                 "--max-model-len", "512", "--enforce-eager", "--max-num-queued-reqs",
                                 str(QUEUED_LIMIT), env={"VLLM_PLUGINS": "none", **CPU_KV_CACHE})
-    process.start()
-    try:
-        process.wait_ready()
-        yield process
-        assert process.stop() == 0, process.log_tail()
-    finally:
-        process.kill_group()
+    yield from serving(process)
 
 
 def test_the_built_in_spec_is_found_by_name_and_reads_only_stock_series():
@@ -62,9 +55,7 @@ def test_the_built_in_spec_is_found_by_name_and_reads_only_stock_series():
 
 
 def test_its_rules_pass_promtool(tmp_path):
-    files = [tmp_path / name for name, text in render(load_spec("stock-vllm")).items() if name.endswith(".rules.yaml")]
-    for path in files:
-        path.write_text(render(load_spec("stock-vllm"))[path.name])
+    files = write_rule_files(load_spec("stock-vllm"), tmp_path)
     assert len(files) == 4
     result = subprocess.run(["promtool", "check", "rules", *map(str, files)], capture_output=True, text=True,
                             timeout=120)
@@ -87,11 +78,7 @@ async def test_sidecar_rules_and_dashboards_on_stock_vllm(stock_vllm, tmp_path):
     spec_file = tmp_path / "stock-7d.yaml"
     spec_file.write_text(SPEC_7D)
     spec = load_spec(str(spec_file))
-    rules = []
-    for name, text in render(spec).items():
-        if name.endswith(".rules.yaml"):
-            (tmp_path / name).write_text(text)
-            rules.append(tmp_path / name)
+    rules = write_rule_files(spec, tmp_path)
     with SidecarProcess(tmp_path / "sidecar.log", stock_vllm.url, "--engine-interval-s", "1", "--slo",
                         str(spec_file), "--probe-interval-s", "2").start() as sidecar:
         sidecar.wait_ready()

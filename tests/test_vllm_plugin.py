@@ -17,10 +17,11 @@ import urllib.request
 
 import pytest
 
+from engine.tiny_lora import ensure_lora
 from engine.tiny_model import MODEL_NAME, ensure_default_model
-from slo_sidecar.processes import VllmServerProcess
+from slo_sidecar.processes import VllmServerProcess, free_port
 from slo_spec.model import PROBE_HEADER
-from tests.conftest import TRACE_ENV
+from tests.conftest import TRACE_ENV, serving
 from tests.helpers import metric, parse_metrics
 from tests.test_tracing import INCOMING_PARENT, INCOMING_TRACE, check_tree, complete_tree
 
@@ -46,26 +47,28 @@ SLOS = ("ttft-never", "ttft-always", "queue")
 CPU_KV_CACHE = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 # Our admission and body limits, set as a user sets them in their own vLLM's environment.
 MAX_NUM_SEQS = 4
-LIMITS = {"SLO_ENGINE_MAX_WAITING_REQUESTS": "2", "SLO_ENGINE_MAX_BODY_BYTES": "65536"}
+LIMITS = {"SLO_ENGINE_MAX_WAITING_REQUESTS": "2", "SLO_ENGINE_MAX_BODY_BYTES": "65536",
+          "SLO_ENGINE_REQUEST_TIMEOUT_S": "3"}
+ADMIN_TOKEN = "admin-token-0123456789"
+ADAPTERS = ("medical", "legal")  # LoRA adapters, vLLM holding one at a time: each switch loads one
 
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory, otlp_receiver):
     workdir = tmp_path_factory.mktemp("vllm-plugin")
     (workdir / "slo.yaml").write_text(SPEC)
+    (workdir / "admin-token").write_text(ADMIN_TOKEN)
+    admin = {"SLO_ENGINE_ADMIN_PORT": str(free_port()), "SLO_ENGINE_ADMIN_TOKEN_FILE": str(workdir / "admin-token")}
+    adapters = [f"{name}={ensure_lora(name)}" for name in ADAPTERS]
     process = VllmServerProcess(workdir / "vllm.log", str(ensure_default_model()), "--served-model-name",
                                 MODEL_NAME, "--max-model-len", "512", "--enforce-eager", "--max-num-seqs",
-                                str(MAX_NUM_SEQS), "--middleware", "engine.asgi.SloMiddleware",
+                                str(MAX_NUM_SEQS), "--enable-lora", "--max-loras", "1", "--max-lora-rank", "8",
+                                "--lora-modules", *adapters, "--middleware", "engine.asgi.SloMiddleware",
                                 env={"SLO_ENGINE_SLO": str(workdir / "slo.yaml"), **CPU_KV_CACHE, **TRACE_ENV,
-                                     **LIMITS,
+                                     **LIMITS, **admin,
                                      "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint})
-    process.start()
-    try:
-        process.wait_ready()
-        yield process
-        assert process.stop() == 0, process.log_tail()
-    finally:
-        process.kill_group()
+    process.admin_url = f"http://127.0.0.1:{admin['SLO_ENGINE_ADMIN_PORT']}"
+    yield from serving(process)
 
 
 def scrape(server: VllmServerProcess) -> dict:
@@ -109,24 +112,18 @@ def test_series_exist_at_zero_beside_vllms_own(vllm_server):
                 assert (("slo_engine_slo_requests_total", frozenset({("slo", slo), ("good", good), ("model", model),
                                                                     ("model_name", MODEL_NAME)})) in samples)
     assert metric(samples, "slo_engine_ready") == 1
+    assert metric(samples, "slo_engine_max_waiting_requests") == int(LIMITS["SLO_ENGINE_MAX_WAITING_REQUESTS"])
     assert not [name for name, _ in samples if name.startswith("slo_engine") and name.endswith("_created")]
 
 
-def test_a_completion_is_counted_and_judged_once_with_vllms_usage(vllm_server):
+@pytest.mark.parametrize(("body", "choices"), [
+    ({"prompt": "Hello", "max_tokens": 6}, 1),
+    ({"prompt": ["One", "Two more"], "n": 2, "max_tokens": 4, "seed": 1}, 4),  # 4 sequences, one request
+], ids=["one prompt", "batched prompts with n=2"])
+def test_a_completion_is_counted_and_judged_once_with_vllms_usage(vllm_server, body, choices):
     before = counts(scrape(vllm_server))
-    status, answer = post(vllm_server, "/v1/completions", {"model": MODEL_NAME, "prompt": "Hello", "max_tokens": 6})
-    assert status == 200
-    usage = answer["usage"]
-    assert moved(before, counts(scrape(vllm_server))) == {
-        "/v1/completions 200": 1, "ttft-never/false": 1, "ttft-always/true": 1, "queue/true": 1,
-        "prompt": usage["prompt_tokens"], "generated": usage["completion_tokens"]}
-
-
-def test_batched_prompts_with_n_are_one_request_and_all_their_tokens(vllm_server):
-    before = counts(scrape(vllm_server))
-    status, answer = post(vllm_server, "/v1/completions", {"model": MODEL_NAME, "prompt": ["One", "Two more"],
-                                                           "n": 2, "max_tokens": 4, "seed": 1})
-    assert status == 200 and len(answer["choices"]) == 4
+    status, answer = post(vllm_server, "/v1/completions", {"model": MODEL_NAME, **body})
+    assert status == 200 and len(answer["choices"]) == choices
     usage = answer["usage"]
     assert moved(before, counts(scrape(vllm_server))) == {
         "/v1/completions 200": 1, "ttft-never/false": 1, "ttft-always/true": 1, "queue/true": 1,
@@ -232,3 +229,67 @@ def test_a_request_for_more_sequences_than_admitted_is_429_before_vllm_sees_it(v
 def test_a_body_over_the_limit_is_413(vllm_server):
     status, answer = post(vllm_server, "/v1/completions", {"model": MODEL_NAME, "prompt": "x" * 70_000})
     assert status == 413 and "65536" in answer["error"]["message"]
+
+
+def set_faults(server: VllmServerProcess, token: str = ADMIN_TOKEN, **faults: object) -> tuple[int, dict]:
+    request = urllib.request.Request(server.admin_url + "/admin/fault-injection", data=json.dumps(faults).encode(),
+                                     method="POST", headers={"Content-Type": "application/json",
+                                                             "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+@pytest.fixture
+def faults(vllm_server):
+    yield lambda **settings: set_faults(vllm_server, **settings)
+    assert set_faults(vllm_server, error_ratio=0.0, delay_s=0.0, token_delay_s=0.0, model=None)[0] == 200
+
+
+def test_ready_while_vllm_serves(vllm_server):
+    with urllib.request.urlopen(vllm_server.url + "/ready", timeout=10) as response:
+        assert response.status == 200 and json.load(response) == {"status": "ready"}
+
+
+def test_injected_failures_are_spread_evenly_counted_and_judged(vllm_server, faults):
+    assert faults(token="not-the-token")[0] == 401, "the admin listener wants its own token"
+    assert faults(error_ratio=0.5)[0] == 200
+    before = counts(scrape(vllm_server))
+    statuses = [post(vllm_server, "/v1/completions", {"model": MODEL_NAME, "prompt": "f", "max_tokens": 2})[0]
+                for _ in range(4)]
+    assert sorted(statuses) == [200, 200, 500, 500], statuses
+    changed = moved(before, counts(scrape(vllm_server)))
+    assert changed["/v1/completions 200"] == 2 and changed["queue/false"] == 2 and changed["ttft-always/false"] == 2
+    assert metric(scrape(vllm_server), "slo_engine_http_requests_total", code="500", model=MODEL_NAME) == 2
+
+
+def test_a_request_past_its_timeout_is_504_and_a_stream_ends_with_an_error_event(vllm_server, faults):
+    faults(delay_s=4.0)
+    status, answer = post(vllm_server, "/v1/completions", {"model": MODEL_NAME, "prompt": "t", "max_tokens": 2})
+    assert status == 504 and answer["error"]["code"] == 504
+    faults(delay_s=0.0, token_delay_s=2.0)  # per chunk sent: the second one is due at 4 s, past the timeout
+    body = {"model": MODEL_NAME, "prompt": "t", "max_tokens": 20, "ignore_eos": True, "stream": True}
+    connection = http.client.HTTPConnection("127.0.0.1", vllm_server.port, timeout=60)
+    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    events = [line[6:] for line in response.read().decode().splitlines() if line.startswith("data: ")]
+    connection.close()
+    assert response.status == 200 and events[-1] == "[DONE]"
+    assert json.loads(events[-2]).get("error", {}).get("code") == 504, (len(events), events[-3:])
+    assert any(json.loads(event)["choices"][0]["text"] for event in events[:-2]), "tokens went out before it"
+    assert metric(scrape(vllm_server), "slo_engine_http_requests_total", code="504", model=MODEL_NAME) == 2
+
+
+def test_adapters_are_tenants_and_a_switch_between_them_a_cold_start(vllm_server):
+    def cold(samples: dict) -> dict[str, float]:
+        return {name: metric(samples, "slo_engine_lora_cold_starts_total", model=name) for name in ADAPTERS}
+
+    before_samples = scrape(vllm_server)
+    before, tenant_before = cold(before_samples), counts(before_samples, "legal")
+    for name in ("medical", "medical", "legal", "medical"):
+        assert post(vllm_server, "/v1/completions", {"model": name, "prompt": "lora", "max_tokens": 2})[0] == 200
+    after = scrape(vllm_server)
+    assert {name: cold(after)[name] - before[name] for name in ADAPTERS} == {"medical": 2, "legal": 1}
+    assert moved(tenant_before, counts(after, "legal"))["/v1/completions 200"] == 1
