@@ -119,13 +119,15 @@ def stream_error(chunk: bytes) -> int | None:
 class Refusal(Exception):
     """A request the middleware answers itself, before vLLM sees it, in vLLM's error shape."""
 
-    def __init__(self, status: int, message: str, error_type: str, headers: tuple[tuple[bytes, bytes], ...] = ()):
+    def __init__(self, status: int, message: str, error_type: str, headers: tuple[tuple[bytes, bytes], ...] = (),
+                 code: int | str | None = None):
         super().__init__(message)
         self.status, self.message, self.error_type, self.headers = status, message, error_type, headers
+        self.code = status if code is None else code  # vLLM's is the status; "draining" tells the probe more
 
     async def send(self, send: Send) -> None:
         body = json.dumps({"error": {"message": self.message, "type": self.error_type, "param": None,
-                                     "code": self.status}}).encode()
+                                     "code": self.code}}).encode()
         await send({"type": "http.response.start", "status": self.status, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *self.headers]})
         await send({"type": "http.response.body", "body": body})
@@ -171,6 +173,7 @@ class SloMiddleware:
         scheduler = app.state.vllm_config.scheduler_config
         state = instrumentation.start([*base, *adapters], scheduler.max_num_seqs,
                                       getattr(scheduler, "max_num_queued_reqs", None))
+        self.watcher = asyncio.create_task(_watch_engine(state, app.state.engine_client))
         lora = app.state.vllm_config.lora_config
         if lora is not None and adapters:  # vLLM's worker caches max_cpu_loras adapters (default: max_loras)
             state.adapters = AdapterResidency(getattr(lora, "max_cpu_loras", None) or lora.max_loras)
@@ -191,6 +194,30 @@ class SloMiddleware:
             state.metrics.ready.set(0)
         if getattr(self, "admin", None) is not None:
             await self.admin.cleanup()
+        if getattr(self, "watcher", None) is not None:
+            self.watcher.cancel()
+
+
+ENGINE_WATCH_S = 0.5
+
+
+async def _watch_engine(state: instrumentation.Instrumentation, engine_client: Any) -> None:
+    """Tell an orderly shutdown (draining) from a dead engine core: vLLM's server stops after either, and
+    AsyncLLM.errored turns true in both. On SIGTERM vLLM calls the engine client's shutdown first, so that
+    call marks the server as stopping; errored while not stopping is a death."""
+    shutdown = engine_client.shutdown
+
+    def stopping_then_shutdown(*args: Any, **kwargs: Any) -> Any:
+        state.stopping = True
+        return shutdown(*args, **kwargs)
+
+    engine_client.shutdown = stopping_then_shutdown
+    while not state.stopping:
+        if engine_client.errored:
+            state.died = True
+            log.error("vLLM's engine core died; the server stops (the launcher exits 1)")
+            return
+        await asyncio.sleep(ENGINE_WATCH_S)
 
 
 async def _serve_admin(state: instrumentation.Instrumentation, token: str) -> Any:
@@ -236,6 +263,8 @@ class _Exchange:
             if self.endpoint == "/ready" and self.scope.get("method") == "GET":
                 await self._ready(self._send(send))
             elif instrumentation.is_generation(self.endpoint) and self.scope.get("method") == "POST":
+                if self.state.stopping:  # the sidecar's probe reads "draining" as an orderly shutdown
+                    raise Refusal(503, "the server is shutting down", "ServiceUnavailableError", code="draining")
                 self._admit(1)  # a full server says so before it reads a body
                 receive = await self._read_body(receive)
                 await self._generate(app, receive, send)
@@ -254,9 +283,9 @@ class _Exchange:
             self._finish()
 
     async def _ready(self, send: Send) -> None:
-        """200 while vLLM serves; 503 once it is stopping (Kubernetes' readiness probe)."""
-        ready = self.state.ready
-        body = json.dumps({"status": "ready" if ready else "stopping"}).encode()
+        """200 while vLLM serves; 503 once it is draining or stopped (Kubernetes' readiness probe)."""
+        ready = self.state.ready and not self.state.stopping
+        body = json.dumps({"status": "ready" if ready else "draining" if self.state.stopping else "stopped"}).encode()
         await send({"type": "http.response.start", "status": 200 if ready else 503,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

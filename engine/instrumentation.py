@@ -127,6 +127,12 @@ class Instrumentation:
         self.faults = FaultInjector(served=models)  # set through the admin listener, where there is one
         self.ready = False  # once vLLM serves (the ASGI lifespan started), until it stops
         self.adapters: AdapterResidency | None = None  # vLLM's LoRA adapter cache, as requests use it
+        self.stopping = False  # vLLM began an orderly shutdown (SIGTERM): draining
+        self.died = False  # vLLM's engine core was seen dead while it served: not a shutdown
+
+    def engine_dead(self) -> bool:
+        """Whether vLLM's engine core died while serving (its server then stops, exiting 0: the launcher exits 1)."""
+        return self.died
 
     def admits(self, sequences: int) -> bool:
         """Whether `sequences` more fit under the admission limit (always, without one). Checked and counted
