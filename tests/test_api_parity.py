@@ -1,0 +1,143 @@
+"""API parity: every request feature of vLLM's OpenAI API gets the same answer from our engine
+(engine/launch.py: vLLM's server with our middleware and plugin) as from plain vLLM on the same model.
+
+Both servers run at once on the embedded model; each request goes to both, greedy or seeded, and the
+answers must be equal once the fields that differ by nature (ids, timestamps) are set aside: the status,
+and every field of the body. So no field is dropped, refused or altered on its way through our layer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from engine.tiny_model import MODEL_NAME, ensure_default_model
+from slo_sidecar.processes import ManagedProcess, VllmServerProcess, free_port
+from tests.helpers import REPO
+from tests.test_vllm_plugin import CPU_KV_CACHE
+
+pytestmark = pytest.mark.engine
+
+CHAT = [{"role": "user", "content": "Say something"}]
+WEATHER = {"type": "function", "function": {"name": "weather", "description": "The weather in a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}}, "required": ["name"]}
+GREEDY = {"model": MODEL_NAME, "temperature": 0, "max_tokens": 8}
+# Tool calls as a user serving tools launches vLLM; the same flags on both servers.
+TOOLS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+
+# (feature, method, path, body): the features of vLLM's OpenAI API a client may send.
+CASES = [
+    ("penalties", "POST", "/v1/completions", {**GREEDY, "prompt": "a b a b", "presence_penalty": 1.5,
+                                              "frequency_penalty": 1.0, "repetition_penalty": 1.3}),
+    ("top_k and min_p", "POST", "/v1/completions", {**GREEDY, "prompt": "x", "temperature": 1.0, "seed": 7,
+                                                    "top_k": 5, "min_p": 0.1}),
+    ("logit_bias", "POST", "/v1/completions", {**GREEDY, "prompt": "x", "logit_bias": {"100": 100}}),
+    ("stop_token_ids and min_tokens", "POST", "/v1/completions", {**GREEDY, "prompt": "x", "stop_token_ids": [100],
+                                                                  "min_tokens": 4, "logit_bias": {"100": 100}}),
+    ("seed", "POST", "/v1/completions", {**GREEDY, "prompt": "x", "temperature": 1.0, "seed": 1234}),
+    ("logprobs", "POST", "/v1/completions", {**GREEDY, "prompt": "x", "logprobs": 3}),
+    ("prompt_logprobs", "POST", "/v1/completions", {**GREEDY, "prompt": "one two", "prompt_logprobs": 2}),
+    ("echo", "POST", "/v1/completions", {**GREEDY, "prompt": "echo me", "echo": True}),
+    ("batched prompts", "POST", "/v1/completions", {**GREEDY, "prompt": ["first", "second", "third"]}),
+    ("chat logprobs", "POST", "/v1/chat/completions", {**GREEDY, "messages": CHAT, "logprobs": True,
+                                                       "top_logprobs": 2}),
+    ("max_completion_tokens", "POST", "/v1/chat/completions", {"model": MODEL_NAME, "temperature": 0,
+                                                               "messages": CHAT, "max_completion_tokens": 5}),
+    ("json_schema", "POST", "/v1/chat/completions", {**GREEDY, "max_tokens": 40, "messages": CHAT,
+                                                     "response_format": {"type": "json_schema", "json_schema": {
+                                                         "name": "person", "schema": SCHEMA}}}),
+    ("structured choice", "POST", "/v1/completions", {**GREEDY, "prompt": "pick",
+                                                      "structured_outputs": {"choice": ["red", "green"]}}),
+    ("named tool_choice", "POST", "/v1/chat/completions", {**GREEDY, "max_tokens": 40, "messages": CHAT,
+                                                           "tools": [WEATHER], "tool_choice": {
+                                                               "type": "function", "function": {"name": "weather"}}}),
+    ("required tool_choice", "POST", "/v1/chat/completions", {**GREEDY, "max_tokens": 40, "messages": CHAT,
+                                                              "tools": [WEATHER], "tool_choice": "required"}),
+    ("tool message in history", "POST", "/v1/chat/completions", {**GREEDY, "messages": [
+        *CHAT, {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}], "tools": [WEATHER]}),
+    ("streamed logprobs", "POST", "/v1/completions", {**GREEDY, "prompt": "x", "logprobs": 1, "stream": True}),
+    ("continuous usage stats", "POST", "/v1/chat/completions", {**GREEDY, "messages": CHAT, "stream": True,
+                                                                "stream_options": {"include_usage": True,
+                                                                                   "continuous_usage_stats": True}}),
+    ("tokenize", "POST", "/tokenize", {"model": MODEL_NAME, "prompt": "count these tokens"}),
+    ("detokenize", "POST", "/detokenize", {"model": MODEL_NAME, "tokens": [100, 200, 300]}),
+    ("version", "GET", "/version", None),
+    ("responses", "POST", "/v1/responses", {"model": MODEL_NAME, "input": "Hello", "temperature": 0,
+                                            "max_output_tokens": 8}),
+    ("an unknown field is vLLM's to judge", "POST", "/v1/completions", {**GREEDY, "prompt": "x", "no_such": 1}),
+    ("a bad value is vLLM's to refuse", "POST", "/v1/completions", {**GREEDY, "prompt": "x", "max_tokens": -1}),
+]
+# Fields that differ between any two answers by nature.
+VOLATILE = {"id", "created", "created_at", "system_fingerprint", "request_id"}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("parity")
+    model = str(ensure_default_model())
+    plain = VllmServerProcess(workdir / "plain.log", model, "--served-model-name", MODEL_NAME, "--max-model-len",
+                              "512", "--enforce-eager", *TOOLS, env={"VLLM_PLUGINS": "none", **CPU_KV_CACHE})
+    port = free_port()
+    ours = ManagedProcess("engine", [sys.executable, "-m", "engine.launch", "--host", "127.0.0.1", "--port", str(port),
+                                     "--max-model-len", "512", *TOOLS], workdir / "ours.log", cwd=REPO)
+    ours.url = f"http://127.0.0.1:{port}"
+    with plain.start(), ours.start():
+        plain.wait_ready()
+        ours.wait_http_ok(ours.url + "/ready", 300)
+        yield plain, ours
+
+
+def answer(url: str, method: str, path: str, body: dict | None) -> tuple[int, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read().decode()
+    if text.startswith("data: "):  # a stream: its events, in order
+        return status, [normal(json.loads(line[6:])) for line in text.splitlines()
+                        if line.startswith("data: {")]
+    return status, normal(json.loads(text))
+
+
+def normal(value: object) -> object:
+    """The answer without what differs by nature: ids and timestamps."""
+    if isinstance(value, dict):
+        return {key: normal(item) for key, item in value.items() if key not in VOLATILE}
+    if isinstance(value, list):
+        return [normal(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize(("feature", "method", "path", "body"), CASES, ids=[case[0] for case in CASES])
+def test_our_engine_answers_as_vllm_does(servers, feature, method, path, body):
+    plain, ours = servers
+    theirs = answer(plain.url, method, path, body)
+    got = answer(ours.url, method, path, body)
+    assert got == theirs, f"{feature}: ours {str(got)[:600]}\nvLLM's {str(theirs)[:600]}"
+
+
+def test_the_features_are_honoured_not_just_answered_alike(servers):
+    """The same answer could be the same refusal: the features that vLLM honours must succeed and carry
+    what they asked for, through our layer."""
+    _, ours = servers
+    honoured = {feature: answer(ours.url, method, path, body) for feature, method, path, body in CASES}
+    refused = {feature for feature, (status, _) in honoured.items() if status != 200}
+    assert refused == {"a bad value is vLLM's to refuse"}, refused
+    assert honoured["logprobs"][1]["choices"][0]["logprobs"]["top_logprobs"]
+    assert honoured["echo"][1]["choices"][0]["text"].startswith("echo me")
+    assert len(honoured["batched prompts"][1]["choices"]) == 3
+    constrained = honoured["json_schema"][1]["choices"][0]["message"]["content"]
+    assert constrained.startswith("{"), constrained  # the schema's grammar (the tiny model then pads with spaces)
+    assert honoured["structured choice"][1]["choices"][0]["text"] in ("red", "green")
+    message = honoured["named tool_choice"][1]["choices"][0]["message"]
+    assert "weather" in json.dumps(message.get("tool_calls")) + (message.get("content") or "")
