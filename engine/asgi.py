@@ -355,7 +355,9 @@ class _Exchange:
         try:
             parsed = json.loads(b"".join(message.get("body", b"") for message in messages))
         except ValueError:
-            parsed = None
+            parsed = None  # vLLM's to refuse, in its words
+        except RecursionError:  # vLLM's own parser fails on it the same way, with a 500
+            raise Refusal(400, "request body nests deeper than the JSON parser goes", "BadRequestError") from None
         parsed = parsed if isinstance(parsed, dict) else {}
         self.tenant = self.state.tenant(parsed.get("model", self.state.models[0]))  # vLLM's default: the base
         request_id = _header(self.scope, REQUEST_ID)

@@ -5,6 +5,7 @@ size and time limits, the body handed on byte for byte, and what each refusal co
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import pytest
@@ -141,3 +142,13 @@ def test_no_waiting_limit_means_no_series_not_a_limit_of_zero(monkeypatch):
     vllms = instrumentation.Instrumentation((MODEL,), max_num_seqs=2, registry=CollectorRegistry(),
                                             max_num_queued_reqs=10)
     assert metric(parse_metrics_of(vllms), "slo_engine_max_waiting_requests") == 8
+
+
+@run_async
+async def test_a_body_nested_past_the_parsers_depth_is_400_not_vllms_500(state):
+    """vLLM's own server answers 500 to it (its JSON parser's RecursionError): refused here first."""
+    state.limits = dataclasses.replace(state.limits, max_body_bytes=None)
+    app = StandIn()
+    status, _, error = await call(app, [b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"])
+    assert status == 400 and "nests deeper" in error["error"]["message"]
+    assert app.bodies == [] and counted(state, "400") == 1

@@ -226,9 +226,15 @@ def test_a_request_for_more_sequences_than_admitted_is_429_before_vllm_sees_it(v
     assert metric(samples, "slo_engine_request_errors_total", reason="overload", model=MODEL_NAME) == 1
 
 
-def test_a_body_over_the_limit_is_413(vllm_server):
+def test_a_body_over_the_limit_is_413_and_one_nested_too_deep_400(vllm_server):
     status, answer = post(vllm_server, "/v1/completions", {"model": MODEL_NAME, "prompt": "x" * 70_000})
     assert status == 413 and "65536" in answer["error"]["message"]
+    deep = b'{"prompt": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"  # vLLM alone answers 500 (RecursionError)
+    request = urllib.request.Request(vllm_server.url + "/v1/completions", data=deep, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 400
 
 
 def set_faults(server: VllmServerProcess, token: str = ADMIN_TOKEN, **faults: object) -> tuple[int, dict]:
