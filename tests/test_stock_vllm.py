@@ -91,7 +91,7 @@ async def test_sidecar_rules_and_dashboards_on_stock_vllm(stock_vllm, tmp_path):
             probes_before, served_before = await asyncio.to_thread(probes_and_served, stock_vllm, sidecar)
             await asyncio.sleep(10)  # idle: only the sidecar's probes reach vLLM
             probes_after, served_after = await asyncio.to_thread(probes_and_served, stock_vllm, sidecar)
-            refused = await load(stock_vllm, seconds=70)
+            refused = await load(stock_vllm, seconds=25)  # the 1m ratios need samples, not a full window
             errors = f'sum(increase(http_requests_total{{{GENERATION},status="5xx"}}[1m]))'
             total = f'sum(increase(http_requests_total{{{GENERATION},status=~"2xx|5xx"}}[1m]))'
             rejections = metric(parse_metrics(http_get(stock_vllm.url + "/metrics")[1].decode()),
