@@ -304,7 +304,6 @@ class RequestTracer:
             span.end(end_time=end)
         parent.add_event("first_token", timestamp=first_token)
 
-
     def joined_request_spans(self, request: "PendingRequest", error_reason: str | None) -> None:
         """The GenAI span and its queue / prefill / decode children of a request served by vLLM's own server,
         under the SERVER span the middleware opened, drawn once the request's two views are joined.
@@ -343,9 +342,9 @@ class RequestTracer:
             scheduled = first_token - int(view.prefill_s * 1e9)
             queued = scheduled - int(view.queued_s * 1e9)
             context = trace.set_span_in_context(span)
-            for name, start, stop in (("queue", queued, scheduled), ("prefill", scheduled, first_token),
+            for name, begin, stop in (("queue", queued, scheduled), ("prefill", scheduled, first_token),
                                       ("decode", first_token, last_token)):
-                self.tracer.start_span(name, context=context, kind=SpanKind.INTERNAL, start_time=start).end(stop)
+                self.tracer.start_span(name, context=context, kind=SpanKind.INTERNAL, start_time=begin).end(stop)
             span.add_event("first_token", timestamp=first_token)
         span.end(end_time=end)
 

@@ -24,6 +24,7 @@ from slo_sidecar.processes import PrometheusProcess, SidecarProcess, VllmServerP
 from slo_spec.load import BUILT_IN, load_spec, parse_spec
 from tests.conftest import run_async, serving
 from tests.helpers import REPO, metric, parse_metrics, write_rule_files
+from tests.test_prometheus_integration import prometheus_ratio
 from tests.test_vllm_plugin import CPU_KV_CACHE
 
 pytestmark = [pytest.mark.engine,
@@ -68,11 +69,6 @@ def own_ratio(prometheus: PrometheusProcess, errors: str, total: str) -> float |
     return float(result[0]["value"][1]) if result else None
 
 
-def recorded(prometheus: PrometheusProcess, slo: str) -> float | None:
-    result = prometheus.query(f'slo:sli_error:ratio_rate1m{{sloth_slo="{slo}"}}')
-    return float(result[0]["value"][1]) if result else None
-
-
 @run_async
 async def test_sidecar_rules_and_dashboards_on_stock_vllm(stock_vllm, tmp_path):
     spec_file = tmp_path / "stock-7d.yaml"
@@ -98,9 +94,9 @@ async def test_sidecar_rules_and_dashboards_on_stock_vllm(stock_vllm, tmp_path):
                                 "vllm:admission_rejections_total")
             slow = ("1 - sum(increase(vllm:time_to_first_token_seconds_bucket{le=\"0.5\"}[1m])) / "
                     "sum(increase(vllm:time_to_first_token_seconds_count[1m]))")
-            availability = (await asyncio.to_thread(recorded, prometheus, "availability"),
+            availability = (await asyncio.to_thread(prometheus_ratio, prometheus, "availability", "1m"),
                             await asyncio.to_thread(own_ratio, prometheus, errors, total))
-            ttft = (await asyncio.to_thread(recorded, prometheus, "ttft"),
+            ttft = (await asyncio.to_thread(prometheus_ratio, prometheus, "ttft", "1m"),
                     await asyncio.to_thread(own_ratio, prometheus, slow, "1"))
             sidecar_samples = parse_metrics(http_get(sidecar.url + "/metrics")[1].decode())
             rejections = metric(parse_metrics(http_get(stock_vllm.url + "/metrics")[1].decode()),
