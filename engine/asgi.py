@@ -27,7 +27,7 @@ from slo_spec.model import PROBE_HEADER
 from . import instrumentation
 from .adapter_cache import AdapterResidency
 from .health import visible_gpu_uuids
-from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS
+from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS, choose_exposition
 from .request_join import ENGINE_VIEW_GRACE_S, PendingRequest, shape_of
 from .settings import SettingsError
 
@@ -262,6 +262,8 @@ class _Exchange:
         try:
             if self.endpoint == "/ready" and self.scope.get("method") == "GET":
                 await self._ready(self._send(send))
+            elif self.endpoint == "/metrics" and b"openmetrics" in (_header(self.scope, b"accept") or b""):
+                await self._openmetrics(self._send(send))
             elif instrumentation.is_generation(self.endpoint) and self.scope.get("method") == "POST":
                 if self.state.stopping:  # the sidecar's probe reads "draining" as an orderly shutdown
                     raise Refusal(503, "the server is shutting down", "ServiceUnavailableError", code="draining")
@@ -288,6 +290,17 @@ class _Exchange:
         body = json.dumps({"status": "ready" if ready else "draining" if self.state.stopping else "stopped"}).encode()
         await send({"type": "http.response.start", "status": 200 if ready else 503,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _openmetrics(self, send: Send) -> None:
+        """/metrics in OpenMetrics, for a scraper that asks for it: vLLM's own /metrics writes the text format
+        only, which has no exemplars (the trace ids on our latency buckets)."""
+        from vllm.v1.metrics.prometheus import get_prometheus_registry  # the registry vLLM's /metrics serves
+
+        encoder, content_type = choose_exposition(_header(self.scope, b"accept").decode("latin-1"))
+        body = await asyncio.get_running_loop().run_in_executor(None, encoder, get_prometheus_registry())
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
     async def _generate(self, app: App, receive: Receive, send: Send) -> None:
@@ -420,7 +433,7 @@ class _Exchange:
         status = self.status if self.done and self.status is not None else (
             CLIENT_CLOSED_REQUEST if self.disconnected or self.status is None else self.status)
         self.state.http_finished(self.endpoint, status, self.tenant, time.monotonic() - self.started,
-                                 is_probe(self.scope), self.pending)
+                                 is_probe(self.scope), self.pending, self.state.tracer.trace_id_of(self.span))
         if self.span is not None:  # after the join has its end: the GenAI span ends inside this one
             self.state.tracer.end_server_span(self.span, status)
         if self.pending is not None and not self.pending.judged:

@@ -9,10 +9,13 @@ work from the first scrape.
 
 from __future__ import annotations
 
-from typing import Iterable
+from functools import partial
+from typing import Callable, Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from slo_spec.buckets import HTTP_DURATION_BUCKETS
 
@@ -171,3 +174,22 @@ class ServerMetrics:
     def record_tokens(self, model: str, prompt_tokens: int, generation_tokens: int) -> None:
         self.prompt_tokens.labels(model=model).inc(prompt_tokens)
         self.generation_tokens.labels(model=model).inc(generation_tokens)
+
+
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def choose_exposition(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    """prometheus_client's content negotiation, with one correction.
+
+    Its OpenMetrics writer (0.26) checks sample names against the label-name
+    character set when escaping to underscores, so `vllm:num_requests_waiting`
+    would go out as `vllm_num_requests_waiting` under a `# TYPE vllm:...` line,
+    and every vllm:* query would find nothing. With allow-utf-8 escaping, names
+    valid in the classic character set (all of ours and vLLM's) go out unchanged.
+    """
+    encoder, content_type = choose_encoder(accept)
+    if content_type.startswith("application/openmetrics-text"):
+        return partial(openmetrics_exposition.generate_latest, escaping=openmetrics_exposition.ALLOWUTF8), \
+            OPENMETRICS_CONTENT_TYPE
+    return encoder, content_type

@@ -14,15 +14,12 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Awaitable, Callable
 
 from aiohttp import web
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.openmetrics import exposition as openmetrics_exposition
+from prometheus_client import REGISTRY
 
 from slo_spec.model import PROBE_HEADER
 
@@ -30,7 +27,7 @@ from .backend import GenerationTally, VllmBackend
 from .faults import FaultInjector, InjectedFault
 from .health import AcceleratorMemoryProbe, Phase, evaluate_health
 from .adapter_cache import AdapterResidency
-from .metrics import CLIENT_CLOSED_REQUEST, GENERATION_ENDPOINTS, UNKNOWN_MODEL, ServerMetrics
+from .metrics import CLIENT_CLOSED_REQUEST, GENERATION_ENDPOINTS, UNKNOWN_MODEL, ServerMetrics, choose_exposition
 from .protocol import (
     ApiError,
     Choice,
@@ -213,25 +210,6 @@ async def ready(request: web.Request) -> web.Response:
     is_ready = state.phase == "ready" and not (state.backend is not None and state.backend.dead)
     status = "ready" if is_ready else ("failed" if state.phase == "ready" else state.phase)
     return web.json_response({"status": status}, status=200 if is_ready else 503)
-
-
-OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
-
-def choose_exposition(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
-    """prometheus_client's content negotiation, with one correction.
-
-    Its OpenMetrics writer (0.26) checks sample names against the label-name
-    character set when escaping to underscores, so `vllm:num_requests_waiting`
-    would go out as `vllm_num_requests_waiting` under a `# TYPE vllm:...` line,
-    and every vllm:* query would find nothing. With allow-utf-8 escaping, names
-    valid in the classic character set (all of ours and vLLM's) go out unchanged.
-    """
-    encoder, content_type = choose_encoder(accept)
-    if content_type.startswith("application/openmetrics-text"):
-        return partial(openmetrics_exposition.generate_latest, escaping=openmetrics_exposition.ALLOWUTF8), \
-            OPENMETRICS_CONTENT_TYPE
-    return encoder, content_type
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -210,6 +210,14 @@ def test_a_traced_request_continues_the_callers_trace_with_its_phases(vllm_serve
     assert attributes["gen_ai.response.id"] == answer["id"]
     assert attributes["gen_ai.response.finish_reasons"] == ["length"]
     assert genai.resource["k8s.pod.name"] == "engine-pod-0"
+    # The request's duration bucket carries its trace id as an exemplar, in OpenMetrics.
+    scraped = urllib.request.Request(vllm_server.url + "/metrics",
+                                     headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    with urllib.request.urlopen(scraped, timeout=10) as response:
+        text = response.read().decode()
+    exemplars = [line for line in text.splitlines() if line.startswith(
+        'slo_engine_http_request_duration_seconds_bucket{endpoint="/v1/completions"') and "# {" in line]
+    assert any(f'trace_id="{INCOMING_TRACE[:-4]}beef"' in line for line in exemplars), exemplars
 
 
 def test_a_request_for_more_sequences_than_admitted_is_429_before_vllm_sees_it(vllm_server):
