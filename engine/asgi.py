@@ -9,6 +9,12 @@ the tenant (the served name the body's `model` named; UNKNOWN_MODEL otherwise). 
 get an `X-Request-Id` (the client's, or a fresh one) that vLLM's engine reports them under, so the stat-
 logger plugin's view of them joins this one, and for a stream the time the first token-bearing chunk
 went out: the time to first token as the client sees it.
+
+It also answers some requests itself, before vLLM sees them, in vLLM's error shape: admission (429),
+bodies too large (413), too slow (408) or nested past the JSON parser (400), a request past its timeout
+(504), new work while draining (503 "draining"), and injected faults (tests and demos only); and it
+serves `/ready`, and `/metrics` in OpenMetrics (exemplars) for a scraper that asks. Each is configured
+through engine/instrumentation.py's SLO_ENGINE_* variables, off where unset.
 """
 
 from __future__ import annotations
