@@ -32,8 +32,9 @@ from slo_spec.model import PROBE_HEADER
 
 from . import instrumentation
 from .adapter_cache import AdapterResidency
+from .faults import FaultInjector
 from .health import visible_gpu_uuids
-from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS, choose_exposition
+from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS, GENERATION_ENDPOINTS, choose_exposition
 from .request_join import ENGINE_VIEW_GRACE_S, PendingRequest, shape_of
 from .settings import SettingsError
 
@@ -131,12 +132,20 @@ class Refusal(Exception):
         self.status, self.message, self.error_type, self.headers = status, message, error_type, headers
         self.code = status if code is None else code  # vLLM's is the status; "draining" tells the probe more
 
-    async def send(self, send: Send) -> None:
-        body = json.dumps({"error": {"message": self.message, "type": self.error_type, "param": None,
+    def body(self) -> bytes:
+        return json.dumps({"error": {"message": self.message, "type": self.error_type, "param": None,
                                      "code": self.code}}).encode()
-        await send({"type": "http.response.start", "status": self.status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *self.headers]})
-        await send({"type": "http.response.body", "body": body})
+
+    async def send(self, send: Send) -> None:
+        await respond(send, self.status, self.body(), b"application/json", self.headers)
+
+
+async def respond(send: Send, status: int, body: bytes, content_type: bytes,
+                  headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """A whole answer of the middleware's own."""
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 RETRY_AFTER = (b"retry-after", b"1")
@@ -188,8 +197,8 @@ class SloMiddleware:
         loop = asyncio.get_running_loop()
         state.metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         token = state.limits.admin_token()
-        if token is not None:
-            self.admin = await _serve_admin(state, token)
+        if token is not None and state.faults is not None:
+            self.admin = await _serve_admin(state.faults, state.limits.admin_port, token)
         state.ready = True
         state.metrics.ready.set(1)
 
@@ -226,17 +235,16 @@ async def _watch_engine(state: instrumentation.Instrumentation, engine_client: A
         await asyncio.sleep(ENGINE_WATCH_S)
 
 
-async def _serve_admin(state: instrumentation.Instrumentation, token: str) -> Any:
+async def _serve_admin(faults: FaultInjector, port: int, token: str) -> Any:
     """The fault-injection listener (tests and demos only), on loopback and a port of its own."""
     from aiohttp import web
 
     from .admin import build_admin_app
 
-    runner = web.AppRunner(build_admin_app(state.faults, token), access_log=None)
+    runner = web.AppRunner(build_admin_app(faults, token), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", state.limits.admin_port).start()
-    log.warning("admin listener (fault injection) on http://127.0.0.1:%d: for tests and demos only",
-                state.limits.admin_port)
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    log.warning("admin listener (fault injection) on http://127.0.0.1:%d: for tests and demos only", port)
     return runner
 
 
@@ -270,7 +278,7 @@ class _Exchange:
                 await self._ready(self._send(send))
             elif self.endpoint == "/metrics" and b"openmetrics" in (_header(self.scope, b"accept") or b""):
                 await self._openmetrics(self._send(send))
-            elif instrumentation.is_generation(self.endpoint) and self.scope.get("method") == "POST":
+            elif self.endpoint in GENERATION_ENDPOINTS and self.scope.get("method") == "POST":
                 if self.state.stopping:  # the sidecar's probe reads "draining" as an orderly shutdown
                     raise Refusal(503, "the server is shutting down", "ServiceUnavailableError", code="draining")
                 self._admit(1)  # a full server says so before it reads a body
@@ -294,9 +302,7 @@ class _Exchange:
         """200 while vLLM serves; 503 once it is draining or stopped (Kubernetes' readiness probe)."""
         ready = self.state.ready and not self.state.stopping
         body = json.dumps({"status": "ready" if ready else "draining" if self.state.stopping else "stopped"}).encode()
-        await send({"type": "http.response.start", "status": 200 if ready else 503,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, 200 if ready else 503, body, b"application/json")
 
     async def _openmetrics(self, send: Send) -> None:
         """/metrics in OpenMetrics, for a scraper that asks for it: vLLM's own /metrics writes the text format
@@ -305,16 +311,14 @@ class _Exchange:
 
         encoder, content_type = choose_exposition(_header(self.scope, b"accept").decode("latin-1"))
         body = await asyncio.get_running_loop().run_in_executor(None, encoder, get_prometheus_registry())
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, 200, body, content_type.encode())
 
     async def _generate(self, app: App, receive: Receive, send: Send) -> None:
         """A generation request to vLLM, with any injected fault first, within the request timeout."""
         watched = self._send(send)
         try:
             async with asyncio.timeout(self.state.limits.request_timeout_s):
-                faults = self.state.faults if self.state.limits.admin_port is not None else None
+                faults = self.state.faults
                 if faults is not None and faults.applies_to(self.tenant):
                     if faults.delay_s:
                         await asyncio.sleep(faults.delay_s)
@@ -323,13 +327,13 @@ class _Exchange:
                 self._note_adapter_use()
                 await app(self.scope, self._receive(receive), watched)
         except TimeoutError:
-            message = f"request exceeded the {self.state.limits.request_timeout_s:g} s timeout"
+            timeout = Refusal(504, f"request exceeded the {self.state.limits.request_timeout_s:g} s timeout",
+                              "GatewayTimeoutError")
             if self.status is None:
-                raise Refusal(504, message, "GatewayTimeoutError") from None
+                raise timeout from None
             if not self.done:  # mid-stream: an error event, as vLLM sends its own, then the end
-                event = json.dumps({"error": {"message": message, "type": "GatewayTimeoutError", "param": None,
-                                              "code": 504}})
-                await watched({"type": "http.response.body", "body": f"data: {event}\n\ndata: [DONE]\n\n".encode()})
+                await watched({"type": "http.response.body",
+                               "body": b"data: " + timeout.body() + b"\n\ndata: [DONE]\n\n"})
 
     def _note_adapter_use(self) -> None:
         """A request for an adapter vLLM does not hold waits for it to load: counted, and an event on its span."""
@@ -431,7 +435,7 @@ class _Exchange:
     def _token_delay(self) -> float:
         """The injected delay per streamed token, for this request's tenant (0: none)."""
         faults = self.state.faults
-        if self.state.limits.admin_port is None or not faults.token_delay_s or not faults.applies_to(self.tenant):
+        if faults is None or not faults.token_delay_s or not faults.applies_to(self.tenant):
             return 0.0
         return faults.token_delay_s
 

@@ -27,7 +27,7 @@ from slo_spec.load import DEFAULT_SPEC, load_spec
 
 from .adapter_cache import AdapterResidency
 from .faults import FaultInjector
-from .metrics import CLIENT_CLOSED_REQUEST, GENERATION_ENDPOINTS, UNKNOWN_MODEL, ConstantLabels, ServerMetrics
+from .metrics import CLIENT_CLOSED_REQUEST, UNKNOWN_MODEL, ConstantLabels, ServerMetrics
 from .request_join import EngineView, PendingRequest, RequestJoin
 from .settings import ENV_PREFIX, SettingsError, default_trace_exporter
 from .slo_judge import SloJudge
@@ -124,15 +124,12 @@ class Instrumentation:
         self.tracer = setup_tracing(os.environ.get(TRACE_EXPORTER_ENV) or default_trace_exporter(os.environ),
                                     __version__, models[0], self.own)
         self.join = RequestJoin(self._judged)
-        self.faults = FaultInjector(served=models)  # set through the admin listener, where there is one
+        # Set through the admin listener: there are none without one.
+        self.faults = FaultInjector(served=models) if self.limits.admin_port is not None else None
         self.ready = False  # once vLLM serves (the ASGI lifespan started), until it stops
         self.adapters: AdapterResidency | None = None  # vLLM's LoRA adapter cache, as requests use it
         self.stopping = False  # vLLM began an orderly shutdown (SIGTERM): draining
-        self.died = False  # vLLM's engine core was seen dead while it served: not a shutdown
-
-    def engine_dead(self) -> bool:
-        """Whether vLLM's engine core died while serving (its server then stops, exiting 0: the launcher exits 1)."""
-        return self.died
+        self.died = False  # vLLM's engine core was seen dead while it served, not stopped: the launcher exits 1
 
     def admits(self, sequences: int) -> bool:
         """Whether `sequences` more fit under the admission limit (always, without one). Checked and counted
@@ -210,7 +207,3 @@ def unsupported_vllm_warning(version: str) -> str | None:
 
 def current() -> Instrumentation | None:
     return _current
-
-
-def is_generation(endpoint: str) -> bool:
-    return endpoint in GENERATION_ENDPOINTS

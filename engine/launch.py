@@ -28,7 +28,17 @@ from iokit.arguments import non_negative_int, port_number, positive
 from iokit.files import read_secret
 
 from . import instrumentation
-from .settings import ENV_PREFIX, TRACE_EXPORTERS, default_trace_exporter
+from .settings import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_KV_CACHE_GIB,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_WAITING_REQUESTS,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    ENV_PREFIX,
+    TRACE_EXPORTERS,
+    default_trace_exporter,
+)
 
 MIDDLEWARE = "engine.asgi.SloMiddleware"
 
@@ -42,14 +52,15 @@ def our_arguments() -> argparse.ArgumentParser:
     add("--trace-exporter", choices=TRACE_EXPORTERS,
         default=default_trace_exporter(os.environ),
         help="where spans go (default: otlp when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set, else none)")
-    add("--kv-cache-gib", type=positive(float), default=1.0, help="the KV cache, in GiB")
-    add("--max-waiting-requests", type=non_negative_int, default=256,
+    add("--kv-cache-gib", type=positive(float), default=DEFAULT_KV_CACHE_GIB, help="the KV cache, in GiB")
+    add("--max-waiting-requests", type=non_negative_int, default=DEFAULT_MAX_WAITING_REQUESTS,
         help="admitted sequences beyond --max-num-seqs before answering 429")
-    add("--max-body-bytes", type=positive(int), default=4 * 2**20)
-    add("--body-timeout-s", type=positive(float), default=30.0,
+    add("--max-body-bytes", type=positive(int), default=DEFAULT_MAX_BODY_BYTES)
+    add("--body-timeout-s", type=positive(float), default=DEFAULT_BODY_TIMEOUT_S,
         help="a request body must arrive within this; a client trickling it gets 408")
-    add("--request-timeout-s", type=positive(float), default=600.0, help="a generation request past it: 504")
-    add("--drain-timeout-s", type=non_negative_int, default=30,
+    add("--request-timeout-s", type=positive(float), default=DEFAULT_REQUEST_TIMEOUT_S,
+        help="a generation request past it: 504")
+    add("--drain-timeout-s", type=non_negative_int, default=int(DEFAULT_DRAIN_TIMEOUT_S),
         help="on SIGTERM, in-flight requests finish within this many seconds (vLLM's --shutdown-timeout)")
     add("--api-key-file", metavar="PATH", help="the key clients must send, read from this file (a mounted Secret)")
     add("--admin-port", type=port_number, help="FOR TESTS AND DEMOS: the fault-injection listener's port")
@@ -73,9 +84,10 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
     if (ours.admin_port is None) != (ours.admin_token_file is None):
         our_arguments().error("--admin-port and --admin-token-file go together: the admin listener has its "
                               "own token")
+    ours.api_key = None  # read once, here: a missing key file exits 2 before vLLM loads
     if ours.api_key_file:
         try:
-            read_secret(ours.api_key_file)
+            ours.api_key = read_secret(ours.api_key_file)
         except ValueError as exc:
             our_arguments().error(f"--api-key-file {ours.api_key_file}: {exc}")
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
@@ -98,8 +110,8 @@ def configure(ours: argparse.Namespace, vllm_args: argparse.Namespace, on_gpu: b
     """Our instrumentation into vLLM's arguments and the environment it reads."""
     vllm_args.middleware = [*vllm_args.middleware, MIDDLEWARE]
     vllm_args.shutdown_timeout = ours.drain_timeout_s
-    if ours.api_key_file:
-        vllm_args.api_key = [read_secret(ours.api_key_file)]
+    if ours.api_key:
+        vllm_args.api_key = [ours.api_key]
     if on_gpu:
         vllm_args.kv_cache_memory_bytes = vllm_args.kv_cache_memory_bytes or int(ours.kv_cache_gib * 2**30)
     else:
@@ -126,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     uvloop.run(run_server(vllm_args))
     state = instrumentation.current()
-    return 1 if state is not None and state.engine_dead() else 0
+    return 1 if state is not None and state.died else 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ TRACE_EXPORTERS = ("otlp", "jaeger", "console", "none")
 
 DEFAULT_PORT = 8000
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
+# The engine's own limits, whichever server it runs (engine/launch.py hands them to the middleware).
+DEFAULT_KV_CACHE_GIB = 1.0
+DEFAULT_MAX_WAITING_REQUESTS = 256
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 
 def default_trace_exporter(environ: Any) -> str:
@@ -155,7 +161,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str
         help="sequences vLLM runs concurrently")
     add("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
         default=env("dtype", str, "auto"))
-    add("--kv-cache-gib", type=pos_float, default=env("kv_cache_gib", pos_float, 1.0),
+    add("--kv-cache-gib", type=pos_float, default=env("kv_cache_gib", pos_float, DEFAULT_KV_CACHE_GIB),
         help="memory for the KV cache, in GiB")
     add("--enforce-eager", action=argparse.BooleanOptionalAction,
         default=env("enforce_eager", _env_bool, None),
@@ -175,14 +181,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser, environ: dict[str, str
     keys.add_argument("--api-key-file", metavar="PATH", default=env("api_key_file", str, None),
                       help="read the API key from this file (a mounted Secret), whitespace stripped")
     add("--max-waiting-requests", type=non_negative_int,
-        default=env("max_waiting_requests", non_negative_int, 256),
+        default=env("max_waiting_requests", non_negative_int, DEFAULT_MAX_WAITING_REQUESTS),
         help="admitted requests beyond --max-num-seqs before answering 429")
-    add("--request-timeout-s", type=pos_float, default=env("request_timeout_s", pos_float, 600.0))
+    add("--request-timeout-s", type=pos_float, default=env("request_timeout_s", pos_float, DEFAULT_REQUEST_TIMEOUT_S))
     add("--drain-timeout-s", type=pos_float,
         default=env("drain_timeout_s", pos_float, DEFAULT_DRAIN_TIMEOUT_S),
         help="on SIGTERM, how long in-flight requests may take to finish")
-    add("--max-body-bytes", type=pos_int, default=env("max_body_bytes", pos_int, 4 * 1024 * 1024))
-    add("--body-timeout-s", type=pos_float, default=env("body_timeout_s", pos_float, 30.0),
+    add("--max-body-bytes", type=pos_int, default=env("max_body_bytes", pos_int, DEFAULT_MAX_BODY_BYTES))
+    add("--body-timeout-s", type=pos_float, default=env("body_timeout_s", pos_float, DEFAULT_BODY_TIMEOUT_S),
         help="a request body must arrive within this; a client trickling it gets 408")
     add("--admin-port", type=port_number, default=env("admin_port", port_number, None),
         help="FOR TESTS AND DEMOS: a separate admin listener on this port serving /admin/fault-injection "

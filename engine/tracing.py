@@ -297,11 +297,14 @@ class RequestTracer:
             parent.set_attribute("slo_sidecar.phase_spans_skipped", "clock mismatch")
             log.warning("vLLM timestamps do not line up with the wall clock; phase spans left out")
             return
+        self._phases(parent, queued, scheduled, first_token, last_token)
+
+    def _phases(self, parent: Span, queued: int, scheduled: int, first_token: int, last_token: int) -> None:
+        """The queue, prefill and decode children between those wall-clock instants (ns), and the first token."""
         context = trace.set_span_in_context(parent)
         for name, start, end in (("queue", queued, scheduled), ("prefill", scheduled, first_token),
                                  ("decode", first_token, last_token)):
-            span = self.tracer.start_span(name, context=context, kind=SpanKind.INTERNAL, start_time=start)
-            span.end(end_time=end)
+            self.tracer.start_span(name, context=context, kind=SpanKind.INTERNAL, start_time=start).end(end)
         parent.add_event("first_token", timestamp=first_token)
 
     def joined_request_spans(self, request: "PendingRequest", error_reason: str | None) -> None:
@@ -340,12 +343,7 @@ class RequestTracer:
             last_token = min(wall(view.finished_at), end)
             first_token = last_token - int(view.decode_s * 1e9)
             scheduled = first_token - int(view.prefill_s * 1e9)
-            queued = scheduled - int(view.queued_s * 1e9)
-            context = trace.set_span_in_context(span)
-            for name, begin, stop in (("queue", queued, scheduled), ("prefill", scheduled, first_token),
-                                      ("decode", first_token, last_token)):
-                self.tracer.start_span(name, context=context, kind=SpanKind.INTERNAL, start_time=begin).end(stop)
-            span.add_event("first_token", timestamp=first_token)
+            self._phases(span, scheduled - int(view.queued_s * 1e9), scheduled, first_token, last_token)
         span.end(end_time=end)
 
 
