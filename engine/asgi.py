@@ -23,8 +23,10 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import time
 import uuid
+from http import HTTPStatus
 from typing import Any, Awaitable, Callable, MutableMapping
 
 from slo_spec.fields import SpecError
@@ -32,9 +34,9 @@ from slo_spec.model import PROBE_HEADER
 
 from . import instrumentation
 from .adapter_cache import AdapterResidency
-from .faults import FaultInjector
 from .health import visible_gpu_uuids
-from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS, GENERATION_ENDPOINTS, choose_exposition
+from .malformed_http import count_malformed_requests
+from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS, GENERATION_ENDPOINTS, choose_exposition, drop_vllm_http_series
 from .request_join import ENGINE_VIEW_GRACE_S, PendingRequest, shape_of
 from .settings import SettingsError
 
@@ -84,10 +86,31 @@ def genai_attributes(body: dict[str, Any]) -> dict[str, Any]:
         value = body.get(field)
         if isinstance(value, str) and field == "stop":
             value = [value]
-        if isinstance(value, (int, float)) and not isinstance(value, bool) or (
-                isinstance(value, list) and value and all(isinstance(each, str) for each in value)):
-            attributes[attribute] = value
+        if isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63 or isinstance(
+                value, float) or (isinstance(value, list) and value and all(isinstance(each, str) for each in value)):
+            attributes[attribute] = value  # (OTLP carries 64-bit integers: a larger one is left out)
     return attributes
+
+
+def in_openai_shape(status: int, body: bytes) -> bytes:
+    """An error body in the shape vLLM's own errors take (what OpenAI clients read), whoever answered:
+    Starlette's `{"detail": ...}` (an unknown route, a body FastAPI cannot parse) and vLLM's
+    `{"error": "Unauthorized"}` are rewritten; a body already in that shape goes out as it came."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict) and parsed["error"].get("message"):
+        return body
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    detail = parsed.get("detail", parsed.get("error")) if isinstance(parsed, dict) else parsed
+    message = detail if isinstance(detail, str) and detail else json.dumps(detail) if detail else phrase
+    return Refusal(status, message, phrase.replace(" ", "").removesuffix("Error") + "Error").body()
+
+
+def _is_json(start: Message) -> bool:
+    return any(key.lower() == b"content-type" and value.startswith(b"application/json")
+               for key, value in start.get("headers", ()))
 
 
 def carries_token(chunk: bytes) -> bool:
@@ -149,6 +172,7 @@ async def respond(send: Send, status: int, body: bytes, content_type: bytes,
 
 
 RETRY_AFTER = (b"retry-after", b"1")
+WWW_AUTHENTICATE = (b"www-authenticate", b"Bearer")
 
 
 class SloMiddleware:
@@ -180,6 +204,8 @@ class SloMiddleware:
     async def _start(self, app: Any) -> None:
         """Our series, for the names vLLM serves (base model, then its --lora-modules), from its app state;
         and the admin listener where one is configured."""
+        if instrumentation.serving is not None:
+            instrumentation.serving.set()
         models = getattr(app.state, "openai_serving_models", None)
         if models is None:
             return
@@ -196,9 +222,13 @@ class SloMiddleware:
             state.metrics.accelerators.labels(uuid=uuid_).set(1)
         loop = asyncio.get_running_loop()
         state.metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
-        token = state.limits.admin_token()
-        if token is not None and state.faults is not None:
-            self.admin = await _serve_admin(state.faults, state.limits.admin_port, token)
+        if os.environ.get(instrumentation.VLLM_HTTP_SERIES_ENV) == "off":
+            from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+            log.info("dropped %d of vLLM's HTTP series (ours count the same requests)",
+                     drop_vllm_http_series(get_prometheus_registry()))
+        count_malformed_requests(state.metrics)
+        self.listeners = await _side_listeners(state)
         state.ready = True
         state.metrics.ready.set(1)
 
@@ -207,8 +237,8 @@ class SloMiddleware:
         if state is not None:
             state.ready = False
             state.metrics.ready.set(0)
-        if getattr(self, "admin", None) is not None:
-            await self.admin.cleanup()
+        for listener in getattr(self, "listeners", ()):
+            await listener.cleanup()
         if getattr(self, "watcher", None) is not None:
             self.watcher.cancel()
 
@@ -235,17 +265,25 @@ async def _watch_engine(state: instrumentation.Instrumentation, engine_client: A
         await asyncio.sleep(ENGINE_WATCH_S)
 
 
-async def _serve_admin(faults: FaultInjector, port: int, token: str) -> Any:
-    """The fault-injection listener (tests and demos only), on loopback and a port of its own."""
-    from aiohttp import web
+async def _side_listeners(state: instrumentation.Instrumentation) -> list[Any]:
+    """The listeners configured beside vLLM's: /metrics on a port of its own, and the fault-injection one
+    (tests and demos only, on loopback)."""
+    from vllm.v1.metrics.prometheus import get_prometheus_registry  # the registry vLLM's /metrics serves
 
-    from .admin import build_admin_app
+    from . import admin
 
-    runner = web.AppRunner(build_admin_app(faults, token), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    log.warning("admin listener (fault injection) on http://127.0.0.1:%d: for tests and demos only", port)
-    return runner
+    limits, listeners = state.limits, []
+    if limits.metrics_port is not None:
+        app = admin.build_metrics_app(get_prometheus_registry())
+        listeners.append(await admin.serve(app, limits.metrics_host, limits.metrics_port))
+        log.info("serving /metrics on http://%s:%d", limits.metrics_host, limits.metrics_port)
+    token = limits.admin_token()
+    if token is not None and state.faults is not None:
+        listeners.append(await admin.serve(admin.build_admin_app(state.faults, token), "127.0.0.1",
+                                           limits.admin_port))
+        log.warning("admin listener (fault injection) on http://127.0.0.1:%d: for tests and demos only",
+                    limits.admin_port)
+    return listeners
 
 
 class _Exchange:
@@ -275,7 +313,9 @@ class _Exchange:
         in_flight.inc()
         try:
             if self.endpoint == "/ready" and self.scope.get("method") == "GET":
-                await self._ready(self._send(send))
+                await self._ready(send)
+            elif self.endpoint == "/metrics" and self.state.limits.metrics_port is not None:
+                raise Refusal(404, f"/metrics is served on port {self.state.limits.metrics_port}", "NotFoundError")
             elif self.endpoint == "/metrics" and b"openmetrics" in (_header(self.scope, b"accept") or b""):
                 await self._openmetrics(self._send(send))
             elif self.endpoint in GENERATION_ENDPOINTS and self.scope.get("method") == "POST":
@@ -302,7 +342,9 @@ class _Exchange:
         """200 while vLLM serves; 503 once it is draining or stopped (Kubernetes' readiness probe)."""
         ready = self.state.ready and not self.state.stopping
         body = json.dumps({"status": "ready" if ready else "draining" if self.state.stopping else "stopped"}).encode()
-        await respond(send, 200 if ready else 503, body, b"application/json")
+        self.status = 200 if ready else 503
+        await respond(send, self.status, body, b"application/json")  # not an error body: sent as it is
+        self.done = True
 
     async def _openmetrics(self, send: Send) -> None:
         """/metrics in OpenMetrics, for a scraper that asks for it: vLLM's own /metrics writes the text format
@@ -342,9 +384,9 @@ class _Exchange:
             return
         if adapters.use(self.tenant) and not is_probe(self.scope):
             self.state.metrics.lora_cold_starts.labels(model=self.tenant).inc()
-            if self.span is not None:
-                self.span.add_event("lora.cold_start", {"gen_ai.request.model": self.tenant,
-                                                        "vllm.max_loras": adapters.capacity})
+            if self.pending is not None:
+                self.pending.events.append(("lora.cold_start", {"gen_ai.request.model": self.tenant,
+                                                                "vllm.max_loras": adapters.capacity}))
 
     def _admit(self, sequences: int) -> None:
         if not self.state.admits(sequences):
@@ -377,8 +419,8 @@ class _Exchange:
                           "BadRequestError", ((b"connection", b"close"),)) from None
         try:
             parsed = json.loads(b"".join(message.get("body", b"") for message in messages))
-        except ValueError:
-            parsed = None  # vLLM's to refuse, in its words
+        except ValueError as exc:  # vLLM's refusal of some (an integer of 5,000 digits) is not in its error shape
+            raise Refusal(400, f"request body is not valid JSON: {exc}", "BadRequestError") from None
         except RecursionError:  # vLLM's own parser fails on it the same way, with a 500
             raise Refusal(400, "request body nests deeper than the JSON parser goes", "BadRequestError") from None
         parsed = parsed if isinstance(parsed, dict) else {}
@@ -409,28 +451,55 @@ class _Exchange:
         return watched
 
     def _send(self, send: Send) -> Send:
+        held: list[Message] = []  # an error answer, until its whole body is in (in_openai_shape)
+
         async def watched(message: Message) -> None:
             if message["type"] == "http.response.start":
-                self.status = message["status"]
-                trace_id = self.state.tracer.trace_id_of(self.span)
-                if trace_id:  # for pasting into Jaeger
-                    message["headers"] = [*message.get("headers", ()), (TRACE_ID, trace_id.encode())]
+                self._started(message)
+                if self.status >= 400 and _is_json(message):
+                    held.append(message)
+                    return
+            elif held:  # the body of an error answer
+                held.append(message)
+                if message.get("more_body"):
+                    return
+                start, *parts = held
+                held.clear()
+                body = in_openai_shape(self.status, b"".join(part.get("body", b"") for part in parts))
+                start["headers"] = [(key, value) for key, value in start["headers"] if key.lower() != b"content-length"]
+                await send({**start, "headers": [*start["headers"], (b"content-length", str(len(body)).encode())]})
+                message = {"type": "http.response.body", "body": body}
             elif message["type"] == "http.response.body":
-                chunk = message.get("body", b"")
-                pending = self.pending
-                if pending is not None and pending.streamed and chunk:
-                    token = carries_token(chunk) if pending.first_token_at is None or self._token_delay() else False
-                    if token and self._token_delay():
-                        await asyncio.sleep(self._token_delay())  # a slow stream, as the client sees it
-                    if pending.first_token_at is None and token:
-                        pending.first_token_at = time.monotonic()
-                    failed = stream_error(chunk)
-                    if failed is not None:
-                        self.status = failed
-                if not message.get("more_body"):
-                    self.done = True
+                await self._watch_stream(message.get("body", b""))
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self.done = True
             await send(message)
         return watched
+
+    def _started(self, message: Message) -> None:
+        """The response's status, and the headers we add: the trace id, and RFC 6750's on a 401 (vLLM sends none)."""
+        self.status = message["status"]
+        headers = list(message.get("headers", ()))
+        if self.status == 401 and not any(key.lower() == b"www-authenticate" for key, _ in headers):
+            headers.append(WWW_AUTHENTICATE)
+        trace_id = self.state.tracer.trace_id_of(self.span)
+        if trace_id:  # for pasting into Jaeger
+            headers.append((TRACE_ID, trace_id.encode()))
+        message["headers"] = headers
+
+    async def _watch_stream(self, chunk: bytes) -> None:
+        """A streamed answer's chunk: the first token the client gets, an error event, an injected slow stream."""
+        pending = self.pending
+        if pending is None or not pending.streamed or not chunk:
+            return
+        token = carries_token(chunk) if pending.first_token_at is None or self._token_delay() else False
+        if token and self._token_delay():
+            await asyncio.sleep(self._token_delay())  # a slow stream, as the client sees it
+        if pending.first_token_at is None and token:
+            pending.first_token_at = time.monotonic()
+        failed = stream_error(chunk)
+        if failed is not None:
+            self.status = failed
 
     def _token_delay(self) -> float:
         """The injected delay per streamed token, for this request's tenant (0: none)."""

@@ -18,11 +18,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .protocol import invalid
 
 
-class InjectedFault(Exception):
-    """Raised where a real engine failure would be, and handled the same way."""
+class FaultSettingError(ValueError):
+    """A fault setting the admin listener refuses (400): the message names the field."""
+
+
+def invalid(field: str, message: str) -> FaultSettingError:
+    return FaultSettingError(f"{field}: {message}")
 
 
 @dataclass
@@ -34,7 +37,9 @@ class FaultInjector:
     served: tuple[str, ...] = ()  # the names `model` may take
     _seen: int = 0
 
-    def configure(self, body: dict[str, Any]) -> None:
+    def configure(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise FaultSettingError("the body must be a JSON object")
         fields = {"error_ratio": 1.0, "delay_s": 3600.0, "token_delay_s": 10.0}  # field: upper bound
         unknown = set(body) - {*fields, "model"}
         if unknown:

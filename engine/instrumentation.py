@@ -41,6 +41,7 @@ VLLM_RELEASE_LINE = "0.32"
 
 SPEC_ENV = ENV_PREFIX + "SLO"
 TRACE_EXPORTER_ENV = ENV_PREFIX + "TRACE_EXPORTER"
+VLLM_HTTP_SERIES_ENV = ENV_PREFIX + "VLLM_HTTP_SERIES"  # "off": drop vLLM's duplicate HTTP series (the launcher's)
 
 # Why a request failed, by the status it ended with (metrics.ERROR_REASONS).
 REASONS = {401: "unauthorized", 403: "unauthorized", 429: "overload", 499: "client_disconnect", 503: "unavailable",
@@ -67,6 +68,8 @@ class Limits:
     request_timeout_s: float | None = None  # a generation request running longer: 504 (mid-stream: an error event)
     admin_port: int | None = None  # FOR TESTS AND DEMOS: the fault-injection listener (engine/admin.py)
     admin_token_file: str | None = None  # its token, which it requires
+    metrics_port: int | None = None  # /metrics on a port of its own, and not on the API's
+    metrics_host: str = "0.0.0.0"  # where that listener listens
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> "Limits":
@@ -80,7 +83,8 @@ class Limits:
                 raise SettingsError(f"environment variable {name}: {exc}") from None
         limits = cls(read("max_waiting_requests", non_negative_int), read("max_body_bytes", positive(int)),
                      read("body_timeout_s", positive(float)), read("request_timeout_s", positive(float)),
-                     read("admin_port", port_number), read("admin_token_file", str))
+                     read("admin_port", port_number), read("admin_token_file", str),
+                     read("metrics_port", port_number), read("metrics_host", str) or "0.0.0.0")
         if (limits.admin_port is None) != (limits.admin_token_file is None):
             raise SettingsError(f"{ENV_PREFIX}ADMIN_PORT and {ENV_PREFIX}ADMIN_TOKEN_FILE go together: the "
                                 "fault-injection listener requires its own token")
@@ -177,6 +181,7 @@ class Instrumentation:
 
 
 _current: Instrumentation | None = None
+serving: Any = None  # the launcher's: set() once vLLM serves (engine/launch.py: stop while loading)
 
 
 def start(models: Iterable[str], max_num_seqs: int, max_num_queued_reqs: int | None = None) -> Instrumentation:

@@ -24,7 +24,11 @@ PREFIX = "slo_engine_"
 ENDPOINTS = (
     "/v1/completions",
     "/v1/chat/completions",
+    "/v1/responses",
     "/v1/models",
+    "/tokenize",
+    "/detokenize",
+    "/version",
     "/health",
     "/ready",
     "/metrics",
@@ -174,6 +178,20 @@ class ServerMetrics:
     def record_tokens(self, model: str, prompt_tokens: int, generation_tokens: int) -> None:
         self.prompt_tokens.labels(model=model).inc(prompt_tokens)
         self.generation_tokens.labels(model=model).inc(generation_tokens)
+
+
+def drop_vllm_http_series(registry: CollectorRegistry) -> int:
+    """Unregister the series vLLM's server gets from prometheus-fastapi-instrumentator (`http_requests_total`,
+    `http_request_duration_seconds`, ...): ours count the same requests with the tenant, 499 and every status,
+    and theirs add ~70 series a pod, more for each HTTP method a scanner tries. Only `slo-sidecar engine` asks
+    for this; a user's own `vllm serve` keeps them (`--slo stock-vllm` reads them). prometheus_client lists a
+    registry's collectors in a private field only: where it has none, nothing is dropped. Returns how many."""
+    collectors = getattr(registry, "_collector_to_names", {})
+    duplicates = [collector for collector, names in list(collectors.items())
+                  if names and all(name.startswith("http_") for name in names)]
+    for collector in duplicates:
+        registry.unregister(collector)
+    return len(duplicates)
 
 
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"

@@ -49,6 +49,7 @@ class PendingRequest:
     streamed: bool
     chat: bool = False
     attributes: dict[str, Any] = field(default_factory=dict)  # the GenAI request attributes its body set
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # for its GenAI span (a LoRA cold start)
     server_span: Any = None  # the middleware's SERVER span, when tracing
     probe: bool = False  # the sidecar's: served and traced, never counted
     first_token_at: float | None = None  # the first token-bearing chunk sent (streams only)

@@ -19,9 +19,7 @@ judged.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -38,19 +36,6 @@ class RequestLatencies:
     tpot_s: float | None  # time per output token after the first: (e2e - ttft) / (tokens - 1), 0 for one token
     e2e_s: float
     queue_s: float | None  # vLLM's: scheduled - queued
-
-
-def latencies(tally: Any, started_at: float, finished_at: float) -> RequestLatencies:
-    """From the generation's tally (monotonic times); per sequence when it asked for n > 1."""
-    e2e = finished_at - started_at
-    ttft = None if tally.first_token_at is None else tally.first_token_at - started_at
-    tokens = tally.completion_tokens / max(1, tally.sequences)
-    tpot = None if ttft is None else ((e2e - ttft) / (tokens - 1) if tokens > 1 else 0.0)
-    stats = tally.metrics
-    queued, scheduled = getattr(stats, "queued_ts", None), getattr(stats, "scheduled_ts", None)
-    known = queued is not None and scheduled is not None and scheduled >= queued
-    queue = scheduled - queued if known else None
-    return RequestLatencies(ttft, tpot, e2e, queue)
 
 
 def is_good(targets: dict[str, float], measured: RequestLatencies | None) -> bool:
@@ -91,14 +76,10 @@ class SloJudge:
         for model in models:
             self.good_tokens.labels(model)
 
-    def record(self, tally: Any, started_at: float, status: int | None, model: str = UNKNOWN_MODEL) -> None:
-        """status: the HTTP status the request ended with (None: succeeded)."""
-        measured = None if status is not None else latencies(tally, started_at, time.monotonic())
-        self.count(measured, tally.completion_tokens, model, status)
-
     def count(self, measured: RequestLatencies | None, completion_tokens: int, model: str,
               status: int | None) -> None:
-        """One request's verdicts from its latencies (None: it failed); status as for record."""
+        """One request's verdicts from its latencies (None: it failed); status: the HTTP status it ended with
+        (None: succeeded)."""
         if not self.targets or not judged(status):
             return
         all_good = True

@@ -8,11 +8,9 @@ Per request the trace is:
         ├── prefill                  vLLM's scheduled_ts -> first_token_ts
         └── decode                   vLLM's first_token_ts -> last_token_ts
 
-The three phase spans are drawn from vLLM's own per-request timestamps
-(RequestOutput.metrics), which are time.monotonic() readings taken in vLLM's
-engine-core process. CLOCK_MONOTONIC is one clock for the whole machine on
-Linux, so they map to wall-clock nanoseconds with an offset measured here; the
-result is checked against arrival_time (wall clock, taken in this process).
+The middleware (engine/asgi.py) opens the SERVER span; the GenAI span and its three phases are drawn
+once the request's HTTP view and vLLM's engine view (the stat-logger plugin's: how long it queued,
+prefilled and decoded) are joined (engine/request_join.py).
 
 Serving comes first: spans go through a bounded batch queue; when the queue is
 full or the exporter fails, spans are dropped, counted, and logged once.
@@ -20,14 +18,12 @@ full or the exporter fails, spans are dropped, counted, and logged once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -37,11 +33,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry import propagate
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from .protocol import ApiError
-
 if TYPE_CHECKING:
-    from .backend import GenerationTally
-    from .protocol import GenerationRequest
     from .request_join import PendingRequest
 
 log = logging.getLogger(__name__)
@@ -57,11 +49,6 @@ K8S_ENV_ATTRIBUTES = {
     "POD_NAMESPACE": "k8s.namespace.name",
     "NODE_NAME": "k8s.node.name",
 }
-
-# A vLLM timestamp converted this far before the request's arrival means the
-# clocks were mixed up; the phase spans are then left out rather than drawn wrong.
-CLOCK_TOLERANCE_NS = 50_000_000
-
 
 def sdk_disabled(environ: dict[str, str] | None = None) -> bool:
     return (environ if environ is not None else os.environ).get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
@@ -224,54 +211,6 @@ class RequestTracer:
 
     # --- The GenAI span and its phases --------------------------------------------------------
 
-    @contextlib.contextmanager
-    def generation_span(self, request: "GenerationRequest", response_id: str, max_tokens: int) -> Iterator[Span]:
-        """The GenAI span (child of the current span); its caller sets the outcome."""
-        if not self.enabled:  # nothing to build on the request path when tracing is off
-            yield trace.INVALID_SPAN
-            return
-        operation = "chat" if request.kind == "chat" else "text_completion"
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": "vllm",
-            "gen_ai.system": "vllm",  # the older name, still what many backends group by
-            "gen_ai.request.model": request.model,
-            "gen_ai.request.max_tokens": max_tokens,
-            "gen_ai.request.temperature": request.temperature,
-            "gen_ai.request.top_p": request.top_p,
-            "gen_ai.response.id": response_id,
-            "gen_ai.response.model": request.model,
-        }
-        if request.n != 1:
-            attributes["gen_ai.request.choice.count"] = request.n
-        if request.seed is not None:
-            attributes["gen_ai.request.seed"] = request.seed
-        if request.stop:
-            attributes["gen_ai.request.stop_sequences"] = request.stop
-        with self.tracer.start_as_current_span(f"{operation} {request.model}", kind=SpanKind.INTERNAL,
-                                               attributes=attributes, record_exception=False,
-                                               set_status_on_exception=False) as span:
-            yield span
-
-    def finish_generation(self, span: Span, tally: "GenerationTally", prompt_tokens: int,
-                          error: BaseException | None) -> None:
-        """Usage, finish reasons, outcome and the queue/prefill/decode children."""
-        if not self.enabled:
-            return
-        span.set_attribute("gen_ai.usage.input_tokens", prompt_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", tally.completion_tokens)
-        if tally.finish_reasons:
-            span.set_attribute("gen_ai.response.finish_reasons",
-                               [tally.finish_reasons[i] for i in sorted(tally.finish_reasons)])
-        failure = tally.error or error
-        if isinstance(failure, ApiError):
-            set_error(span, failure.reason, failure.message)
-        elif isinstance(failure, asyncio.CancelledError):
-            set_error(span, "client_disconnect", "the client went away before the response was complete")
-        elif failure is not None:
-            set_error(span, "engine_error", f"{type(failure).__name__}: {failure}")
-        self.add_phase_spans(span, tally.metrics, tally.cached_tokens)
-
     @staticmethod
     def monotonic_to_wall_ns() -> int:
         """The offset from the machine-wide monotonic clock to the wall clock, now.
@@ -279,25 +218,6 @@ class RequestTracer:
         Measured per request, so a wall clock slewed by NTP since start-up cannot skew the spans.
         """
         return time.time_ns() - time.monotonic_ns()
-
-    def add_phase_spans(self, parent: Span, metrics: Any, cached_tokens: int | None) -> None:
-        """queue / prefill / decode children from vLLM's RequestStateStats, and the first-token event."""
-        if not self.enabled or metrics is None:
-            return
-        parent.set_attribute("vllm.num_preemptions", metrics.num_preemptions)
-        if cached_tokens is not None:
-            parent.set_attribute("gen_ai.usage.cache_read.input_tokens", cached_tokens)
-        stamps = [metrics.queued_ts, metrics.scheduled_ts, metrics.first_token_ts, metrics.last_token_ts]
-        if not all(stamps):
-            return  # the request ended before reaching a phase (aborted in the queue, say)
-        offset = self.monotonic_to_wall_ns()
-        queued, scheduled, first_token, last_token = (int(s * 1e9) + offset for s in stamps)
-        arrival_ns = int(metrics.arrival_time * 1e9)
-        if queued < arrival_ns - CLOCK_TOLERANCE_NS or last_token > time.time_ns() + CLOCK_TOLERANCE_NS:
-            parent.set_attribute("slo_sidecar.phase_spans_skipped", "clock mismatch")
-            log.warning("vLLM timestamps do not line up with the wall clock; phase spans left out")
-            return
-        self._phases(parent, queued, scheduled, first_token, last_token)
 
     def _phases(self, parent: Span, queued: int, scheduled: int, first_token: int, last_token: int) -> None:
         """The queue, prefill and decode children between those wall-clock instants (ns), and the first token."""
@@ -336,6 +256,8 @@ class RequestTracer:
         start = max(wall(request.started_at), getattr(parent, "start_time", None) or 0)  # not before its parent
         span = self.tracer.start_span(f"{operation} {request.tenant}", context=trace.set_span_in_context(parent),
                                       kind=SpanKind.INTERNAL, attributes=attributes, start_time=start)
+        for name, event_attributes in request.events:
+            span.add_event(name, event_attributes, timestamp=start)
         if error_reason is not None:
             set_error(span, error_reason, f"the request ended with HTTP {request.status}")
         if views:

@@ -42,10 +42,11 @@ def _build_lora(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine(args: argparse.Namespace) -> int:
-    from engine.main import run
+def _engine(arguments: list[str]) -> int:
+    """Every flag after `engine` goes to the launcher: ours, then vLLM's parser for the rest."""
+    from engine.launch import main as launch
 
-    return run(args)
+    return launch(arguments)
 
 
 def _sidecar(args: argparse.Namespace) -> int:
@@ -137,11 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "model (PEFT format), to serve with --enable-lora --lora-modules NAME=DIR")
     build.set_defaults(func=_build_model)
 
-    engine = commands.add_parser("engine", help="run the OpenAI-compatible inference server on vLLM")
-    from engine.settings import add_engine_arguments
-
-    add_engine_arguments(engine)
-    engine.set_defaults(func=_engine)
+    commands.add_parser("engine", add_help=False, help="vLLM's OpenAI-compatible server with our "
+                                 "instrumentation; takes any `vllm serve` flag (engine/launch.py)")
+    # Listed for --help only: main() hands everything after `engine` to the launcher before argparse sees it.
 
     sidecar = commands.add_parser("sidecar", help="run the sidecar: scrape the engine, serve derived metrics")
     from sidecar.config import add_arguments as add_sidecar_arguments
@@ -197,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["engine"]:  # vLLM's flags are vLLM's parser's: ours cannot list them
+        return _engine(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

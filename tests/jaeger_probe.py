@@ -22,20 +22,23 @@ def main() -> None:
                        "OTEL_EXPORTER_JAEGER_AGENT_PORT": str(listener.getsockname()[1]),
                        "OTEL_SERVICE_NAME": "jaeger-probe"})
 
-    from opentelemetry import trace
+    import time
+
     from prometheus_client import CollectorRegistry
 
-    from engine.backend import GenerationTally
-    from engine.protocol import parse_generation_request
+    from engine.request_join import EngineView, PendingRequest
     from engine.tracing import setup_tracing
 
     tracer = setup_tracing("jaeger", "0.1.0", "tiny-llama", CollectorRegistry())
-    request = parse_generation_request({"prompt": "hi", "max_tokens": 8}, "completion", "tiny-llama")
     server = tracer.start_server_span("POST", "/v1/completions", "/v1/completions", {}, "127.0.0.1:8000")
-    with trace.use_span(server):
-        with tracer.generation_span(request, "cmpl-probe", 8) as span:
-            tally = GenerationTally(completion_tokens=8, finish_reasons={0: "length"})
-            tracer.finish_generation(span, tally, prompt_tokens=2, error=None)
+    started = time.monotonic()
+    request = PendingRequest("probe", "tiny-llama", started, prompts=1, n=1, streamed=False,
+                             attributes={"gen_ai.request.max_tokens": 8}, server_span=server, status=200,
+                             finished_at=started + 0.05)
+    request.engine.append(EngineView(queued_s=0.001, prefill_s=0.01, decode_s=0.03, prompt_tokens=2,
+                                     generation_tokens=8, preemptions=0, cached_tokens=0,
+                                     finished_at=started + 0.045, finish_reason="length"))
+    tracer.joined_request_spans(request, None)
     tracer.end_server_span(server, 200)
     tracer.shutdown()  # flushes the batch to the "agent"
 

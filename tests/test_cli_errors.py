@@ -69,6 +69,24 @@ CASES = [
 ]
 
 
+def engine_in_process(argv: list[str], capsys, monkeypatch) -> subprocess.CompletedProcess:
+    """`slo-sidecar engine` up to where it would start vLLM, in this process: vLLM's parser is imported once
+    (~5 s a process). Reaching the start is a failure of its own."""
+    from engine import launch
+    from slo_sidecar import cli
+
+    def started(*_: object) -> None:
+        raise AssertionError(f"{argv}: the engine would start")
+
+    monkeypatch.setattr(launch, "configure", started)
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -76,11 +94,12 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize("args, named", CASES, ids=[" ".join(args)[:60] for args, _ in CASES])
-def test_a_bad_value_exits_2_with_one_line_naming_it(args, named, tmp_path):
+def test_a_bad_value_exits_2_with_one_line_naming_it(args, named, tmp_path, capsys, monkeypatch):
     values = {"file": a_file(tmp_path), "tmp": str(tmp_path), "closed": str(closed_port())}
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
-    result = run_cli(*(arg.format(**values) for arg in args))
+    argv = [arg.format(**values) for arg in args]
+    result = engine_in_process(argv, capsys, monkeypatch) if argv[0] == "engine" else run_cli(*argv)
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr, result.stderr[-3000:]

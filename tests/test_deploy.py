@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.settings import add_engine_arguments
 from sidecar.config import DEFAULT_PORT as SIDECAR_DEFAULT_PORT
 from sidecar.config import add_arguments as add_sidecar_arguments
 from sidecar.engine_collector import engine_families
@@ -112,11 +111,12 @@ def test_prometheusrule_rules_pass_promtool(tmp_path):
     assert re.search(r"SUCCESS: \d+ rules found", result.stdout)
 
 
-def parse_args(args: list[str], add_arguments, environ: dict[str, str]) -> argparse.Namespace:
-    """The flags as the container would see them: its own environment, not the test runner's."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, environ)
-    return parser.parse_args(args)
+def parse_engine_args(args: list[str], monkeypatch) -> tuple[argparse.Namespace, argparse.Namespace]:
+    """(ours, vLLM's) as `slo-sidecar engine` parses them; the API key file, a Secret in the pod, is not read."""
+    from engine import launch
+
+    monkeypatch.setattr(launch, "read_secret", lambda path: "key-from-the-secret")
+    return launch.parse(args)
 
 
 def literal_env(container: dict) -> dict[str, str]:
@@ -133,7 +133,7 @@ def ports(container: dict) -> dict[str, int]:
 
 @needs_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_manifests_agree_with_the_code(overlay):
+def test_manifests_agree_with_the_code(overlay, monkeypatch):
     docs = rendered(overlay)
     deployment = one(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -143,9 +143,10 @@ def test_manifests_agree_with_the_code(overlay):
     assert engine["image"] == sidecar["image"] and engine["image"].endswith(overlay)  # one image, two commands
     assert engine["args"][0] == "engine" and sidecar["args"][0] == "sidecar"
 
-    # The engine's flags parse with the engine's own parser; ports and probes point where it listens.
-    engine_settings = parse_args(engine["args"][1:], add_engine_arguments, literal_env(engine))
-    assert ports(engine) == {"api": engine_settings.port, "metrics": engine_settings.metrics_port}
+    # The engine's flags parse with the engine's own parsers (ours, then vLLM's); ports and probes point where it
+    # listens.
+    ours, served = parse_engine_args(engine["args"][1:], monkeypatch)
+    assert ports(engine) == {"api": served.port, "metrics": ours.metrics_port}
     assert engine["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "api"}
     assert engine["livenessProbe"]["httpGet"] == {"path": "/health", "port": "api"}
     assert engine["startupProbe"]["httpGet"] == {"path": "/health", "port": "api"}
@@ -153,9 +154,8 @@ def test_manifests_agree_with_the_code(overlay):
     assert startup_window >= (600 if overlay == "gpu" else 120), "the start-up probe must outlast the model load"
     if overlay == "gpu":  # sized for a real model: every admitted sequence's full context fits in the KV cache
         kv_per_token = 2 * 32 * 8 * 128 * 2  # an 8B Llama: K and V, 32 layers, 8 KV heads of 128, bf16
-        assert engine_settings.max_model_len >= 8192
-        assert engine_settings.kv_cache_gib * 2**30 >= (
-            engine_settings.max_num_seqs * engine_settings.max_model_len * kv_per_token)
+        assert served.max_model_len >= 8192
+        assert ours.kv_cache_gib * 2**30 >= served.max_num_seqs * served.max_model_len * kv_per_token
 
     # The sidecar's flags parse with its own parser (an unknown one exits); it scrapes the engine's
     # metrics port over loopback and serves its own on its port.
@@ -163,12 +163,12 @@ def test_manifests_agree_with_the_code(overlay):
     add_sidecar_arguments(sidecar_parser)
     sidecar_parser.parse_args(sidecar["args"][1:])
     flags = sidecar_flags(sidecar["args"][1:])
-    assert flags["engine-url"] == f"http://127.0.0.1:{engine_settings.metrics_port}"
+    assert flags["engine-url"] == f"http://127.0.0.1:{ours.metrics_port}"
     assert ports(sidecar) == {"sidecar-metrics": int(flags.get("port", SIDECAR_DEFAULT_PORT))}
     assert sidecar["livenessProbe"]["httpGet"]["port"] == "sidecar-metrics"
 
     # Both read the same SLO spec, from the generated ConfigMap, which parses.
-    assert engine_settings.slo == flags["slo"] == f"/etc/slo-sidecar/{SPEC_KEY}"
+    assert ours.slo == flags["slo"] == f"/etc/slo-sidecar/{SPEC_KEY}"
     volumes = {v["name"]: v for v in pod["volumes"]}
     for container in (engine, sidecar):
         mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/etc/slo-sidecar")
@@ -188,12 +188,12 @@ def test_manifests_agree_with_the_code(overlay):
                           "NODE_NAME": "spec.nodeName"}
     assert pod["shareProcessNamespace"] is True
     # The key from one file for both (the security tests below check where it comes from); no admin listener.
-    assert engine_settings.api_key_file == flags["engine-api-key-file"] and engine_settings.api_key is None
-    assert engine_settings.admin_port is None and engine_settings.admin_token_file is None
+    assert ours.api_key_file == flags["engine-api-key-file"] and served.api_key is None
+    assert ours.admin_port is None and ours.admin_token_file is None
 
     # Termination: the pre-stop pause plus the engine's drain fit inside the grace period, with room to exit.
     pre_stop = engine["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + engine_settings.drain_timeout_s
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + ours.drain_timeout_s
 
     # Scraping: the PodMonitor selects this pod and names both containers' metrics ports.
     monitor = one(docs, "PodMonitor")
@@ -463,7 +463,7 @@ def test_images_run_as_non_root_with_a_health_check_and_no_build_tools(flavour):
     assert user and user[1].split(":")[0] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*\n?.*CMD .*/health", final, re.MULTILINE)
     assert 'ENTRYPOINT ["slo-sidecar"]' in final
-    assert f".[{flavour}]" in text
+    assert f"[{flavour}]" in text  # the extra: vLLM and our dependencies
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     copied = set(re.findall(r"^COPY (\w+) \1$", stages[0], re.MULTILINE))
     assert copied == {name.rstrip("*") for name in packages}, "the image must hold every package pyproject.toml ships"

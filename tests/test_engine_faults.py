@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 
 import pytest
 
-from tests.helpers import REPO, EngineProcess, descendants, http_get, pid_alive
+from tests.helpers import EngineProcess, descendants, http_get, pid_alive
 from tests.test_engine_lifecycle import stream_in_thread
 
 pytestmark = pytest.mark.engine
@@ -32,11 +31,11 @@ def wait_for(condition, timeout_s: float, what: str, step_s: float = 0.05):
 def test_sigterm_while_the_model_loads_exits_0_at_once_and_leaves_no_process(tmp_path):
     engine = EngineProcess(tmp_path / "engine.log", "--max-model-len", "1024").start()
     try:
-        # Loading, with vLLM's engine core already started: the longest part of a load is inside it.
-        wait_for(lambda: _answer(engine.url + "/ready") == (503, b'{"status": "loading"}'), 120,
-                 "the engine answers 'loading'")
+        # Loading, with vLLM's engine core already started: the longest part of a load is inside it. vLLM's server
+        # holds its port but accepts no connection yet.
         children = wait_for(lambda: descendants(engine.process.pid), 120, "vLLM's engine core has started")
-        assert _answer(engine.url + "/ready") == (503, b'{"status": "loading"}'), "loaded before the test got in"
+        with pytest.raises(OSError):
+            http_get(engine.url + "/ready", timeout=2)
         signalled = time.monotonic()
         engine.process.send_signal(signal.SIGTERM)
         code = engine.process.wait(60)
@@ -72,7 +71,7 @@ def test_engine_core_killed_mid_stream_ends_the_stream_and_exits_non_zero(tmp_pa
         events = [line for line in (result["first_line"] + result.get("rest", b"")).splitlines() if line]
         assert result.get("status") == 200 and events[-1] == b"data: [DONE]", result
         error = json.loads(events[-2].removeprefix(b"data: "))["error"]
-        assert error["type"] == "server_error", error  # a clean error event, not a cut connection
+        assert error["code"] == 500, error  # a clean error event, not a cut connection
         stream_ended = time.monotonic() - killed
 
         health = _answer(engine.url + "/health")  # None once the process has gone

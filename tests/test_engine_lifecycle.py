@@ -1,4 +1,5 @@
-"""Start-up and shutdown of a real engine process: loading, ready, drain on SIGTERM, exit 0."""
+"""Start-up and shutdown of a real engine process: the API key from a file, loading, ready, /metrics on a port of
+its own, drain on SIGTERM, exit 0."""
 
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ from tests.helpers import EngineProcess, descendants, free_port, http_get, pid_a
 
 pytestmark = pytest.mark.engine
 
+API_KEY = "lifecycle-key-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
-def stream_in_thread(url: str, body: dict, result: dict,
-                     on_first_line: Callable[[], None] = lambda: None) -> threading.Thread:
+
+def stream_in_thread(url: str, body: dict, result: dict, on_first_line: Callable[[], None] = lambda: None,
+                     headers: dict[str, str] | None = None) -> threading.Thread:
     """Read a streamed answer in a thread; `on_first_line` runs as soon as the first line is in."""
     def read() -> None:
         request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", **(headers or {})})
         with urllib.request.urlopen(request, timeout=60) as response:
             first_line = response.readline()
             result["first_line_at"] = time.monotonic()
@@ -38,21 +42,23 @@ def stream_in_thread(url: str, body: dict, result: dict,
 
 def test_loading_then_ready_then_graceful_drain_on_sigterm(tmp_path):
     metrics_port = free_port()  # /metrics on a port of its own, as the Kubernetes NetworkPolicy wants it
+    (tmp_path / "api-key").write_text(API_KEY + "\n")  # a mounted Secret
     engine = EngineProcess(tmp_path / "engine.log", "--max-model-len", "1024", "--drain-timeout-s", "60",
-                           "--metrics-port", str(metrics_port), fault_injection=True).start()
+                           "--metrics-port", str(metrics_port), "--api-key-file", str(tmp_path / "api-key"),
+                           fault_injection=True).start()
     try:
-        # The server listens before the model loads: its first answer is "loading".
+        # vLLM's server holds its port while the model loads but accepts no connection before it can serve:
+        # Kubernetes' start-up probe fails until then. Its first answer is "ready", never an error.
         first_answer = None
-        deadline = time.monotonic() + 60
-        while first_answer is None and time.monotonic() < deadline:
+        deadline = time.monotonic() + 120
+        while first_answer is None and time.monotonic() < deadline and engine.process.poll() is None:
             try:
                 first_answer = http_get(engine.url + "/ready", timeout=2)
             except OSError:
                 time.sleep(0.1)
-        assert first_answer == (503, b'{"status": "loading"}'), engine.log_tail()
-        health_status, health = http_get(engine.url + "/health")
-        assert health_status == 503 and json.loads(health)["reason"] == "model is loading"
-
+        assert first_answer == (200, b'{"status": "ready"}'), engine.log_tail()
+        assert http_get(engine.url + "/health")[0] == 200
+        assert _post(engine.url + "/v1/completions", {"prompt": "no key", "max_tokens": 2}, key=None)[0] == 401
         engine.wait_ready()
         status, exposition = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert status == 200 and b"vllm:num_requests_waiting" in exposition
@@ -65,7 +71,8 @@ def test_loading_then_ready_then_graceful_drain_on_sigterm(tmp_path):
         assert engine.set_faults(token_delay_s=0.01)["token_delay_s"] == 0.01
         result: dict = {}
         reader = stream_in_thread(engine.url + "/v1/completions",
-                                  {"prompt": "drain", "max_tokens": 300, "stream": True, "ignore_eos": True}, result)
+                                  {"prompt": "drain", "max_tokens": 300, "stream": True, "ignore_eos": True}, result,
+                                  headers=AUTH)
         while "first_line" not in result and reader.is_alive():
             time.sleep(0.01)
         engine.process.send_signal(signal.SIGTERM)
@@ -90,9 +97,9 @@ def test_loading_then_ready_then_graceful_drain_on_sigterm(tmp_path):
         engine.kill_group()
 
 
-def _post(url: str, body: dict) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+def _post(url: str, body: dict, key: str | None = API_KEY) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={
+        "Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read()

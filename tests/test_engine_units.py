@@ -1,19 +1,15 @@
-"""Fault injection, health evaluation and settings: pure, fast, no engine."""
+"""Fault injection, the engine's series and its GPUs: pure, fast, no engine."""
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 
 import pytest
 
-from engine.faults import FaultInjector
-from engine.health import AcceleratorMemoryProbe, evaluate_health
+from engine.faults import FaultInjector, FaultSettingError
 from engine.adapter_cache import AdapterResidency
 from engine.metrics import ERROR_REASONS, ServerMetrics
-from engine.protocol import ApiError
-from engine.settings import EngineSettings, add_engine_arguments
 from prometheus_client import CollectorRegistry
 from tests.helpers import REPO, skip_if_nvml_loads
 
@@ -30,7 +26,7 @@ def test_fault_configuration_is_validated():
     faults = FaultInjector()
     for body in ({"error_ratio": 1.5}, {"error_ratio": "half"}, {"delay_s": -1}, {"token_delay_s": 11},
                  {"errors": 1}):
-        with pytest.raises(ApiError):
+        with pytest.raises(FaultSettingError):
             faults.configure(body)
     faults.configure({"delay_s": 2})
     faults.configure({"token_delay_s": 0.01})
@@ -40,7 +36,7 @@ def test_fault_configuration_is_validated():
 def test_faults_for_one_tenant_touch_its_requests_alone():
     faults = FaultInjector(served=("base", "medical", "legal"))
     for body in ({"model": "finance"}, {"model": 3}):  # not served: refused, state unchanged
-        with pytest.raises(ApiError):
+        with pytest.raises(FaultSettingError):
             faults.configure(body)
     faults.configure({"error_ratio": 0.5, "model": "legal"})
     assert [faults.applies_to(model) for model in ("base", "medical", "legal")] == [False, False, True]
@@ -48,27 +44,6 @@ def test_faults_for_one_tenant_touch_its_requests_alone():
     assert [faults.should_fail() for _ in range(4)] == [False, True, False, True]
     faults.configure({"model": None})  # every tenant again
     assert faults.applies_to("medical") and faults.state()["error_ratio"] == 0.5
-
-
-def test_health_states():
-    assert evaluate_health("ready", False, None).status == "healthy"
-    assert evaluate_health("ready", False, 0.5).status == "healthy"
-    degraded = evaluate_health("ready", False, 0.96)
-    assert (degraded.status, degraded.http_status) == ("degraded", 200)
-    assert "96.0%" in degraded.reason
-    assert evaluate_health("ready", True, 0.5).http_status == 503
-    assert evaluate_health("loading", False, None).status == "unhealthy"
-    assert evaluate_health("failed", False, None).status == "unhealthy"
-    draining = evaluate_health("draining", False, None)
-    assert (draining.status, draining.http_status) == ("healthy", 200)  # liveness: do not kill a draining pod
-
-
-def test_memory_probe_without_nvml_reads_none():
-    """The real no-GPU path: no NVIDIA driver, so NVML cannot load."""
-    skip_if_nvml_loads()
-    probe = AcceleratorMemoryProbe()
-    assert probe.read() is None
-    assert probe._nvml_ok is False  # and it will not try again on every probe
 
 
 def test_every_status_a_generation_endpoint_answers_is_precreated_at_zero():
@@ -121,29 +96,6 @@ def test_adapter_residency_is_vllms_lru_of_max_loras():
     assert [single.use(name) for name in "aabba"] == [True, False, True, False, True]
 
 
-def parse_settings(argv: list[str], environ: dict[str, str]) -> EngineSettings:
-    parser = argparse.ArgumentParser()
-    add_engine_arguments(parser, environ)
-    return EngineSettings.from_args(parser.parse_args(argv))
-
-
-def test_flags_win_over_environment_which_wins_over_defaults():
-    defaults = parse_settings([], {})
-    assert (defaults.port, defaults.api_key, defaults.enforce_eager) == (8000, None, None)
-    from_env = parse_settings([], {"SLO_ENGINE_PORT": "9001", "SLO_ENGINE_API_KEY": "k",
-                                   "SLO_ENGINE_ADMIN_PORT": "9009"})
-    assert (from_env.port, from_env.api_key, from_env.admin_port) == (9001, "k", 9009)
-    assert defaults.admin_port is None  # no admin listener, so no fault injection, unless asked
-    assert parse_settings(["--port", "9002"], {"SLO_ENGINE_PORT": "9001"}).port == 9002
-
-
-def test_bad_environment_value_exits_2_naming_the_variable():
-    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "engine"], cwd=REPO, capture_output=True,
-                            text=True, env={"SLO_ENGINE_PORT": "eighty", "PATH": ""}, timeout=60)
-    assert result.returncode == 2
-    assert "SLO_ENGINE_PORT" in result.stderr and "Traceback" not in result.stderr
-
-
 def test_bad_model_directory_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "engine", "--model", str(tmp_path)],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -165,35 +117,3 @@ def test_without_nvml_the_engine_names_no_gpu():
     from engine.health import visible_gpu_uuids
 
     assert visible_gpu_uuids() == []
-
-
-def test_lora_modules_are_name_path_pairs_of_adapter_directories(tmp_path):
-    from engine.settings import SettingsError, check_lora
-
-    adapter = tmp_path / "medical"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
-    settings = parse_settings(["--enable-lora", "--lora-modules", f"medical={adapter}", "--max-loras", "2"], {})
-    assert [(m.name, m.path) for m in settings.lora_modules] == [("medical", str(adapter))]
-    check_lora(settings, "tiny-llama")
-    for argv in (["--lora-modules", f"medical={adapter}"],  # without --enable-lora
-                 ["--enable-lora", "--lora-modules", f"medical={adapter}", f"medical={adapter}"],
-                 ["--enable-lora", "--lora-modules", f"tiny-llama={adapter}"]):
-        with pytest.raises(SettingsError):
-            check_lora(parse_settings(argv, {}), "tiny-llama")
-    for bad in ("medical", f"={adapter}", f"medical={tmp_path}"):  # no path; no name; no adapter_config.json
-        with pytest.raises(SystemExit):
-            parse_settings(["--enable-lora", "--lora-modules", bad], {})
-
-
-def test_the_api_key_is_read_from_a_mounted_file_once(tmp_path):
-    from engine.settings import SettingsError
-
-    key_file = tmp_path / "api-key"
-    key_file.write_text("mounted-key-0123456789abcdef\n")
-    settings = parse_settings(["--api-key-file", str(key_file)], {"SLO_ENGINE_API_KEY": "from-env"})
-    assert settings.client_api_key() == "mounted-key-0123456789abcdef"  # the file wins, newline stripped
-    assert parse_settings([], {"SLO_ENGINE_API_KEY": "from-env"}).client_api_key() == "from-env"
-    key_file.write_text("")  # an empty Secret must not mean "no key": the engine refuses to start
-    with pytest.raises(SettingsError, match="--api-key-file"):
-        settings.client_api_key()

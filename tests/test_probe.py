@@ -6,9 +6,8 @@ import asyncio
 from unittest import mock
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
 
-from engine.server import is_probe
+from engine.asgi import is_probe
 from sidecar.config import SidecarConfig
 from sidecar.exposition import Sample
 from sidecar.probe import Prober, error_code, result_of
@@ -97,11 +96,9 @@ def test_a_quiet_service_loses_at_least_one_request_a_probe():
 @pytest.mark.parametrize("peer, header, probe", [
     ("127.0.0.1", "1", True), ("::1", "1", True), ("10.1.2.3", "1", False), ("127.0.0.1", None, False)])
 def test_only_the_pods_own_sidecar_can_mark_a_probe(peer, header, probe):
-    transport = mock.Mock()
-    transport.get_extra_info.side_effect = lambda name, default=None: (peer, 5555) if name == "peername" else default
-    request = make_mocked_request("POST", "/v1/completions", headers={PROBE_HEADER: header} if header else {},
-                                  transport=transport)
-    assert is_probe(request) is probe
+    headers = [(PROBE_HEADER.lower().encode(), header.encode())] if header else []
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": headers, "client": (peer, 5555)}
+    assert is_probe(scope) is probe
 
 
 def test_the_probe_counter_is_what_availability_counts():

@@ -151,7 +151,8 @@ async def test_latency_histogram_carries_trace_exemplars(engine):
     exemplar_lines = [line for line in text.splitlines()
                       if line.startswith('slo_engine_http_request_duration_seconds_bucket{endpoint="/v1/completions"')
                       and "# {" in line]
-    assert any(f'trace_id="{headers["X-Trace-Id"]}"' in line for line in exemplar_lines), exemplar_lines
+    trace_id = {name.lower(): value for name, value in headers.items()}["x-trace-id"]
+    assert any(f'trace_id="{trace_id}"' in line for line in exemplar_lines), exemplar_lines
 
 
 @run_async

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 import pytest
@@ -13,6 +12,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
+from engine.request_join import EngineView, PendingRequest
 from engine.tracing import BoundedBatchSpanProcessor, DropCounter, RequestTracer, build_resource, setup_tracing
 
 
@@ -91,18 +91,6 @@ def test_sdk_disabled_or_none_means_no_tracing(monkeypatch):
     assert setup_tracing("console", "1", "m", CollectorRegistry()).enabled
 
 
-@dataclass
-class FakeStats:
-    """The fields of vLLM's RequestStateStats that tracing reads."""
-
-    arrival_time: float
-    queued_ts: float
-    scheduled_ts: float
-    first_token_ts: float
-    last_token_ts: float
-    num_preemptions: int = 1
-
-
 def memory_tracer() -> tuple[RequestTracer, InMemorySpanExporter]:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
@@ -112,39 +100,41 @@ def memory_tracer() -> tuple[RequestTracer, InMemorySpanExporter]:
     return RequestTracer(provider), exporter
 
 
-def test_phase_spans_convert_the_monotonic_clock_to_wall_time():
+def test_the_phases_end_where_the_engine_finished_laid_back_to_back_under_the_genai_span():
+    """vLLM reports each phase's length; they end where its engine view arrived (no later than the last byte)."""
     tracer, exporter = memory_tracer()
-    now_mono, now_wall = time.monotonic(), time.time()
-    stats = FakeStats(arrival_time=now_wall - 0.5, queued_ts=now_mono - 0.5, scheduled_ts=now_mono - 0.4,
-                      first_token_ts=now_mono - 0.3, last_token_ts=now_mono - 0.1)
-    with tracer.tracer.start_as_current_span("parent") as parent:
-        tracer.add_phase_spans(parent, stats, cached_tokens=16)
+    started = time.monotonic() - 1.0
+    server = tracer.start_server_span("POST", "/v1/completions", "/v1/completions", {}, "127.0.0.1:8000")
+    request = PendingRequest("r1", "tiny-llama", started, prompts=1, n=1, streamed=False, server_span=server,
+                             status=200, finished_at=started + 0.9)
+    request.engine.append(EngineView(queued_s=0.1, prefill_s=0.2, decode_s=0.4, prompt_tokens=5,
+                                     generation_tokens=9, preemptions=1, cached_tokens=4,
+                                     finished_at=started + 0.8, finish_reason="length"))
+    tracer.joined_request_spans(request, None)
+    tracer.end_server_span(server, 200)
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    assert abs(spans["queue"].start_time - (now_wall - 0.5) * 1e9) < 5e6  # within 5 ms
-    assert spans["queue"].end_time == spans["prefill"].start_time
-    assert spans["prefill"].end_time - spans["prefill"].start_time == pytest.approx(0.1e9, abs=1e3)
-    assert spans["decode"].end_time - spans["decode"].start_time == pytest.approx(0.2e9, abs=1e3)
-    assert spans["parent"].attributes["vllm.num_preemptions"] == 1
-    assert spans["parent"].attributes["gen_ai.usage.cache_read.input_tokens"] == 16
+    offset_ns = time.time_ns() - time.monotonic_ns()
+    genai, queue, prefill, decode = (spans[name] for name in ("text_completion tiny-llama", "queue", "prefill",
+                                                               "decode"))
+    assert genai.parent.span_id == spans["POST /v1/completions"].context.span_id
+    assert {queue.parent.span_id, prefill.parent.span_id, decode.parent.span_id} == {genai.context.span_id}
+    assert abs(decode.end_time - ((started + 0.8) * 1e9 + offset_ns)) < 5e6  # within 5 ms
+    assert queue.end_time == prefill.start_time and prefill.end_time == decode.start_time
+    lengths = [(span.end_time - span.start_time) / 1e9 for span in (queue, prefill, decode)]
+    assert lengths == pytest.approx([0.1, 0.2, 0.4], abs=1e-6)
+    assert genai.attributes["gen_ai.usage.output_tokens"] == 9 and genai.attributes["vllm.num_preemptions"] == 1
+    assert genai.attributes["gen_ai.usage.cache_read.input_tokens"] == 4
+    assert genai.attributes["gen_ai.response.finish_reasons"] == ("length",)
 
 
-def test_timestamps_from_another_clock_are_refused_not_drawn():
+def test_a_request_with_no_engine_view_has_a_genai_span_and_no_phases():
     tracer, exporter = memory_tracer()
-    wall = time.time()
-    # Wall-clock seconds where monotonic ones belong: the mix-up this check exists for.
-    stats = FakeStats(arrival_time=wall, queued_ts=wall, scheduled_ts=wall + 0.1, first_token_ts=wall + 0.2,
-                      last_token_ts=wall + 0.3)
-    with tracer.tracer.start_as_current_span("parent") as parent:
-        tracer.add_phase_spans(parent, stats, cached_tokens=None)
+    server = tracer.start_server_span("POST", "/v1/completions", "/v1/completions", {}, None)
+    started = time.monotonic()
+    request = PendingRequest("r2", "tiny-llama", started, prompts=1, n=1, streamed=True, server_span=server,
+                             status=504, finished_at=started + 0.1)
+    tracer.joined_request_spans(request, "timeout")
+    tracer.end_server_span(server, 504)
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    assert set(spans) == {"parent"}
-    assert spans["parent"].attributes["slo_sidecar.phase_spans_skipped"] == "clock mismatch"
-
-
-def test_aborted_in_queue_has_no_phase_spans():
-    tracer, exporter = memory_tracer()
-    stats = FakeStats(arrival_time=time.time(), queued_ts=time.monotonic(), scheduled_ts=0.0, first_token_ts=0.0,
-                      last_token_ts=0.0)
-    with tracer.tracer.start_as_current_span("parent") as parent:
-        tracer.add_phase_spans(parent, stats, cached_tokens=None)
-    assert [s.name for s in exporter.get_finished_spans()] == ["parent"]
+    assert set(spans) == {"POST /v1/completions", "text_completion tiny-llama"}
+    assert spans["text_completion tiny-llama"].attributes["error.type"] == "timeout"
