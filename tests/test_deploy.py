@@ -112,10 +112,12 @@ def test_prometheusrule_rules_pass_promtool(tmp_path):
 
 
 def parse_engine_args(args: list[str], monkeypatch) -> tuple[argparse.Namespace, argparse.Namespace]:
-    """(ours, vLLM's) as `slo-sidecar engine` parses them; the API key file, a Secret in the pod, is not read."""
+    """(ours, vLLM's) as `slo-sidecar engine` parses them; the API key file (a Secret in the pod) and the spec (a
+    ConfigMap, parsed below) are not read."""
     from engine import launch
 
     monkeypatch.setattr(launch, "read_secret", lambda path: "key-from-the-secret")
+    monkeypatch.setattr(launch, "load_spec", lambda path: None)
     return launch.parse(args)
 
 
