@@ -15,6 +15,10 @@ bodies too large (413), too slow (408) or nested past the JSON parser (400), a r
 (504), new work while draining (503 "draining"), and injected faults (tests and demos only); and it
 serves `/ready`, and `/metrics` in OpenMetrics (exemplars) for a scraper that asks. Each is configured
 through engine/instrumentation.py's SLO_ENGINE_* variables, off where unset.
+
+Every error answer leaves in vLLM's error shape, `{"error": {"message", "type", "param", "code"}}`, which
+OpenAI clients read: Starlette's `{"detail": ...}` (an unknown route, a body FastAPI cannot parse) and
+vLLM's `{"error": "Unauthorized"}` are rewritten, and a 401 gets RFC 6750's `WWW-Authenticate: Bearer`.
 """
 
 from __future__ import annotations
@@ -102,7 +106,10 @@ def in_openai_shape(status: int, body: bytes) -> bytes:
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict) and parsed["error"].get("message"):
         return body
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
     detail = parsed.get("detail", parsed.get("error")) if isinstance(parsed, dict) else parsed
     message = detail if isinstance(detail, str) and detail else json.dumps(detail) if detail else phrase
     return Refusal(status, message, phrase.replace(" ", "").removesuffix("Error") + "Error").body()

@@ -1,18 +1,22 @@
 """SloMiddleware in-process, around a stand-in ASGI app (no vLLM: what is tested is what the middleware does
 before and around the app): admission before the body is read and before vLLM would tokenise it, the body's
-size and time limits, the body handed on byte for byte, and what each refusal counts."""
+size and time limits, the body handed on byte for byte, and what each refusal counts; every error body in
+vLLM's shape, and uvicorn's own 400s counted."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import json
+import logging
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from engine import instrumentation
-from engine.asgi import SloMiddleware
+from engine.asgi import SloMiddleware, in_openai_shape
+from engine.malformed_http import MalformedRequests
+from engine.metrics import ServerMetrics
 from tests.conftest import run_async
 from tests.helpers import metric, parse_metrics
 
@@ -152,3 +156,40 @@ async def test_a_body_nested_past_the_parsers_depth_is_400_not_vllms_500(state):
     status, _, error = await call(app, [b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"])
     assert status == 400 and "nests deeper" in error["error"]["message"]
     assert app.bodies == [] and counted(state, "400") == 1
+
+
+@pytest.mark.parametrize("status, body, message", [
+    (404, b'{"detail":"Not Found"}', "Not Found"),  # Starlette: an unknown route
+    (401, b'{"error":"Unauthorized"}', "Unauthorized"),  # vLLM's API key check
+    (400, b'{"detail":"There was an error parsing the body"}', "There was an error"),  # FastAPI
+    (422, b'{"detail":[{"loc":["body"],"msg":"field required"}]}', '[{"loc"'),
+    (400, b"not json", "Bad Request"),
+])
+def test_every_error_body_leaves_in_vllms_shape(status, body, message):
+    error = json.loads(in_openai_shape(status, body))["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == status and error["message"].startswith(message) and error["type"].endswith("Error")
+
+
+def test_an_error_already_in_vllms_shape_goes_out_as_it_came():
+    body = b'{"error": {"message": "m", "type": "BadRequestError", "param": "max_tokens", "code": 400}}'
+    assert in_openai_shape(400, body) == body
+
+
+def test_uvicorns_own_400s_are_counted_and_logged_at_most_once_a_minute():
+    registry = CollectorRegistry()
+    now = [0.0]
+    malformed = MalformedRequests(ServerMetrics(registry, models=("m",)), clock=lambda: now[0])
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 0, message, None, None)
+
+    assert [malformed.filter(record("Invalid HTTP request received.")) for _ in range(3)] == [False] * 3
+    assert malformed.filter(record("Exceeded concurrency limit.")) is True  # anything else is uvicorn's to log
+    assert registry.get_sample_value("slo_engine_http_requests_total",
+                                     {"endpoint": "other", "code": "400", "model": ""}) == 3
+    assert registry.get_sample_value("slo_engine_request_errors_total", {"reason": "validation", "model": ""}) == 3
+    assert malformed.unlogged == 2  # the first logged at once; the next two wait for the minute
+    now[0] = 61.0
+    malformed.filter(record("Invalid HTTP request received."))
+    assert malformed.unlogged == 0
