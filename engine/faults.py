@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-
 class FaultSettingError(ValueError):
     """A fault setting the admin listener refuses (400): the message names the field."""
 

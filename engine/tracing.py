@@ -4,9 +4,9 @@ Per request the trace is:
 
     POST /v1/chat/completions        SERVER   (HTTP semantic conventions)
     └── chat tiny-llama              INTERNAL (GenAI semantic conventions, event "first_token")
-        ├── queue                    vLLM's queued_ts   -> scheduled_ts
-        ├── prefill                  vLLM's scheduled_ts -> first_token_ts
-        └── decode                   vLLM's first_token_ts -> last_token_ts
+        ├── queue                    vLLM's queued time
+        ├── prefill                  vLLM's prefill time
+        └── decode                   vLLM's decode time, ending where vLLM reported the request finished
 
 The middleware (engine/asgi.py) opens the SERVER span; the GenAI span and its three phases are drawn
 once the request's HTTP view and vLLM's engine view (the stat-logger plugin's: how long it queued,
@@ -49,6 +49,7 @@ K8S_ENV_ATTRIBUTES = {
     "POD_NAMESPACE": "k8s.namespace.name",
     "NODE_NAME": "k8s.node.name",
 }
+
 
 def sdk_disabled(environ: dict[str, str] | None = None) -> bool:
     return (environ if environ is not None else os.environ).get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
