@@ -11,7 +11,6 @@ clients' requests. Its requests are not the users' and are not counted as theirs
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -19,8 +18,9 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from .asgi import error_body
 from .faults import FaultInjector, FaultSettingError
-from .metrics import choose_exposition
+from .metrics import exposition
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> web.Response:
-    """An error in the OpenAI shape vLLM's API answers in."""
-    return web.json_response({"error": {"message": message, "type": code, "param": None, "code": code}},
-                             status=status, headers=headers)
+    """An error in the shape vLLM's API answers in."""
+    return web.Response(body=error_body(message, code, code), status=status, headers=headers,
+                        content_type="application/json")
 
 
 def bearer_matches(authorization: str, secret: str) -> bool:
@@ -90,8 +90,7 @@ def build_admin_app(faults: FaultInjector, token: str) -> web.Application:
 def build_metrics_app(registry: Any) -> web.Application:
     """/metrics alone: the registry vLLM's own /metrics serves, in whichever format the scraper asks for."""
     async def metrics(request: web.Request) -> web.Response:
-        encoder, content_type = choose_exposition(request.headers.get("Accept", ""))
-        body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+        body, content_type = await exposition(registry, request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     app = web.Application(middlewares=[json_errors])

@@ -40,7 +40,7 @@ from . import instrumentation
 from .adapter_cache import AdapterResidency
 from .health import visible_gpu_uuids
 from .malformed_http import count_malformed_requests
-from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS, GENERATION_ENDPOINTS, choose_exposition, drop_vllm_http_series
+from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS, GENERATION_ENDPOINTS, drop_vllm_http_series, exposition
 from .request_join import ENGINE_VIEW_GRACE_S, PendingRequest, shape_of
 from .settings import SettingsError
 
@@ -153,6 +153,11 @@ def stream_error(chunk: bytes) -> int | None:
     return None
 
 
+def error_body(message: str, error_type: str, code: int | str) -> bytes:
+    """vLLM's error shape, which OpenAI clients read: the one writer of it here (the admin listener's too)."""
+    return json.dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}}).encode()
+
+
 class Refusal(Exception):
     """A request the middleware answers itself, before vLLM sees it, in vLLM's error shape."""
 
@@ -163,8 +168,7 @@ class Refusal(Exception):
         self.code = status if code is None else code  # vLLM's is the status; "draining" tells the probe more
 
     def body(self) -> bytes:
-        return json.dumps({"error": {"message": self.message, "type": self.error_type, "param": None,
-                                     "code": self.code}}).encode()
+        return error_body(self.message, self.error_type, self.code)
 
     async def send(self, send: Send) -> None:
         await respond(send, self.status, self.body(), b"application/json", self.headers)
@@ -358,8 +362,8 @@ class _Exchange:
         only, which has no exemplars (the trace ids on our latency buckets)."""
         from vllm.v1.metrics.prometheus import get_prometheus_registry  # the registry vLLM's /metrics serves
 
-        encoder, content_type = choose_exposition(_header(self.scope, b"accept").decode("latin-1"))
-        body = await asyncio.get_running_loop().run_in_executor(None, encoder, get_prometheus_registry())
+        accept = _header(self.scope, b"accept").decode("latin-1")
+        body, content_type = await exposition(get_prometheus_registry(), accept)
         await respond(send, 200, body, content_type.encode())
 
     async def _generate(self, app: App, receive: Receive, send: Send) -> None:

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # pyproject.toml pin it): the stats and app state they read are interfaces vLLM calls unstable.
 VLLM_RELEASE_LINE = "0.32"
 
+ALL_INTERFACES = "0.0.0.0"
+
 SPEC_ENV = ENV_PREFIX + "SLO"
 TRACE_EXPORTER_ENV = ENV_PREFIX + "TRACE_EXPORTER"
 VLLM_HTTP_SERIES_ENV = ENV_PREFIX + "VLLM_HTTP_SERIES"  # "off": drop vLLM's duplicate HTTP series (the launcher's)
@@ -69,7 +71,7 @@ class Limits:
     admin_port: int | None = None  # FOR TESTS AND DEMOS: the fault-injection listener (engine/admin.py)
     admin_token_file: str | None = None  # its token, which it requires
     metrics_port: int | None = None  # /metrics on a port of its own, and not on the API's
-    metrics_host: str = "0.0.0.0"  # where that listener listens
+    metrics_host: str = ALL_INTERFACES  # where that listener listens
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> "Limits":
@@ -84,7 +86,7 @@ class Limits:
         limits = cls(read("max_waiting_requests", non_negative_int), read("max_body_bytes", positive(int)),
                      read("body_timeout_s", positive(float)), read("request_timeout_s", positive(float)),
                      read("admin_port", port_number), read("admin_token_file", str),
-                     read("metrics_port", port_number), read("metrics_host", str) or "0.0.0.0")
+                     read("metrics_port", port_number), read("metrics_host", str) or ALL_INTERFACES)
         if (limits.admin_port is None) != (limits.admin_token_file is None):
             raise SettingsError(f"{ENV_PREFIX}ADMIN_PORT and {ENV_PREFIX}ADMIN_TOKEN_FILE go together: the "
                                 "fault-injection listener requires its own token")

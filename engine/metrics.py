@@ -9,6 +9,7 @@ work from the first scrape.
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from typing import Callable, Iterable
 
@@ -211,3 +212,9 @@ def choose_exposition(accept: str) -> tuple[Callable[[CollectorRegistry], bytes]
         return partial(openmetrics_exposition.generate_latest, escaping=openmetrics_exposition.ALLOWUTF8), \
             OPENMETRICS_CONTENT_TYPE
     return encoder, content_type
+
+
+async def exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    """(body, content type) of the registry in the format the scraper asked for, written off the event loop."""
+    encoder, content_type = choose_exposition(accept)
+    return await asyncio.get_running_loop().run_in_executor(None, encoder, registry), content_type
