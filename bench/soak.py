@@ -2,7 +2,8 @@
 
 Clients send streamed and whole completions and chats, hang up mid-stream, send bad requests, and
 burst past the admission limit (429s). Every few seconds the soak samples the API process's and the
-sidecar's RSS, open file descriptors and event-loop tasks. At the end it reports:
+sidecar's RSS, open file descriptors and event-loop tasks (tasks also idle, before the load and after it).
+At the end it reports:
 - each process's RSS slope (MiB/hour, least squares after a warm-up) and its growth as a ratio of the
   RSS measured after the warm-up in the same run (the goal: under 1.10 over 10 minutes);
 - request accounting: requests sent per endpoint = the engine's slo_engine_http_requests_total over all
@@ -126,6 +127,7 @@ async def soak(engine: EngineProcess, sidecar: SidecarProcess, args: argparse.Na
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout, headers={"Authorization": f"Bearer {API_KEY}"}) as session:
         before = await scrape(session, engine.url + "/metrics")
+        sidecar_before = await scrape(session, sidecar.url + "/metrics")
         began = time.monotonic()
         # More clients than admitted sequences: they meet 429s as well as service.
         clients = [asyncio.create_task(client(session, engine.url, sent, stop, random.Random(rng.random())))
@@ -147,10 +149,16 @@ async def soak(engine: EngineProcess, sidecar: SidecarProcess, args: argparse.Na
         await asyncio.gather(*clients)
         await asyncio.sleep(3)  # vLLM finishes aborting the hung-up requests
         after = await scrape(session, engine.url + "/metrics")
-    return report(sent, before, after, samples, args)
+        sidecar_after = await scrape(session, sidecar.url + "/metrics")
+    # Tasks idle, before the load and once it ended: under load they count the requests in flight (vLLM's server
+    # runs a few tasks for each), so a sample taken then says how busy it was, not whether tasks leak.
+    idle_tasks = {"engine": [total(m, "slo_engine_event_loop_tasks") for m in (before, after)],
+                  "sidecar": [total(m, "sidecar_event_loop_tasks") for m in (sidecar_before, sidecar_after)]}
+    return report(sent, before, after, samples, idle_tasks, args)
 
 
-def report(sent: Sent, before: dict, after: dict, samples: list[dict], args: argparse.Namespace) -> dict:
+def report(sent: Sent, before: dict, after: dict, samples: list[dict], idle_tasks: dict[str, list[float]],
+           args: argparse.Namespace) -> dict:
     def delta(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
 
@@ -179,6 +187,7 @@ def report(sent: Sent, before: dict, after: dict, samples: list[dict], args: arg
             "rss_slope_mib_per_hour": round(slope_per_hour(points), 1),
             "fds_first_last": [warm[0][process]["fds"], warm[-1][process]["fds"]] if warm else None,
             "tasks_first_last": [warm[0][process]["tasks"], warm[-1][process]["tasks"]] if warm else None,
+            "tasks_idle_before_after": idle_tasks[process],
         }
     # A client that hangs up is a 499, unless the server had sent its whole stream already (then a 200).
     hang_ups_whole = accounting["hang_ups"] - accounting["counted_499"]
