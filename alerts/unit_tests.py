@@ -7,8 +7,11 @@ and checks when the page and ticket alerts fire, and that they stay silent
 otherwise, after quiet baseline traffic: a total outage, burns of 100x,
 20x and 2x, a burn that recovers, and a trickle of failures below the
 minimum-traffic guard. The expected minutes come from a model of the alert
-conditions (`predicted_firing`); promtool checks the generated rules against it,
-and the tests check the model against the SRE Workbook's figures.
+conditions (`predicted_firing`) built from the same burn tiers as the rules, so
+these files check that Prometheus evaluates your spec's rules as the generator
+meant them, not that the generator's tiers are right: that is
+tests/test_alert_timing.py's job, which states the default spec's times from the
+Workbook's arithmetic and imports nothing from here.
 """
 
 from __future__ import annotations

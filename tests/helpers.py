@@ -86,3 +86,25 @@ def write_rule_files(spec, directory: Path) -> list[Path]:
             (directory / name).write_text(text)
             paths.append(directory / name)
     return paths
+
+
+def promtool_counter(increases: list[float]) -> str:
+    """promtool's expanding notation for a counter at 0 in minute 0 that grows by increases[m] in minute m
+    (increases[0] is ignored): segments `start+step x n`, each n+1 samples, one a minute.
+
+    promtool expands a segment by adding the step n times, in float64; each segment's last value is
+    worked out here the same way, so the next segment starts exactly where promtool ends the last (a start
+    a rounding below it would read as a counter reset) and every number is written in full (repr)."""
+    segments, value, first = [], 0.0, 0
+    while first < len(increases):
+        step = increases[first + 1] if first + 1 < len(increases) else 0.0
+        last = first
+        while last + 1 < len(increases) and increases[last + 1] == step:
+            last += 1
+        segments.append(f"{value!r}+{float(step)!r}x{last - first}")
+        for _ in range(last - first):  # this segment's last sample, as promtool adds it up
+            value += step
+        first = last + 1
+        if first < len(increases):
+            value += increases[first]  # the next segment's first, a minute later
+    return " ".join(segments)
