@@ -1,5 +1,5 @@
 """`slo-sidecar lab`, as a user runs it: every incident fires what the SRE Workbook's arithmetic says, when
-it says, and nothing else, through a real Prometheus and Alertmanager (and the live SIGKILL scenario)."""
+it says, and nothing else, through a real Prometheus (and, in the live SIGKILL scenario, Alertmanager)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,8 @@ def test_the_lab_passes_every_scenario(tmp_path):
     assert by_name["SIGKILLed engine (live processes)"]["page_s"] <= 90
     assert "| healthy service | no alert | - | - | 0 | pass |" in done.stdout
     assert "the healthy service at burn 0 and budget 100% from its first minute" in done.stdout
-    # Alertmanager, with the generated configuration, held the outage's tickets back behind its pages.
-    assert "(inhibited: " in by_name["total outage (every request 5xx)"]["notified"]
-    assert by_name["second service beside the outage"]["notified"] == "nothing"
+    # The live scenario's alerts reached Alertmanager from Prometheus, routed by the generated configuration.
+    assert "page: " in by_name["SIGKILLed engine (live processes)"]["notified"]
 
 
 def test_a_bad_out_directory_is_refused(tmp_path):

@@ -54,3 +54,59 @@ def test_a_burst_fires_for_later_and_ends_when_it_leaves_the_window(tmp_path):
     assert firing.labels == {"job": "engine", "severity": "page"}
     assert onset + 30 + 120 <= firing.start <= onset + 30 + 120 + 2 * STEP_S
     assert firing.end is not None and last + 255 <= firing.end <= last + 255 + 2 * STEP_S
+
+
+def _firing_intervals(checks: list[tuple[int, str | None]]) -> list[tuple[int, int | None]]:
+    """[start, end) minutes of FIRING read off adjacent checks: a check not firing followed a minute
+    later by one firing is a start; firing followed by not firing is an end."""
+    starts = [later for (before, was), (later, now) in zip(checks, checks[1:])
+              if later == before + 1 and was != "firing" and now == "firing"]
+    ends = [later for (before, was), (later, now) in zip(checks, checks[1:])
+            if later == before + 1 and was == "firing" and now != "firing"]
+    return [(start, next((end for end in ends if end > start), None)) for start in starts]
+
+
+def test_the_replays_state_machine_agrees_with_prometheus_rule_manager(tmp_path):
+    """The lab's `for:` state machine over query_range, against promtool's rule manager on the same input:
+    tests/test_alert_timing.py's incidents (each a service of its own, one sample a minute), whose
+    transitions promtool confirms there to the minute. The replay reads recordings made at their groups'
+    own instants, up to one evaluation before its alert's (as a live Prometheus's alert group does), so
+    each firing starts and ends at promtool's minute or one later.
+
+    The outage page is left out: its 1-minute window holds two samples a minute apart only at the
+    sample instants themselves (promtool evaluates there); a group evaluating between them, as every live
+    group with 1-minute scrapes does, finds one sample and no rate (the README asks for scrapes of 30 s
+    or less for that page)."""
+    from tests.test_alert_timing import INCIDENTS, ONSET, RULES, SELECTION
+
+    t0 = int(time.time()) // 3600 * 3600 - 24 * 3600
+    last = ONSET + max(m for incident in INCIDENTS for checks in incident.states.values() for m, _ in checks) + 2
+    metric, labels = SELECTION.split("{")
+    base = dict(pair.split("=") for pair in labels.split(","))
+    series = []
+    for number, incident in enumerate(INCIDENTS):
+        bad = good = 0.0
+        samples_bad, samples_good = [], []
+        for minute in range(last + 1):
+            if minute:
+                bad += incident.per_minute * incident.ratio(minute)
+                good += incident.per_minute * (1 - incident.ratio(minute))
+            samples_bad.append((t0 + 60 * minute, bad))
+            samples_good.append((t0 + 60 * minute, good))
+        service = {key: value.strip('"') for key, value in base.items()} | {"namespace": f"incident{number}"}
+        series += [Series(metric, {**service, "code": "500"}, "counter", samples_bad),
+                   Series(metric, {**service, "code": "200"}, "counter", samples_good)]
+    replayed = replay(series, [RULES], t0, t0 + 60 * last, tmp_path / "lab", step_s=60, scrape_interval_s=60)
+    for number, incident in enumerate(INCIDENTS):
+        for (alert, tier), checks in incident.states.items():
+            if alert.endswith("Outage"):
+                continue
+            got = [((f.start - t0) / 60 - ONSET, None if f.end is None else (f.end - t0) / 60 - ONSET)
+                   for f in replayed.firings if f.alert == alert and f.labels.get("tier") == tier
+                   and f.labels.get("namespace") == f"incident{number}"]
+            want = _firing_intervals(checks)
+            assert len(got) == len(want), (incident.name, alert, tier, got, want)
+            for (start, end), (want_start, want_end) in zip(got, want):
+                assert start - want_start in (0, 1), (incident.name, alert, tier, got, want)
+                if want_end is not None:
+                    assert end is not None and end - want_end in (0, 1), (incident.name, alert, tier, got, want)

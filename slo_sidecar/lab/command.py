@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:  # before minutes of work, not after: a path that cannot be written is exit 2 now
         Path(args.json).resolve().parent.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    print(f"lab: replaying incidents into a real Prometheus and Alertmanager (work files in {workdir})", flush=True)
+    print(f"lab: replaying incidents into a real Prometheus (work files in {workdir})", flush=True)
     try:
         rows, problems = run_lab(spec, workdir)
         if not args.no_live:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print(table(rows))
     for row in rows:
-        print(f"  {row.scenario}: {row.why}; Alertmanager: {row.notified}")
+        print(f"  {row.scenario}: {row.why}" + (f"; Alertmanager: {row.notified}" if row.notified else ""))
     for problem in problems:
         print(f"  healthy service: {problem}")
     if args.json:

@@ -11,7 +11,10 @@ Where this differs from a live Prometheus:
 - Backfilled data carries no staleness markers, so a series that stops (a target down, a recording that
   no longer matches) would stay visible for the whole lookback (5m by default). The lookback here is the
   longest of the scrape and evaluation intervals instead, so a series vanishes at most that long after a
-  live Prometheus would have marked it stale (a raw series up to one step late, a recorded one on time).
+  live Prometheus would have marked it stale (a raw series up to one step late, a recorded one on time),
+  plus one second: promtool's rule backfill ends each 2-hour block on a whole second and skips an
+  evaluation that falls in its last second, and the second bridges that gap (without it, a group whose
+  offset lands there loses a recording every 2 hours, and its alerts resolve and fire again).
 - Alerts are evaluated at start, start + step, ...; a live group evaluates at an offset hashed from its
   name and file, so a live alert may start or end up to one step later or earlier.
 """
@@ -102,20 +105,23 @@ def replay(series: list[Series], rule_files: list[Path], start: float, end: floa
     Every file goes under workdir (which must not hold a previous replay): the TSDB, the backfill input,
     the rule files of each level, and the logs of promtool and Prometheus.
     """
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()
     prometheus_dir = workdir / "prometheus"
     (prometheus_dir / "tsdb").mkdir(parents=True)
     recordings, alerts = _load_rules(rule_files)
-    lookback_s = max([step_s, scrape_interval_s, *(_seconds(r.interval) for r in recordings if r.interval)])
+    lookback_s = max([step_s, scrape_interval_s, *(_seconds(r.interval) for r in recordings if r.interval)]) + 1
     _backfill_series(series, workdir, prometheus_dir / "tsdb")
     data_start = min([start, *(s.samples[0][0] for s in series if s.samples)])
     for level, recordings_of_level in enumerate(_levels(recordings), 1):
         blocks = workdir / "rule-blocks" / f"level{level}"
         rule_paths = _write_level(recordings_of_level, workdir / "rules")
         with _prometheus(prometheus_dir, lookback_s, f"prometheus-level{level}.log") as url:
+            # Relative paths: a group's evaluation offset hashes its file's path as given, so the same
+            # replay evaluates at the same instants wherever its work directory is (its times reproduce).
             _run(["promtool", "tsdb", "create-blocks-from", "rules", f"--start={data_start}", f"--end={end}",
-                  f"--eval-interval={step_s}s", f"--url={url}", f"--output-dir={blocks}", *map(str, rule_paths)],
-                 workdir / f"promtool-rules-level{level}.log")
+                  f"--eval-interval={step_s}s", f"--url={url}", f"--output-dir={blocks}",
+                  *(str(path.relative_to(workdir)) for path in rule_paths)],
+                 workdir / f"promtool-rules-level{level}.log", cwd=workdir)
         for block in blocks.iterdir():  # Prometheus reads new blocks at start-up: the next one sees these
             block.rename(prometheus_dir / "tsdb" / block.name)
     times = [start + k * step_s for k in range(int((end - start) // step_s) + 1)]
@@ -243,10 +249,10 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def _run(args: list[str], log: Path) -> None:
+def _run(args: list[str], log: Path, cwd: Path | None = None) -> None:
     """Run a tool with its output in log; RuntimeError with the output's end when it fails."""
     with open(log, "wb") as output:
-        returncode = subprocess.run(args, stdout=output, stderr=subprocess.STDOUT).returncode
+        returncode = subprocess.run(args, stdout=output, stderr=subprocess.STDOUT, cwd=cwd).returncode
     if returncode:
         raise RuntimeError(f"{' '.join(args)} exited with {returncode}:\n{log.read_text()[-2000:]}")
 

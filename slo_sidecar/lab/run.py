@@ -1,9 +1,16 @@
-"""`slo-sidecar lab`: replay incidents into a real Prometheus with the generated rules, route what fires
-through a real Alertmanager with the generated configuration, and print when each page and ticket
-came against when the SRE Workbook's arithmetic says it must (scenarios.py, expect.py).
+"""`slo-sidecar lab`: replay incidents into a real Prometheus with the generated rules and print when each
+page and ticket came against when the SRE Workbook's arithmetic says it must (scenarios.py, expect.py).
 
-A row passes when every expected alert fired within its tolerance (two evaluation steps and two
-scrapes, plus 3% for the extrapolation of rate()), and nothing else fired for that service.
+A row passes when every expected alert fired once, within its tolerance of the expected time, and
+nothing else fired for that service. The tolerance is the path a crossing takes to an alert, as in a
+live Prometheus: up to one scrape before the counters show it, one evaluation of the recording group,
+one of the alert group (scrape + 2 steps: 45 s here). A ticket may come up to half a base window
+(150 s) later still: its 1d and 3d windows are summed from the 5-minute recordings, which in an
+incident's first five minutes miss up to 150 s of its errors (README, "Long windows"). The exact
+timing, to the evaluation, is promtool's to prove (tests/test_alert_timing.py): here an alert's `for:`
+one minute off shows as a page out of tolerance, not always as a ticket out of it.
+
+The replay tells when alerts fire; Alertmanager is fed by Prometheus in the live scenario (live.py).
 """
 
 from __future__ import annotations
@@ -13,13 +20,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from alerts.render import ALERTMANAGER_FILE, OPERATIONAL_FILE, render, rules_file
+from alerts.render import render
 from slo_spec.model import Spec
 
 from ..processes import AlertmanagerProcess
 from .pods import Pod
 from .replay import Firing, Replayed, replay
-from .scenarios import DAYS, HOURS, Replay, Scenario, scenarios
+from .scenarios import HOURS, Replay, Scenario, scenarios
 
 BUDGET_CHECKS = ("slo:period_error_budget_remaining:ratio", "slo:current_burn_rate:ratio")
 
@@ -36,7 +43,7 @@ class Row:
     ticket_alert: str = ""
     false_fires: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # expected, not fired within tolerance
-    notified: str = ""  # what Alertmanager would notify at the end (inhibited ones left out)
+    notified: str = ""  # live: what Alertmanager notifies (inhibited ones left out)
     why: str = ""
 
     @property
@@ -44,8 +51,13 @@ class Row:
         return not self.false_fires and not self.missing
 
 
-def tolerance(replay_: Replay, expected_s: float) -> float:
-    return 2 * replay_.step_s + 2 * replay_.scrape_s + 0.03 * expected_s
+LONG_WINDOW_LAG_S = 150  # half the 5-minute base window the long windows are summed from
+
+
+def tolerance(replay_: Replay, tier: str) -> tuple[float, float]:
+    """How much earlier and later than the arithmetic's time an alert may fire (the module's docstring)."""
+    path = replay_.scrape_s + 2 * replay_.step_s
+    return path, path + (LONG_WINDOW_LAG_S if tier == "ticket" else 0)
 
 
 def belongs(labels: dict[str, str], namespace: str) -> bool:
@@ -55,18 +67,26 @@ def belongs(labels: dict[str, str], namespace: str) -> bool:
 
 
 def judge(scenario: Scenario, firings: list[Firing], onset: float) -> Row:
-    """The scenario's row: its alerts' first firings against the expected ones."""
+    """The scenario's row: its alerts' firings against the expected ones. An incident is steady once it
+    starts, so each expected alert fires once and stays firing: one that resolves and fires again
+    (per label set) is flapping, a false fire of its own."""
     first: dict[tuple[str, str], float] = {}
+    times: dict[tuple[str, str, tuple[tuple[str, str], ...]], int] = {}
     for firing in firings:
         if belongs(firing.labels, scenario.namespace):
             key = (firing.alert, firing.labels.get("tier", ""))
             first[key] = min(first.get(key, math.inf), firing.start - onset)
+            one = (*key, tuple(sorted(firing.labels.items())))
+            times[one] = times.get(one, 0) + 1
     row = Row(scenario.name, "", None, None, None, None, why=scenario.why)
     for key, after in sorted(first.items(), key=lambda item: item[1]):
         expected = scenario.expected.get(key)
-        if expected is None or abs(after - expected) > tolerance(scenario.replay, expected):
+        early, late = tolerance(scenario.replay, key[1])
+        if expected is None or not expected - early <= after <= expected + late:
             row.false_fires.append(f"{key[0]} ({key[1]}) at {readable(after)}"
                                    + (f", expected {readable(expected)}" if expected is not None else ""))
+    row.false_fires += [f"{alert} ({tier}) fired {count} times: it resolved mid-incident and fired again"
+                        for (alert, tier, _), count in sorted(times.items()) if count > 1]
     for key, expected in scenario.expected.items():
         if key not in first:
             row.missing.append(f"{key[0]} ({key[1]}) expected at {readable(expected)}")
@@ -100,11 +120,9 @@ def run_replay(spec: Spec, replay_: Replay, chosen: list[Scenario], rules_dir: P
     start = onset - replay_.history_s
     series = [s for scenario in chosen
               for s in Pod(scenario.namespace, scenario.story).series(onset, start, end, replay_.scrape_s)]
-    files = sorted(rules_dir.glob("*.rules.yaml")) if replay_.all_rules else [
-        rules_dir / rules_file(next(slo for slo in spec.slos if slo.name == "availability")),
-        rules_dir / OPERATIONAL_FILE]
+    files = sorted(rules_dir.glob("*.rules.yaml"))
     instants = tuple((f'{name}{{sloth_slo="availability", namespace="lab-healthy"}}', start + after)
-                     for name in BUDGET_CHECKS for after in (60, 120)) if replay_.all_rules else ()
+                     for name in BUDGET_CHECKS for after in (60, 120))
     replayed = replay(series, files, start, end, workdir / replay_.name, step_s=replay_.step_s,
                       scrape_interval_s=replay_.scrape_s, instants=instants)
     rows = [judge(scenario, replayed.firings, onset) for scenario in chosen]
@@ -114,17 +132,6 @@ def run_replay(spec: Spec, replay_: Replay, chosen: list[Scenario], rules_dir: P
         row.false_fires = [f"{f.alert} {f.labels} at {readable(f.start - onset)}" for f in strays]
         rows.append(row)
     return rows, replayed.firings, replayed, start
-
-
-def route(rows: list[Row], chosen: list[Scenario], firings: list[Firing], config: Path, workdir: Path) -> None:
-    """Send what still fires at the end to a real Alertmanager; note per scenario what it notifies."""
-    with AlertmanagerProcess(workdir, config).start() as manager:
-        manager.wait_ready()
-        manager.post_alerts([{"labels": {"alertname": f.alert, **f.labels},
-                              "startsAt": _rfc3339(f.start)} for f in firings if f.end is None])
-        time.sleep(1.0)
-        for row, scenario in zip(rows, chosen):
-            row.notified = notified(manager, scenario.namespace)
 
 
 def notified(manager: AlertmanagerProcess, namespace: str) -> str:
@@ -138,10 +145,6 @@ def notified(manager: AlertmanagerProcess, namespace: str) -> str:
     text = "; ".join(f"{receiver}: {', '.join(a for r, a in sent if r == receiver)}"
                      for receiver in ("page", "ticket") if any(r == receiver for r, _ in sent))
     return (text or "nothing") + (f" (inhibited: {', '.join(inhibited)})" if inhibited else "")
-
-
-def _rfc3339(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def budget_from_the_first_minute(replayed: Replayed, start: float) -> list[str]:
@@ -163,21 +166,11 @@ def run_lab(spec: Spec, workdir: Path, only: tuple[str, ...] = ()) -> tuple[list
         path = rules_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    every = scenarios(spec)
-    rows: list[Row] = []
-    problems: list[str] = []
-    for replay_ in (HOURS, DAYS):
-        chosen = [s for s in every if s.replay is replay_ and (not only or s.namespace in only)]
-        if not chosen:
-            continue
-        replay_rows, firings, replayed, start = run_replay(spec, replay_, chosen, rules_dir, workdir)
-        manager_dir = workdir / f"alertmanager-{replay_.name}"
-        manager_dir.mkdir()
-        route(replay_rows, chosen, firings, rules_dir / ALERTMANAGER_FILE, manager_dir)
-        rows.extend(replay_rows)
-        if replay_.all_rules:
-            problems.extend(budget_from_the_first_minute(replayed, start))
-    return rows, problems
+    chosen = [s for s in scenarios(spec) if not only or s.namespace in only]
+    if not chosen:
+        return [], []
+    rows, _, replayed, start = run_replay(spec, HOURS, chosen, rules_dir, workdir)
+    return rows, budget_from_the_first_minute(replayed, start)
 
 
 def as_json(rows: list[Row], problems: list[str]) -> dict:
