@@ -58,7 +58,10 @@ class _Target(BaseHTTPRequestHandler):
 @needs_binaries
 def test_prometheus_sends_the_page_and_alertmanager_holds_the_ticket_behind_it(tmp_path):
     rules = tmp_path / RULES.name
-    rules.write_text(re.sub(r"(?m)^    for: \S+$", "    for: 0s", RULES.read_text()))
+    text, changed = re.subn(r"(?m)^    for: \S+$", "    for: 0s", RULES.read_text())
+    assert changed >= 3, "the page's, the ticket's and the outage page's `for:`"
+    rules.write_text(text)
+    _Target.started = time.monotonic()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Target)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

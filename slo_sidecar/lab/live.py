@@ -30,7 +30,7 @@ from alerts.render import ALERTMANAGER_FILE
 from slo_spec.model import Spec
 
 from ..processes import AlertmanagerProcess, EngineProcess, PrometheusProcess, SidecarProcess, http_get
-from .run import Row, notified
+from .run import Row, belongs
 
 NAMESPACE = "lab-live"
 SCRAPE_S = 5
@@ -44,6 +44,19 @@ def expected(spec: Spec) -> dict[tuple[str, str], tuple[int, int]]:
     availability = next(slo.alert_name for slo in spec.slos if slo.name == "availability")
     return {(availability + "Outage", "page"): (15, 90), ("LLMServiceDown", "page"): (115, 145),
             ("LLMEngineDown", "ticket"): (115, 145), (availability, "page"): (60, 180)}
+
+
+def notified(manager: AlertmanagerProcess, namespace: str) -> str:
+    """What Alertmanager notifies for one service, by receiver, and what it holds back as inhibited."""
+    sent = sorted({(group["receiver"]["name"], alert["labels"]["alertname"])
+                   for group in manager.groups(inhibited=False) for alert in group["alerts"]
+                   if belongs(alert["labels"], namespace)})
+    inhibited = sorted({f"{alert['labels']['alertname']} {alert['labels'].get('tier', '')}".strip()
+                        for alert in manager.alerts()
+                        if alert["status"]["inhibitedBy"] and belongs(alert["labels"], namespace)})
+    text = "; ".join(f"{receiver}: {', '.join(a for r, a in sent if r == receiver)}"
+                     for receiver in ("page", "ticket") if any(r == receiver for r, _ in sent))
+    return (text or "nothing") + (f" (inhibited: {', '.join(inhibited)})" if inhibited else "")
 
 
 def _send_traffic(url: str, stop: threading.Event) -> None:

@@ -23,7 +23,6 @@ from pathlib import Path
 from alerts.render import render
 from slo_spec.model import Spec
 
-from ..processes import AlertmanagerProcess
 from .pods import Pod
 from .replay import Firing, Replayed, replay
 from .scenarios import HOURS, Replay, Scenario, scenarios
@@ -132,19 +131,6 @@ def run_replay(spec: Spec, replay_: Replay, chosen: list[Scenario], rules_dir: P
         row.false_fires = [f"{f.alert} {f.labels} at {readable(f.start - onset)}" for f in strays]
         rows.append(row)
     return rows, replayed.firings, replayed, start
-
-
-def notified(manager: AlertmanagerProcess, namespace: str) -> str:
-    """What Alertmanager notifies for one service, by receiver, and what it holds back as inhibited."""
-    sent = sorted({(group["receiver"]["name"], alert["labels"]["alertname"])
-                   for group in manager.groups(inhibited=False) for alert in group["alerts"]
-                   if belongs(alert["labels"], namespace)})
-    inhibited = sorted({f"{alert['labels']['alertname']} {alert['labels'].get('tier', '')}".strip()
-                        for alert in manager.alerts()
-                        if alert["status"]["inhibitedBy"] and belongs(alert["labels"], namespace)})
-    text = "; ".join(f"{receiver}: {', '.join(a for r, a in sent if r == receiver)}"
-                     for receiver in ("page", "ticket") if any(r == receiver for r, _ in sent))
-    return (text or "nothing") + (f" (inhibited: {', '.join(inhibited)})" if inhibited else "")
 
 
 def budget_from_the_first_minute(replayed: Replayed, start: float) -> list[str]:
