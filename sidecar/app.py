@@ -246,7 +246,7 @@ def build_headroom_collector(config: SidecarConfig, spec: Spec, sidecar: "Sideca
     """The SLO headroom, fed after each engine scrape with the snapshot the engine collector has just derived,
     and the capacity utilisation; both withdrawn once the engine's values are stale."""
     headroom = Headroom(exact_targets(spec), time_constant_s=config.headroom_time_constant_s)
-    engine.readers.append(HeadroomReader(headroom, lambda: engine.last_stats, window_s=config.rate_window_s))
+    engine.add_reader(HeadroomReader(headroom, lambda: engine.last_stats, window_s=config.rate_window_s))
     return HeadroomCollector(headroom, fresh=lambda: sidecar.is_fresh("engine"),
                              request_rate=lambda: request_rate(engine), capacity_rps=config.capacity_rps)
 

@@ -73,10 +73,11 @@ class EngineCollector:
                  readers: Sequence[ScrapeReader] = ()):
         self.config = config
         self.tracker = tracker
-        self.readers = list(readers)
+        self.readers: list[ScrapeReader] = []
         self._failing: set[int] = set()  # readers whose last update failed (logged once per streak)
-        self.wanted = SampleFilter([*SCRAPE_FAMILIES.families, *(tracker.metrics if tracker else ()),
-                                    *(name for reader in readers for name in reader.families.families)])
+        self.wanted = SampleFilter([*SCRAPE_FAMILIES.families, *(tracker.metrics if tracker else ())])
+        for reader in readers:
+            self.add_reader(reader)
         self.interval_s = config.engine_interval_s
         self.timeout_s = config.engine_timeout_s
         self.backoff_max_s = config.engine_interval_s  # no backoff: a restarted engine is seen at once
@@ -86,6 +87,12 @@ class EngineCollector:
         self.engine_gpus: frozenset[str] = frozenset()  # UUIDs of the GPUs the engine said it can use
         self.samples_dropped = 0  # in the last scrape, over max_engine_series
         self._session: aiohttp.ClientSession | None = None
+
+    def add_reader(self, reader: ScrapeReader) -> None:
+        """One more reader of each scrape, its families added to what the scrape keeps (a reader that needs
+        this collector's own figures, as the headroom does, can only be built after it)."""
+        self.readers.append(reader)
+        self.wanted = SampleFilter([*self.wanted.families, *reader.families.families])
 
     async def collect(self) -> list[Metric]:
         if self._session is None:

@@ -34,7 +34,7 @@ from sidecar.cost import (
     tenant_costs,
 )
 from sidecar.engine_collector import EngineCollector
-from sidecar.exposition import Sample, parse
+from sidecar.exposition import Sample, SampleFilter, parse
 from sidecar.guard import GuardedExposition
 from tests.helpers import metric, parse_metrics
 
@@ -258,6 +258,26 @@ def test_a_bug_in_the_tenant_rates_costs_the_tenant_figures_only():
     assert families and engine.last_stats is not None  # the engine's own figures are read all the same
     assert tenants.rates is None
 
+
+
+def test_a_reader_added_after_construction_gets_its_families():
+    """The headroom reader can only be built after the engine collector (it reads the collector's own
+    figures): added then, its families must still be kept from each scrape, not only those named at
+    construction."""
+    class Reader:
+        families = SampleFilter(["reader_only_total"])
+        seen: list[Sample] = []
+
+        def update(self, samples: list[Sample], now: float, process_start_time: float | None = None) -> None:
+            Reader.seen = samples
+
+        def clear(self) -> None:
+            pass
+
+    engine = EngineCollector(SidecarConfig())
+    engine.add_reader(Reader())
+    engine.take("# TYPE reader_only_total counter\nreader_only_total 7\n")
+    assert [(s.name, s.value) for s in Reader.seen if s.name.startswith("reader_only")] == [("reader_only_total", 7.0)]
 
 # --- the setting ---------------------------------------------------------------------------------
 
