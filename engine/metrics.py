@@ -19,6 +19,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from slo_spec.buckets import HTTP_DURATION_BUCKETS
+from slo_spec.model import GENERATION_ENDPOINTS, TENANT_LABEL
 
 PREFIX = "slo_engine_"
 
@@ -35,7 +36,6 @@ ENDPOINTS = (
     "/metrics",
     "other",
 )
-GENERATION_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
 # Every status a generation endpoint answers with, pre-created at zero on both: an SLI that
 # selects errors (5xx, 429) exists, and reads 0, before the first error, and rate() counts
 # that first error instead of starting the series at 1.
@@ -99,7 +99,7 @@ class ServerMetrics:
             PREFIX + "http_requests",
             "HTTP requests handled, by endpoint, status code (499: client closed the request) and tenant "
             "(the served model or adapter a generation request named; empty on other endpoints).",
-            ["endpoint", "code", "model"], registry=registry,
+            ["endpoint", "code", TENANT_LABEL], registry=registry,
         )
         self.in_flight = Gauge(
             PREFIX + "http_requests_in_flight",
@@ -114,26 +114,26 @@ class ServerMetrics:
         self.errors = Counter(
             PREFIX + "request_errors",
             "Failed requests, by reason and tenant.",
-            ["reason", "model"], registry=registry,
+            ["reason", TENANT_LABEL], registry=registry,
         )
         # Tokens per tenant: vLLM counts them for the whole engine only, and the sidecar apportions
         # the pod's cost by them (prompt tokens as the tokenizer counted them, once per request).
         self.prompt_tokens = Counter(
             PREFIX + "prompt_tokens",
             "Prompt tokens of finished generation requests, by tenant.",
-            ["model"], registry=registry,
+            [TENANT_LABEL], registry=registry,
         )
         self.generation_tokens = Counter(
             PREFIX + "generation_tokens",
             "Tokens generated for finished generation requests (all their choices), by tenant.",
-            ["model"], registry=registry,
+            [TENANT_LABEL], registry=registry,
         )
         # A request for an adapter that was not in vLLM's adapter cache waits for it to load from disk.
         self.lora_cold_starts = Counter(
             PREFIX + "lora_cold_starts",
             "Generation requests whose LoRA adapter had to be loaded first (not among the --max-loras "
             "adapters used most recently), by tenant.",
-            ["model"], registry=registry,
+            [TENANT_LABEL], registry=registry,
         )
         self.ready = Gauge(
             PREFIX + "ready",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
 
-from slo_spec.model import GOODPUT_TOKENS, SLO_COUNTER, Spec
+from slo_spec.model import GOODPUT_TOKENS, SLO_COUNTER, TENANT_LABEL, Spec
 
 from .metrics import UNKNOWN_MODEL
 
@@ -64,11 +64,11 @@ class SloJudge:
         self.counter = Counter(SLO_COUNTER.removesuffix("_total"),
                                "Generation requests judged at their end against every target of an exact "
                                "latency or goodput SLO: good when all were met; server errors are never good.",
-                               ["slo", "good", "model"], registry=registry)
+                               ["slo", "good", TENANT_LABEL], registry=registry)
         self.good_tokens = Counter(GOODPUT_TOKENS.removesuffix("_total"),
                                    "Tokens generated for requests that met every target of every exact latency "
                                    "and goodput SLO, by tenant: the tokens that count as goodput.",
-                                   ["model"], registry=registry)
+                                   [TENANT_LABEL], registry=registry)
         for model in (*models, UNKNOWN_MODEL):  # every series an SLI reads exists from the first scrape
             for name in self.targets:
                 for good in ("true", "false"):

@@ -38,6 +38,8 @@ from typing import Callable, Iterable, Mapping
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from slo_spec.model import GOODPUT_TOKENS, TENANT_LABEL
+
 from .exposition import Sample, SampleFilter
 from .rates import CounterVector
 
@@ -47,10 +49,9 @@ DEFAULT_PROMPT_TOKEN_WEIGHT = 0.25
 # The engine's per-tenant token counters, labelled `model` (the served name, or "unknown").
 PROMPT_TOKENS = "slo_engine_prompt_tokens_total"
 GENERATION_TOKENS = "slo_engine_generation_tokens_total"
-GOOD_TOKENS = "slo_engine_goodput_tokens_total"  # generated tokens of requests that met every exact SLO target
+GOOD_TOKENS = GOODPUT_TOKENS  # generated tokens of requests that met every exact SLO target
 TENANT_COUNTERS = (PROMPT_TOKENS, GENERATION_TOKENS, GOOD_TOKENS)
 TENANT_FAMILIES = SampleFilter(name.removesuffix("_total") for name in TENANT_COUNTERS)
-TENANT_LABEL = "model"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slo_spec.model import GENERATION_ENDPOINTS
+
 from .exposition import Sample, SampleFilter
 from .rates import CounterVector, histogram_quantile
 
@@ -33,7 +35,6 @@ HISTOGRAMS = {
     "queue_time": "vllm:request_queue_time_seconds",
 }
 HTTP_REQUESTS = "slo_engine_http_requests_total"
-GENERATION_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
 QUANTILES = (0.5, 0.9, 0.99)
 
 FAMILIES = SampleFilter(

@@ -45,6 +45,13 @@ FAST_MIN_EVENTS = 20
 SLO_COUNTER = "slo_engine_slo_requests_total"
 # The tokens generated for requests that met every one of those targets (goodput in tokens).
 GOODPUT_TOKENS = "slo_engine_goodput_tokens_total"
+# The engine's tenant label on its own counters: the served name (base model or LoRA adapter), or
+# "unknown" for a request refused before it named one; a sliced SLO's slices are its values, and every
+# value the spec does not name is judged in one more slice, OTHER_SLICE.
+TENANT_LABEL = "model"
+OTHER_SLICE = "other"
+# The endpoints that generate, whose requests the SLOs judge (the engine counts every endpoint).
+GENERATION_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
 # The per-request latencies a target may bound: time to first token, time per output token
 # after the first ((e2e - ttft) / (tokens - 1), as vLLM and the OpenTelemetry GenAI conventions
 # define it), end to end, and time in vLLM's queue. A target is written `<measure>_s`.

@@ -16,11 +16,13 @@ from .fields import DEFAULT_MIN_EVENTS, DEFAULT_SEVERITY, FieldReader, alert_nam
 from .model import (
     DEFAULT_IDENTITY,
     MEASURES,
+    OTHER_SLICE,
     PERIODS,
     PROBE_MISSED,
     SLO_COUNTER,
     SPEC_VERSION,
     TARGETS,
+    TENANT_LABEL,
     AlertTier,
     EventSum,
     Matcher,
@@ -40,8 +42,7 @@ SLICE_FIELDS = ("objective",)
 # Slices an SLO may name: each is a set of rules, alerts and sidecar windows of its own. Every value
 # the spec does not name is judged together in one more slice, OTHER_SLICE.
 MAX_SLICES = 20
-OTHER_SLICE = "other"
-SLICE_LABELS = ("model",)  # the engine's tenant label: its values are the served names, bounded
+SLICE_LABELS = (TENANT_LABEL,)  # the engine's tenant label: its values are the served names, bounded
 ALERTING_FIELDS = ("name", "labels", "annotations", "min_events", "page", "ticket")
 TIER_FIELDS = ("enabled", "severity", "labels", "annotations")
 SLI_KINDS = ("availability", "latency", "goodput")

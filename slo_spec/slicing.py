@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-TENANT_LABEL = "model"
+from .model import TENANT_LABEL
 
 
 def can_slice(slo: dict[str, Any]) -> bool:
