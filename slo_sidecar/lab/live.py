@@ -24,10 +24,9 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from alerts.render import ALERTMANAGER_FILE
-from slo_spec.model import Spec
+from sidecar.exposition import SampleFilter, parse
+from slo_spec.model import PROBE_COUNTER, Spec
 
 from ..processes import AlertmanagerProcess, EngineProcess, PrometheusProcess, SidecarProcess, http_get
 from .run import Row, belongs
@@ -72,16 +71,19 @@ def _send_traffic(url: str, stop: threading.Event) -> None:
             stop.wait(0.2)
 
 
+BURNING_FAMILIES = SampleFilter([PROBE_COUNTER.removesuffix("_total"), "slo_sli_error_ratio"])
+
+
 def _burning(sidecar_url: str) -> bool:
     """Whether the sidecar counts an unanswered probe and its availability SLI reads errors."""
     status, body = http_get(sidecar_url + "/metrics")
     if status != 200:
         return False
-    samples = [s for family in text_string_to_metric_families(body.decode()) for s in family.samples]
-    unanswered = any(s.name == "slo_probe_requests_total" and s.labels.get("result") == "unanswered"
-                     and s.value >= 1 for s in samples)
-    burning = any(s.name == "slo_sli_error_ratio" and s.labels.get("slo") == "availability"
-                  and s.labels.get("window") == "5m" and s.value > 0 for s in samples)
+    samples = parse(body.decode(), BURNING_FAMILIES)
+    unanswered = any(s.name == PROBE_COUNTER and s.label("result") == "unanswered" and s.value >= 1
+                     for s in samples)
+    burning = any(s.name == "slo_sli_error_ratio" and s.label("slo") == "availability" and s.label("window") == "5m"
+                  and s.value > 0 for s in samples)
     return unanswered and burning
 
 
