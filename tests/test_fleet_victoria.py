@@ -26,8 +26,8 @@ import pytest
 
 from bench.fleet import ADMIN_API, FleetServer, backfill, base_recordings, our_groups, rule_file
 from bench.fleet_model import Incident, PodTemplate, history, make_fleet
-from slo_sidecar.processes import (AlertmanagerProcess, PrometheusProcess, VictoriaMetricsProcess, VmagentProcess,
-                                   VmalertProcess, get_json)
+from slo_sidecar.processes import AlertmanagerProcess, PrometheusProcess, get_json
+from tests.victoria import VictoriaMetricsProcess, VmagentProcess, VmalertProcess
 from slo_spec.load import DEFAULT_SPEC, load_spec
 from tests.helpers import REPO
 
