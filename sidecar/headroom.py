@@ -37,7 +37,7 @@ the whole distribution as load grows, so the p90 moves with load and is stable
 enough to scale on. The objectives themselves are guarded by the burn-rate
 alerts; headroom is a control signal, not an SLI. The price: a 99% objective
 fails while the p90 is still well under its target (at about half of it for an
-exponential tail), which is why the HPA's target is 0.4, not 0.8 (README). Why smoothed: a windowed
+exponential tail), which is why the HPA's target is 0.4, not 0.8 (docs/sidecar.md). Why smoothed: a windowed
 quantile jumps when a burst of slow requests enters or leaves the window, and an
 autoscaler fed steps flaps. Why clamped: a stalled engine can put a p90 at 100x
 its target; unclamped, that would hold the average above the HPA's target (0.4)

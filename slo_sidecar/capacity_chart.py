@@ -1,6 +1,6 @@
 """The capacity report as a chart: each SLO's attainment against offered rate, its objective, the capacity.
 
-One drawing, two formats: SVG by hand (text, for the README and browsers) and
+One drawing, two formats: SVG by hand (text, for the docs and browsers) and
 PNG through Pillow (already a dependency of vLLM). Pure but for the file write.
 """
 

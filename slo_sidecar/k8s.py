@@ -57,7 +57,7 @@ def dashboard_configmaps(spec: Spec) -> list[dict]:
 
 
 def jaeger_datasource_configmap() -> dict:
-    """The Jaeger datasource only: kube-prometheus-stack provisions Prometheus itself (README, "Deployment")."""
+    """The Jaeger datasource only: kube-prometheus-stack provisions Prometheus itself (docs/deployment.md)."""
     document = {"apiVersion": 1, "datasources": [d for d in datasource_list() if d["uid"] == JAEGER_UID]}
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "grafana-datasource-jaeger", "labels": _labels(**DATASOURCE_LABEL)},

@@ -1,7 +1,7 @@
 """The native spec format (`version: slo-sidecar/v1`), read into the model.
 
 Pure code over a located YAML document; see slo.schema.json for the schema and
-README.md for the defaults.
+docs/slos.md for the defaults.
 """
 
 from __future__ import annotations

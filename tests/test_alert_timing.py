@@ -1,7 +1,7 @@
 """When the committed availability alerts go pending, fire and resolve, decided by Prometheus's own rule
 manager (promtool), against minutes worked out here from the SRE Workbook's arithmetic. Nothing is
 imported from the generator: the thresholds, windows, event guards and `for:` below are the Workbook's
-and the README's, written out, so a generator that drifts from them fails here.
+and docs/slos.md's, written out, so a generator that drifts from them fails here.
 
 The arithmetic. Traffic is steady at R requests a minute; the counters are sampled once a minute and the
 rules evaluated once a minute, so `rate(x[W])` at minute m is exactly the increase over minutes m-W+1 .. m

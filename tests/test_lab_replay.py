@@ -75,7 +75,7 @@ def test_the_replays_state_machine_agrees_with_prometheus_rule_manager(tmp_path)
 
     The outage page is left out: its 1-minute window holds two samples a minute apart only at the
     sample instants themselves (promtool evaluates there); a group evaluating between them, as every live
-    group with 1-minute scrapes does, finds one sample and no rate (the README asks for scrapes of 30 s
+    group with 1-minute scrapes does, finds one sample and no rate (docs/slos.md asks for scrapes of 30 s
     or less for that page)."""
     from tests.test_alert_timing import INCIDENTS, ONSET, RULES, SELECTION
 

@@ -1,6 +1,6 @@
 """Series per pod stay under a stated budget, counted on a real engine and a real sidecar beside it.
 
-The budget (README, "Fleet scale"): 1,000 series for a pod of one model with 8 GPUs, and at most 250 more
+The budget (docs/fleet.md): 1,000 series for a pod of one model with 8 GPUs, and at most 250 more
 for each LoRA adapter whose tenant gets every SLO sliced for it. A pod's series cost every Prometheus that
 scrapes a fleet of hundreds; a change that adds series per request label, per window or per GPU fails here.
 """

@@ -19,7 +19,7 @@ COLUMNS = ("scenario", "expected", "page after", "ticket after", "false fires", 
 
 
 def table(rows: list[Row]) -> str:
-    """A Markdown table: it reads on a terminal and goes into the README as it is."""
+    """A Markdown table: it reads on a terminal and goes into docs/lab.md as it is."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         page = f"{readable(row.page_s)} ({row.page_alert})" if row.page_alert else "-"

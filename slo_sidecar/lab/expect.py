@@ -1,7 +1,7 @@
 """What each alert must do in a lab scenario, from the SRE Workbook's arithmetic, not from the generator.
 
 The tiers below restate the Workbook's multiwindow, multi-burn-rate table for a 30-day SLO (and our
-total-outage page and error-rate ticket, as the README states them); they are written out here on
+total-outage page and error-rate ticket, as docs/slos.md states them); they are written out here on
 purpose, so that a generator that drifted from them shows up as a failed scenario.
 
 For a steady miss fraction f from onset, after `history` seconds of clean traffic, a window of W

@@ -6,7 +6,7 @@ nothing else fired for that service. The tolerance is the path a crossing takes 
 live Prometheus: up to one scrape before the counters show it, one evaluation of the recording group,
 one of the alert group (scrape + 2 steps: 45 s here). A ticket may come up to half a base window
 (150 s) later still: its 1d and 3d windows are summed from the 5-minute recordings, which in an
-incident's first five minutes miss up to 150 s of its errors (README, "Long windows"). The exact
+incident's first five minutes miss up to 150 s of its errors (docs/slos.md, "Long windows"). The exact
 timing, to the evaluation, is promtool's to prove (tests/test_alert_timing.py): here an alert's `for:`
 one minute off shows as a page out of tolerance, not always as a ticket out of it.
 
