@@ -29,8 +29,8 @@ The model, step by step (15 s: the HPA's sync period):
 - the HPA sees, per ready pod, the mean of the per-step values over --metric-window-s (60 s: the rate
   window of the p90s, the adapter's minute of queue depth), for headroom then clamped to 0-4 and smoothed
   with the sidecar's EWMA (--headroom-tau-s 60, sidecar/headroom.py); an idle pod's headroom is 0; a
-  starting pod reports nothing and counts as the HPA's missing-metric rule says (slo_sidecar/hpa.py);
-- the HPA is slo_sidecar/hpa.py with Kubernetes' default behavior (--behavior deploy: the scaling rules
+  starting pod reports nothing and counts as the HPA's missing-metric rule says (bench/hpa_model.py);
+- the HPA is bench/hpa_model.py with Kubernetes' default behavior (--behavior deploy: the scaling rules
   of deploy/base/hpa.yaml instead), replicas 1 to twice the static fleet (--max-replicas);
 - before minute 0 the autoscaled fleets settle for --warmup-s at the ramp's first rate (not counted);
 - a pod removed stops serving and costing at once (the drain's seconds are left out).
@@ -76,7 +76,7 @@ import yaml  # noqa: E402
 from sidecar.headroom import DEFAULT_TIME_CONSTANT_S as HEADROOM_TAU_S  # noqa: E402
 from sidecar.headroom import clamp as headroom_clamp  # noqa: E402
 from sidecar.headroom import ewma as headroom_ewma  # noqa: E402
-from slo_sidecar.hpa import (  # noqa: E402
+from bench.hpa_model import (  # noqa: E402
     DEFAULT_SCALE_DOWN, DEFAULT_SCALE_UP, SYNC_PERIOD_S, Fleet, HorizontalPodAutoscaler, HpaSpec, ScalingPolicy,
     ScalingRules, metric_proposal)
 

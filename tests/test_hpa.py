@@ -1,4 +1,4 @@
-"""The HPA algorithm (slo_sidecar/hpa.py) against the Kubernetes docs' worked examples, and the autoscaling
+"""The HPA algorithm (bench/hpa_model.py) against the Kubernetes docs' worked examples, and the autoscaling
 simulation (bench/autoscale_sim.py): its curve interpolation and the static fleet on the fixture report.
 
 Every expected value is worked out by hand in the test, from the documented rules."""
@@ -13,7 +13,7 @@ import pytest
 from bench.autoscale_sim import (
     DEFAULT_RAMP, FIXTURE, Curve, MetricFeed, Policy, Ramp, ReportError, SimSettings, Step, deploy_behavior, main,
     simulate, summarize)
-from slo_sidecar.hpa import (
+from bench.hpa_model import (
     DEFAULT_SCALE_DOWN, DEFAULT_SCALE_UP, Fleet, HorizontalPodAutoscaler, HpaSpec, ScalingPolicy, ScalingRules,
     metric_proposal)
 
