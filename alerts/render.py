@@ -7,7 +7,8 @@ from pathlib import Path
 from slo_spec.model import Slo, Spec
 
 from .dump import dump
-from .rules import alert_group, alertmanager_config, metadata_group, operational_group, recording_groups
+from .alertmanager import alertmanager_config
+from .rules import alert_group, metadata_group, operational_group, recording_groups
 from .unit_tests import unit_tests
 
 
