@@ -1,77 +1,9 @@
 """SLO headroom and capacity utilisation: how close the pod runs to its latency targets, live.
 
-**Headroom** (`slo_headroom_ratio{slo}`), for each exact latency or goodput SLO of
-the spec (those whose requests the engine judges against `sli.targets`: `ttft_s`,
-`tpot_s`, `e2e_s`, `queue_s`), from the p90 of each measure over the sidecar's
-rate window (`rate_window_s`, 60 s), read from vLLM's histograms as
-`histogram_quantile(0.9, sum by (le) (rate(..._bucket[window])))` computes it
-(engine_stats.py):
-
-    p90(m)       = min(histogram p90 of m, mean(m) / (1 - 0.9))           (mean from _sum / _count, same window)
-    raw(slo)     = max over the SLO's targets m of  p90(m) / target(m)     (1.0: the p90 sits at the target)
-    sample(slo)  = min(max(raw(slo), 0), 4)                                (clamped to [0, 4])
-    value(slo)  += (1 - exp(-dt / tau)) x (sample(slo) - value(slo))       (EWMA, tau = 60 s; the first sample as is)
-    overall      = max over SLOs of value(slo)                             (slo_headroom_overall_ratio)
-
-with dt the time since the previous engine scrape: an exponentially weighted
-moving average whose weights do not depend on how often it is fed, so a missed
-scrape or a slower `engine_interval_s` changes nothing but its resolution.
-Measures: ttft from vllm:time_to_first_token_seconds, tpot from
-vllm:request_time_per_output_token_seconds (per request, the spec's definition),
-e2e from vllm:e2e_request_latency_seconds, queue from vllm:request_queue_time_seconds.
-
-Why the cap on the p90: a histogram cannot place a value inside its first
-bucket, and Prometheus's estimate interpolates from 0, so every request of a
-window in vLLM's first queue-time bucket (0-0.3 s) puts the p90 at 0.27 s, and a
-0.5 s queue-time target at 0.54, whatever the real queue times (1 ms at light
-load): a floor under the headroom of any pod with traffic, which would keep the
-HPA from scaling down. For a measure that cannot be negative Markov's
-inequality bounds the p90 by ten times the mean (P(X >= 10 mean) <= 0.1), and
-the mean is exact (the histogram's _sum and _count): capped there, a 1 ms mean
-reads 0.01 s. The cap only ever lowers an estimate to what is proven; without
-_sum and _count in the scrape the histogram's estimate stands alone.
-
-Why p90, not the objective's quantile (99%): over one minute at a few requests
-a second the p99 is the top two or three requests, noise; latency rises through
-the whole distribution as load grows, so the p90 moves with load and is stable
-enough to scale on. The objectives themselves are guarded by the burn-rate
-alerts; headroom is a control signal, not an SLI. The price: a 99% objective
-fails while the p90 is still well under its target (at about half of it for an
-exponential tail), which is why the HPA's target is 0.4, not 0.8 (docs/sidecar.md). Why smoothed: a windowed
-quantile jumps when a burst of slow requests enters or leaves the window, and an
-autoscaler fed steps flaps. Why clamped: a stalled engine can put a p90 at 100x
-its target; unclamped, that would hold the average above the HPA's target (0.4)
-for ln(100/0.4) = 5.5 time constants after recovery, clamped at 4 for
-ln(4/0.4) = 2.3; 4x is already "add pods now" (the HPA's scale-up policy caps
-its proposal anyway).
-
-A measure with no observation in the window (its quantile NaN) or not exposed
-by the engine is left out of its SLO's max. When none of an SLO's measures has
-one:
-- the engine idle (no request running, none waiting): the sample is **0**. An
-  idle pod has all its headroom, and the series must stay: the HPA skips any
-  scale-down while one of its metrics cannot be read, so an absent value would
-  keep an idle fleet at its peak size.
-- requests in flight (a stall, or requests longer than the window): no sample;
-  the average holds its last value (absent until it has one). Reading such a
-  pod as idle would scale down a pod that is stuck; queue depth covers it.
-A p90 in the +Inf bucket reads as the highest finite bound, as Prometheus
-estimates it.
-
-**Capacity utilisation** (`slo_capacity_utilisation_ratio`), with a capacity
-report (`capacity` setting: the JSON file `slo-sidecar capacity --json` writes,
-`{"version": "slo-sidecar/capacity/v1", ..., "capacity_rps": 3.1}`):
-
-    utilisation = finished requests per second over the rate window (vllm:request_success_total) / capacity_rps
-
-1.0: the pod carries the highest rate at which it met every SLO when measured.
-It is throughput, not demand: an overloaded pod reads about 1 while its queue
-grows (queue depth says that). `slo_capacity_requests_per_second` serves the
-report's figure, for sizing: replicas = ceil(traffic / capacity).
-
-Both headroom and utilisation come from the engine, and are withdrawn with its
-other values once they are stale (`stale_after_s`): the HPA then sees no data for
-the pod rather than a frozen number. Pure code but for reading the report file.
+Headroom is an EWMA of the clamped p90/target ratio of each exact latency SLO's measures, read from
+vLLM's histograms (capped by their exact means); utilisation is the finished-request rate over the
+capacity report's capacity_rps. The formulas, and why p90, the cap, the smoothing and the clamp:
+docs/sidecar.md, "How headroom and utilisation are computed". Pure code but for reading the report file.
 """
 
 from __future__ import annotations
