@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+from slo_sidecar.docs import generated_pages
 from tests.helpers import REPO
 
 README = REPO / "README.md"
@@ -37,3 +38,36 @@ def test_the_sites_home_page_is_the_readme():
     readme = readme[:readme.index("## Documentation")].rstrip() + "\n"
     home = re.sub(r"\n\n<!-- .* -->\n", "\n", (REPO / "docs" / "index.md").read_text(), count=1)
     assert home == readme, "docs/index.md has drifted from README.md: copy the README's text over"
+
+
+def test_the_generated_pages_are_fresh():
+    """The spec reference is rendered from slo.schema.json: a schema change without the page fails here."""
+    stale = [str(path.relative_to(REPO)) for path, text in generated_pages().items()
+             if not path.is_file() or path.read_text() != text]
+    assert not stale, f"stale docs pages {stale}: run .venv/bin/python -m slo_sidecar.docs"
+
+
+def test_the_spec_reference_has_a_row_for_every_field_the_schema_knows():
+    """Every field of every object the schema describes, with `yes` where the schema requires it, and a
+    link from each object-valued field to a section that exists."""
+    import json
+
+    page = (REPO / "docs" / "spec-reference.md").read_text()
+    schema = json.loads((REPO / "slo_spec" / "slo.schema.json").read_text())
+    fields: list[tuple[str, bool]] = []
+
+    def walk(node: dict) -> None:
+        node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]] if "$ref" in node else node
+        for name, child in node.get("properties", {}).items():
+            fields.append((name, name in node.get("required", ())))
+            walk(child)
+        walk_items = node.get("items")
+        if isinstance(walk_items, dict):
+            walk(walk_items)
+
+    walk(schema)
+    rows = re.findall(r"^\| `([^`]+)` \| [^|]*?(?:\\\|[^|]*?)* \| (yes|) \|", page, re.MULTILINE)
+    for name, required in fields:
+        assert (name, "yes" if required else "") in rows, (name, required)
+    headings = {re.sub(r"[^a-z0-9-]", "", h.lower().replace(" ", "-")) for h in re.findall(r"^## (.+)$", page, re.M)}
+    assert set(re.findall(r"\]\(#([^)]+)\)", page)) <= headings

@@ -1,0 +1,31 @@
+"""The docs pages generated from the code: the SLO spec reference from its JSON schema.
+
+    .venv/bin/python -m slo_sidecar.docs   (tests/test_docs.py fails while a committed page is stale)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from iokit.files import write_atomically
+from slo_spec.reference import markdown
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = REPO / "slo_spec" / "slo.schema.json"
+SPEC_REFERENCE = REPO / "docs" / "spec-reference.md"
+
+
+def generated_pages() -> dict[Path, str]:
+    """{path: text} of every generated docs page."""
+    return {SPEC_REFERENCE: markdown(json.loads(SCHEMA.read_text()))}
+
+
+def main() -> None:
+    for path, text in generated_pages().items():
+        write_atomically(path, text)
+        print(f"wrote {path.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
