@@ -61,15 +61,10 @@ def samples_by_name(text: str, names: set[str] | None = None) -> Samples:
     return found
 
 
-def event_count(events: EventSum, samples: Samples) -> float:
-    return sum(sign * value for sign, selection in events.terms
-               for labels, value in samples.get(selection.metric, ()) if selection.matches(labels))
-
-
 def server_events(slo: Slo, start: Samples, end: Samples) -> tuple[float, float]:
-    """(bad, total) events of the SLO between two scrapes of the engine, each parsed by samples_by_name."""
-    return (event_count(slo.sli.errors, end) - event_count(slo.sli.errors, start),
-            event_count(slo.sli.total, end) - event_count(slo.sli.total, start))
+    """(bad, total) events of the SLO between two scrapes of the engine, each parsed by samples_by_name
+    (an engine restarted in between counts from zero, as increase() does)."""
+    return slo.sli.errors.increase(start, end), slo.sli.total.increase(start, end)
 
 
 def with_matcher(events: EventSum | None, matcher: Matcher) -> EventSum | None:

@@ -125,6 +125,10 @@ class Selection:
         return all(matcher.matches(labels) for matcher in self.matchers)
 
 
+# One scrape's samples by sample name: [(labels, value)], as a reader of an exposition hands them over.
+Scrape = dict[str, list[tuple[dict[str, str], float]]]
+
+
 @dataclass(frozen=True)
 class EventSum:
     """A signed sum of counter selections: latency errors are `count - bucket{le=threshold}`.
@@ -159,6 +163,20 @@ class EventSum:
         for (sign, _), rate in zip(self.terms[1:], rates[1:]):
             text = f"{text} {'+' if sign > 0 else '-'} {rate}"
         return f"({text})"
+
+    def increase(self, start: "Scrape", end: "Scrape") -> float:
+        """The events between two scrapes of the same process, as PromQL's increase() counts them: per
+        series, end - start, or end alone where the counter went down (a restart began it again at 0);
+        a series new at the end counts from 0."""
+        total = 0.0
+        for sign, selection in self.terms:
+            before = {frozenset(labels.items()): value for labels, value in start.get(selection.metric, ())
+                      if selection.matches(labels)}
+            for labels, value in end.get(selection.metric, ()):
+                if selection.matches(labels):
+                    old = before.get(frozenset(labels.items()), 0.0)
+                    total += sign * (value - old if value >= old else value)
+        return total
 
     def without(self, metric: str) -> "EventSum":
         """The same sum less the terms on `metric` (the engine's own view, without the probes)."""

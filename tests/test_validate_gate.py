@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from slo_sidecar.gate import judge, percentile, verdict
+from slo_sidecar.gate import judge, percentile, samples_by_name, server_events, verdict
 from slo_sidecar.loadgen import RequestResult
 from slo_sidecar.processes import free_port
 from slo_spec.load import DEFAULT_SPEC, load_spec
@@ -25,6 +25,26 @@ def test_percentile_interpolates_between_ranks():
     assert percentile(list(range(101)), 0.99) == 99
     assert math.isnan(percentile([], 0.5))
 
+
+
+def test_the_engines_events_between_two_scrapes_count_a_restart_from_zero():
+    """As Prometheus's increase(): per series, after - before, or after alone where the counter went down
+    (the engine restarted between the scrapes); a series first seen at the end counts from zero."""
+    slo = next(slo for slo in load_spec(str(DEFAULT_SPEC)).slos if slo.name == "availability")
+    line = 'slo_engine_http_requests_total{{endpoint="/v1/completions",code="{code}",model="m"}} {value}'
+
+    def scrape(**values: float) -> dict:
+        text = "# TYPE slo_engine_http_requests_total counter\n" + "\n".join(
+            line.format(code=code.removeprefix("c"), value=value) for code, value in values.items()) + "\n"
+        return samples_by_name(text)
+
+    before = scrape(c200=900, c500=100)
+    # Steady: 100 more served, 20 more failed.
+    assert server_events(slo, before, scrape(c200=1000, c500=120)) == (20, 120)
+    # Restarted between the scrapes: the counters began again at 0 and now read 45 and 5.
+    assert server_events(slo, before, scrape(c200=45, c500=5)) == (5, 50)
+    # A 503 series appears: its 7 are new events; a 400 is in neither selection.
+    assert server_events(slo, before, scrape(c200=910, c500=100, c503=7, c400=3)) == (7, 17)
 
 def ok(ttft: float, gap: float = 0.01, tokens: int = 9) -> RequestResult:
     return RequestResult(200, 0.0, ttft + gap * (tokens - 1), ttft, [gap] * (tokens - 1), tokens, 10)
