@@ -76,13 +76,13 @@ import yaml  # noqa: E402
 from sidecar.headroom import DEFAULT_TIME_CONSTANT_S as HEADROOM_TAU_S  # noqa: E402
 from sidecar.headroom import clamp as headroom_clamp  # noqa: E402
 from sidecar.headroom import ewma as headroom_ewma  # noqa: E402
+from slo_spec.capacity_report import CAPACITY_VERSION  # noqa: E402
 from bench.hpa_model import (  # noqa: E402
     DEFAULT_SCALE_DOWN, DEFAULT_SCALE_UP, SYNC_PERIOD_S, Fleet, HorizontalPodAutoscaler, HpaSpec, ScalingPolicy,
     ScalingRules, metric_proposal)
 
 FIXTURE = REPO / "tests" / "fixtures" / "capacity-report.json"
 DEPLOY_HPA = REPO / "deploy" / "base" / "hpa.yaml"
-REPORT_VERSION = "slo-sidecar/capacity/v1"
 DEFAULT_RAMP = "0:2,20:10,40:10,60:1"
 # Context, not reproduced here: llm-d's SLO-aware KEDA scaling (H100, Qwen3-32B), as issue 17 cites it.
 REFERENCE = ("llm-d, SLO-aware KEDA scaling (H100, Qwen3-32B; published, not reproduced here): "
@@ -126,8 +126,8 @@ class Curve:
 
     @classmethod
     def from_report(cls, report: dict[str, Any]) -> Curve:
-        if report.get("version") != REPORT_VERSION:
-            raise ReportError(f"version {report.get('version')!r}, expected {REPORT_VERSION!r}")
+        if report.get("version") != CAPACITY_VERSION:
+            raise ReportError(f"version {report.get('version')!r}, expected {CAPACITY_VERSION!r}")
         if report.get("capacity_rps") is None:
             raise ReportError("the report found no capacity (its lowest rate already missed an objective)")
         try:

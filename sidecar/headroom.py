@@ -8,7 +8,6 @@ docs/sidecar.md, "How headroom and utilisation are computed". Pure code but for 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Callable, Iterable, Mapping
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from slo_spec import capacity_report
 from slo_spec.model import Spec
 
 from .engine_stats import HISTOGRAMS, EngineStats
@@ -28,7 +28,6 @@ CLAMP = (0.0, 4.0)
 # The measures of the spec's targets (`<measure>_s`) -> the engine snapshot's quantile keys.
 MEASURE_KEYS = {"ttft": "ttft", "tpot": "tpot", "e2e": "e2e", "queue": "queue_time"}
 REQUEST_RATE = "finished_requests_per_second"  # engine_stats' rate of vllm:request_success_total
-CAPACITY_VERSION = "slo-sidecar/capacity/v1"
 
 HEADROOM = "slo_headroom_ratio"
 OVERALL = "slo_headroom_overall_ratio"
@@ -211,30 +210,7 @@ def read_capacity_report(path: str | Path) -> float:
         raise ValueError(f"cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ValueError("not UTF-8 text: expected the JSON report of `slo-sidecar capacity --json`") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise ValueError("not valid JSON: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise ValueError("expected a JSON object: the report of `slo-sidecar capacity --json`")
-    version = data.get("version")
-    if version != CAPACITY_VERSION:
-        raise ValueError(f"version: expected {CAPACITY_VERSION!r}, got {version!r}")
-    if "capacity_rps" not in data:
-        raise ValueError("capacity_rps: missing")
-    rps = data["capacity_rps"]
-    if rps is None:
-        raise ValueError("capacity_rps: null (the measurement found no rate that meets every SLO: "
-                         "rerun `slo-sidecar capacity` at lower rates)")
-    try:
-        finite = not isinstance(rps, bool) and isinstance(rps, (int, float)) and math.isfinite(float(rps))
-    except OverflowError:
-        finite = False
-    if not finite or rps <= 0:
-        raise ValueError(f"capacity_rps: expected a number > 0, got {rps!r}")
-    return float(rps)
+    return capacity_report.capacity_rps(capacity_report.parse_report(text))
 
 
 # --- the families -----------------------------------------------------------------------------------

@@ -24,10 +24,11 @@ from typing import Callable
 from iokit.arguments import http_url, positive
 from iokit.files import write_atomically
 from sidecar.engine_stats import HISTOGRAMS
-from sidecar.headroom import CAPACITY_VERSION, MEASURE_KEYS, QUANTILE, capped_p90
+from sidecar.headroom import MEASURE_KEYS, QUANTILE, capped_p90
+from slo_spec.capacity_report import CAPACITY_VERSION
 from slo_spec.model import Spec
 
-REPORT_VERSION = CAPACITY_VERSION  # what the sidecar's --capacity reads
+
 EXIT_FAIL, EXIT_ERROR = 1, 2
 
 
@@ -259,7 +260,7 @@ def table(found: Search) -> str:
 
 def report(found: Search, settings, spec: Spec) -> dict:
     return {
-        "version": REPORT_VERSION, "url": settings.url, "spec": spec.source,
+        "version": CAPACITY_VERSION, "url": settings.url, "spec": spec.source,
         "load": {"arrivals": "poisson", "prompt_tokens": settings.prompt_tokens, "max_tokens": settings.max_tokens,
                  "stream": settings.stream, "seed": settings.seed, "request_mix": len(settings.request_mix)},
         "steps": [{**asdict(step), "unjudged": step.unjudged} for step in sorted(found.steps, key=lambda s: s.rate_rps)],

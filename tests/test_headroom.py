@@ -23,7 +23,6 @@ from sidecar.engine_collector import EngineCollector
 from sidecar.engine_stats import EngineStats
 from sidecar.guard import GuardedExposition
 from sidecar.headroom import (
-    CAPACITY_VERSION,
     Headroom,
     HeadroomCollector,
     capped_p90,
@@ -34,6 +33,7 @@ from sidecar.headroom import (
     read_capacity_report,
     utilisation,
 )
+from slo_spec.capacity_report import CAPACITY_VERSION
 from slo_spec.load import DEFAULT_SPEC, load_spec, parse_spec
 from tests.helpers import REPO, metric, parse_metrics
 
