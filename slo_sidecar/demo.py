@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import shutil
 import signal
 import sys
@@ -246,6 +247,14 @@ def run(args: argparse.Namespace) -> int:
         return 130 if isinstance(stop, KeyboardInterrupt) else 143
 
 
+def engine_cpus() -> frozenset[int] | None:
+    """The CPUs the engine may use: all but the last where there are two or more, as a pod's CPU limit
+    would hold it. On a 2-core machine an unpinned vLLM takes both, and Prometheus, the sidecar and
+    the clients starve: the live lines read "?" and the request rate falls."""
+    available = sorted(os.sched_getaffinity(0))
+    return frozenset(available[:-1]) if len(available) >= 2 else None
+
+
 def run_demo(args: argparse.Namespace) -> int:
     for binary, package in ((args.prometheus, "prometheus"), (args.alertmanager, "prometheus-alertmanager")):
         if shutil.which(binary) is None:
@@ -282,7 +291,7 @@ def run_demo(args: argparse.Namespace) -> int:
         adapters = [f"{tenant}={ensure_lora(tenant)}" for tenant in TENANTS]
         engine = stack.enter_context(EngineProcess(
             logs / "engine.log", *ENGINE_ARGS, "--slo", str(spec_path), "--enable-lora", "--max-loras", "2",
-            "--max-lora-rank", "8", "--lora-modules", *adapters, fault_injection=True).start())
+            "--max-lora-rank", "8", "--lora-modules", *adapters, fault_injection=True, cpus=engine_cpus()).start())
         print(f"  engine on {engine.url}: ready in {engine.wait_ready():.0f} s")
         sidecar = stack.enter_context(SidecarProcess(
             logs / "sidecar.log", engine.url, "--slo", str(spec_path), "--engine-interval-s", "1", "--fake-gpu", "1",
