@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from slo_spec.buckets import HTTP_DURATION_HISTOGRAM
-from slo_spec.model import OTHER_SLICE, TENANT_LABEL, EventSum, Matcher, Slo, Spec
+from slo_spec.model import OTHER_SLICE, TENANT_LABEL, EventSum, Matcher, Scrape, Slo, Spec
 
 # Histograms a client can time itself, and the client measurement that matches each.
 CLIENT_MEASURE = {
@@ -37,7 +37,7 @@ CLIENT_MEASURE = {
 # gap between content chunks stands for time per output token; queue time is the server's alone).
 TARGET_MEASURE = {"ttft_s": "ttft", "tpot_s": "itl", "e2e_s": "e2e"}
 QUANTILES = (0.5, 0.95, 0.99)
-Samples = dict[str, list[tuple[dict[str, str], float]]]  # sample name: [(labels, value)]
+Samples = Scrape  # sample name: [(labels, value)], the shape EventSum.increase reads
 
 
 def percentile(values: list[float], q: float) -> float:
