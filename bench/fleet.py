@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,10 +35,10 @@ from alerts.dump import dump  # noqa: E402
 from alerts.render import rule_groups  # noqa: E402
 from bench.fleet_model import TEMPLATE_DIR, Fleet, Incident, PodTemplate, history, make_fleet, render, target_labels  # noqa: E402
 from bench.sloth_rules import sloth_rule_groups  # noqa: E402
-from slo_sidecar.lab.replay import rule_levels  # noqa: E402
+from slo_sidecar.backfill import openmetrics_blocks, rule_blocks, rule_levels  # noqa: E402
 from slo_sidecar.processes import PrometheusProcess, get_json  # noqa: E402
 from slo_spec.load import DEFAULT_SPEC, load_spec  # noqa: E402
-from slo_spec.model import Spec  # noqa: E402
+from slo_spec.model import Spec, duration_seconds  # noqa: E402
 from tests.helpers import metric, parse_metrics  # noqa: E402
 from tests.threaded_server import ThreadedServer  # noqa: E402
 
@@ -96,7 +95,7 @@ def history_blocks(workdir: Path, fleet: Fleet, template: PodTemplate, start_s: 
     """The raw SLI history as TSDB blocks (promtool); (their directory, the samples written)."""
     source, blocks = workdir / "history.om", workdir / "history-blocks"
     samples = write_openmetrics(source, fleet, template, start_s, end_s, step_s)
-    _promtool("tsdb", "create-blocks-from", "openmetrics", str(source), str(blocks))
+    openmetrics_blocks(source, blocks, workdir / "promtool-openmetrics.log")
     source.unlink()
     return blocks, samples
 
@@ -133,15 +132,9 @@ def recording_blocks(prometheus: PrometheusProcess, rules: list[dict], start_s: 
     already holds (promtool evaluates each against it)."""
     path, out = workdir / f"{name}.rules.yaml", workdir / name
     rule_file(path, [{"name": name, "rules": rules}])
-    _promtool("tsdb", "create-blocks-from", "rules", f"--start={int(start_s)}", f"--end={int(end_s)}",
-              f"--url={prometheus.url}", f"--eval-interval={interval}", f"--output-dir={out}", str(path))
+    rule_blocks(prometheus.url, [str(path)], start_s, end_s, duration_seconds(interval), out,
+                workdir / f"promtool-{name}.log")
     return out
-
-
-def _promtool(*args: str) -> None:
-    result = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=3600)
-    if result.returncode != 0:
-        raise RuntimeError(f"promtool {' '.join(args[:3])}: {result.stdout[-2000:]}{result.stderr[-2000:]}")
 
 
 def rule_file(path: Path, groups: list[dict]) -> Path:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 
 import aiohttp
 
@@ -64,6 +66,16 @@ async def test_the_engine_judges_each_request_once_against_every_target(engine):
                 await response.read()
                 return response.status
 
+        async def stream(body: dict) -> tuple[int, list[float]]:
+            """The status, and when each chunk that carried text arrived."""
+            times: list[float] = []
+            async with session.post(engine.url + "/v1/completions", json=body) as response:
+                async for line in response.content:
+                    text = line.decode().removeprefix("data: ").strip()
+                    if text.startswith("{") and any(choice.get("text") for choice in json.loads(text)["choices"]):
+                        times.append(time.monotonic())
+                return response.status, times
+
         async def faults(**settings: float) -> None:
             await asyncio.to_thread(engine.set_faults, **settings)
 
@@ -72,7 +84,8 @@ async def test_the_engine_judges_each_request_once_against_every_target(engine):
             # Each token-bearing chunk waits 0.25 s: the first token goes at ~0.25 s (within TTFT's 0.5 s), the
             # other two, generated meanwhile, together at ~0.5 s: (0.5 - 0.25) / 2 per token, over goodput's 0.1 s.
             await faults(token_delay_s=0.25)
-            slow_stream = await complete({"prompt": "slow", "max_tokens": 3, "stream": True, "ignore_eos": True})
+            slow_stream, chunk_times = await stream({"prompt": "slow", "max_tokens": 3, "stream": True,
+                                                     "ignore_eos": True})
             await faults(token_delay_s=0.0, delay_s=0.6)  # 0.6 s before the first token: over TTFT's 0.5 s
             slow_start = await complete({"prompt": "late", "max_tokens": 4})
             await faults(delay_s=0.0, error_ratio=1.0)  # a server error misses every target
@@ -86,5 +99,10 @@ async def test_the_engine_judges_each_request_once_against_every_target(engine):
     # 6 requests judged per SLO (3 fast, the slow stream, the slow start, the failure); the 400 is not.
     assert all(delta[(slo, "true")] + delta[(slo, "false")] == 6 for slo in JUDGED_SLOS), delta
     assert delta[("ttft", "false")] == 2  # the slow start and the failure
-    assert delta[("goodput", "false")] == 3  # the slow stream, the slow start and the failure
+    # The slow stream misses goodput's 0.1 s per token when its tokens came apart, as the comment above
+    # expects: TPOT = (last - first) / (3 - 1) >= 0.125 s. An API server slower than the engine core (a
+    # starved CI runner) can send all three in the first chunk: then TPOT is 0, and the target is met.
+    tpot_s = (chunk_times[-1] - chunk_times[0]) / 2
+    assert tpot_s > 0.1 or len(chunk_times) == 1, chunk_times
+    assert delta[("goodput", "false")] == 2 + (tpot_s > 0.1)  # the slow stream, the slow start, the failure
     assert delta[("e2e-latency", "false")] == 1 and delta[("queue-time", "false")] == 1  # the failure only

@@ -22,8 +22,6 @@ Where this differs from a live Prometheus:
 from __future__ import annotations
 
 import math
-import re
-import subprocess
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterator
@@ -33,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from slo_sidecar.backfill import openmetrics_blocks, rule_blocks, rule_levels
 from slo_sidecar.processes import ManagedProcess, free_port, get_json
 from slo_spec.model import duration_seconds
 
@@ -40,7 +39,6 @@ MAX_POINTS = 11_000  # query_range refuses more points per series
 # Retention counts back from the newest block, not from now: old histories are kept, and 100y, Prometheus's
 # ceiling, keeps any span.
 RETENTION = "100y"
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 LabelSet = tuple[tuple[str, str], ...]
 
@@ -118,10 +116,8 @@ def replay(series: list[Series], rule_files: list[Path], start: float, end: floa
         with _prometheus(prometheus_dir, lookback_s, f"prometheus-level{level}.log") as url:
             # Relative paths: a group's evaluation offset hashes its file's path as given, so the same
             # replay evaluates at the same instants wherever its work directory is (its times reproduce).
-            _run(["promtool", "tsdb", "create-blocks-from", "rules", f"--start={data_start}", f"--end={end}",
-                  f"--eval-interval={step_s}s", f"--url={url}", f"--output-dir={blocks}",
-                  *(str(path.relative_to(workdir)) for path in rule_paths)],
-                 workdir / f"promtool-rules-level{level}.log", cwd=workdir)
+            rule_blocks(url, [str(path.relative_to(workdir)) for path in rule_paths], data_start, end, step_s,
+                        blocks, workdir / f"promtool-rules-level{level}.log", cwd=workdir)
         for block in blocks.iterdir():  # Prometheus reads new blocks at start-up: the next one sees these
             block.rename(prometheus_dir / "tsdb" / block.name)
     times = [start + k * step_s for k in range(int((end - start) // step_s) + 1)]
@@ -167,30 +163,6 @@ def _levels(recordings: list[_Recording]) -> list[list[_Recording]]:
     return [[by_rule[id(rule)] for rule in level] for level in rule_levels([r.rule for r in recordings])]
 
 
-def rule_levels(rules: list[dict]) -> list[list[dict]]:
-    """Recording rules in dependency levels, each reading only raw series and earlier levels' records.
-
-    promtool evaluates all the rules of one backfill against the data as it was before it, so a rule that
-    reads another rule's series must come a level later. A rule depends on every other rule whose recorded
-    name its expression mentions.
-    """
-    recorders: dict[str, set[int]] = defaultdict(set)
-    for index, rule in enumerate(rules):
-        recorders[rule["record"]].add(index)
-    needs = [{other for name in _METRIC_NAME.findall(rule["expr"]) for other in recorders.get(name, ())
-              if other != index} for index, rule in enumerate(rules)]
-    levels: list[list[dict]] = []
-    pending = set(range(len(rules)))
-    while pending:
-        ready = {index for index in pending if not needs[index] & pending}
-        if not ready:
-            raise ValueError("recording rules read each other in a cycle: "
-                             + ", ".join(sorted({rules[index]["record"] for index in pending})))
-        levels.append([rules[index] for index in sorted(ready)])
-        pending -= ready
-    return levels
-
-
 def _write_level(recordings: list[_Recording], rules_dir: Path) -> list[Path]:
     """One level's rules as rule files, one per original file and at the same path at every level.
 
@@ -218,11 +190,8 @@ def _backfill_series(series: list[Series], workdir: Path, data_dir: Path) -> Non
     path = workdir / "series.om"
     path.write_text(_openmetrics(series))
     times = [t for s in series for t, _ in s.samples]
-    # promtool parses the whole file once per block, and its default 2h blocks make a month 360 passes;
-    # --max-block-duration (hidden in 2.42, a Go duration: hours, no days) makes it a few
     hours = max(2, math.ceil((max(times, default=0) - min(times, default=0)) / 3600))
-    _run(["promtool", "tsdb", "create-blocks-from", "openmetrics", f"--max-block-duration={hours}h",
-          str(path), str(data_dir)], workdir / "promtool-openmetrics.log")
+    openmetrics_blocks(path, data_dir, workdir / "promtool-openmetrics.log", max_block_hours=hours)
 
 
 def _openmetrics(series: list[Series]) -> str:
@@ -247,14 +216,6 @@ def _number(value: float) -> str:
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return repr(float(value))
-
-
-def _run(args: list[str], log: Path, cwd: Path | None = None) -> None:
-    """Run a tool with its output in log; RuntimeError with the output's end when it fails."""
-    with open(log, "wb") as output:
-        returncode = subprocess.run(args, stdout=output, stderr=subprocess.STDOUT, cwd=cwd).returncode
-    if returncode:
-        raise RuntimeError(f"{' '.join(args)} exited with {returncode}:\n{log.read_text()[-2000:]}")
 
 
 @contextmanager
