@@ -294,19 +294,28 @@ async def test_client_disconnect_mid_stream_aborts_the_vllm_request(engine):
         return metric(after, name, **labels) - metric(before, name, **labels)
 
     async with session() as s:
-        before = await scrape(s, engine.url)
-        async with s.post(engine.url + "/v1/completions", headers=AUTH,
-                          json={"prompt": "long", "max_tokens": 900, "stream": True, "ignore_eos": True}) as r:
-            assert r.status == 200
-            await r.content.readline()  # the first event arrived: generation is under way
-        # Leaving the block closed the connection mid-stream. vLLM's gauge and our counter are
-        # updated by different processes: wait for both (a starved CI runner once read one first).
-        for _ in range(100):
-            after = await scrape(s, engine.url)
-            if metric(after, "vllm:num_requests_running") == 0 and moved("slo_engine_request_errors_total",
-                                                                          reason="client_disconnect") >= 1:
+        # On 2 busy cores vLLM's API server can fall behind its engine core and deliver a whole answer in
+        # one burst (measured: 5 of 40 900-token streams, each ~1 s): a disconnect then comes after the end,
+        # and is rightly a 200. So the test leaves only once vLLM still runs the request, and tries again
+        # (at most 3 times) when the answer finished first anyway.
+        for attempt in range(3):
+            before = await scrape(s, engine.url)
+            async with s.post(engine.url + "/v1/completions", headers=AUTH,
+                              json={"prompt": "long", "max_tokens": 900, "stream": True, "ignore_eos": True}) as r:
+                assert r.status == 200
+                await r.content.readline()  # the first event arrived
+                still_running = metric(await scrape(s, engine.url), "vllm:num_requests_running") == 1
+            # Leaving the block closed the connection mid-stream. vLLM's gauge and our counter are
+            # updated by different processes: wait for both (a starved CI runner once read one first).
+            for _ in range(100):
+                after = await scrape(s, engine.url)
+                if metric(after, "vllm:num_requests_running") == 0 and (
+                        moved("slo_engine_request_errors_total", reason="client_disconnect") >= 1
+                        or moved("vllm:request_success_total") >= 1):
+                    break
+                await asyncio.sleep(0.1)
+            if still_running and moved("vllm:request_success_total") == 0:
                 break
-            await asyncio.sleep(0.1)
 
     assert metric(after, "vllm:num_requests_running") == 0
     assert moved("slo_engine_request_errors_total", reason="client_disconnect") == 1

@@ -165,22 +165,28 @@ def test_probes_are_served_but_not_counted(vllm_server):
 
 
 def test_a_client_that_leaves_mid_stream_is_a_499(vllm_server):
-    before = counts(scrape(vllm_server))
-    errors_before = metric(scrape(vllm_server), "slo_engine_request_errors_total", reason="client_disconnect",
-                           model=MODEL_NAME)
     body = {"model": MODEL_NAME, "prompt": "Once", "max_tokens": 400, "ignore_eos": True, "stream": True}
-    connection = http.client.HTTPConnection("127.0.0.1", vllm_server.port, timeout=60)
-    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    assert response.status == 200
-    response.fp.readline()  # the first event, then hang up
-    connection.sock.close()
-    connection.close()
-    for _ in range(100):
-        samples = scrape(vllm_server)
-        if counts(samples)["/v1/completions 499"] > before["/v1/completions 499"]:
+    # vLLM's API server on 2 busy cores can send a whole answer in one burst after the engine core
+    # finished it: hanging up then comes after the end, rightly a 200. Such a try is taken again (3 at most).
+    for attempt in range(3):
+        before = counts(scrape(vllm_server))
+        errors_before = metric(scrape(vllm_server), "slo_engine_request_errors_total", reason="client_disconnect",
+                               model=MODEL_NAME)
+        connection = http.client.HTTPConnection("127.0.0.1", vllm_server.port, timeout=60)
+        connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200
+        response.fp.readline()  # the first event, then hang up
+        connection.sock.close()
+        connection.close()
+        for _ in range(100):
+            samples = scrape(vllm_server)
+            ended = moved(before, counts(samples))
+            if ended.get("/v1/completions 499") or ended.get("/v1/completions 200"):
+                break
+        if not ended.get("/v1/completions 200"):
             break
-    assert moved(before, counts(samples)) == {"/v1/completions 499": 1}, "not judged, no tokens counted"
+    assert ended == {"/v1/completions 499": 1}, "not judged, no tokens counted"
     assert metric(samples, "slo_engine_request_errors_total", reason="client_disconnect",
                   model=MODEL_NAME) == errors_before + 1
 
