@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slo_spec.model import Spec
+from slo_sidecar.spec.model import Spec
 
 
 def alertmanager_config(spec: Spec) -> dict[str, Any]:

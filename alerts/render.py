@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slo_spec.model import Slo, Spec
+from slo_sidecar.spec.model import Slo, Spec
 
 from .dump import dump
 from .alertmanager import alertmanager_config

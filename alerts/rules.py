@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from dashboards import definitions
-from dashboards.model import panel_url
-from slo_spec.model import PROBE_MISSED, BurnAlert, Operational, Slo, Spec, duration_label, event_guard
+from slo_sidecar.dashboards import definitions
+from slo_sidecar.dashboards.model import panel_url
+from slo_sidecar.spec.model import PROBE_MISSED, BurnAlert, Operational, Slo, Spec, duration_label, event_guard
 
 # A floor under every native SLI's event rate: with no events the error ratio reads 0 (nothing
 # failed, no budget spent) instead of NaN, so a healthy idle service shows burn 0 and its whole

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from re import _parser as sre_parse  # type: ignore[attr-defined]  # the stdlib's own regex parser
 from typing import Any, Callable
 
-from slo_spec.model import PROBE_MISSED, Matcher, Selection, Slo, Spec
+from slo_sidecar.spec.model import PROBE_MISSED, Matcher, Selection, Slo, Spec
 
 from .dump import dump
 from .rules import slo_id

@@ -73,10 +73,10 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from sidecar.headroom import DEFAULT_TIME_CONSTANT_S as HEADROOM_TAU_S  # noqa: E402
-from sidecar.headroom import clamp as headroom_clamp  # noqa: E402
-from sidecar.headroom import ewma as headroom_ewma  # noqa: E402
-from slo_spec.capacity_report import CAPACITY_VERSION  # noqa: E402
+from slo_sidecar.sidecar.headroom import DEFAULT_TIME_CONSTANT_S as HEADROOM_TAU_S  # noqa: E402
+from slo_sidecar.sidecar.headroom import clamp as headroom_clamp  # noqa: E402
+from slo_sidecar.sidecar.headroom import ewma as headroom_ewma  # noqa: E402
+from slo_sidecar.spec.capacity_report import CAPACITY_VERSION  # noqa: E402
 from bench.hpa_model import (  # noqa: E402
     DEFAULT_SCALE_DOWN, DEFAULT_SCALE_UP, SYNC_PERIOD_S, Fleet, HorizontalPodAutoscaler, HpaSpec, ScalingPolicy,
     ScalingRules, metric_proposal)

@@ -31,14 +31,14 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from alerts.dump import dump  # noqa: E402
-from alerts.render import rule_groups  # noqa: E402
+from slo_sidecar.alerts.dump import dump  # noqa: E402
+from slo_sidecar.alerts.render import rule_groups  # noqa: E402
 from bench.fleet_model import TEMPLATE_DIR, Fleet, Incident, PodTemplate, history, make_fleet, render, target_labels  # noqa: E402
 from bench.sloth_rules import sloth_rule_groups  # noqa: E402
-from slo_sidecar.backfill import openmetrics_blocks, rule_blocks, rule_levels  # noqa: E402
-from slo_sidecar.processes import PrometheusProcess, get_json  # noqa: E402
-from slo_spec.load import DEFAULT_SPEC, load_spec  # noqa: E402
-from slo_spec.model import Spec, duration_seconds  # noqa: E402
+from slo_sidecar.app.backfill import openmetrics_blocks, rule_blocks, rule_levels  # noqa: E402
+from slo_sidecar.app.processes import PrometheusProcess, get_json  # noqa: E402
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec  # noqa: E402
+from slo_sidecar.spec.model import Spec, duration_seconds  # noqa: E402
 from tests.helpers import metric, parse_metrics  # noqa: E402
 from tests.threaded_server import ThreadedServer  # noqa: E402
 
@@ -225,7 +225,7 @@ def accuracy(prometheus: PrometheusProcess, server: FleetServer, spec: Spec,
              windows: tuple[str, ...] = ("1d", "3d", "30d"), slo_name: str = "ttft") -> list[dict]:
     """Each service's error ratio over each long window: our newest recording, the exact form at that
     recording's own time, and the model's truth there (a 1-day ratio moves between evaluations)."""
-    from slo_spec.model import duration_seconds
+    from slo_sidecar.spec.model import duration_seconds
 
     rows = []
     for window in windows:
@@ -253,7 +253,7 @@ def relative_error(value: float | None, truth: float) -> float:
 def panel_costs(prometheus: PrometheusProcess, spec: Spec) -> list[tuple[str, str, float]]:
     """(dashboard, panel, seconds) for every panel query of every dashboard, as Grafana would ask it: an
     instant query, or a range query over the default hour at a 15 s step."""
-    from dashboards.definitions import all_panel_queries
+    from slo_sidecar.dashboards.definitions import all_panel_queries
 
     costs = []
     end = time.time()
@@ -298,7 +298,7 @@ def capture(directory: Path, requests: int = 20) -> tuple[int, int]:
     """The pod template, from a real pod: an engine traced as the deployment's is (OTLP to a collector that
     is not there: spans are dropped and counted, as they would be), after `requests` completions, and a
     sidecar beside it with 8 fake GPUs after a few scrapes. Returns the series each serves."""
-    from slo_sidecar.processes import EngineProcess, SidecarProcess, free_port
+    from slo_sidecar.app.processes import EngineProcess, SidecarProcess, free_port
     from tests.helpers import post_json
 
     workdir = Path(tempfile.mkdtemp(prefix="slo-sidecar-capture-"))

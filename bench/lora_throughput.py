@@ -19,8 +19,8 @@ sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
 
-from engine.tiny_lora import ensure_lora  # noqa: E402
-from slo_sidecar.processes import EngineProcess  # noqa: E402
+from slo_sidecar.engine.tiny_lora import ensure_lora  # noqa: E402
+from slo_sidecar.app.processes import EngineProcess  # noqa: E402
 
 ADAPTERS = ("medical", "legal")
 

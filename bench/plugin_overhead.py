@@ -5,7 +5,7 @@ baseline (--baseline):
 
   plain     no plugin of ours (VLLM_PLUGINS=none), no middleware: what a user runs today
   untraced  ours with tracing off: what tracing itself costs
-  ours      `--middleware engine.asgi.SloMiddleware` and the stat-logger plugin, tracing on (every
+  ours      `--middleware slo_sidecar.engine.asgi.SloMiddleware` and the stat-logger plugin, tracing on (every
             request sampled, spans exported over OTLP/HTTP to a receiver in this process)
 
 Blocks run in ABBA order (plain, ours, ours, plain, ...), one server at a time, each started fresh;
@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from slo_sidecar.processes import VllmServerProcess  # noqa: E402
+from slo_sidecar.app.processes import VllmServerProcess  # noqa: E402
 from tests.otlp_receiver import OtlpReceiver  # noqa: E402
 
 MODEL_NAME = "tiny-llama"
@@ -45,8 +45,8 @@ def server_env(name: str, receiver: OtlpReceiver) -> tuple[list[str], dict[str, 
     if name == "plain":
         return [], {**env, "VLLM_PLUGINS": "none"}
     if name == "untraced":
-        return ["--middleware", "engine.asgi.SloMiddleware"], {**env, "SLO_ENGINE_TRACE_EXPORTER": "none"}
-    return (["--middleware", "engine.asgi.SloMiddleware"],
+        return ["--middleware", "slo_sidecar.engine.asgi.SloMiddleware"], {**env, "SLO_ENGINE_TRACE_EXPORTER": "none"}
+    return (["--middleware", "slo_sidecar.engine.asgi.SloMiddleware"],
             {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_TRACES_SAMPLER": "always_on",
              "OTEL_BSP_SCHEDULE_DELAY": "500"})
 
@@ -88,7 +88,7 @@ def main() -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    from engine.tiny_model import ensure_default_model
+    from slo_sidecar.engine.tiny_model import ensure_default_model
 
     model_dir = str(ensure_default_model())
     base = args.baseline

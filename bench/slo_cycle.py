@@ -19,11 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.sidecar_cycle import FIXTURE, per_call_s  # noqa: E402
-from sidecar.engine_collector import SCRAPE_FAMILIES, engine_families  # noqa: E402
-from sidecar.engine_stats import EngineStatsDeriver  # noqa: E402
-from sidecar.exposition import Sample, parse  # noqa: E402
-from sidecar.slo_tracker import SloTracker  # noqa: E402
-from slo_spec.load import DEFAULT_SPEC, parse_spec  # noqa: E402
+from slo_sidecar.sidecar.config import SidecarConfig  # noqa: E402
+from slo_sidecar.sidecar.engine_poller import EnginePoller  # noqa: E402
+from slo_sidecar.sidecar.exposition import Sample  # noqa: E402
+from slo_sidecar.sidecar.slo_tracker import SloTracker  # noqa: E402
+from slo_sidecar.spec.load import DEFAULT_SPEC, parse_spec  # noqa: E402
 
 
 def ten_slos() -> str:
@@ -65,12 +65,10 @@ def main() -> int:
         tracker.states(clock[0])
 
     text = FIXTURE.read_text()
-    deriver = EngineStatsDeriver(window_s=60)
-    engine_clock = [0.0]
+    engine = EnginePoller(SidecarConfig())  # parse, snapshot and families: the whole cycle
 
     def engine_cycle() -> None:
-        engine_clock[0] += 1.0
-        engine_families(deriver.update(parse(text, SCRAPE_FAMILIES), engine_clock[0], 1.0))
+        engine.take(text)
 
     min_time = 0.3 if args.quick else 3.0
     slo_s, engine_s = per_call_s(slo_cycle, min_time), per_call_s(engine_cycle, min_time)

@@ -21,9 +21,9 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from alerts.rules import slo_id
-from slo_spec.fields import DEFAULT_SEVERITY
-from slo_spec.model import PERIODS, Slo, Spec
+from slo_sidecar.alerts.rules import slo_id
+from slo_sidecar.spec.fields import DEFAULT_SEVERITY
+from slo_sidecar.spec.model import PERIODS, Slo, Spec
 
 SPEC_VERSION = "prometheus/v1"  # sloth_spec: what Sloth reads; a native SLO reaches it converted
 MODE = "cli-gen-prom"  # sloth_mode of `sloth generate`

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 import aiohttp  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from slo_sidecar.processes import EngineProcess, SidecarProcess  # noqa: E402
+from slo_sidecar.app.processes import EngineProcess, SidecarProcess  # noqa: E402
 
 API_KEY = "soak-key-0123456789abcdef"
 MAX_NUM_SEQS, MAX_WAITING = 4, 4

@@ -20,10 +20,10 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from engine.tiny_lora import ensure_lora  # noqa: E402
-from slo_sidecar.processes import EngineProcess, SidecarProcess  # noqa: E402
-from slo_spec.load import DEFAULT_SPEC  # noqa: E402
-from slo_spec.slicing import sliced_document  # noqa: E402
+from slo_sidecar.engine.tiny_lora import ensure_lora  # noqa: E402
+from slo_sidecar.app.processes import EngineProcess, SidecarProcess  # noqa: E402
+from slo_sidecar.spec.load import DEFAULT_SPEC  # noqa: E402
+from slo_sidecar.spec.slicing import sliced_document  # noqa: E402
 
 
 def families(url: str) -> Counter:

@@ -14,8 +14,8 @@ a label a series lacks reads it as "", so `model=~"medical"` would hide them.
 
 from __future__ import annotations
 
-from slo_spec.buckets import HTTP_DURATION_HISTOGRAM
-from slo_spec.model import BURN_ALERTS_30D, GOODPUT_TOKENS, SLO_COUNTER, Slo, Spec, duration_label
+from slo_sidecar.spec.buckets import HTTP_DURATION_HISTOGRAM
+from slo_sidecar.spec.model import BURN_ALERTS_30D, GOODPUT_TOKENS, SLO_COUNTER, Slo, Spec, duration_label
 
 from .model import TENANT_VARIABLES, Dashboard, Panel, PanelQuery, Query, panel_queries, row_link
 

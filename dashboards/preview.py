@@ -4,7 +4,7 @@ Pure: it takes the dashboard model and the series Prometheus returned and gives
 back HTML text, with no network and no JavaScript library, so the page opens in
 an air-gapped browser. The same model feeds Grafana's JSON, so a panel's
 queries, unit and thresholds here are the ones Grafana shows. Fetching the data
-lives in `slo_sidecar/preview.py`.
+lives in `slo_sidecar/app/preview.py`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`SloMiddleware`: our HTTP view of vLLM's OpenAI server, plugged in with vLLM's `--middleware` flag.
 
-    vllm serve MODEL --middleware engine.asgi.SloMiddleware
+    vllm serve MODEL --middleware slo_sidecar.engine.asgi.SloMiddleware
 
 A pure ASGI middleware (not Starlette's BaseHTTPMiddleware, which would buffer streams): it passes every
 request through untouched and watches what goes by. Per request: the endpoint (a fixed list, "other"
@@ -33,8 +33,8 @@ import uuid
 from http import HTTPStatus
 from typing import Any, Awaitable, Callable, MutableMapping
 
-from slo_spec.fields import SpecError
-from slo_spec.model import PROBE_HEADER
+from slo_sidecar.spec.fields import SpecError
+from slo_sidecar.spec.model import PROBE_HEADER
 
 from . import instrumentation
 from .adapter_cache import AdapterResidency

@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from iokit.arguments import non_negative_int, port_number, positive
-from iokit.files import read_secret
+from slo_sidecar.iokit.arguments import non_negative_int, port_number, positive
+from slo_sidecar.iokit.files import read_secret
 
-from slo_spec import __version__
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.spec import __version__
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 
 from .adapter_cache import AdapterResidency
 from .faults import FaultInjector

@@ -1,11 +1,11 @@
 """The engine as vLLM's own OpenAI server, launched in this process with our instrumentation plugged in.
 
-    python -m engine.launch [our flags] [any `vllm serve` flag]
+    python -m slo_sidecar.engine.launch [our flags] [any `vllm serve` flag]
 
 vLLM parses its own flags (everything it serves, it serves as `vllm serve` would); ours are read first and
 handed to the middleware through its SLO_ENGINE_* environment (engine/instrumentation.py). What this adds
 to a plain `vllm serve`:
-- `--middleware engine.asgi.SloMiddleware`, and the stat-logger plugin vLLM loads by its entry point;
+- `--middleware slo_sidecar.engine.asgi.SloMiddleware`, and the stat-logger plugin vLLM loads by its entry point;
 - the embedded tiny model where no model is named, eager mode on CPU, a KV cache of --kv-cache-gib;
 - the admission, body and timeout limits, on by default, and the API key from a file;
 - drain on SIGTERM for --drain-timeout-s (vLLM's --shutdown-timeout);
@@ -27,9 +27,9 @@ import sys
 import threading
 from typing import Callable, Sequence
 
-from iokit.arguments import non_negative_int, port_number, positive
-from iokit.files import read_secret
-from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
+from slo_sidecar.iokit.arguments import non_negative_int, port_number, positive
+from slo_sidecar.iokit.files import read_secret
+from slo_sidecar.spec.load import DEFAULT_SPEC, SpecError, load_spec
 
 from . import instrumentation
 from .settings import (
@@ -44,7 +44,7 @@ from .settings import (
     default_trace_exporter,
 )
 
-MIDDLEWARE = "engine.asgi.SloMiddleware"
+MIDDLEWARE = "slo_sidecar.engine.asgi.SloMiddleware"
 
 
 def our_arguments() -> argparse.ArgumentParser:

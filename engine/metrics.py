@@ -18,8 +18,8 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
-from slo_spec.buckets import HTTP_DURATION_BUCKETS
-from slo_spec.model import GENERATION_ENDPOINTS, TENANT_LABEL
+from slo_sidecar.spec.buckets import HTTP_DURATION_BUCKETS
+from slo_sidecar.spec.model import GENERATION_ENDPOINTS, TENANT_LABEL
 
 PREFIX = "slo_engine_"
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
 
-from slo_spec.model import GOODPUT_TOKENS, SLO_COUNTER, TENANT_LABEL, Spec
+from slo_sidecar.spec.model import GOODPUT_TOKENS, SLO_COUNTER, TENANT_LABEL, Spec
 
 from .metrics import UNKNOWN_MODEL
 

@@ -3,7 +3,7 @@
 A stat-logger plugin (entry point group `vllm.stat_logger_plugins`), so vLLM's AsyncLLM loads it in the
 API server's process and calls `record` on its event loop after each engine step. It only hands each
 finished sequence's stats to the join: no I/O, nothing that could stall serving. Without the middleware
-(no `--middleware engine.asgi.SloMiddleware`) there is nothing to join to, and it does nothing.
+(no `--middleware slo_sidecar.engine.asgi.SloMiddleware`) there is nothing to join to, and it does nothing.
 """
 
 from __future__ import annotations

@@ -27,10 +27,10 @@ MUTATIONS = [
     ("page for: 1m -> 2m", "alerts/rules.py", 'PAGE_FOR = "1m"', 'PAGE_FOR = "2m"'),
     ("ticket for: 10m -> 12m", "alerts/rules.py", 'TICKET_FOR = "10m"', 'TICKET_FOR = "12m"'),
     ("outage page for: 0s -> 1m", "alerts/rules.py", '"for": "0s",  # the 1-minute window', '"for": "1m",  # the 1-minute window'),
-    ("page burn factor 14.4 -> 13", "slo_spec/model.py", '("page", 3600, 300, 14.4)', '("page", 3600, 300, 13)'),
-    ("outage window 2m -> 3m", "slo_spec/model.py", "FAST_BURN_WINDOWS = (120, 60)", "FAST_BURN_WINDOWS = (180, 60)"),
+    ("page burn factor 14.4 -> 13", "slo_sidecar/spec/model.py", '("page", 3600, 300, 14.4)', '("page", 3600, 300, 13)'),
+    ("outage window 2m -> 3m", "slo_sidecar/spec/model.py", "FAST_BURN_WINDOWS = (120, 60)", "FAST_BURN_WINDOWS = (180, 60)"),
 ]
-GENERATE = ["-m", "slo_sidecar.cli", "generate", "--out", "alerts/generated", "--dashboards-out",
+GENERATE = ["-m", "slo_sidecar.app.cli", "generate", "--out", "alerts/generated", "--dashboards-out",
             "dashboards/generated", "--k8s", "deploy/base/generated"]
 
 

@@ -1,11 +1,11 @@
-"""`slo-sidecar sidecar`: one asyncio loop, each collector on its own interval and timeout.
+"""`slo-sidecar sidecar`: one asyncio loop, each poller (engine, GPUs, probes) on its own interval and timeout.
 
-A scrape of the sidecar's /metrics never waits on a collector: every collector
+A scrape of the sidecar's /metrics never waits on a poller: every poller
 stores its last completed families, and the exposition reads those. A failing
-collector is counted and reported down, and the process carries on. Its last good
+poller is counted and reported down, and the process carries on. Its last good
 values stay while younger than stale_after_s (one failed scrape is not an
 outage), then are withdrawn: alerts and the HPA see no data, never a frozen number.
-Nor can one collector fail the whole /metrics: each is guarded (guard.py), and a
+Nor can one family source fail the whole /metrics: each is guarded (guard.py), and a
 broken state file or a failed save of it costs the SLO windows' history at worst,
 never the process (slo_state.py).
 """
@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 from aiohttp import web
 from prometheus_client import (
@@ -35,29 +35,33 @@ from prometheus_client import (
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
-from iokit.serving import listen
-from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
-from slo_spec.model import Spec
+from slo_sidecar.iokit.serving import listen
+from slo_sidecar.spec.load import DEFAULT_SPEC, SpecError, load_spec
+from slo_sidecar.spec.model import Spec
 
-from .collector import CollectError, Collector
 from .config import ConfigError, SidecarConfig, add_arguments, load_config
-from .cost import CostCollector, TenantTokenRates, TenantTokens
-from .engine_collector import EngineCollector, ScrapeReader
+from .cost import CostCollector
+from .engine_poller import EnginePoller, SnapshotConsumer
 from .engine_processes import engine_pids
-from .gpu_collector import GpuCollector
 from .gpu_families import PodLabels
+from .gpu_poller import GpuPoller
 from .guard import GuardedExposition
-from .headroom import REQUEST_RATE, Headroom, HeadroomCollector, HeadroomReader, exact_targets
+from .headroom import REQUEST_RATE, Headroom, HeadroomCollector, exact_targets
+from .poller import Poller, PollError
 from .probe import Prober
 from .slo_families import SloCollector
 from .slo_state import SloStateFile
 from .slo_tracker import SloTracker
 
-log = logging.getLogger("sidecar")
+log = logging.getLogger(__name__)
+
+# /metrics is rendered once per poll and served as bytes until then, or for at most this long: the
+# process figures and staleness move on between polls too. 20 scrapers cost one rendering.
+RENDERED_MAX_AGE_S = 1.0
 
 
 @dataclass
-class CollectorState:
+class PollerState:
     families: list[Metric] = field(default_factory=list)
     last_success: float | None = None  # wall clock
     last_error: str | None = None
@@ -71,8 +75,8 @@ class CollectorState:
         return self.last_success is not None and now - self.last_success <= max_age_s
 
 
-class SnapshotCollector:
-    """prometheus_client custom collector: yields the families collector `name` last stored, while fresh."""
+class LastFamilies:
+    """prometheus_client custom collector: yields the families poller `name` last stored, while fresh."""
 
     def __init__(self, sidecar: "Sidecar", name: str):
         self.sidecar = sidecar
@@ -84,16 +88,16 @@ class SnapshotCollector:
 
 
 class Sidecar:
-    def __init__(self, config: SidecarConfig, collectors: list[Collector], exposition: GuardedExposition):
+    def __init__(self, config: SidecarConfig, pollers: list[Poller], exposition: GuardedExposition):
         self.config = config
-        self.collectors = collectors
+        self.pollers = pollers
         self.exposition = exposition
-        self.states = {c.name: CollectorState() for c in collectors}
-        # Values older than stale_after_s are withdrawn; a collector polled less often keeps
+        self.states = {p.name: PollerState() for p in pollers}
+        # Values older than stale_after_s are withdrawn; a source polled less often keeps
         # its values for two of its intervals, so they do not blink between two good runs.
-        self.max_age_s = {c.name: max(config.stale_after_s, 2 * c.interval_s) for c in collectors}
-        for collector in collectors:  # one guard each: broken families of one leave the others served
-            exposition.add(collector.name, SnapshotCollector(self, collector.name))
+        self.max_age_s = {p.name: max(config.stale_after_s, 2 * p.interval_s) for p in pollers}
+        for poller in pollers:  # one guard each: broken families of one leave the others served
+            exposition.add(poller.name, LastFamilies(self, poller.name))
         registry = exposition.group("sidecar")
         # For leak hunting (bench/soak.py): read at scrape time, on the event loop.
         Gauge("sidecar_event_loop_tasks", "asyncio tasks alive in the sidecar's event loop.",
@@ -112,44 +116,45 @@ class Sidecar:
                                   "1 when the last good engine values are older than stale_after_s, and so "
                                   "withdrawn.", registry=registry)
         self.engine_stale.set_function(self._engine_is_stale)
-        # The gauges read the collectors' state at scrape time, so they cannot disagree with /health.
-        for collector in collectors:
-            state = self.states[collector.name]
-            self.up.labels(collector.name).set_function(lambda state=state: float(state.up))
-            self.last_success.labels(collector.name).set_function(lambda state=state: state.last_success or 0.0)
-            for reason in (*collector.error_reasons, "timeout", "internal"):
-                self.errors.labels(collector.name, reason)
+        # The gauges read the pollers' state at scrape time, so they cannot disagree with /health.
+        for poller in pollers:
+            state = self.states[poller.name]
+            self.up.labels(poller.name).set_function(lambda state=state: float(state.up))
+            self.last_success.labels(poller.name).set_function(lambda state=state: state.last_success or 0.0)
+            for reason in (*poller.error_reasons, "timeout", "internal"):
+                self.errors.labels(poller.name, reason)
         if "engine" in self.states:
             self.engine_up.set_function(lambda: float(self.states["engine"].up))
 
     def is_fresh(self, name: str) -> bool:
-        """Whether collector `name`'s last good values are young enough to serve."""
+        """Whether poller `name`'s last good values are young enough to serve."""
         return self.states[name].fresh(time.time(), self.max_age_s[name])
 
     def _engine_is_stale(self) -> float:
         return 0.0 if "engine" in self.states and self.is_fresh("engine") else 1.0
 
-    async def run_collector(self, collector: Collector) -> None:
-        state = self.states[collector.name]
+    async def run_poller(self, poller: Poller) -> None:
+        state = self.states[poller.name]
         while True:
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(collector.timeout_s):
-                    state.families = await collector.collect()
+                async with asyncio.timeout(poller.timeout_s):
+                    state.families = await poller.poll()
                 state.last_success, state.last_error, state.failures = time.time(), None, 0
-            except (CollectError, TimeoutError) as exc:
-                reason = exc.reason if isinstance(exc, CollectError) else "timeout"
-                self._failed(collector.name, state, reason, str(exc) or reason)
-            except Exception as exc:  # a collector bug must not take the sidecar down
-                log.exception("collector %s failed", collector.name)
-                self._failed(collector.name, state, "internal", repr(exc))
+            except (PollError, TimeoutError) as exc:
+                reason = exc.reason if isinstance(exc, PollError) else "timeout"
+                self._failed(poller.name, state, reason, str(exc) or reason)
+            except Exception as exc:  # a poller bug must not take the sidecar down
+                log.exception("poller %s failed", poller.name)
+                self._failed(poller.name, state, "internal", repr(exc))
             elapsed = time.perf_counter() - started
-            self.duration.labels(collector.name).set(elapsed)
-            await asyncio.sleep(max(0.0, retry_delay(collector, state.failures) - elapsed))
+            self.duration.labels(poller.name).set(elapsed)
+            self.exposition.changed()  # the next /metrics renders afresh
+            await asyncio.sleep(max(0.0, retry_delay(poller, state.failures) - elapsed))
 
-    def _failed(self, name: str, state: CollectorState, reason: str, detail: str) -> None:
+    def _failed(self, name: str, state: PollerState, reason: str, detail: str) -> None:
         if state.last_error is None:  # once per outage, not every interval
-            log.warning("collector %s down: %s", name, detail)
+            log.warning("poller %s down: %s", name, detail)
         state.last_error = detail
         state.failures += 1
         self.errors.labels(name, reason).inc()
@@ -170,7 +175,7 @@ class Sidecar:
                    "last_error": state.last_error}
             for name, state in self.states.items()
         }
-        # The sidecar itself is alive whatever its collectors say: a dead engine must not restart it.
+        # The sidecar itself is alive whatever its pollers say: a dead engine must not restart it.
         status = "ok" if all(c["up"] for c in collectors.values()) else "degraded"
         return web.json_response({"status": status, "collectors": collectors})
 
@@ -188,15 +193,15 @@ def _tasks_alive() -> float:
         return 0.0
 
 
-def retry_delay(collector: Collector, failures: int) -> float:
-    """The interval while all is well; after failures, doubling up to the collector's backoff_max_s."""
+def retry_delay(poller: Poller, failures: int) -> float:
+    """The interval while all is well; after failures, doubling up to the poller's backoff_max_s."""
     if failures == 0:
-        return collector.interval_s
-    return max(collector.interval_s, min(collector.interval_s * 2 ** (failures - 1), collector.backoff_max_s))
+        return poller.interval_s
+    return max(poller.interval_s, min(poller.interval_s * 2 ** (failures - 1), poller.backoff_max_s))
 
 
-def build_collectors(config: SidecarConfig, tracker: SloTracker | None = None, readers: Sequence[ScrapeReader] = ()
-                     ) -> tuple[EngineCollector, GpuCollector]:
+def build_pollers(config: SidecarConfig, consumers: Sequence[SnapshotConsumer] = (),
+                  process_start_time: float | None = None) -> tuple[EnginePoller, GpuPoller]:
     def find_engine() -> set[int]:
         return engine_pids(config.engine_process_pattern, config.engine_pid)
 
@@ -209,51 +214,47 @@ def build_collectors(config: SidecarConfig, tracker: SloTracker | None = None, r
         nvml = fake_nvml.fake_gpus(config.fake_gpu, processes=fake_nvml.engine_holds_memory(find_engine))
     else:
         import pynvml as nvml
-    engine = EngineCollector(config, tracker, readers=readers)
-    gpu = GpuCollector(nvml, interval_s=config.gpu_interval_s, timeout_s=config.gpu_timeout_s,
-                       backoff_max_s=config.gpu_backoff_max_s,
-                       pod=PodLabels(config.pod, config.namespace, config.container), engine_pids=find_engine,
-                       dcgm_compat=config.dcgm_compat, hostname=os.environ.get("NODE_NAME"),
-                       scope=config.gpu_scope, engine_gpus=lambda: engine.engine_gpus)
+    engine = EnginePoller(config, consumers, process_start_time)
+    gpu = GpuPoller(nvml, interval_s=config.gpu_interval_s, timeout_s=config.gpu_timeout_s,
+                    backoff_max_s=config.gpu_backoff_max_s,
+                    pod=PodLabels(config.pod, config.namespace, config.container), engine_pids=find_engine,
+                    dcgm_compat=config.dcgm_compat, hostname=os.environ.get("NODE_NAME"),
+                    scope=config.gpu_scope, engine_gpus=lambda: engine.engine_gpus)
     return engine, gpu
 
 
-def generation_rate(engine: EngineCollector) -> float | None:
-    return None if engine.last_stats is None else engine.last_stats.rates.get("generation_tokens_per_second")
-
-
-def build_cost_collector(config: SidecarConfig, sidecar: "Sidecar", engine: EngineCollector,
-                         tenants: TenantTokens, gpus: Callable[[], int]) -> CostCollector:
-    """The cost figures, pod and per tenant; what comes from the engine is withdrawn once its values are stale."""
+def build_cost_collector(config: SidecarConfig, sidecar: "Sidecar", engine: EnginePoller,
+                         gpus: Callable[[], int]) -> CostCollector:
+    """The cost figures, pod and per tenant, from the engine's last snapshot; withdrawn once it is stale."""
     if config.gpu_hourly_usd is None:
         raise ValueError("cost figures need gpu_hourly_usd")
 
-    def tenant_rates() -> Mapping[str, TenantTokenRates] | None:
-        return tenants.rates if sidecar.is_fresh("engine") else None
+    def fresh() -> bool:
+        return engine.last_snapshot is not None and sidecar.is_fresh("engine")
 
     return CostCollector(
         config.gpu_hourly_usd, gpus=gpus,
-        generation_rate=lambda: generation_rate(engine) if sidecar.is_fresh("engine") else None,
-        tenant_rates=tenant_rates, prompt_token_weight=config.prompt_token_weight)
+        generation_rate=lambda: engine.rate("generation_tokens_per_second") if fresh() else None,
+        tenant_rates=lambda: engine.last_snapshot.tenant_tokens if fresh() else None,
+        prompt_token_weight=config.prompt_token_weight)
 
 
-def request_rate(engine: EngineCollector) -> float | None:
-    return None if engine.last_stats is None else engine.last_stats.rates.get(REQUEST_RATE)
+def build_headroom(config: SidecarConfig, spec: Spec) -> Headroom:
+    """The SLO headroom: an engine snapshot consumer, fed after each scrape."""
+    return Headroom(exact_targets(spec), time_constant_s=config.headroom_time_constant_s)
 
 
-def build_headroom_collector(config: SidecarConfig, spec: Spec, sidecar: "Sidecar", engine: EngineCollector
+def build_headroom_collector(config: SidecarConfig, headroom: Headroom, sidecar: "Sidecar", engine: EnginePoller
                              ) -> HeadroomCollector:
-    """The SLO headroom, fed after each engine scrape with the snapshot the engine collector has just derived,
-    and the capacity utilisation; both withdrawn once the engine's values are stale."""
-    headroom = Headroom(exact_targets(spec), time_constant_s=config.headroom_time_constant_s)
-    engine.add_reader(HeadroomReader(headroom, lambda: engine.last_stats, window_s=config.rate_window_s))
+    """The headroom and the capacity utilisation at scrape time; both withdrawn once the engine's values are
+    stale."""
     return HeadroomCollector(headroom, fresh=lambda: sidecar.is_fresh("engine"),
-                             request_rate=lambda: request_rate(engine), capacity_rps=config.capacity_rps)
+                             request_rate=lambda: engine.rate(REQUEST_RATE), capacity_rps=config.capacity_rps)
 
 
 async def serve(config: SidecarConfig, spec: Spec) -> int:
     disable_created_metrics()  # *_created series only add noise to the sidecar's small exposition
-    exposition = GuardedExposition()
+    exposition = GuardedExposition(max_age_s=RENDERED_MAX_AGE_S)
     ProcessCollector(registry=exposition.group("process"))
     PlatformCollector(registry=exposition.group("process"))
     tracker = SloTracker(spec)
@@ -262,14 +263,13 @@ async def serve(config: SidecarConfig, spec: Spec) -> int:
         state = SloStateFile(Path(config.slo_state_file), tracker, exposition.group("sidecar"))
         state.load(time.time())
     exposition.add("slo", SloCollector(tracker))
-    tenants = TenantTokens(window_s=config.rate_window_s)  # the tenants' token rates, for their cost
-    engine, gpu = build_collectors(config, tracker, [tenants] if config.gpu_hourly_usd is not None else [])
-    probes: list[Collector] = [Prober(config, tracker)] if config.probe_interval_s > 0 else []
+    headroom = build_headroom(config, spec)
+    engine, gpu = build_pollers(config, [tracker, headroom], tracker.engine_start_time)
+    probes: list[Poller] = [Prober(config, tracker)] if config.probe_interval_s > 0 else []
     sidecar = Sidecar(config, [engine, gpu, *probes], exposition)
     if config.gpu_hourly_usd is not None:
-        exposition.add("cost", build_cost_collector(config, sidecar, engine, tenants,
-                                                    gpus=lambda: gpu.gpu_count or config.gpus))
-    exposition.add("headroom", build_headroom_collector(config, spec, sidecar, engine))
+        exposition.add("cost", build_cost_collector(config, sidecar, engine, gpus=lambda: gpu.gpu_count or config.gpus))
+    exposition.add("headroom", build_headroom_collector(config, headroom, sidecar, engine))
     if config.capacity_rps is not None:
         log.info("capacity report %s: %.3g req/s at most within the SLOs", config.capacity, config.capacity_rps)
     runner = web.AppRunner(sidecar.build_app(), access_log=None)
@@ -281,7 +281,7 @@ async def serve(config: SidecarConfig, spec: Spec) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    tasks = [asyncio.create_task(sidecar.run_collector(c)) for c in sidecar.collectors]
+    tasks = [asyncio.create_task(sidecar.run_poller(p)) for p in sidecar.pollers]
     if state is not None:
         tasks.append(asyncio.create_task(state.keep_saving(config.slo_state_interval_s)))
     await stop.wait()
@@ -289,9 +289,9 @@ async def serve(config: SidecarConfig, spec: Spec) -> int:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    for collector in sidecar.collectors:
+    for poller in sidecar.pollers:
         with contextlib.suppress(Exception):
-            await collector.close()
+            await poller.close()
     if state is not None:
         await state.save_at_shutdown()
     await runner.cleanup()

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-from iokit.files import read_secret
+from slo_sidecar.iokit.files import read_secret
 
 from .cost import DEFAULT_PROMPT_TOKEN_WEIGHT
 from .engine_processes import DEFAULT_PATTERN

@@ -32,27 +32,17 @@ still shows it).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from slo_spec.model import GOODPUT_TOKENS, TENANT_LABEL
+from slo_sidecar.spec.model import TENANT_LABEL
 
-from .exposition import Sample, SampleFilter
-from .rates import CounterVector
+from .engine_snapshot import TenantTokenRates
 
 # A prompt token costs a quarter of a generated one unless configured (prompt_token_weight).
 DEFAULT_PROMPT_TOKEN_WEIGHT = 0.25
-
-# The engine's per-tenant token counters, labelled `model` (the served name, or "unknown").
-PROMPT_TOKENS = "slo_engine_prompt_tokens_total"
-GENERATION_TOKENS = "slo_engine_generation_tokens_total"
-GOOD_TOKENS = GOODPUT_TOKENS  # generated tokens of requests that met every exact SLO target
-TENANT_COUNTERS = (PROMPT_TOKENS, GENERATION_TOKENS, GOOD_TOKENS)
-TENANT_FAMILIES = SampleFilter(name.removesuffix("_total") for name in TENANT_COUNTERS)
-
 
 @dataclass(frozen=True)
 class CostFigures:
@@ -71,15 +61,6 @@ def cost_figures(gpu_hourly_usd: float, gpus: int, generation_tokens_per_second:
         pod_usd_per_hour / tokens_per_hour * 1e6 if tokens_per_hour > 0 else None,
         tokens_per_hour / gpus,
     )
-
-
-@dataclass(frozen=True)
-class TenantTokenRates:
-    """One tenant's tokens per second over the rate window."""
-
-    prompt: float
-    generation: float
-    good: float | None = None  # None: the engine does not count its good tokens
 
 
 @dataclass(frozen=True)
@@ -111,67 +92,6 @@ def tenant_costs(pod_usd_per_hour: float, rates: Mapping[str, TenantTokenRates],
             usd_per_hour / good_per_hour * 1e6 if good_per_hour > 0 else None,
         )
     return costs
-
-
-@dataclass
-class TenantTokens:
-    """Each tenant's token rates over the window, from the engine's per-tenant counters in each scrape.
-
-    Pure code, fed like EngineStatsDeriver (samples, monotonic time, the engine's
-    process start time) and on the same CounterVector: resets and restarts are
-    handled as for the engine's other counters. One vector per tenant, so a
-    tenant appearing (its first request) or vanishing leaves the others' history
-    alone; memory follows the tenants the engine exposes now. A tenant's series
-    seen for the first time count nothing yet (Prometheus's rule): its rates
-    come with its second scrape.
-    """
-
-    window_s: float = 60.0
-    rates: dict[str, TenantTokenRates] | None = None  # from the last scrape; None before the first
-    families = TENANT_FAMILIES  # what it reads of each engine scrape (engine_collector.ScrapeReader)
-    _series: dict[str, tuple[tuple[str, ...], CounterVector]] = field(default_factory=dict)
-    _start_time: float | None = None
-
-    def update(self, samples: Iterable[Sample], now: float,
-               process_start_time: float | None = None) -> dict[str, TenantTokenRates]:
-        restarted = (process_start_time is not None and self._start_time is not None
-                     and process_start_time != self._start_time)
-        if process_start_time is not None:
-            self._start_time = process_start_time
-        counters: dict[str, dict[str, float]] = {}  # model -> counter -> value, summed over other labels
-        for name, labels, value in samples:
-            if name not in TENANT_COUNTERS:
-                continue
-            model = next((v for k, v in labels if k == TENANT_LABEL), None)
-            if model is None:
-                continue
-            per_model = counters.setdefault(model, {})
-            per_model[name] = per_model.get(name, 0.0) + value
-        series: dict[str, tuple[tuple[str, ...], CounterVector]] = {}
-        rates: dict[str, TenantTokenRates] = {}
-        for model, values in counters.items():
-            if PROMPT_TOKENS not in values and GENERATION_TOKENS not in values:
-                continue  # good tokens alone cannot be weighed
-            layout = tuple(sorted(values))
-            known = self._series.get(model)
-            vector = known[1] if known is not None and known[0] == layout else CounterVector(horizon_s=self.window_s)
-            vector.observe(now, [values[name] for name in layout], restarted)
-            series[model] = (layout, vector)
-            increases = vector.increase(self.window_s, now)
-            covered_s = vector.covered_s(self.window_s, now)
-            if increases is None or not covered_s:
-                continue
-            per_second = {name: increase / covered_s for name, increase in zip(layout, increases)}
-            tenant = TenantTokenRates(per_second.get(PROMPT_TOKENS, 0.0), per_second.get(GENERATION_TOKENS, 0.0),
-                                      per_second.get(GOOD_TOKENS))
-            if all(math.isfinite(v) for v in (tenant.prompt, tenant.generation, tenant.good or 0.0)):
-                rates[model] = tenant
-        self._series = series
-        self.rates = rates
-        return rates
-
-    def clear(self) -> None:
-        self._series, self.rates = {}, None
 
 
 class CostCollector:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple
 
-from .collector import CollectError
+from .poller import PollError
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -23,7 +23,7 @@ Labels = tuple[tuple[str, str], ...]
 SAMPLE_SUFFIXES = ("", "_total", "_bucket", "_sum", "_count")
 
 
-class ExpositionError(CollectError):
+class ExpositionError(PollError):
     """The exposition cannot be trusted (reason "truncated" or "malformed")."""
 
 

@@ -16,13 +16,14 @@ once per streak of failing scrapes, not at every scrape.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-log = logging.getLogger("sidecar.exposition")
+log = logging.getLogger("slo_sidecar.sidecar.exposition")
 
 Encoder = Callable[[Collector], bytes]
 
@@ -58,11 +59,16 @@ class GuardedCollector:
 class GuardedExposition:
     """The collectors of the sidecar's /metrics, each guarded, and the count of their failures.
 
-    encode() is one scrape: failures are counted once per collector and scrape, and a
-    collector's streak of failing scrapes ends with the first scrape it does not fail.
+    encode() renders once per poll (changed() marks one done) and at most every max_age_s, and serves
+    those bytes to every scrape in between: 20 scrapers cost one rendering. Failures are counted once per
+    collector and rendering, and a collector's streak of failing renderings ends with the first it does
+    not fail.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_age_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self._rendered: dict[Encoder, tuple[float, bytes]] = {}  # encoder -> (when, the bytes)
         self.guards: list[GuardedCollector] = []
         self.groups: dict[str, CollectorRegistry] = {}
         self.errors = Counter("sidecar_exposition_errors", "Scrapes of the sidecar's /metrics that left out a "
@@ -87,8 +93,22 @@ class GuardedExposition:
             yield from guard.collect()
         yield from self.errors.collect()  # last: it counts this scrape's failures already
 
+    def changed(self) -> None:
+        """New values to serve (a poll ended): the next scrape renders afresh."""
+        self._rendered.clear()
+
     def encode(self, encoder: Encoder) -> bytes:
-        """One scrape: the exposition, without the families of the collectors that failed."""
+        """The exposition, without the families of the collectors that failed: rendered afresh after a
+        poll or once max_age_s old, else the bytes rendered last."""
+        now = self.clock()
+        rendered = self._rendered.get(encoder)
+        if rendered is not None and now - rendered[0] < self.max_age_s:
+            return rendered[1]
+        body = self._render(encoder)
+        self._rendered[encoder] = (now, body)
+        return body
+
+    def _render(self, encoder: Encoder) -> bytes:
         self._failed_now = set()
         try:
             try:

@@ -11,23 +11,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from slo_spec import capacity_report
-from slo_spec.model import Spec
+from slo_sidecar.spec import capacity_report
+from slo_sidecar.spec.model import Spec
 
-from .engine_stats import HISTOGRAMS, EngineStats
-from .exposition import Sample, SampleFilter
-from .rates import CounterVector
+from .engine_snapshot import EngineSnapshot
 
 QUANTILE = 0.9
 DEFAULT_TIME_CONSTANT_S = 60.0
 CLAMP = (0.0, 4.0)
 # The measures of the spec's targets (`<measure>_s`) -> the engine snapshot's quantile keys.
 MEASURE_KEYS = {"ttft": "ttft", "tpot": "tpot", "e2e": "e2e", "queue": "queue_time"}
-REQUEST_RATE = "finished_requests_per_second"  # engine_stats' rate of vllm:request_success_total
+REQUEST_RATE = "finished_requests_per_second"  # engine_snapshot's rate of vllm:request_success_total
 
 HEADROOM = "slo_headroom_ratio"
 OVERALL = "slo_headroom_overall_ratio"
@@ -72,55 +70,6 @@ def raw_headroom(targets: Mapping[str, float], quantiles: Mapping[tuple[str, flo
     return max(ratios) if ratios else None
 
 
-# The histograms' _sum and _count sample names -> (the snapshot's key, 0 for the sum or 1 for the count).
-SUM_COUNT = {HISTOGRAMS[key] + suffix: (key, slot) for key in MEASURE_KEYS.values()
-             for slot, suffix in enumerate(("_sum", "_count"))}
-
-
-@dataclass
-class WindowMeans:
-    """Each measure's mean over the window, from its histogram's _sum and _count in each engine scrape.
-
-    Fed like engine_stats.EngineStatsDeriver (samples, monotonic time, the engine's process start time)
-    and on the same CounterVector, so resets and restarts are handled as for its rates; a changed set of
-    series starts the history again.
-    """
-
-    window_s: float = 60.0
-    _vector: CounterVector | None = None
-    _layout: tuple[tuple[str, int], ...] = ()
-    _start_time: float | None = None
-
-    def update(self, samples: Iterable[Sample], now: float, process_start_time: float | None = None
-               ) -> dict[str, float]:
-        restarted = (process_start_time is not None and self._start_time is not None
-                     and process_start_time != self._start_time)
-        if process_start_time is not None:
-            self._start_time = process_start_time
-        totals: dict[tuple[str, int], float] = {}
-        for name, _, value in samples:
-            slot = SUM_COUNT.get(name)
-            if slot is not None:
-                totals[slot] = totals.get(slot, 0.0) + value
-        layout = tuple(sorted(totals))
-        if layout != self._layout or self._vector is None:
-            self._layout, self._vector = layout, CounterVector(horizon_s=self.window_s)
-        self._vector.observe(now, [totals[slot] for slot in layout], restarted)
-        increases = self._vector.increase(self.window_s, now)
-        if increases is None:
-            return {}
-        increase = dict(zip(layout, increases))
-        means = {}
-        for key, slot in layout:
-            total, count = increase.get((key, 0)), increase.get((key, 1))
-            if slot == 1 and total is not None and count and count > 0 and math.isfinite(total):
-                means[key] = total / count
-        return means
-
-    def clear(self) -> None:
-        self._vector, self._layout = None, ()
-
-
 def clamp(value: float, low: float = CLAMP[0], high: float = CLAMP[1]) -> float:
     return min(max(value, low), high)
 
@@ -133,7 +82,14 @@ def ewma(previous: float | None, sample: float, dt_s: float, time_constant_s: fl
     return previous + weight * (sample - previous)
 
 
-def is_idle(stats: EngineStats) -> bool:
+class Observed(Protocol):
+    """What the headroom reads of an engine snapshot."""
+
+    gauges: Mapping[str, float]
+    quantiles: Mapping[tuple[str, float], float]
+
+
+def is_idle(stats: Observed) -> bool:
     """No request running and none waiting, as the engine's gauges say (unknown without them: not idle)."""
     running, waiting = stats.gauges.get("running_requests"), stats.gauges.get("queue_depth")
     return running is not None and waiting is not None and running + waiting == 0
@@ -144,11 +100,15 @@ class Headroom:
     """Each SLO's smoothed headroom, fed one engine snapshot per scrape (monotonic seconds)."""
 
     targets: dict[str, dict[str, float]]  # exact_targets(spec)
+    metrics = ()  # reads nothing of a scrape beyond the snapshot (engine_poller.SnapshotConsumer)
     time_constant_s: float = DEFAULT_TIME_CONSTANT_S
     values: dict[str, float] = field(default_factory=dict)  # absent: no sample yet
     _last_update: dict[str, float] = field(default_factory=dict)
 
-    def update(self, stats: EngineStats | None, now: float, means: Mapping[str, float] | None = None
+    def take(self, snapshot: EngineSnapshot) -> dict[str, float]:
+        return self.update(snapshot, snapshot.monotonic, snapshot.means)
+
+    def update(self, stats: Observed | None, now: float, means: Mapping[str, float] | None = None
                ) -> dict[str, float]:
         if stats is None:
             return self.values
@@ -171,26 +131,6 @@ class Headroom:
 
     def clear(self) -> None:
         self.values, self._last_update = {}, {}
-
-
-class HeadroomReader:
-    """Feeds the headroom after each engine scrape (an engine_collector.ScrapeReader): `stats` answers the
-    snapshot the engine collector derived from that scrape just before; the means come from its samples."""
-
-    families = SampleFilter(HISTOGRAMS[key] for key in MEASURE_KEYS.values())  # their _sum and _count
-
-    def __init__(self, headroom: Headroom, stats: Callable[[], EngineStats | None], window_s: float = 60.0):
-        self.headroom = headroom
-        self.stats = stats
-        self.means = WindowMeans(window_s=window_s)
-
-    def update(self, samples: list[Sample], now: float, process_start_time: float | None = None) -> object:
-        means = self.means.update(samples, now, process_start_time)
-        return self.headroom.update(self.stats(), now, means)
-
-    def clear(self) -> None:
-        self.headroom.clear()
-        self.means.clear()
 
 
 def utilisation(request_rate: float | None, capacity_rps: float | None) -> float | None:

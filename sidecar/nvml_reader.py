@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pynvml
 
-from .collector import CollectError
+from .poller import PollError
 
 # The clocks event ("throttle") reasons, by the bit NVML sets: one series each.
 CLOCK_EVENT_REASONS = {
@@ -51,7 +51,7 @@ HINTS = {
 }
 
 
-class NvmlReadError(CollectError):
+class NvmlReadError(PollError):
     """NVML failed; the reason is one of ALL_ERROR_REASONS."""
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 import aiohttp
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from slo_spec.model import PROBE_COUNTER, PROBE_HEADER, PROBE_MISSED
+from slo_sidecar.spec.model import PROBE_COUNTER, PROBE_HEADER, PROBE_MISSED
 
 from .config import SidecarConfig
 from .exposition import Sample
@@ -31,7 +31,7 @@ PROBE_BODY = {"prompt": "ping", "max_tokens": 1, "temperature": 0}
 NOT_READY = 503  # loading or draining: up, but serving nobody
 NOT_READY_CODES = ("unavailable", "")  # the error codes of a 503 that means not ready
 
-log = logging.getLogger("sidecar.probe")
+log = logging.getLogger("slo_sidecar.sidecar.probe")
 
 
 def result_of(status: int | None, code: str = "") -> str:
@@ -59,7 +59,7 @@ def error_code(body: bytes) -> str:
 
 
 class Prober:
-    """A collector (the process runs it on its interval) that probes and counts."""
+    """A poller (the process runs it on its interval) that probes and counts."""
 
     name = "probe"
     error_reasons: tuple[str, ...] = ()
@@ -82,7 +82,7 @@ class Prober:
         self._warned_status: int | None = None
         self._session: aiohttp.ClientSession | None = None
 
-    async def collect(self) -> list[Metric]:
+    async def poll(self) -> list[Metric]:
         identity = self.tracker.service_identity()
         if identity is None:  # the engine has never been seen: nothing is lost yet
             return []

@@ -7,7 +7,7 @@ and set aside as <file>.discarded (the next save would overwrite the evidence, a
 file the saves cannot read back would otherwise block them); the tracker starts afresh.
 A save that fails (a full disk, a read-only volume) is counted in
 sidecar_slo_state_save_errors_total and logged once per streak; the next interval
-tries again. Saves go through a temporary file and a rename (iokit.files), so a
+tries again. Saves go through a temporary file and a rename (slo_sidecar.iokit.files), so a
 reader, or a sidecar killed mid-save, sees the old file or the new one, whole.
 """
 
@@ -24,11 +24,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
-from iokit.files import write_atomically
+from slo_sidecar.iokit.files import write_atomically
 
 from .slo_tracker import DISCARD_REASONS, Discarded, SloTracker, dumps
 
-log = logging.getLogger("sidecar.slo_state")
+log = logging.getLogger("slo_sidecar.sidecar.slo_state")
 
 # Five SLOs over 31 days are ~1.5 MB, plus the SLI series' label sets; a file far larger
 # is not one the sidecar wrote, and parsing it could exhaust the container's memory.
@@ -93,7 +93,7 @@ class SloStateFile:
 
     def _remove_leftovers(self) -> None:
         """Temporary files of saves a kill interrupted: one per kill would pile up otherwise."""
-        # tempfile.mkstemp(prefix=".<name>.") adds 8 characters of [a-z0-9_] (iokit.files.write_atomically).
+        # tempfile.mkstemp(prefix=".<name>.") adds 8 characters of [a-z0-9_] (slo_sidecar.iokit.files.write_atomically).
         pattern = re.compile(re.escape(f".{self.path.name}.") + "[a-z0-9_]{8}")
         removed = 0
         with contextlib.suppress(OSError):

@@ -19,8 +19,9 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from slo_spec.model import EventSum, Selection, Slo, Spec, duration_label
+from slo_sidecar.spec.model import EventSum, Selection, Slo, Spec, duration_label
 
+from .engine_snapshot import EngineSnapshot
 from .exposition import Labels, Sample
 
 # (bucket seconds, seconds kept): each tier serves the windows up to its span.
@@ -180,13 +181,21 @@ class SloTracker:
         self._wanted = frozenset(self.metrics)
         self.first_seen: float | None = None
         self.last_seen: float | None = None
-        self._start_time: float | None = None
+        self.engine_start_time: float | None = None  # the engine's process start time, last seen
 
-    def observe(self, samples: list[Sample], t: float, process_start_time: float | None = None) -> None:
-        restarted = (process_start_time is not None and self._start_time is not None
-                     and process_start_time != self._start_time)
+    def take(self, snapshot: EngineSnapshot) -> None:
+        """An engine snapshot (engine_poller.SnapshotConsumer): its SLI series, at its wall-clock time."""
+        self.observe(snapshot.samples, snapshot.wall_time, snapshot.process_start_time, snapshot.restarted)
+
+    def clear(self) -> None:
+        """Nothing to withdraw after a failed take: the windows are history, and the scrape added nothing."""
+
+    def observe(self, samples: list[Sample], t: float, process_start_time: float | None = None,
+                restarted: bool = False) -> None:
+        """`restarted`: every counter began again at zero (the snapshot builder tells); the engine's
+        process start time is kept for the state file, so a restart while the sidecar was down is seen."""
         if process_start_time is not None:
-            self._start_time = process_start_time
+            self.engine_start_time = process_start_time
         by_name: dict[str, list[Sample]] = {}
         wanted = self._wanted
         for sample in samples:
@@ -239,7 +248,7 @@ class SloTracker:
     def snapshot(self) -> dict[str, Any]:
         return {
             "fingerprint": spec_fingerprint(self.spec), "first_seen": self.first_seen,
-            "last_seen": self.last_seen, "start_time": self._start_time,
+            "last_seen": self.last_seen, "start_time": self.engine_start_time,
             "slos": {tracked.slo.key: {
                 "cumulative": tracked.cumulative,
                 "tiers": [[tier.ends, tier.errors, tier.totals] for tier in tracked.tiers],
@@ -269,7 +278,7 @@ class SloTracker:
             tracked.cumulative, tracked.tiers = cumulative, tiers
             for (_, term), last in zip((*tracked.errors, *tracked.totals), series):
                 term.last = last
-        self.first_seen, self.last_seen, self._start_time = restored.first_seen, restored.last_seen, restored.start_time
+        self.first_seen, self.last_seen, self.engine_start_time = restored.first_seen, restored.last_seen, restored.start_time
         return None
 
 

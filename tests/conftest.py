@@ -72,7 +72,7 @@ LORA_ADAPTERS = ("medical", "legal", "retail")
 
 @pytest.fixture(scope="session")
 def lora_engine(tmp_path_factory, otlp_receiver):
-    from engine.tiny_lora import ensure_lora
+    from slo_sidecar.engine.tiny_lora import ensure_lora
 
     modules = [f"{name}={ensure_lora(name)}" for name in LORA_ADAPTERS]
     env = {**TRACE_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint}

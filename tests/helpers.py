@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.engine_processes import descendants as process_descendants, process_table
-from slo_sidecar.processes import EngineProcess, free_port, http_get  # noqa: F401  (re-exported for tests)
+from slo_sidecar.sidecar.engine_processes import descendants as process_descendants, process_table
+from slo_sidecar.app.processes import EngineProcess, free_port, http_get  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"  # what tests compare against; provenance in its README.md
@@ -78,7 +78,7 @@ def post_json(url: str, body: dict, timeout_s: float = 60.0, headers: dict[str, 
 
 def write_rule_files(spec, directory: Path) -> list[Path]:
     """The spec's generated Prometheus rule files, written into directory: their paths."""
-    from alerts.render import render
+    from slo_sidecar.alerts.render import render
 
     paths = []
     for name, text in render(spec).items():

@@ -26,8 +26,8 @@ def main() -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from engine.request_join import EngineView, PendingRequest
-    from engine.tracing import setup_tracing
+    from slo_sidecar.engine.request_join import EngineView, PendingRequest
+    from slo_sidecar.engine.tracing import setup_tracing
 
     tracer = setup_tracing("jaeger", "0.1.0", "tiny-llama", CollectorRegistry())
     server = tracer.start_server_span("POST", "/v1/completions", "/v1/completions", {}, "127.0.0.1:8000")

@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from alerts.render import ALERTMANAGER_FILE
-from slo_sidecar.processes import AlertmanagerProcess, PrometheusProcess
+from slo_sidecar.alerts.render import ALERTMANAGER_FILE
+from slo_sidecar.app.processes import AlertmanagerProcess, PrometheusProcess
 from tests.helpers import REPO
 
 GENERATED = REPO / "alerts" / "generated"

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from alerts.render import ALERTMANAGER_FILE
-from slo_sidecar.processes import AlertmanagerProcess
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.alerts.render import ALERTMANAGER_FILE
+from slo_sidecar.app.processes import AlertmanagerProcess
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.helpers import REPO
 
 GENERATED = REPO / "alerts" / "generated" / ALERTMANAGER_FILE

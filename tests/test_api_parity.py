@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from engine.tiny_model import MODEL_NAME, ensure_default_model
-from slo_sidecar.processes import ManagedProcess, VllmServerProcess, free_port
+from slo_sidecar.engine.tiny_model import MODEL_NAME, ensure_default_model
+from slo_sidecar.app.processes import ManagedProcess, VllmServerProcess, free_port
 from tests.helpers import REPO
 from tests.test_vllm_plugin import CPU_KV_CACHE
 
@@ -86,7 +86,7 @@ def servers(tmp_path_factory):
     plain = VllmServerProcess(workdir / "plain.log", model, "--served-model-name", MODEL_NAME, "--max-model-len",
                               "512", "--enforce-eager", *TOOLS, env={"VLLM_PLUGINS": "none", **CPU_KV_CACHE})
     port = free_port()
-    ours = ManagedProcess("engine", [sys.executable, "-m", "engine.launch", "--host", "127.0.0.1", "--port", str(port),
+    ours = ManagedProcess("engine", [sys.executable, "-m", "slo_sidecar.engine.launch", "--host", "127.0.0.1", "--port", str(port),
                                      "--max-model-len", "512", *TOOLS], workdir / "ours.log", cwd=REPO)
     ours.url = f"http://127.0.0.1:{port}"
     with plain.start(), ours.start():

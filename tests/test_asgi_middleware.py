@@ -13,10 +13,10 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry
 
-from engine import instrumentation
-from engine.asgi import SloMiddleware, in_openai_shape
-from engine.malformed_http import MalformedRequests
-from engine.metrics import ServerMetrics
+from slo_sidecar.engine import instrumentation
+from slo_sidecar.engine.asgi import SloMiddleware, in_openai_shape
+from slo_sidecar.engine.malformed_http import MalformedRequests
+from slo_sidecar.engine.metrics import ServerMetrics
 from tests.conftest import run_async
 from tests.helpers import metric, parse_metrics
 

@@ -10,12 +10,11 @@ import sys
 
 import pytest
 
-from slo_sidecar.capacity import Search, SloAttainment, Step, events_needed, step_duration, step_headroom, \
+from slo_sidecar.app.capacity import Search, SloAttainment, Step, events_needed, step_duration, step_headroom, \
     step_histograms, step_verdict
-from slo_sidecar.gate import samples_by_name
-from slo_sidecar.capacity_chart import chart_of, svg, write_chart
-from slo_sidecar.loadgen import poisson_arrivals
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.app.capacity_chart import chart_of, svg, write_chart
+from slo_sidecar.app.loadgen import poisson_arrivals
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.helpers import REPO
 
 SPEC = load_spec(str(DEFAULT_SPEC))
@@ -85,9 +84,9 @@ def test_a_steps_headroom_is_the_sidecars_over_the_steps_histogram():
     """Before: 10 requests all under 0.1 s. After: 10 more, 5 under 0.1 s and 5 in (0.1, 0.5]. Over the step the
     p90 rank is 9 of 10: 0.1 + 0.4 x (9 - 5) / 5 = 0.42 s; the mean (2.5 s over 10: 0.25 s) caps it at 2.5 s,
     above it. Against the 0.5 s TTFT target: 0.84."""
-    before = samples_by_name(HISTOGRAM.format(a=10, b=10, c=10, s=0.5))
-    after = samples_by_name(HISTOGRAM.format(a=15, b=20, c=20, s=3.0))
-    quantiles, means = step_histograms(before, after)
+    before = HISTOGRAM.format(a=10, b=10, c=10, s=0.5)
+    after = HISTOGRAM.format(a=15, b=20, c=20, s=3.0)
+    quantiles, means = step_histograms(before, after, 30.0)
     assert quantiles[("ttft", 0.9)] == pytest.approx(0.42) and means["ttft"] == pytest.approx(0.25)
     assert math.isnan(quantiles[("queue_time", 0.9)])  # nothing observed
     assert step_headroom(SPEC, quantiles, means) == pytest.approx(0.84)
@@ -130,7 +129,7 @@ def test_the_chart_draws_each_judged_slo_and_marks_the_capacity(tmp_path):
     (["--url", "localhost:8000"], "--url"),
 ])
 def test_bad_arguments_and_an_unreachable_engine_exit_2(argv, message):
-    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "capacity", *argv], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "capacity", *argv], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
@@ -155,7 +154,7 @@ slos:
 
 
 def cli(*argv: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slo_sidecar.cli", *argv], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", *argv], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout_s)
 
 
@@ -196,7 +195,7 @@ def test_the_capacity_found_is_confirmed_or_the_search_goes_on_below_it(monkeypa
     at 4.5 and 4.75), whose confirmation misses too; 4.5's holds."""
     import argparse
 
-    from slo_sidecar import capacity
+    from slo_sidecar.app import capacity
 
     runs = []
 
@@ -216,13 +215,13 @@ def test_the_capacity_found_is_confirmed_or_the_search_goes_on_below_it(monkeypa
 
 
 def capacity_settings():
-    from slo_sidecar.loadgen import LoadSettings
+    from slo_sidecar.app.loadgen import LoadSettings
 
     return LoadSettings(url="http://127.0.0.1:1")
 
 
 def test_a_request_file_gives_each_request_its_lengths(tmp_path):
-    from slo_sidecar.loadgen import RequestFileError, prompt_of, read_request_file
+    from slo_sidecar.app.loadgen import RequestFileError, prompt_of, read_request_file
 
     good = tmp_path / "mix.jsonl"
     good.write_text('{"prompt": "hello there", "max_tokens": 8}\n\n{"prompt_tokens": 3, "max_tokens": 64}\n')
@@ -236,7 +235,7 @@ def test_a_request_file_gives_each_request_its_lengths(tmp_path):
             read_request_file(str(bad))
     with pytest.raises(RequestFileError, match="No such file"):
         read_request_file(str(tmp_path / "missing.jsonl"))
-    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "capacity", "--url", "http://127.0.0.1:1",
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "capacity", "--url", "http://127.0.0.1:1",
                              "--requests-file", str(tmp_path / "missing.jsonl")], cwd=REPO, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "--requests-file" in result.stderr and "Traceback" not in result.stderr
@@ -247,7 +246,7 @@ def test_the_open_loop_sends_the_request_files_mix_in_turn():
 
     from aiohttp import web
 
-    from slo_sidecar.loadgen import LoadSettings, run_load
+    from slo_sidecar.app.loadgen import LoadSettings, run_load
     from tests.test_validate_models import ModelsStub
 
     class Recording(ModelsStub):

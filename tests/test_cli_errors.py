@@ -16,7 +16,7 @@ IMPOSSIBLE_DIR = IMPOSSIBLE_PARENT + "/out"
 
 
 def run_cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slo_sidecar.cli", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout_s)
 
 
@@ -72,8 +72,8 @@ CASES = [
 def engine_in_process(argv: list[str], capsys, monkeypatch) -> subprocess.CompletedProcess:
     """`slo-sidecar engine` up to where it would start vLLM, in this process: vLLM's parser is imported once
     (~5 s a process). Reaching the start is a failure of its own."""
-    from engine import launch
-    from slo_sidecar import cli
+    from slo_sidecar.engine import launch
+    from slo_sidecar.app import cli
 
     def started(*_: object) -> None:
         raise AssertionError(f"{argv}: the engine would start")

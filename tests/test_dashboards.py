@@ -15,11 +15,11 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from dashboards.definitions import FLEET_ROW, all_panel_queries, dashboards, slo_overview
-from dashboards.grafana import render
-from dashboards.model import Dashboard, expand
-from slo_spec.load import DEFAULT_SPEC, load_spec
-from slo_spec.model import Matcher, Spec
+from slo_sidecar.dashboards.definitions import FLEET_ROW, all_panel_queries, dashboards, slo_overview
+from slo_sidecar.dashboards.grafana import render
+from slo_sidecar.dashboards.model import Dashboard, expand
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.spec.model import Matcher, Spec
 from tests.helpers import REPO, VLLM_EXPOSITION
 
 COMMITTED = REPO / "dashboards" / "generated"
@@ -53,7 +53,7 @@ def panels(board: dict) -> list[dict]:
 def test_exemplars_where_traces_are_and_linked_to_jaeger():
     import yaml
 
-    from dashboards.grafana import EXEMPLAR_TRACE_LABEL, datasources
+    from slo_sidecar.dashboards.grafana import EXEMPLAR_TRACE_LABEL, datasources
 
     with_exemplars = [panel["title"] for board in boards().values() for panel in panels(board)
                       if any(target.get("exemplar") for target in panel["targets"])]
@@ -143,9 +143,9 @@ def vllm_series() -> dict[str, frozenset[str]]:
 @cache
 def engine_series() -> dict[str, frozenset[str]]:
     """{sample name: label names} of the engine's own series, from its real metric objects (every one also
-    carries `model_name`, added at exposition: engine.metrics.ConstantLabels)."""
-    from engine.metrics import ServerMetrics
-    from engine.slo_judge import SloJudge
+    carries `model_name`, added at exposition: slo_sidecar.engine.metrics.ConstantLabels)."""
+    from slo_sidecar.engine.metrics import ServerMetrics
+    from slo_sidecar.engine.slo_judge import SloJudge
 
     registry = CollectorRegistry()
     ServerMetrics(registry)
@@ -157,7 +157,7 @@ def engine_series() -> dict[str, frozenset[str]]:
 @cache
 def recorded_names() -> frozenset[str]:
     """The recordings the rule generator writes for the default spec."""
-    from alerts.render import render as render_rules
+    from slo_sidecar.alerts.render import render as render_rules
 
     return frozenset(rule["record"] for name, text in render_rules(SPEC).items() if name.endswith(".rules.yaml")
                      for group in yaml.safe_load(text)["groups"] for rule in group["rules"] if "record" in rule)

@@ -9,9 +9,9 @@ from typing import Callable
 import pytest
 from aiohttp import web
 
-from slo_sidecar.demo import LiveView
-from slo_sidecar.processes import PrometheusProcess
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.app.demo import LiveView
+from slo_sidecar.app.processes import PrometheusProcess
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.threaded_server import ThreadedServer
 
 SPEC = load_spec(str(DEFAULT_SPEC))

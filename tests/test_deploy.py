@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.config import DEFAULT_PORT as SIDECAR_DEFAULT_PORT
-from sidecar.config import add_arguments as add_sidecar_arguments
-from sidecar.engine_collector import engine_families
-from sidecar.engine_stats import EngineStats
-from sidecar.headroom import HEADROOM, OVERALL, headroom_families
-from slo_sidecar.k8s import SPEC_CONFIGMAP, SPEC_KEY
-from slo_spec.load import parse_spec
+from slo_sidecar.sidecar.config import DEFAULT_PORT as SIDECAR_DEFAULT_PORT
+from slo_sidecar.sidecar.config import add_arguments as add_sidecar_arguments
+from slo_sidecar.sidecar.engine_poller import engine_families
+from slo_sidecar.sidecar.engine_snapshot import EngineSnapshot
+from slo_sidecar.sidecar.headroom import HEADROOM, OVERALL, headroom_families
+from slo_sidecar.app.k8s import SPEC_CONFIGMAP, SPEC_KEY
+from slo_sidecar.spec.load import parse_spec
 from tests.helpers import REPO
 
 DEPLOY = REPO / "deploy"
@@ -114,7 +114,7 @@ def test_prometheusrule_rules_pass_promtool(tmp_path):
 def parse_engine_args(args: list[str], monkeypatch) -> tuple[argparse.Namespace, argparse.Namespace]:
     """(ours, vLLM's) as `slo-sidecar engine` parses them; the API key file (a Secret in the pod) and the spec (a
     ConfigMap, parsed below) are not read."""
-    from engine import launch
+    from slo_sidecar.engine import launch
 
     monkeypatch.setattr(launch, "read_secret", lambda path: "key-from-the-secret")
     monkeypatch.setattr(launch, "load_spec", lambda path: None)
@@ -238,7 +238,8 @@ def test_hpa_scales_on_the_sidecars_queue_depth_as_the_adapter_names_it():
     rule = next(r for r in adapter["rules"]["custom"] if r["name"]["as"] == metric)
     source = re.match(r"^(\w+)\{", rule["seriesQuery"])[1]
     assert re.fullmatch(rule["name"]["matches"], source)
-    stats = EngineStats(gauges={"queue_depth": 3.0}, rates={}, error_ratio=None, quantiles={})
+    stats = EngineSnapshot([], 0.0, 0.0, None, False, gauges={"queue_depth": 3.0}, rates={}, error_ratio=None,
+                           quantiles={}, means={}, tenant_tokens={}, engine_gpus=frozenset())
     assert source in {family.name for family in engine_families(stats)}, "the sidecar does not serve the HPA's metric"
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
 
@@ -466,6 +467,8 @@ def test_images_run_as_non_root_with_a_health_check_and_no_build_tools(flavour):
     assert re.search(r"^HEALTHCHECK .*\n?.*CMD .*/health", final, re.MULTILINE)
     assert 'ENTRYPOINT ["slo-sidecar"]' in final
     assert f"[{flavour}]" in text  # the extra: vLLM and our dependencies
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    # Each package's folder: where package-dir maps it, else its own path; the image copies the top ones.
+    folders = {setuptools["package-dir"].get(name, name.replace(".", "/")) for name in setuptools["packages"]}
     copied = set(re.findall(r"^COPY (\w+) \1$", stages[0], re.MULTILINE))
-    assert copied == {name.rstrip("*") for name in packages}, "the image must hold every package pyproject.toml ships"
+    assert copied == {folder.split("/")[0] for folder in folders}, "the image must hold every package pyproject.toml ships"

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from slo_sidecar.docs import generated_pages
+from slo_sidecar.app.docs import generated_pages
 from tests.helpers import REPO
 
 README = REPO / "README.md"
@@ -44,7 +44,7 @@ def test_the_generated_pages_are_fresh():
     """The spec reference is rendered from slo.schema.json: a schema change without the page fails here."""
     stale = [str(path.relative_to(REPO)) for path, text in generated_pages().items()
              if not path.is_file() or path.read_text() != text]
-    assert not stale, f"stale docs pages {stale}: run .venv/bin/python -m slo_sidecar.docs"
+    assert not stale, f"stale docs pages {stale}: run .venv/bin/python -m slo_sidecar.app.docs"
 
 
 def test_the_spec_reference_has_a_row_for_every_field_the_schema_knows():
@@ -53,7 +53,7 @@ def test_the_spec_reference_has_a_row_for_every_field_the_schema_knows():
     import json
 
     page = (REPO / "docs" / "spec-reference.md").read_text()
-    schema = json.loads((REPO / "slo_spec" / "slo.schema.json").read_text())
+    schema = json.loads((REPO / "slo_sidecar" / "spec" / "slo.schema.json").read_text())
     fields: list[tuple[str, bool]] = []
 
     def walk(node: dict) -> None:

@@ -8,7 +8,7 @@ import json
 import aiohttp
 import pytest
 
-from slo_spec.model import PROBE_HEADER
+from slo_sidecar.spec.model import PROBE_HEADER
 from tests.conftest import API_KEY, run_async
 from tests.helpers import metric, parse_metrics
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from engine.launch import parse
+from slo_sidecar.engine.launch import parse
 
 
 @pytest.mark.parametrize(("argv", "named"), [

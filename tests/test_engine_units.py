@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from engine.faults import FaultInjector, FaultSettingError
-from engine.adapter_cache import AdapterResidency
-from engine.metrics import ERROR_REASONS, ServerMetrics
+from slo_sidecar.engine.faults import FaultInjector, FaultSettingError
+from slo_sidecar.engine.adapter_cache import AdapterResidency
+from slo_sidecar.engine.metrics import ERROR_REASONS, ServerMetrics
 from prometheus_client import CollectorRegistry
 from tests.helpers import REPO, skip_if_nvml_loads
 
@@ -97,15 +97,15 @@ def test_adapter_residency_is_vllms_lru_of_max_loras():
 
 
 def test_bad_model_directory_is_a_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "engine", "--model", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "engine", "--model", str(tmp_path)],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "not a Hugging Face model directory" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_the_engine_names_the_gpus_it_can_use_by_uuid():
-    from engine.health import visible_gpu_uuids
-    from sidecar.fake_nvml import fake_gpus
+    from slo_sidecar.engine.health import visible_gpu_uuids
+    from slo_sidecar.sidecar.fake_nvml import fake_gpus
 
     nvml = fake_gpus(2)
     assert visible_gpu_uuids(nvml) == [gpu.uuid for gpu in nvml.gpus]
@@ -114,6 +114,6 @@ def test_the_engine_names_the_gpus_it_can_use_by_uuid():
 
 def test_without_nvml_the_engine_names_no_gpu():
     skip_if_nvml_loads()
-    from engine.health import visible_gpu_uuids
+    from slo_sidecar.engine.health import visible_gpu_uuids
 
     assert visible_gpu_uuids() == []

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.exposition import ExpositionError, SampleFilter, parse
+from slo_sidecar.sidecar.exposition import ExpositionError, SampleFilter, parse
 from tests.helpers import VLLM_EXPOSITION
 
 VLLM_FAMILIES = [

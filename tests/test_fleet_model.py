@@ -76,9 +76,9 @@ def test_history_lines_carry_the_scrape_labels_and_match_the_live_values(templat
 
 def test_backfill_passes_put_each_recording_after_what_it_reads():
     from bench.fleet import base_recordings, our_groups
-    from slo_sidecar.backfill import rule_levels
+    from slo_sidecar.app.backfill import rule_levels
     from bench.sloth_rules import sloth_rule_groups
-    from slo_spec.load import DEFAULT_SPEC, load_spec
+    from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 
     spec = load_spec(str(DEFAULT_SPEC))
     ours = [sorted({rule["record"] for rule in chosen}) for chosen in rule_levels(base_recordings(our_groups(spec)))]

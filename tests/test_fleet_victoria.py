@@ -26,9 +26,9 @@ import pytest
 
 from bench.fleet import ADMIN_API, FleetServer, backfill, base_recordings, our_groups, rule_file
 from bench.fleet_model import Incident, PodTemplate, history, make_fleet
-from slo_sidecar.processes import AlertmanagerProcess, PrometheusProcess, get_json
+from slo_sidecar.app.processes import AlertmanagerProcess, PrometheusProcess, get_json
 from tests.victoria import VictoriaMetricsProcess, VmagentProcess, VmalertProcess
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.helpers import REPO
 
 TOOLS = ("prometheus", "promtool", "prometheus-alertmanager", "victoria-metrics", "vmagent", "vmalert")
@@ -52,7 +52,7 @@ TOLERANCE = 0.01
 
 def incidents(now: float) -> list[Incident]:
     """A page's incident three hours old: the 1d window's ratio is still climbing, which is where a window
-    summed from recorded 5m rates is most wrong without the edge correction of alerts.rules.long_rules
+    summed from recorded 5m rates is most wrong without the edge correction of slo_sidecar.alerts.rules.long_rules
     (each 5m rate averages the 5 minutes before it: uncorrected, the window runs ~150 s behind the exact
     one, 1.1% off the 1d ratio here)."""
     return [Incident(PAGED[1], now - 3 * 3600, now + 86400, 0.02),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from engine.tiny_model import VOCAB_SIZE  # out-of-vocabulary ids are drawn past the real vocabulary
+from slo_sidecar.engine.tiny_model import VOCAB_SIZE  # out-of-vocabulary ids are drawn past the real vocabulary
 from tests.conftest import API_KEY
 from tests.helpers import http_get, metric, parse_metrics
 from tests.raw_http import RawAnswer, exchange, request_bytes

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from slo_sidecar.generated import generated_files
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.app.generated import generated_files
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.helpers import REPO
 
 # In the order generated_files takes them: rules, dashboards, Kubernetes objects.

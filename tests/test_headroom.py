@@ -13,16 +13,16 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import pytest
 from prometheus_client import generate_latest
 
-from sidecar.app import Sidecar, build_headroom_collector
-from sidecar.config import ConfigError, SidecarConfig, add_arguments, load_config
-from sidecar.engine_collector import EngineCollector
-from sidecar.engine_stats import EngineStats
-from sidecar.guard import GuardedExposition
-from sidecar.headroom import (
+from slo_sidecar.sidecar.app import Sidecar, build_headroom, build_headroom_collector
+from slo_sidecar.sidecar.config import ConfigError, SidecarConfig, add_arguments, load_config
+from slo_sidecar.sidecar.engine_poller import EnginePoller
+from slo_sidecar.sidecar.guard import GuardedExposition
+from slo_sidecar.sidecar.headroom import (
     Headroom,
     HeadroomCollector,
     capped_p90,
@@ -33,8 +33,8 @@ from sidecar.headroom import (
     read_capacity_report,
     utilisation,
 )
-from slo_spec.capacity_report import CAPACITY_VERSION
-from slo_spec.load import DEFAULT_SPEC, load_spec, parse_spec
+from slo_sidecar.spec.capacity_report import CAPACITY_VERSION
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec, parse_spec
 from tests.helpers import REPO, metric, parse_metrics
 
 SPEC = parse_spec("""
@@ -59,9 +59,17 @@ slos:
 """, "headroom-test.yaml")
 
 
-def stats(p90: dict[str, float], running: float = 0.0, waiting: float = 0.0) -> EngineStats:
-    return EngineStats(gauges={"running_requests": running, "queue_depth": waiting}, rates={}, error_ratio=None,
-                       quantiles={(key, 0.9): value for key, value in p90.items()})
+@dataclass
+class Observed:
+    """What the headroom reads of an engine snapshot (headroom.Observed)."""
+
+    gauges: dict[str, float]
+    quantiles: dict[tuple[str, float], float]
+
+
+def stats(p90: dict[str, float], running: float = 0.0, waiting: float = 0.0) -> Observed:
+    return Observed({"running_requests": running, "queue_depth": waiting},
+                    {(key, 0.9): value for key, value in p90.items()})
 
 
 # --- the formula ---------------------------------------------------------------------------------
@@ -160,11 +168,11 @@ def test_requests_in_flight_but_none_measured_hold_the_last_value():
         assert headroom.update(stats({"ttft": math.nan}, running=2, waiting=8), now=now) == {
             "ttft": pytest.approx(1.2)}
     # Without the gauges the engine is not known to be idle: held as well.
-    no_gauges = EngineStats(gauges={}, rates={}, error_ratio=None, quantiles={})
+    no_gauges = Observed(gauges={}, quantiles={})
     assert headroom.update(no_gauges, now=400.0) == {"ttft": pytest.approx(1.2)}
 
 
-# --- through the engine collector and the exposition ----------------------------------------------
+# --- through the engine poller and the exposition ----------------------------------------------
 
 TTFT_BOUNDS = (0.1, 0.25, 0.5, 1.0)
 TPOT_BOUNDS = (0.025, 0.05, 0.1, 0.2)
@@ -193,17 +201,18 @@ def engine_text(ttft: tuple[float, ...], tpot: tuple[float, ...], finished: floa
 ZERO = (0, 0, 0, 0, 0)
 
 
-def wired(config: SidecarConfig) -> tuple[Sidecar, EngineCollector, GuardedExposition]:
-    """The sidecar's wiring (app.serve): the headroom fed after each engine scrape, served through the guard."""
-    engine = EngineCollector(config)
+def wired(config: SidecarConfig, spec=SPEC) -> tuple[Sidecar, EnginePoller, GuardedExposition, Headroom]:
+    """The sidecar's wiring (app.serve): the headroom fed each engine snapshot, served through the guard."""
+    headroom = build_headroom(config, spec)
+    engine = EnginePoller(config, [headroom])
     exposition = GuardedExposition()
     sidecar = Sidecar(config, [engine], exposition)
-    exposition.add("headroom", build_headroom_collector(config, SPEC, sidecar, engine))
-    return sidecar, engine, exposition
+    exposition.add("headroom", build_headroom_collector(config, headroom, sidecar, engine))
+    return sidecar, engine, exposition, headroom
 
 
-def scrape(monkeypatch, engine: EngineCollector, sidecar: Sidecar, now: float, text: str) -> None:
-    monkeypatch.setattr("sidecar.engine_collector.time.monotonic", lambda: now)
+def scrape(monkeypatch, engine: EnginePoller, sidecar: Sidecar, now: float, text: str) -> None:
+    monkeypatch.setattr("slo_sidecar.sidecar.engine_poller.time.monotonic", lambda: now)
     engine.take(text)
     state = sidecar.states["engine"]
     state.last_success, state.last_error = time.time(), None
@@ -215,7 +224,7 @@ def served(exposition: GuardedExposition) -> dict:
 
 def test_headroom_and_utilisation_from_vllms_histograms_and_withdrawn_when_stale(monkeypatch):
     config = SidecarConfig(rate_window_s=60.0, capacity_rps=3.1)
-    sidecar, engine, exposition = wired(config)
+    sidecar, engine, exposition, _ = wired(config)
     scrape(monkeypatch, engine, sidecar, 100.0, engine_text(ZERO, ZERO, finished=100, running=2))
     # A minute later 20 requests had had their first token and 93 had finished.
     # TTFT buckets (0.1, 0.25, 0.5, 1, +Inf), cumulative: 5, 15, 20, 20, 20. The p90's rank is 0.9 x 20 = 18,
@@ -242,7 +251,7 @@ def test_headroom_and_utilisation_from_vllms_histograms_and_withdrawn_when_stale
 
 
 def test_an_idle_pod_serves_0_and_no_report_no_utilisation(monkeypatch):
-    sidecar, engine, exposition = wired(SidecarConfig())
+    sidecar, engine, exposition, _ = wired(SidecarConfig())
     scrape(monkeypatch, engine, sidecar, 0.0, engine_text(ZERO, ZERO, finished=7))
     scrape(monkeypatch, engine, sidecar, 60.0, engine_text(ZERO, ZERO, finished=7))
     idle = served(exposition)
@@ -252,13 +261,13 @@ def test_an_idle_pod_serves_0_and_no_report_no_utilisation(monkeypatch):
 
 
 def test_the_tpot_p90_is_derived_from_vllms_per_request_histogram(monkeypatch):
-    _, engine, _ = wired(SidecarConfig())
-    monkeypatch.setattr("sidecar.engine_collector.time.monotonic", lambda: 0.0)
+    _, engine, _, _ = wired(SidecarConfig())
+    monkeypatch.setattr("slo_sidecar.sidecar.engine_poller.time.monotonic", lambda: 0.0)
     engine.take(engine_text(ZERO, ZERO, finished=0))
-    monkeypatch.setattr("sidecar.engine_collector.time.monotonic", lambda: 10.0)
+    monkeypatch.setattr("slo_sidecar.sidecar.engine_poller.time.monotonic", lambda: 10.0)
     engine.take(engine_text(ZERO, (0, 0, 10, 10, 10), finished=10))
     # Rank 9 in (0.05, 0.1], 10 from 0: 0.05 + 0.05 x 9 / 10 = 0.095 s.
-    assert engine.last_stats.quantiles[("tpot", 0.9)] == pytest.approx(0.095)
+    assert engine.last_snapshot.quantiles[("tpot", 0.9)] == pytest.approx(0.095)
 
 
 def test_the_cap_reads_the_histograms_sum_and_count_over_the_window(monkeypatch):
@@ -271,10 +280,7 @@ slos:
     description: waited at most 0.5 s
     sli: {latency: {measure: queue, threshold_s: 0.5}}
 """, "queue-test.yaml")
-    config = SidecarConfig()
-    engine = EngineCollector(config)
-    sidecar = Sidecar(config, [engine], GuardedExposition())
-    collector = build_headroom_collector(config, spec, sidecar, engine)
+    _, engine, _, headroom = wired(SidecarConfig(), spec)
 
     def queue_text(count: float, total: float) -> str:
         return "\n".join([
@@ -285,12 +291,13 @@ slos:
         ]) + "\n"
 
     for now, count, total in ((0.0, 100, 0.5), (60.0, 150, 0.55)):
-        monkeypatch.setattr("sidecar.engine_collector.time.monotonic", lambda now=now: now)
+        monkeypatch.setattr("slo_sidecar.sidecar.engine_poller.time.monotonic", lambda now=now: now)
         engine.take(queue_text(count, total))
     # 50 requests in the window, all in the first bucket, 0.05 s of queueing between them: a 1 ms mean.
     # The histogram alone says 0.27 s (0.54); capped at 10 x 1 ms = 0.01 s: 0.02 of the 0.5 s target.
-    assert engine.last_stats.quantiles[("queue_time", 0.9)] == pytest.approx(0.27)
-    assert collector.headroom.values == {"queue-time": pytest.approx(0.02)}
+    assert engine.last_snapshot.quantiles[("queue_time", 0.9)] == pytest.approx(0.27)
+    assert engine.last_snapshot.means["queue_time"] == pytest.approx(0.001)
+    assert headroom.values == {"queue-time": pytest.approx(0.02)}
 
 
 def test_no_exact_slo_no_headroom_families():
@@ -374,7 +381,7 @@ def test_a_directory_is_not_a_report(tmp_path):
 def test_the_command_exits_2_naming_the_report(tmp_path):
     path = tmp_path / "capacity.json"
     path.write_text(report(capacity_rps=None))
-    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "sidecar", "--capacity", str(path)],
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "sidecar", "--capacity", str(path)],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"slo-sidecar sidecar: error: capacity {path}: capacity: capacity_rps: null" in result.stderr

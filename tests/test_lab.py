@@ -7,13 +7,13 @@ import json
 import subprocess
 import sys
 
-from slo_sidecar.lab.scenarios import scenarios
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.app.lab.scenarios import scenarios
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 
 
 def test_the_lab_passes_every_scenario(tmp_path):
     report = tmp_path / "lab.json"
-    done = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "lab", "--out", str(tmp_path / "work"),
+    done = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "lab", "--out", str(tmp_path / "work"),
                            "--json", str(report)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     rows = json.loads(report.read_text())["rows"]
@@ -34,6 +34,6 @@ def test_the_lab_passes_every_scenario(tmp_path):
 def test_a_bad_out_directory_is_refused(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    done = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "lab", "--out", str(tmp_path / "full")],
+    done = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "lab", "--out", str(tmp_path / "full")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "not empty" in done.stderr and "Traceback" not in done.stderr

@@ -1,4 +1,4 @@
-"""The lab's expectations (slo_sidecar/lab/expect.py) against the SRE Workbook's published arithmetic.
+"""The lab's expectations (slo_sidecar/app/lab/expect.py) against the SRE Workbook's published arithmetic.
 
 Each expected figure is worked out here from first principles, beside its numbers, for a 99.9% objective
 over 30 days (error budget 0.1%) with full windows of clean history before the onset:
@@ -19,7 +19,7 @@ import math
 
 import pytest
 
-from slo_sidecar.lab.expect import OUTAGE, WORKBOOK, fires_after, window_ratio
+from slo_sidecar.app.lab.expect import OUTAGE, WORKBOOK, fires_after, window_ratio
 
 BUDGET = 0.001  # 99.9%
 PERIOD_S = 30 * 86_400

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from slo_sidecar.lab.replay import Series, replay
+from slo_sidecar.app.lab.replay import Series, replay
 
 RULES = """groups:
 - name: errors

@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from dashboards.definitions import dashboards, gpu
-from dashboards.model import Panel, Query
-from dashboards.preview import PALETTE, PanelData, Series, format_value, page, table_rows, timeseries_svg, y_range
-from slo_sidecar.preview import grafana_query, legend
-from slo_sidecar.processes import PrometheusProcess, SidecarProcess, free_port
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.dashboards.definitions import dashboards, gpu
+from slo_sidecar.dashboards.model import Panel, Query
+from slo_sidecar.dashboards.preview import PALETTE, PanelData, Series, format_value, page, table_rows, timeseries_svg, y_range
+from slo_sidecar.app.preview import grafana_query, legend
+from slo_sidecar.app.processes import PrometheusProcess, SidecarProcess, free_port
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 
 SPEC = load_spec(str(DEFAULT_SPEC))
 
@@ -130,7 +130,7 @@ def test_preview_pages_draw_in_headless_chromium(tmp_path):
                 assert time.monotonic() < deadline, "Prometheus never scraped the sidecar"
                 time.sleep(1)
             out = tmp_path / "preview"
-            result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "preview", "--prometheus",
+            result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "preview", "--prometheus",
                                      prometheus.url, "--out", str(out), "--ranges", "1m,1h", "--scrape-interval", "1"],
                                     capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

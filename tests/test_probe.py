@@ -7,13 +7,13 @@ from unittest import mock
 
 import pytest
 
-from engine.asgi import is_probe
-from sidecar.config import SidecarConfig
-from sidecar.exposition import Sample
-from sidecar.probe import Prober, error_code, result_of
-from sidecar.slo_tracker import SloTracker
-from slo_spec.load import DEFAULT_SPEC, load_spec
-from slo_spec.model import PROBE_HEADER, PROBE_MISSED
+from slo_sidecar.engine.asgi import is_probe
+from slo_sidecar.sidecar.config import SidecarConfig
+from slo_sidecar.sidecar.exposition import Sample
+from slo_sidecar.sidecar.probe import Prober, error_code, result_of
+from slo_sidecar.sidecar.slo_tracker import SloTracker
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.spec.model import PROBE_HEADER, PROBE_MISSED
 
 ENGINE = "slo_engine_http_requests_total"
 MODEL = (("model_name", "tiny"),)
@@ -77,7 +77,7 @@ def test_an_unanswered_probe_stands_for_the_requests_of_its_interval_at_the_rece
 def test_a_service_never_seen_is_not_probed():
     prober = Prober(SidecarConfig(), SloTracker(load_spec(str(DEFAULT_SPEC))))
     with mock.patch.object(prober, "_send") as send:
-        assert asyncio.run(prober.collect()) == []
+        assert asyncio.run(prober.poll()) == []
     send.assert_not_called()
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import API_KEY
 from tests.helpers import http_get, parse_metrics
-from slo_sidecar.processes import PrometheusProcess, SidecarProcess
+from slo_sidecar.app.processes import PrometheusProcess, SidecarProcess
 
 pytestmark = pytest.mark.engine
 

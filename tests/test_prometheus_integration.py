@@ -13,9 +13,9 @@ import statistics
 import aiohttp
 import pytest
 
-from dashboards.definitions import all_panel_queries
-from slo_sidecar.processes import PrometheusProcess, SidecarProcess, http_get
-from slo_spec.load import load_spec
+from slo_sidecar.dashboards.definitions import all_panel_queries
+from slo_sidecar.app.processes import PrometheusProcess, SidecarProcess, http_get
+from slo_sidecar.spec.load import load_spec
 from tests.conftest import API_KEY, run_async
 from tests.helpers import parse_metrics, write_rule_files
 from tests.test_deploy import adapter_rules, adapter_series, render_adapter_query

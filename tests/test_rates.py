@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sidecar.rates import CounterVector, histogram_quantile
+from slo_sidecar.sidecar.rates import CounterVector, histogram_quantile
 
 
 def test_increase_over_a_window_of_steady_counters():

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts.render import render
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.alerts.render import render
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.helpers import FIXTURES, promtool_counter
 from tests.test_rules import needs_promtool
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.asgi import carries_token, endpoint_of, stream_error
-from engine.request_join import ENGINE_VIEW_GRACE_S, EngineView, PendingRequest, RequestJoin, request_id_of, shape_of
+from slo_sidecar.engine.asgi import carries_token, endpoint_of, stream_error
+from slo_sidecar.engine.request_join import ENGINE_VIEW_GRACE_S, EngineView, PendingRequest, RequestJoin, request_id_of, shape_of
 
 
 class Clock:
@@ -151,7 +151,7 @@ def test_endpoints_are_a_fixed_list():
     ("0.32.0", True), ("0.32.1rc1+cpu", True), ("0.32", True), ("0.33.0", False), ("0.3.2", False),
     ("0.320.0", False)])
 def test_the_supported_vllm_is_one_release_line(version, supported):
-    from engine.instrumentation import unsupported_vllm_warning
+    from slo_sidecar.engine.instrumentation import unsupported_vllm_warning
 
     assert (unsupported_vllm_warning(version) is None) is supported
 
@@ -159,7 +159,7 @@ def test_the_supported_vllm_is_one_release_line(version, supported):
 def test_both_extras_pin_the_supported_release_line():
     import tomllib
 
-    from engine.instrumentation import VLLM_RELEASE_LINE
+    from slo_sidecar.engine.instrumentation import VLLM_RELEASE_LINE
     from tests.helpers import REPO
 
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]

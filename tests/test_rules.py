@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts.render import ALERTMANAGER_FILE, OPERATIONAL_FILE, render
-from dashboards.definitions import dashboards
-from dashboards.grafana import render as render_dashboards
-from alerts.unit_tests import NIGHT, predicted_firing, scenarios
-from slo_spec.load import DEFAULT_SPEC, load_spec, parse_spec
+from slo_sidecar.alerts.render import ALERTMANAGER_FILE, OPERATIONAL_FILE, render
+from slo_sidecar.dashboards.definitions import dashboards
+from slo_sidecar.dashboards.grafana import render as render_dashboards
+from slo_sidecar.alerts.unit_tests import NIGHT, predicted_firing, scenarios
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec, parse_spec
 from tests.helpers import FIXTURES, REPO
 from tests.test_slo_spec import AVAILABILITY, SLOTH
 
@@ -27,7 +27,7 @@ needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
 
 
 def test_generate_is_reproducible_and_rewrites_nothing_unchanged(tmp_path):
-    command = [sys.executable, "-m", "slo_sidecar.cli", "generate", "--out", str(tmp_path)]
+    command = [sys.executable, "-m", "slo_sidecar.app.cli", "generate", "--out", str(tmp_path)]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
@@ -273,7 +273,7 @@ def test_split_local_reads_the_scraped_series_and_global_only_their_recordings()
 def test_split_parts_pass_promtool_and_fire_as_predicted(tmp_path):
     """Both parts check, and loaded together they fire when the model says (the availability SLO's tests:
     the others share its rules' shapes)."""
-    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "generate", "--split", "local,global",
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "generate", "--split", "local,global",
                              "--out", str(tmp_path), "--dashboards-out", str(tmp_path / "d")],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -296,7 +296,7 @@ def test_split_parts_pass_promtool_and_fire_as_predicted(tmp_path):
 
 
 def test_split_must_be_local_global(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "generate", "--split", "global",
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "generate", "--split", "global",
                              "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--split" in result.stderr and "Traceback" not in result.stderr
     assert not list(tmp_path.iterdir())

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from bench.fleet_model import PodTemplate
-from slo_sidecar.processes import SidecarProcess
-from slo_spec.load import DEFAULT_SPEC
-from slo_spec.slicing import sliced_document
+from slo_sidecar.app.processes import SidecarProcess
+from slo_sidecar.spec.load import DEFAULT_SPEC
+from slo_sidecar.spec.slicing import sliced_document
 from tests.conftest import API_KEY, LORA_ADAPTERS
 from tests.helpers import post_json
 

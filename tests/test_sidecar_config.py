@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sidecar.config import ConfigError, SidecarConfig, add_arguments, load_config
+from slo_sidecar.sidecar.config import ConfigError, SidecarConfig, add_arguments, load_config
 from tests.helpers import REPO
 
 
@@ -73,7 +73,7 @@ def test_bad_environment_and_flags_are_named():
 
 def test_command_exits_2_without_a_traceback(tmp_path):
     missing = tmp_path / "nope.yaml"
-    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "sidecar", "--config", str(missing)],
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "sidecar", "--config", str(missing)],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"{missing}: (file): cannot read" in result.stderr and "Traceback" not in result.stderr

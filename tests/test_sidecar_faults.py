@@ -33,17 +33,17 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.app import Sidecar
-from sidecar.config import SidecarConfig
-from sidecar.cost import CostCollector
-from sidecar.exposition import Sample
-from sidecar.guard import GuardedCollector, GuardedExposition
-from sidecar.slo_families import SloCollector
-from sidecar import slo_state
-from sidecar.slo_state import SloStateFile
-from sidecar.slo_tracker import DISCARD_REASONS, SloTracker, dumps, spec_fingerprint
-from slo_sidecar.processes import SidecarProcess, http_get
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.sidecar.app import Sidecar
+from slo_sidecar.sidecar.config import SidecarConfig
+from slo_sidecar.sidecar.cost import CostCollector
+from slo_sidecar.sidecar.exposition import Sample
+from slo_sidecar.sidecar.guard import GuardedCollector, GuardedExposition
+from slo_sidecar.sidecar.slo_families import SloCollector
+from slo_sidecar.sidecar import slo_state
+from slo_sidecar.sidecar.slo_state import SloStateFile
+from slo_sidecar.sidecar.slo_tracker import DISCARD_REASONS, SloTracker, dumps, spec_fingerprint
+from slo_sidecar.app.processes import SidecarProcess, http_get
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.fake_exposition_server import ExpositionServer
 from tests.helpers import REPO, VLLM_EXPOSITION, metric, parse_metrics
 
@@ -117,7 +117,7 @@ def test_a_broken_collector_loses_its_own_families_is_counted_and_logged_once_pe
     exposition.add("good", Collector(lambda: [good_family()]))
     collect = {"now": broken}
     exposition.add("bad", Collector(lambda: collect["now"]()))
-    caplog.set_level(logging.INFO, logger="sidecar.exposition")
+    caplog.set_level(logging.INFO, logger="slo_sidecar.sidecar.exposition")
     for scrape in (1, 2, 3):
         families = families_in(scrape_text(exposition, accept), accept)
         assert "good_value" in families
@@ -278,7 +278,7 @@ def test_a_bad_state_file_is_ignored_with_one_line_counted_and_set_aside(tmp_pat
     content, reason = BAD_FILES[case]
     path = tmp_path / "state.json"
     path.write_bytes(content)
-    with caplog.at_level(logging.INFO, logger="sidecar.slo_state"):
+    with caplog.at_level(logging.INFO, logger="slo_sidecar.sidecar.slo_state"):
         tracker, discarded = load(path)
     assert json_copy(tracker.snapshot()) == FRESH, "the tracker starts afresh"
     assert discarded == {r: float(r == reason) for r in DISCARD_REASONS}
@@ -303,7 +303,7 @@ def test_an_unreadable_state_path_is_ignored_and_counted_without_blocking_the_st
         path.mkdir()
     else:
         os.mkfifo(path)  # without a writer, a plain open() would block the start for good
-    with caplog.at_level(logging.INFO, logger="sidecar.slo_state"):
+    with caplog.at_level(logging.INFO, logger="slo_sidecar.sidecar.slo_state"):
         tracker, discarded = load(path)
     assert json_copy(tracker.snapshot()) == FRESH
     assert discarded == {r: float(r == "unreadable") for r in DISCARD_REASONS}
@@ -430,7 +430,7 @@ def test_failed_saves_are_counted_logged_once_per_streak_and_keep_the_old_file(t
     def no_space(*args):
         raise OSError(28, "No space left on device")
 
-    caplog.set_level(logging.INFO, logger="sidecar.slo_state")
+    caplog.set_level(logging.INFO, logger="slo_sidecar.sidecar.slo_state")
     with monkeypatch.context() as patch:
         patch.setattr(os, "replace", no_space)  # the rename of write_atomically, after its write
         for _ in range(3):
@@ -449,8 +449,8 @@ import json, os, resource, sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from prometheus_client import CollectorRegistry
-from sidecar.slo_state import SloStateFile
-from sidecar.slo_tracker import SloTracker
+from slo_sidecar.sidecar.slo_state import SloStateFile
+from slo_sidecar.sidecar.slo_tracker import SloTracker
 from tests.test_sidecar_faults import SPEC, tracker_with_history
 path = Path(sys.argv[2])
 state = SloStateFile(path, tracker_with_history(scrapes=400), CollectorRegistry())

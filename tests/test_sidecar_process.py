@@ -11,7 +11,7 @@ import time
 import aiohttp
 import pytest
 
-from slo_sidecar.processes import EngineProcess, SidecarProcess, http_get
+from slo_sidecar.app.processes import EngineProcess, SidecarProcess, http_get
 from tests.conftest import run_async
 from tests.fake_exposition_server import ExpositionServer
 from tests.helpers import VLLM_EXPOSITION, metric, parse_metrics, post_json, skip_if_nvml_loads
@@ -152,7 +152,7 @@ def test_promtool_accepts_the_sidecar_exposition(tmp_path, exposition_server):
     assert complaints and all(line.startswith("DCGM_") and "camelCase" in line for line in complaints), complaints
 
 
-def test_without_nvml_the_gpu_collector_is_down_logs_once_and_backs_off(tmp_path, exposition_server):
+def test_without_nvml_the_gpu_poller_is_down_logs_once_and_backs_off(tmp_path, exposition_server):
     skip_if_nvml_loads()
     with SidecarProcess(tmp_path / "sidecar.log", exposition_server.url, "--engine-interval-s", INTERVAL,
                         "--gpu-interval-s", "0.1", "--gpu-backoff-max-s", "0.8").start() as sidecar:

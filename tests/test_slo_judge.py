@@ -8,9 +8,9 @@ import time
 
 import aiohttp
 
-from engine.slo_judge import RequestLatencies, is_good, judged
-from engine.tiny_model import MODEL_NAME
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.engine.slo_judge import RequestLatencies, is_good, judged
+from slo_sidecar.engine.tiny_model import MODEL_NAME
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.conftest import API_KEY, run_async
 from tests.helpers import http_get, metric, parse_metrics
 

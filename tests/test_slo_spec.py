@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, strategies as st
 from prometheus_client.utils import floatToGoString
 
-from slo_spec.buckets import KNOWN_BUCKETS
-from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec, parse_spec
-from slo_spec.model import PROBE_MISSED, Matcher, client_le, duration_label, duration_seconds, event_guard
+from slo_sidecar.spec.buckets import KNOWN_BUCKETS
+from slo_sidecar.spec.load import DEFAULT_SPEC, SpecError, load_spec, parse_spec
+from slo_sidecar.spec.model import PROBE_MISSED, Matcher, client_le, duration_label, duration_seconds, event_guard
 from tests.helpers import REPO, VLLM_EXPOSITION
 
 HEAD = "version: slo-sidecar/v1\nservice: llm\nslos:\n"
@@ -39,7 +39,7 @@ def test_the_default_spec():
 
 
 def test_known_bucket_bounds_are_the_ones_vllm_exposes():
-    from sidecar.exposition import SampleFilter, parse
+    from slo_sidecar.sidecar.exposition import SampleFilter, parse
 
     families = [name for name in KNOWN_BUCKETS if name.startswith("vllm:")]
     exposed: dict[str, set[float]] = {}
@@ -50,7 +50,7 @@ def test_known_bucket_bounds_are_the_ones_vllm_exposes():
 
 
 def test_engine_http_histogram_uses_the_spec_buckets():
-    from engine.metrics import DURATION_BUCKETS
+    from slo_sidecar.engine.metrics import DURATION_BUCKETS
 
     assert DURATION_BUCKETS == KNOWN_BUCKETS["slo_engine_http_request_duration_seconds"]
 
@@ -158,7 +158,7 @@ def test_validate_and_generate_exit_2_without_a_traceback(tmp_path):
     bad = tmp_path / "slo.yaml"
     bad.write_text(HEAD + AVAILABILITY.replace("99.9", "101"))
     for command in (["validate"], ["generate", "--out", str(tmp_path / "out")]):
-        result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", *command, "--slo", str(bad)],
+        result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", *command, "--slo", str(bad)],
                                 cwd=REPO, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr
         assert f"{bad}:5: slos[0].objective: expected a percentage" in result.stderr
@@ -172,7 +172,7 @@ def test_the_json_schema_accepts_the_default_and_knows_the_parsers_fields():
     import jsonschema
     import yaml
 
-    from slo_spec import model, native
+    from slo_sidecar.spec import model, native
 
     schema = json.loads((DEFAULT_SPEC.parent / "slo.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -364,7 +364,7 @@ def test_a_histogram_latency_slo_cannot_be_sliced(tmp_path):
 def test_a_spec_document_sliced_per_tenant_keeps_its_thresholds():
     import yaml
 
-    from slo_spec.slicing import sliced_document
+    from slo_sidecar.spec.slicing import sliced_document
 
     document = yaml.safe_load(DEFAULT_SPEC.read_text())
     document["slos"].append({"name": "itl", "objective": 99, "sli": {"latency": {

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from alerts.unit_tests import alert_condition, scenarios
-from sidecar.exposition import Sample
-from sidecar.slo_tracker import SloTracker, dumps
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.alerts.unit_tests import alert_condition, scenarios
+from slo_sidecar.sidecar.exposition import Sample
+from slo_sidecar.sidecar.slo_tracker import SloTracker, dumps
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 
 SPEC = load_spec(str(DEFAULT_SPEC))
 ENDPOINT = ("endpoint", "/v1/completions")
@@ -134,7 +134,7 @@ def test_state_survives_a_restart_but_not_another_spec_or_old_age():
 
 def test_the_sidecars_slo_series_carry_the_services_identity():
     """model_name comes with the engine's series; namespace is Prometheus's target label, never the sidecar's."""
-    from sidecar.slo_families import SloCollector
+    from slo_sidecar.sidecar.slo_families import SloCollector
 
     tracker = SloTracker(SPEC)
     labels = (("code", "200"), ENDPOINT, ("model_name", "tiny-llama"))
@@ -190,7 +190,7 @@ def test_each_tenant_burns_its_own_budget_and_a_quiet_one_is_guarded():
 def test_the_sidecar_serves_each_slice_with_its_tenant():
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from sidecar.slo_families import SloCollector
+    from slo_sidecar.sidecar.slo_families import SloCollector
     from tests.helpers import parse_metrics
 
     import time

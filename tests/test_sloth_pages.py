@@ -19,8 +19,8 @@ import subprocess
 import pytest
 import yaml
 
-from alerts.render import render
-from slo_spec.load import load_spec
+from slo_sidecar.alerts.render import render
+from slo_sidecar.spec.load import load_spec
 from tests.helpers import FIXTURES, promtool_counter
 from tests.test_rules import needs_promtool
 

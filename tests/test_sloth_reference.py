@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from alerts.rules import recording_groups
+from slo_sidecar.alerts.rules import recording_groups
 from bench.sloth_rules import go_float, prom_duration, sloth_rule_groups
-from slo_spec.load import DEFAULT_SPEC, load_spec
-from slo_spec.model import Spec
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.spec.model import Spec
 
 SLOTH = Path(__file__).resolve().parent / "fixtures" / "sloth"
 RAW_SLO = "slo02"  # in-base.yaml's raw SLI
@@ -40,7 +40,7 @@ def sloth_input(period: str = "30d") -> Spec:
 
 def as_our_model_carries(group: str, rule: dict[str, Any]) -> dict[str, Any]:
     """Sloth's expected rule, less what our model cannot carry: our Sloth reader strips each query
-    (slo_spec/sloth.py `_query`), so a raw SLI written as a YAML block (`|`) loses its trailing
+    (slo_sidecar/spec/sloth.py `_query`), so a raw SLI written as a YAML block (`|`) loses its trailing
     newline, which Sloth keeps inside the parentheses it adds: `(sum(...)\\n/\\nsum(...)\\n)`. Only
     that whitespace is taken out, only for the raw SLI's per-window ratios; PromQL reads both alike."""
     expr = rule.get("expr", "")
@@ -93,7 +93,7 @@ def raw_selectors(expr: str) -> set[tuple[str, str]]:
 
 @pytest.mark.parametrize("name", [slo.name for slo in load_spec(str(DEFAULT_SPEC)).slos])
 def test_native_slo_in_sloth_form_reads_what_our_rules_read(name: str) -> None:
-    """A native SLO (slo_spec/slo.yaml) rendered in Sloth's form reads, for every window Sloth
+    """A native SLO (slo_sidecar/spec/slo.yaml) rendered in Sloth's form reads, for every window Sloth
     records, the same scraped series as our own rules: at the same range where ours read that window
     off the counters, and where ours sum it from the 5m recordings instead (the long windows), the
     series ours read at 5m. The cost comparison compares the rules' form, not different data."""

@@ -18,10 +18,10 @@ import sys
 import aiohttp
 import pytest
 
-from dashboards.definitions import all_panel_queries
-from engine.tiny_model import MODEL_NAME, ensure_default_model
-from slo_sidecar.processes import PrometheusProcess, SidecarProcess, VllmServerProcess, http_get
-from slo_spec.load import BUILT_IN, load_spec, parse_spec
+from slo_sidecar.dashboards.definitions import all_panel_queries
+from slo_sidecar.engine.tiny_model import MODEL_NAME, ensure_default_model
+from slo_sidecar.app.processes import PrometheusProcess, SidecarProcess, VllmServerProcess, http_get
+from slo_sidecar.spec.load import BUILT_IN, load_spec, parse_spec
 from tests.conftest import run_async, serving
 from tests.helpers import REPO, metric, parse_metrics, write_rule_files
 from tests.test_prometheus_integration import prometheus_ratio
@@ -157,7 +157,7 @@ def slo_panels_without_data(prometheus: PrometheusProcess, spec) -> list[str]:
 
 def test_the_gate_judges_stock_vllm_from_its_own_series(stock_vllm, tmp_path):
     report = tmp_path / "report.json"
-    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "validate", "--slo", "stock-vllm", "--url",
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "validate", "--slo", "stock-vllm", "--url",
                              stock_vllm.url, "--requests", "12", "--concurrency", "1", "--max-tokens", "8",
                              "--report", str(report), "--quiet"], cwd=REPO, capture_output=True, text=True,
                             timeout=300)

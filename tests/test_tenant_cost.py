@@ -24,18 +24,13 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sidecar.app import Sidecar, build_cost_collector
-from sidecar.config import ConfigError, SidecarConfig, add_arguments, load_config
-from sidecar.cost import (
-    CostCollector,
-    TenantCost,
-    TenantTokenRates,
-    TenantTokens,
-    tenant_costs,
-)
-from sidecar.engine_collector import EngineCollector
-from sidecar.exposition import Sample, SampleFilter, parse
-from sidecar.guard import GuardedExposition
+from slo_sidecar.sidecar.app import Sidecar, build_cost_collector
+from slo_sidecar.sidecar.config import ConfigError, SidecarConfig, add_arguments, load_config
+from slo_sidecar.sidecar.cost import CostCollector, TenantCost, tenant_costs
+from slo_sidecar.sidecar.engine_poller import EnginePoller
+from slo_sidecar.sidecar.engine_snapshot import PROCESS_START, SnapshotBuilder, TenantTokenRates
+from slo_sidecar.sidecar.exposition import Sample
+from slo_sidecar.sidecar.guard import GuardedExposition
 from tests.helpers import metric, parse_metrics
 
 POD_USD_PER_HOUR = 2 * 2.0  # 2 GPUs at $2 an hour
@@ -125,8 +120,22 @@ def tenant_samples(counts: dict[str, tuple[float, float, float | None]], *, extr
     return samples
 
 
+class Tenants:
+    """The tenants' token rates of the engine snapshot, fed as the poller feeds the builder (the engine's
+    process start time is a sample of the scrape)."""
+
+    def __init__(self, window_s: float = 60.0):
+        self.builder = SnapshotBuilder(window_s=window_s)
+        self.rates: dict[str, TenantTokenRates] | None = None
+
+    def update(self, samples: list[Sample], now: float, start_time: float | None = None):
+        started = [Sample(PROCESS_START, (), start_time)] if start_time is not None else []
+        self.rates = self.builder.build([*samples, *started], now, now).tenant_tokens
+        return self.rates
+
+
 def test_token_rates_over_the_window_from_the_counters():
-    tenants = TenantTokens(window_s=60.0)
+    tenants = Tenants(window_s=60.0)
     assert tenants.update(tenant_samples({"A": (1000, 500, 100), "B": (0, 50, 0)}), 0.0, 1.0) == {}  # one point
     rates = tenants.update(tenant_samples({"A": (1400, 800, 340), "B": (0, 150, 0)}), 60.0, 1.0)
     assert rates == {"A": approx_rates(per_second(A_PER_MINUTE)), "B": approx_rates(per_second(B_PER_MINUTE))}
@@ -134,7 +143,7 @@ def test_token_rates_over_the_window_from_the_counters():
 
 
 def test_rates_hold_on_a_restart_a_new_tenant_and_a_vanished_one():
-    tenants = TenantTokens(window_s=60.0)
+    tenants = Tenants(window_s=60.0)
     tenants.update(tenant_samples({"A": (1000, 500, None), "B": (10, 10, None)}), 0.0, 1.0)
     # The engine restarted (new start time): its counters began again at 0, here now 400 and 300.
     rates = tenants.update(tenant_samples({"A": (400, 300, None), "B": (10, 10, None)}), 60.0, 2.0)
@@ -145,11 +154,11 @@ def test_rates_hold_on_a_restart_a_new_tenant_and_a_vanished_one():
     assert set(rates) == {"A"} and rates["A"] == approx_rates(TenantTokenRates(400 / 90, 300 / 90, None))
     rates = tenants.update(tenant_samples({"A": (400, 300, None), "unknown": (9, 0, None)}), 120.0, 2.0)
     assert rates["unknown"] == approx_rates(TenantTokenRates(4 / 30, 0.0, None))
-    assert set(tenants._series) == {"A", "unknown"}  # B vanished from the engine: forgotten
+    assert set(tenants.builder._tenants) == {"A", "unknown"}  # B vanished from the engine: forgotten
 
 
 def test_other_labels_are_summed_and_unlabelled_series_ignored():
-    tenants = TenantTokens(window_s=60.0)
+    tenants = Tenants(window_s=60.0)
     first = [*tenant_samples({"A": (0, 0, None)}, extra=(("shard", "0"),)),
              *tenant_samples({"A": (0, 0, None)}, extra=(("shard", "1"),)),
              Sample("slo_engine_generation_tokens_total", (("model_name", "tiny-llama"),), 0)]
@@ -174,7 +183,7 @@ def served(samples: dict, name: str, **labels: str) -> bool:
 
 
 def test_the_collector_serves_each_tenants_figures_by_model():
-    tenants = TenantTokens(window_s=60.0)
+    tenants = Tenants(window_s=60.0)
     tenants.update(tenant_samples({"A": (1000, 500, 100), "B": (0, 50, 0), "C": (7, 7, 7)}), 0.0)
     tenants.update(tenant_samples({"A": (1400, 800, 340), "B": (0, 150, 0), "C": (7, 7, 7)}), 60.0)
     collector = CostCollector(2.0, gpus=lambda: 2, generation_rate=lambda: 400 / 60,
@@ -221,15 +230,14 @@ slo_engine_goodput_tokens_total{{model_name="tenant-cost-test",model="B"}} 0
 
 def test_the_sidecar_wiring_reads_the_engines_counters_and_withdraws_them_when_stale(monkeypatch):
     config = SidecarConfig(gpu_hourly_usd=2.0, gpus=2, rate_window_s=60.0, prompt_token_weight=0.25)
-    tenants = TenantTokens(window_s=config.rate_window_s)
-    engine = EngineCollector(config, readers=[tenants])
+    engine = EnginePoller(config)
     exposition = GuardedExposition()
     sidecar = Sidecar(config, [engine], exposition)
-    exposition.add("cost", build_cost_collector(config, sidecar, engine, tenants, gpus=lambda: 2))
-    # Two scrapes a minute apart, read as the collector reads each one it fetches.
+    exposition.add("cost", build_cost_collector(config, sidecar, engine, gpus=lambda: 2))
+    # Two scrapes a minute apart, read as the poller reads each one it fetches.
     for now, counts in ((100.0, dict(a_prompt=1000, a_generation=500, a_good=100, b_generation=50)),
                         (160.0, dict(a_prompt=1400, a_generation=800, a_good=340, b_generation=150))):
-        monkeypatch.setattr("sidecar.engine_collector.time.monotonic", lambda now=now: now)
+        monkeypatch.setattr("slo_sidecar.sidecar.engine_poller.time.monotonic", lambda now=now: now)
         engine.take(ENGINE_TEXT.format(**counts))
     state = sidecar.states["engine"]
     state.last_success, state.last_error = time.time(), None
@@ -246,38 +254,43 @@ def test_the_sidecar_wiring_reads_the_engines_counters_and_withdraws_them_when_s
     assert metric(stale, "sidecar_cost_usd_per_hour") == POD_USD_PER_HOUR
 
 
-def test_a_bug_in_the_tenant_rates_costs_the_tenant_figures_only():
-    class Broken(TenantTokens):
-        def update(self, samples, now, process_start_time=None):
-            raise RuntimeError("tenant bug")
+class Consumer:
+    """An engine snapshot consumer that keeps what it was given, or fails on it."""
 
-    tenants = Broken()
-    tenants.rates = {"A": TenantTokenRates(1.0, 1.0)}
-    engine = EngineCollector(SidecarConfig(), readers=[tenants])
+    def __init__(self, metrics=(), fails: bool = False):
+        self.metrics, self.fails = metrics, fails
+        self.taken: list = []
+        self.cleared = False
+
+    def take(self, snapshot) -> None:
+        if self.fails:
+            raise RuntimeError("consumer bug")
+        self.taken.append(snapshot)
+
+    def clear(self) -> None:
+        self.cleared = True
+
+
+def test_a_bug_in_one_consumer_costs_its_own_figures_only():
+    broken, sound = Consumer(fails=True), Consumer()
+    engine = EnginePoller(SidecarConfig(), [broken, sound])
     families = engine.take(ENGINE_TEXT.format(a_prompt=1, a_generation=1, a_good=1, b_generation=1))
-    assert families and engine.last_stats is not None  # the engine's own figures are read all the same
-    assert tenants.rates is None
+    assert families and engine.last_snapshot is not None  # the engine's own figures are read all the same
+    assert broken.cleared and not sound.cleared
+    assert sound.taken == [engine.last_snapshot], "the consumer after the broken one is fed all the same"
 
 
-
-def test_a_reader_added_after_construction_gets_its_families():
-    """The headroom reader can only be built after the engine collector (it reads the collector's own
-    figures): added then, its families must still be kept from each scrape, not only those named at
-    construction."""
-    class Reader:
-        families = SampleFilter(["reader_only_total"])
-        seen: list[Sample] = []
-
-        def update(self, samples: list[Sample], now: float, process_start_time: float | None = None) -> None:
-            Reader.seen = samples
-
-        def clear(self) -> None:
-            pass
-
-    engine = EngineCollector(SidecarConfig())
-    engine.add_reader(Reader())
+def test_each_scrape_is_parsed_once_and_keeps_the_series_its_consumers_name():
+    """The consumers are fixed at construction, so the scrape's sample filter knows their series before
+    the first scrape; all of them get the one snapshot."""
+    first, second = Consumer(metrics=["reader_only_total"]), Consumer()
+    engine = EnginePoller(SidecarConfig(), [first, second])
     engine.take("# TYPE reader_only_total counter\nreader_only_total 7\n")
-    assert [(s.name, s.value) for s in Reader.seen if s.name.startswith("reader_only")] == [("reader_only_total", 7.0)]
+    (snapshot,) = first.taken
+    assert second.taken == [snapshot]
+    assert [(s.name, s.value) for s in snapshot.samples if s.name.startswith("reader_only")] == [
+        ("reader_only_total", 7.0)]
+
 
 # --- the setting ---------------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engine.tiny_lora import CONFIG_FILE, RANK, TARGETS, WEIGHTS_FILE, build_lora, check_name
-from engine.tiny_model import ensure_default_model
+from slo_sidecar.engine.tiny_lora import CONFIG_FILE, RANK, TARGETS, WEIGHTS_FILE, build_lora, check_name
+from slo_sidecar.engine.tiny_model import ensure_default_model
 
 
 def test_an_adapter_has_peft_layout_and_shapes_from_the_models_config(tmp_path):

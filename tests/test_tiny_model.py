@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine import tiny_model
+from slo_sidecar.engine import tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from engine.request_join import EngineView, PendingRequest
-from engine.tracing import BoundedBatchSpanProcessor, DropCounter, RequestTracer, build_resource, setup_tracing
+from slo_sidecar.engine.request_join import EngineView, PendingRequest
+from slo_sidecar.engine.tracing import BoundedBatchSpanProcessor, DropCounter, RequestTracer, build_resource, setup_tracing
 
 
 class BlockedExporter(SpanExporter):

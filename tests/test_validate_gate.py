@@ -10,10 +10,10 @@ import urllib.request
 
 import pytest
 
-from slo_sidecar.gate import judge, percentile, samples_by_name, server_events, verdict
-from slo_sidecar.loadgen import RequestResult
-from slo_sidecar.processes import free_port
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.app.gate import judge, percentile, samples_by_name, server_events, verdict
+from slo_sidecar.app.loadgen import RequestResult
+from slo_sidecar.app.processes import free_port
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.conftest import API_KEY
 
 SPEC = load_spec(str(DEFAULT_SPEC))
@@ -113,7 +113,7 @@ def test_nothing_judged_is_not_a_pass():
 
 def gate(*args: str, report=None) -> subprocess.CompletedProcess:
     extra = ["--report", str(report)] if report else ["--report", ""]
-    return subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "validate", *args, *extra],
+    return subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "validate", *args, *extra],
                           capture_output=True, text=True, timeout=300)
 
 

@@ -14,13 +14,13 @@ from itertools import islice
 import pytest
 from aiohttp import web
 
-from slo_sidecar.cli import build_parser
-from slo_sidecar.gate import judge, report, scoped_to_tenant, table, tenant_slos, tenant_summaries, \
+from slo_sidecar.app.cli import build_parser
+from slo_sidecar.app.gate import judge, report, scoped_to_tenant, table, tenant_slos, tenant_summaries, \
     tenant_verdicts, verdict, with_matcher
-from slo_sidecar.loadgen import LoadSettings, RequestResult, spread, weighted_order
-from slo_sidecar.validate import gate, settings_from
-from slo_spec.load import DEFAULT_SPEC, load_spec
-from slo_spec.model import EventSum, Matcher, Selection, Sli, Spec
+from slo_sidecar.app.loadgen import LoadSettings, RequestResult, spread, weighted_order
+from slo_sidecar.app.validate import gate, settings_from
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.spec.model import EventSum, Matcher, Selection, Sli, Spec
 from tests.helpers import REPO
 from tests.threaded_server import ThreadedServer
 
@@ -285,7 +285,7 @@ def test_a_bad_model_value_exits_2_naming_the_flag_and_why(values, reason, capsy
 
 
 def test_a_bad_model_value_is_one_line_not_a_traceback():
-    result = subprocess.run([sys.executable, "-m", "slo_sidecar.cli", "validate", "--url", "http://127.0.0.1:1",
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "validate", "--url", "http://127.0.0.1:1",
                              "--model", "medical=-1", "--report", ""], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr

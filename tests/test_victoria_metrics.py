@@ -17,7 +17,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from slo_sidecar.processes import AlertmanagerProcess
+from slo_sidecar.app.processes import AlertmanagerProcess
 from tests.victoria import VictoriaMetricsProcess, VmagentProcess, VmalertProcess
 from tests.helpers import REPO
 from tests.threaded_server import ThreadedServer

@@ -1,6 +1,6 @@
 """Our instrumentation on vLLM's own OpenAI server, launched as a user launches it:
 
-    python -m vllm.entrypoints.openai.api_server --model DIR --middleware engine.asgi.SloMiddleware
+    python -m vllm.entrypoints.openai.api_server --model DIR --middleware slo_sidecar.engine.asgi.SloMiddleware
 
 with the stat-logger plugin loaded by its entry point. The exact SLO counters, request counters and
 per-tenant tokens are served on vLLM's own /metrics, beside `vllm:*`, and count what the test sent:
@@ -17,10 +17,10 @@ import urllib.request
 
 import pytest
 
-from engine.tiny_lora import ensure_lora
-from engine.tiny_model import MODEL_NAME, ensure_default_model
-from slo_sidecar.processes import VllmServerProcess, free_port
-from slo_spec.model import PROBE_HEADER
+from slo_sidecar.engine.tiny_lora import ensure_lora
+from slo_sidecar.engine.tiny_model import MODEL_NAME, ensure_default_model
+from slo_sidecar.app.processes import VllmServerProcess, free_port
+from slo_sidecar.spec.model import PROBE_HEADER
 from tests.conftest import TRACE_ENV, serving
 from tests.helpers import metric, parse_metrics
 from tests.test_tracing import INCOMING_PARENT, INCOMING_TRACE, check_tree, complete_tree
@@ -63,7 +63,7 @@ def vllm_server(tmp_path_factory, otlp_receiver):
     process = VllmServerProcess(workdir / "vllm.log", str(ensure_default_model()), "--served-model-name",
                                 MODEL_NAME, "--max-model-len", "512", "--enforce-eager", "--max-num-seqs",
                                 str(MAX_NUM_SEQS), "--enable-lora", "--max-loras", "1", "--max-lora-rank", "8",
-                                "--lora-modules", *adapters, "--middleware", "engine.asgi.SloMiddleware",
+                                "--lora-modules", *adapters, "--middleware", "slo_sidecar.engine.asgi.SloMiddleware",
                                 env={"SLO_ENGINE_SLO": str(workdir / "slo.yaml"), **CPU_KV_CACHE, **TRACE_ENV,
                                      **LIMITS, **admin,
                                      "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint})

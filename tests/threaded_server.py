@@ -7,7 +7,7 @@ import threading
 
 from aiohttp import web
 
-from slo_sidecar.processes import free_port
+from slo_sidecar.app.processes import free_port
 
 
 class ThreadedServer:

@@ -7,7 +7,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from slo_sidecar.processes import ManagedProcess, free_port, get_json, http_get
+from slo_sidecar.app.processes import ManagedProcess, free_port, get_json, http_get
 
 class VictoriaMetricsProcess(ManagedProcess):
     """A real single-node VictoriaMetrics (Debian's /usr/bin/victoria-metrics, package `victoria-metrics`) on a

@@ -30,14 +30,14 @@ import aiohttp
 
 import yaml
 
-from iokit.arguments import positive
-from iokit.files import write_atomically
-from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
-from slo_spec.model import Slo, Spec
-from slo_spec.slicing import sliced_document
+from slo_sidecar.iokit.arguments import positive
+from slo_sidecar.iokit.files import write_atomically
+from slo_sidecar.spec.load import DEFAULT_SPEC, SpecError, load_spec
+from slo_sidecar.spec.model import Slo, Spec
+from slo_sidecar.spec.slicing import sliced_document
 
-from alerts.render import ALERTMANAGER_FILE
-from alerts.rules import slo_id
+from slo_sidecar.alerts.render import ALERTMANAGER_FILE
+from slo_sidecar.alerts.rules import slo_id
 
 from .processes import AlertmanagerProcess, EngineProcess, PrometheusProcess, SidecarProcess
 
@@ -261,8 +261,8 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"slo-sidecar: error: no binary {binary!r}: install Debian's {package} package "
                   "(scripts/demo.sh does)", file=sys.stderr)
             return 2
-    from alerts.rules import PAGE_FOR
-    from dashboards.definitions import dashboards
+    from slo_sidecar.alerts.rules import PAGE_FOR
+    from slo_sidecar.dashboards.definitions import dashboards
 
     out = Path(args.out).resolve()
     logs = out / "logs"
@@ -286,7 +286,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
         step(2, f"Starting the engine (vLLM, tiny-llama with the LoRA adapters {' and '.join(TENANTS)}), the "
                 "sidecar, Alertmanager and Prometheus with the generated rules")
-        from engine.tiny_lora import ensure_lora
+        from slo_sidecar.engine.tiny_lora import ensure_lora
 
         adapters = [f"{tenant}={ensure_lora(tenant)}" for tenant in TENANTS]
         engine = stack.enter_context(EngineProcess(

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 
-from slo_spec.buckets import HTTP_DURATION_HISTOGRAM
-from slo_spec.model import OTHER_SLICE, TENANT_LABEL, EventSum, Matcher, Scrape, Slo, Spec
+from slo_sidecar.spec.buckets import HTTP_DURATION_HISTOGRAM
+from slo_sidecar.sidecar.exposition import SampleFilter, parse
+from slo_sidecar.spec.model import OTHER_SLICE, TENANT_LABEL, EventSum, Matcher, Scrape, Slo, Spec
 
 # Histograms a client can time itself, and the client measurement that matches each.
 CLIENT_MEASURE = {
@@ -52,12 +52,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def samples_by_name(text: str, names: set[str] | None = None) -> Samples:
-    """{sample name: [(labels, value)]} from a Prometheus text exposition, optionally only some names."""
+    """{sample name: [(labels, value)]} from a Prometheus text exposition, optionally only some names:
+    read by the sidecar's parser (one reader of expositions in the project), every family the text
+    types when no names are given."""
+    families = names if names is not None else {line.split()[2] for line in text.splitlines()
+                                                if line.startswith("# TYPE ") and len(line.split()) > 2}
     found: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if names is None or sample.name in names:
-                found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    for sample in parse(text, SampleFilter(families)):
+        if names is None or sample.name in names:
+            found.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return found
 
 

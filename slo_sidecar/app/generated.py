@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slo_spec.model import Spec
+from slo_sidecar.spec.model import Spec
 
 
 def generated_files(spec: Spec, rules_dir: Path, dashboards_dir: Path, k8s_dir: Path | None = None,
                     split: bool = False) -> dict[Path, str]:
-    from alerts.render import render as render_rules
-    from dashboards.definitions import dashboards
-    from dashboards.grafana import datasources, render as render_dashboards
+    from slo_sidecar.alerts.render import render as render_rules
+    from slo_sidecar.dashboards.definitions import dashboards
+    from slo_sidecar.dashboards.grafana import datasources, render as render_dashboards
 
     files = {rules_dir / name: text for name, text in render_rules(spec, split).items()}
     files.update({dashboards_dir / name: text for name, text in render_dashboards(dashboards(spec)).items()})

@@ -16,7 +16,7 @@ from . import __version__
 def _build_model(args: argparse.Namespace) -> int:
     if args.lora:
         return _build_lora(args)
-    from engine.tiny_model import build_model, default_model_dir, is_built
+    from slo_sidecar.engine.tiny_model import build_model, default_model_dir, is_built
 
     out = Path(args.out) if args.out else default_model_dir()
     if is_built(out) and not args.force:
@@ -27,7 +27,7 @@ def _build_model(args: argparse.Namespace) -> int:
 
 
 def _build_lora(args: argparse.Namespace) -> int:
-    from engine.tiny_lora import build_lora, check_name, default_lora_dir, is_built
+    from slo_sidecar.engine.tiny_lora import build_lora, check_name, default_lora_dir, is_built
 
     try:
         check_name(args.lora)
@@ -44,20 +44,20 @@ def _build_lora(args: argparse.Namespace) -> int:
 
 def _engine(arguments: list[str]) -> int:
     """Every flag after `engine` goes to the launcher: ours, then vLLM's parser for the rest."""
-    from engine.launch import main as launch
+    from slo_sidecar.engine.launch import main as launch
 
     return launch(arguments)
 
 
 def _sidecar(args: argparse.Namespace) -> int:
-    from sidecar.app import run
+    from slo_sidecar.sidecar.app import run
 
     return run(args)
 
 
 def _load_spec(path: str | None):
     """The spec, or None after printing why it cannot be used (the caller exits 2)."""
-    from slo_spec.load import DEFAULT_SPEC, SpecError, load_spec
+    from slo_sidecar.spec.load import DEFAULT_SPEC, SpecError, load_spec
 
     try:
         return load_spec(path or str(DEFAULT_SPEC))
@@ -84,7 +84,7 @@ SPLIT = "local,global"
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from iokit.files import write_atomically
+    from slo_sidecar.iokit.files import write_atomically
     from .generated import generated_files
 
     if args.split not in (None, SPLIT):
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help only: main() hands everything after `engine` to the launcher before argparse sees it.
 
     sidecar = commands.add_parser("sidecar", help="run the sidecar: scrape the engine, serve derived metrics")
-    from sidecar.config import add_arguments as add_sidecar_arguments
+    from slo_sidecar.sidecar.config import add_arguments as add_sidecar_arguments
 
     add_sidecar_arguments(sidecar)
     sidecar.set_defaults(func=_sidecar)

@@ -1,6 +1,6 @@
 """The docs pages generated from the code: the SLO spec reference from its JSON schema.
 
-    .venv/bin/python -m slo_sidecar.docs   (tests/test_docs.py fails while a committed page is stale)
+    .venv/bin/python -m slo_sidecar.app.docs   (tests/test_docs.py fails while a committed page is stale)
 """
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from iokit.files import write_atomically
-from slo_spec.reference import markdown
+from slo_sidecar.iokit.files import write_atomically
+from slo_sidecar.spec.reference import markdown
 
-REPO = Path(__file__).resolve().parent.parent
-SCHEMA = REPO / "slo_spec" / "slo.schema.json"
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO / "slo_sidecar" / "spec" / "slo.schema.json"
 SPEC_REFERENCE = REPO / "docs" / "spec-reference.md"
 
 

@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from slo_spec.model import PROBE_MISSED, SLO_COUNTER
+from slo_sidecar.spec.model import PROBE_MISSED, SLO_COUNTER
 
 from .replay import Series
 

@@ -1,7 +1,7 @@
 """The SLO spec's reference page, rendered from its JSON schema (slo.schema.json): one table per object,
 one row per field, so the docs say what the schema checks and nothing else. Pure: a schema in, Markdown out.
 
-    .venv/bin/python -m slo_sidecar.docs   (writes docs/spec-reference.md; a test fails when it is stale)
+    .venv/bin/python -m slo_sidecar.app.docs   (writes docs/spec-reference.md; a test fails when it is stale)
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def markdown(schema: Schema) -> str:
     """The reference page: the document's fields, then every object it can hold, each once, in the order
     the fields lead to them."""
     lines = ["# SLO spec reference", "",
-             f"Generated from `slo_spec/slo.schema.json` ({schema.get('title', '')}) by `python -m slo_sidecar.docs`: "
+             f"Generated from `slo_sidecar/spec/slo.schema.json` ({schema.get('title', '')}) by `python -m slo_sidecar.app.docs`: "
              "edit the schema, not this page.", ""]
     pending: list[tuple[str, Schema]] = []
     lines += _section(schema, "spec", schema, pending)

@@ -16,9 +16,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from iokit.arguments import http_url, positive
-from iokit.files import write_atomically
-from slo_spec.model import Spec
+from slo_sidecar.iokit.arguments import http_url, positive
+from slo_sidecar.iokit.files import write_atomically
+from slo_sidecar.spec.model import Spec
 
 EXIT_FAIL, EXIT_ERROR = 1, 2
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from slo_spec.model import Spec
+from slo_sidecar.spec.model import Spec
 
 from .expect import ERROR_RATE, fires_after, slo_alerts
 from .pods import Story, constant

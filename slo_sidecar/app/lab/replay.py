@@ -31,9 +31,9 @@ from pathlib import Path
 
 import yaml
 
-from slo_sidecar.backfill import openmetrics_blocks, rule_blocks, rule_levels
-from slo_sidecar.processes import ManagedProcess, free_port, get_json
-from slo_spec.model import duration_seconds
+from slo_sidecar.app.backfill import openmetrics_blocks, rule_blocks, rule_levels
+from slo_sidecar.app.processes import ManagedProcess, free_port, get_json
+from slo_sidecar.spec.model import duration_seconds
 
 MAX_POINTS = 11_000  # query_range refuses more points per series
 # Retention counts back from the newest block, not from now: old histories are kept, and 100y, Prometheus's

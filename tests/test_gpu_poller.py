@@ -15,27 +15,27 @@ import pynvml
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sidecar.app import retry_delay
-from sidecar.collector import CollectError
-from sidecar.cost import cost_figures
-from sidecar.fake_nvml import H100_SNAPSHOTS, MIB, FakeGpu, FakeNvml, fake_gpus
-from sidecar.gpu_collector import GpuCollector
-from sidecar.gpu_families import PodLabels
-from sidecar.nvml_reader import CLOCK_EVENT_REASONS, NvmlReader, NvmlReadError
+from slo_sidecar.sidecar.app import retry_delay
+from slo_sidecar.sidecar.poller import PollError
+from slo_sidecar.sidecar.cost import cost_figures
+from slo_sidecar.sidecar.fake_nvml import H100_SNAPSHOTS, MIB, FakeGpu, FakeNvml, fake_gpus
+from slo_sidecar.sidecar.gpu_poller import GpuPoller
+from slo_sidecar.sidecar.gpu_families import PodLabels
+from slo_sidecar.sidecar.nvml_reader import CLOCK_EVENT_REASONS, NvmlReader, NvmlReadError
 from tests.conftest import run_async
 from tests.helpers import metric, parse_metrics, skip_if_nvml_loads
 
 POD = PodLabels("engine-pod-0", "inference", "engine")
 
 
-def collector(nvml: FakeNvml, **kwargs) -> GpuCollector:
+def collector(nvml: FakeNvml, **kwargs) -> GpuPoller:
     options = dict(interval_s=1.0, timeout_s=1.0, backoff_max_s=60.0, pod=POD, hostname="node-a", scope="all")
-    return GpuCollector(nvml, **{**options, **kwargs})
+    return GpuPoller(nvml, **{**options, **kwargs})
 
 
-async def exposition(gpu: GpuCollector) -> dict:
+async def exposition(gpu: GpuPoller) -> dict:
     """One collection, rendered and read back as Prometheus would."""
-    families = await gpu.collect()
+    families = await gpu.poll()
 
     class Families:
         def collect(self):
@@ -162,8 +162,8 @@ async def test_dcgm_compatible_names_units_and_labels():
 @run_async
 async def test_no_nvml_no_driver_no_gpu_are_reported_and_recovered_from(fake, reason):
     gpu = collector(fake)
-    with pytest.raises(CollectError) as failure:
-        await gpu.collect()
+    with pytest.raises(PollError) as failure:
+        await gpu.poll()
     assert failure.value.reason == reason and "GPU metrics are off" in str(failure.value)
     fake.library_present = fake.driver_loaded = True  # the driver arrives (a device plugin, a node fix)
     fake.gpus = fake.gpus or [FakeGpu("GPU-late")]
@@ -180,10 +180,10 @@ async def test_no_nvml_no_driver_no_gpu_are_reported_and_recovered_from(fake, re
 async def test_other_nvml_errors_are_counted_by_reason_and_pass(code, reason):
     nvml = fake_gpus(1)
     gpu = collector(nvml)
-    await gpu.collect()
+    await gpu.poll()
     nvml.errors["nvmlDeviceGetMemoryInfo"] = code
-    with pytest.raises(CollectError) as failure:
-        await gpu.collect()
+    with pytest.raises(PollError) as failure:
+        await gpu.poll()
     assert failure.value.reason == reason
     del nvml.errors["nvmlDeviceGetMemoryInfo"]
     assert gpu_value(await exposition(gpu), "sidecar_gpu_memory_total_bytes") == 81_559 * MIB
@@ -193,10 +193,10 @@ async def test_other_nvml_errors_are_counted_by_reason_and_pass(code, reason):
 async def test_a_lost_gpu_is_reported_nvml_restarted_and_reading_resumes():
     nvml = fake_gpus(1)
     gpu = collector(nvml)
-    await gpu.collect()
+    await gpu.poll()
     nvml.lost = True  # e.g. XID 79, fallen off the bus
-    with pytest.raises(CollectError) as failure:
-        await gpu.collect()
+    with pytest.raises(PollError) as failure:
+        await gpu.poll()
     assert failure.value.reason == "gpu_lost"
     assert not nvml.initialized, "NVML was shut down, to be opened afresh"
     nvml.lost = False  # reset and back
@@ -209,13 +209,13 @@ async def test_a_lost_gpu_is_reported_nvml_restarted_and_reading_resumes():
 async def test_a_hung_nvml_call_times_out_without_piling_up_threads():
     nvml = fake_gpus(1)
     gpu = collector(nvml)
-    await gpu.collect()
+    await gpu.poll()
     nvml.hang_s = 0.5
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.1):
-            await gpu.collect()
-    with pytest.raises(CollectError) as failure:  # the thread is still inside NVML: do not start another
-        await gpu.collect()
+            await gpu.poll()
+    with pytest.raises(PollError) as failure:  # the thread is still inside NVML: do not start another
+        await gpu.poll()
     assert failure.value.reason == "timeout"
     nvml.hang_s = 0.0
     while not gpu._running.done():  # the driver call returns in the end
@@ -242,7 +242,7 @@ def process_tree():
 @run_async
 async def test_gpu_memory_is_attributed_to_the_engine_process_tree(process_tree):
     marker, parent_pid, child_pid = process_tree
-    from sidecar.engine_processes import engine_pids
+    from slo_sidecar.sidecar.engine_processes import engine_pids
 
     nvml = fake_gpus(1, processes=lambda: [(child_pid, 60 * 1024 ** 3), (parent_pid, 512 * MIB),
                                            (os.getpid(), 2 * 1024 ** 3), (999_999_999, None)])
@@ -334,8 +334,8 @@ async def test_only_the_pods_own_gpus_are_reported_not_the_nodes():
 
 
 def test_pod_readings_prefer_what_the_engine_says_then_its_processes_then_nothing():
-    from sidecar.gpu_collector import pod_readings
-    from sidecar.nvml_reader import GpuIdentity, GpuReading
+    from slo_sidecar.sidecar.gpu_poller import pod_readings
+    from slo_sidecar.sidecar.nvml_reader import GpuIdentity, GpuReading
 
     readings = [GpuReading(GpuIdentity(i, f"GPU-{i}", "H100", i), engine_processes=p) for i, p in enumerate((0, 1, 0))]
     assert [r.identity.index for r in pod_readings(readings, frozenset({"GPU-2"}))] == [2]

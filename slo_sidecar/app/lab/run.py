@@ -20,8 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from alerts.render import render
-from slo_spec.model import Spec
+from slo_sidecar.alerts.render import render
+from slo_sidecar.spec.model import Spec
 
 from .pods import Pod
 from .replay import Firing, Replayed, replay

@@ -24,9 +24,9 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from alerts.render import ALERTMANAGER_FILE
-from sidecar.exposition import SampleFilter, parse
-from slo_spec.model import PROBE_COUNTER, Spec
+from slo_sidecar.alerts.render import ALERTMANAGER_FILE
+from slo_sidecar.sidecar.exposition import SampleFilter, parse
+from slo_sidecar.spec.model import PROBE_COUNTER, Spec
 
 from ..processes import AlertmanagerProcess, EngineProcess, PrometheusProcess, SidecarProcess, http_get
 from .run import Row, belongs

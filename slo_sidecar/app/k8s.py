@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import yaml
 
-from alerts.render import rule_groups
-from dashboards.definitions import dashboards
-from dashboards.grafana import JAEGER_UID, datasource_list, render as render_dashboards
+from slo_sidecar.alerts.render import rule_groups
+from slo_sidecar.dashboards.definitions import dashboards
+from slo_sidecar.dashboards.grafana import JAEGER_UID, datasource_list, render as render_dashboards
 
-from slo_spec.model import Spec
+from slo_sidecar.spec.model import Spec
 
 APP = "slo-sidecar"
 SPEC_CONFIGMAP = "slo-sidecar-slo"

@@ -2,7 +2,7 @@
 
 The I/O edge of the preview: query_range calls to Prometheus's HTTP API with
 the template variables on All, as Grafana would send them; the pages are drawn
-by the pure `dashboards.preview`.
+by the pure `slo_sidecar.dashboards.preview`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from dashboards.model import Dashboard, expand as expand_variables
-from dashboards.preview import PanelData, Series, page
-from iokit.arguments import http_url, positive
-from iokit.files import write_atomically
-from slo_spec.model import duration_label, duration_seconds
+from slo_sidecar.dashboards.model import Dashboard, expand as expand_variables
+from slo_sidecar.dashboards.preview import PanelData, Series, page
+from slo_sidecar.iokit.arguments import http_url, positive
+from slo_sidecar.iokit.files import write_atomically
+from slo_sidecar.spec.model import duration_label, duration_seconds
 
 from .processes import http_get
 
@@ -114,7 +114,7 @@ def write_preview(prometheus_url: str, boards: list[Dashboard], out: Path, range
 
 
 def run(args: argparse.Namespace, spec) -> int:
-    from dashboards.definitions import dashboards
+    from slo_sidecar.dashboards.definitions import dashboards
 
     out = Path(args.out)
     try:

@@ -145,7 +145,7 @@ class EngineProcess(ManagedProcess):
             admin_port = free_port()
             self.admin_url = f"http://127.0.0.1:{admin_port}"
             admin_args = ["--admin-port", str(admin_port), "--admin-token-file", str(token_file)]
-        super().__init__("engine", [sys.executable, "-m", "slo_sidecar.cli", "engine", "--host", "127.0.0.1",
+        super().__init__("engine", [sys.executable, "-m", "slo_sidecar.app.cli", "engine", "--host", "127.0.0.1",
                                     "--port", str(self.port), *admin_args, *extra_args], log_path, env=env,
                          cpus=cpus)
 
@@ -193,7 +193,7 @@ class SidecarProcess(ManagedProcess):
     def __init__(self, log_path: Path, engine_url: str, *extra_args: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__("sidecar", [sys.executable, "-m", "slo_sidecar.cli", "sidecar", "--host", "127.0.0.1",
+        super().__init__("sidecar", [sys.executable, "-m", "slo_sidecar.app.cli", "sidecar", "--host", "127.0.0.1",
                                      "--port", str(self.port), "--engine-url", engine_url, *extra_args],
                          log_path, env=env)
 

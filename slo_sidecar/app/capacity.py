@@ -21,12 +21,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from iokit.arguments import http_url, positive
-from iokit.files import write_atomically
-from sidecar.engine_stats import HISTOGRAMS
-from sidecar.headroom import MEASURE_KEYS, QUANTILE, capped_p90
-from slo_spec.capacity_report import CAPACITY_VERSION
-from slo_spec.model import Spec
+from slo_sidecar.iokit.arguments import http_url, positive
+from slo_sidecar.iokit.files import write_atomically
+from slo_sidecar.sidecar.headroom import MEASURE_KEYS, QUANTILE, capped_p90
+from slo_sidecar.spec.capacity_report import CAPACITY_VERSION
+from slo_sidecar.spec.model import Spec
 
 
 EXIT_FAIL, EXIT_ERROR = 1, 2
@@ -81,7 +80,7 @@ def step_verdict(slos: dict[str, SloAttainment]) -> bool | None:
 def step_headroom(spec: Spec, quantiles: dict[tuple[str, float], float], means: dict[str, float]) -> float | None:
     """The sidecar's headroom over the step (sidecar/headroom.py, unsmoothed): the worst p90 / target of the
     spec's exact targets, 1.0 at the target; None when no measure with a target was observed."""
-    from sidecar.headroom import exact_targets, raw_headroom
+    from slo_sidecar.sidecar.headroom import exact_targets, raw_headroom
 
     values = [value for targets in exact_targets(spec).values()
               if (value := raw_headroom(targets, quantiles, means)) is not None]
@@ -150,7 +149,7 @@ def judge_step(spec: Spec, rate: float, run, duration_s: float) -> Step:
         client = [c for c in criteria if c.slo == slo.key and c.view == "client" and c.passed is not None]
         passed = all(c.passed for c in client) if client and len(run.results) >= needed else None
         slos[slo.key] = SloAttainment(slo.objective, None, len(run.results), needed, passed, "client")
-    quantiles, means = step_histograms(*scrapes) if scrapes else ({}, {})
+    quantiles, means = step_histograms(run.metrics_before, run.metrics_after, duration_s) if scrapes else ({}, {})
     p90s = {measure: _finite(capped_p90(quantiles.get((key, QUANTILE), math.nan), means.get(key)))
             for measure, key in MEASURE_KEYS.items()}
     answered = sum(1 for r in run.results if r.status)
@@ -164,31 +163,19 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def step_histograms(before, after) -> tuple[dict[tuple[str, float], float], dict[str, float]]:
-    """vLLM's latency histograms over the step (the later scrape less the earlier), as the sidecar's engine
-    snapshot keys them: the p90 of each ((key, 0.9) -> s, NaN with nothing observed) and its mean."""
-    from sidecar.rates import histogram_quantile
+def step_histograms(before: str, after: str, duration_s: float = 1.0
+                    ) -> tuple[dict[tuple[str, float], float], dict[str, float]]:
+    """vLLM's latency histograms over the step, from the engine's /metrics before and after it, read as the
+    sidecar reads a scrape (one engine snapshot, resets handled): the p90 of each ((key, 0.9) -> s, NaN
+    with nothing observed) and its mean."""
+    from slo_sidecar.sidecar.engine_snapshot import FAMILIES, SnapshotBuilder
+    from slo_sidecar.sidecar.exposition import parse
 
-    quantiles, means = {}, {}
-    for key in MEASURE_KEYS.values():
-        histogram = HISTOGRAMS[key]
-        increases = _increase_by_le(before, after, histogram + "_bucket")
-        buckets = sorted((float(le), count) for le, count in increases.items())
-        quantiles[(key, QUANTILE)] = histogram_quantile(QUANTILE, buckets)
-        count = sum(_increase_by_le(before, after, histogram + "_count").values())
-        total = sum(_increase_by_le(before, after, histogram + "_sum").values())
-        if count > 0:
-            means[key] = total / count
-    return quantiles, means
-
-
-def _increase_by_le(before, after, name: str) -> dict[str, float]:
-    """A sample's increase between two scrapes, summed per `le` (one entry, "", for a series without it)."""
-    counts: dict[str, float] = {}
-    for sign, samples in ((-1, before), (1, after)):
-        for labels, value in samples.get(name, ()):
-            counts[labels.get("le", "")] = counts.get(labels.get("le", ""), 0.0) + sign * value
-    return counts
+    builder = SnapshotBuilder(window_s=duration_s)
+    builder.build(parse(before, FAMILIES), 0.0, 0.0)
+    snapshot = builder.build(parse(after, FAMILIES), duration_s, duration_s)
+    quantiles = {(key, QUANTILE): snapshot.quantiles.get((key, QUANTILE), math.nan) for key in MEASURE_KEYS.values()}
+    return quantiles, {key: snapshot.means[key] for key in MEASURE_KEYS.values() if key in snapshot.means}
 
 
 def run_step(settings, spec: Spec, rate: float, duration_s: float) -> Step:

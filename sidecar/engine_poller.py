@@ -1,6 +1,7 @@
-"""Scrapes the engine's /metrics and turns it into the sidecar's engine families.
+"""Polls the engine's /metrics: each scrape parsed once into an EngineSnapshot, handed to a fixed list of
+consumers (the SLO tracker, the headroom), and turned into the sidecar's engine families.
 
-A failed scrape raises CollectError with a bounded reason; the process keeps the
+A failed scrape raises PollError with a bounded reason; the process keeps the
 last good families and marks them stale as they age (app.py).
 """
 
@@ -9,20 +10,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import aiohttp
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .collector import CollectError
 from .config import SidecarConfig
-from .engine_stats import FAMILIES, EngineStats, EngineStatsDeriver
-from .exposition import Sample, SampleFilter, parse
-from .slo_tracker import SloTracker
+from .engine_snapshot import FAMILIES, EngineSnapshot, SnapshotBuilder
+from .exposition import SampleFilter, parse
+from .poller import PollError
 
-PROCESS_START = "process_start_time_seconds"
-ACCELERATOR_INFO = "slo_engine_accelerator_info"  # the engine's GPUs by UUID: the pod's own
-SCRAPE_FAMILIES = SampleFilter([*FAMILIES.families, PROCESS_START, ACCELERATOR_INFO])
 SCRAPE_ERROR_REASONS = ("connection", "timeout", "http_status", "too_large", "truncated", "malformed")
 # The classic text format: the sidecar needs no exemplars, and prometheus_client's
 # OpenMetrics writer (0.26) renames vllm:* samples unless told otherwise, which a
@@ -30,16 +27,16 @@ SCRAPE_ERROR_REASONS = ("connection", "timeout", "http_status", "too_large", "tr
 ACCEPT = "text/plain;version=0.0.4"
 
 
-log = logging.getLogger("sidecar.engine")
+log = logging.getLogger(__name__)
 
 
-class ScrapeReader(Protocol):
-    """Something more that reads each engine scrape (the tenants' token rates): the counters it wants,
-    and what it does with them. A failure there costs its own figures (cleared), never the scrape."""
+class SnapshotConsumer(Protocol):
+    """What takes each engine snapshot: the series it reads beyond the snapshot's own (its `metrics`),
+    and what it does with it. A failure there costs its own figures (cleared), never the scrape."""
 
-    families: SampleFilter
+    metrics: Sequence[str]
 
-    def update(self, samples: list[Sample], now: float, process_start_time: float | None = None) -> object: ...
+    def take(self, snapshot: EngineSnapshot) -> object: ...
 
     def clear(self) -> None: ...
 
@@ -49,82 +46,79 @@ async def fetch_exposition(session: aiohttp.ClientSession, url: str, max_bytes: 
     try:
         async with session.get(url, headers={"Accept": ACCEPT}) as response:
             if response.status != 200:
-                raise CollectError("http_status", f"{url} answered {response.status}")
+                raise PollError("http_status", f"{url} answered {response.status}")
             chunks, size = [], 0
             async for chunk in response.content.iter_chunked(256 * 1024):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise CollectError("too_large", f"{url} sent more than {max_bytes} bytes")
+                    raise PollError("too_large", f"{url} sent more than {max_bytes} bytes")
                 chunks.append(chunk)
             body = b"".join(chunks)
             openmetrics = response.headers.get("Content-Type", "").startswith("application/openmetrics-text")
             return body.decode("utf-8", errors="replace"), openmetrics
     except aiohttp.ClientPayloadError as exc:
-        raise CollectError("truncated", f"{url}: {exc}") from None
+        raise PollError("truncated", f"{url}: {exc}") from None
     except (aiohttp.ClientConnectionError, OSError) as exc:
-        raise CollectError("connection", f"{url}: {exc}") from None
+        raise PollError("connection", f"{url}: {exc}") from None
 
 
-class EngineCollector:
+class EnginePoller:
     name = "engine"
     error_reasons = SCRAPE_ERROR_REASONS
 
-    def __init__(self, config: SidecarConfig, tracker: SloTracker | None = None,
-                 readers: Sequence[ScrapeReader] = ()):
+    def __init__(self, config: SidecarConfig, consumers: Iterable[SnapshotConsumer] = (),
+                 process_start_time: float | None = None):
+        """`consumers` are fixed here, so what the scrape keeps is known before the first one;
+        `process_start_time`: the engine's, as the restored SLO state last saw it (a restart while the
+        sidecar was down is then one)."""
         self.config = config
-        self.tracker = tracker
-        self.readers: list[ScrapeReader] = []
-        self._failing: set[int] = set()  # readers whose last update failed (logged once per streak)
-        self.wanted = SampleFilter([*SCRAPE_FAMILIES.families, *(tracker.metrics if tracker else ())])
-        for reader in readers:
-            self.add_reader(reader)
+        self.consumers = tuple(consumers)
+        self._failing: set[int] = set()  # consumers whose last take failed (logged once per streak)
+        self.wanted = SampleFilter([*FAMILIES.families, *(m for c in self.consumers for m in c.metrics)])
         self.interval_s = config.engine_interval_s
         self.timeout_s = config.engine_timeout_s
         self.backoff_max_s = config.engine_interval_s  # no backoff: a restarted engine is seen at once
         self.url = config.engine_url + "/metrics"
-        self.deriver = EngineStatsDeriver(window_s=config.rate_window_s)
-        self.last_stats: EngineStats | None = None
-        self.engine_gpus: frozenset[str] = frozenset()  # UUIDs of the GPUs the engine said it can use
+        self.builder = SnapshotBuilder(window_s=config.rate_window_s, process_start_time=process_start_time)
+        self.last_snapshot: EngineSnapshot | None = None
         self.samples_dropped = 0  # in the last scrape, over max_engine_series
         self._session: aiohttp.ClientSession | None = None
 
-    def add_reader(self, reader: ScrapeReader) -> None:
-        """One more reader of each scrape, its families added to what the scrape keeps (a reader that needs
-        this collector's own figures, as the headroom does, can only be built after it)."""
-        self.readers.append(reader)
-        self.wanted = SampleFilter([*self.wanted.families, *reader.families.families])
+    @property
+    def engine_gpus(self) -> frozenset[str]:
+        """UUIDs of the GPUs the engine said it can use, in its last scrape."""
+        return frozenset() if self.last_snapshot is None else self.last_snapshot.engine_gpus
 
-    async def collect(self) -> list[Metric]:
+    def rate(self, key: str) -> float | None:
+        """A per-second rate of the last snapshot (engine_snapshot.COUNTERS' keys); None before one."""
+        return None if self.last_snapshot is None else self.last_snapshot.rates.get(key)
+
+    async def poll(self) -> list[Metric]:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         text, openmetrics = await fetch_exposition(self._session, self.url, self.config.engine_max_bytes)
         return self.take(text, openmetrics)
 
     def take(self, text: str, openmetrics: bool = False) -> list[Metric]:
-        """One scrape's exposition, read: the tracker, the rates and the readers fed; the families out."""
-        samples = self._capped(parse(text, self.wanted, openmetrics))  # ExpositionError is a CollectError
-        start_time = next((s.value for s in samples if s.name == PROCESS_START), None)
-        self.engine_gpus = frozenset(dict(s.labels).get("uuid", "") for s in samples if s.name == ACCELERATOR_INFO)
-        if self.tracker is not None:
-            self.tracker.observe(samples, time.time(), start_time)
-        now = time.monotonic()
-        self.last_stats = self.deriver.update(samples, now, start_time)
-        for index, reader in enumerate(self.readers):
-            self._feed(index, reader, samples, now, start_time)
-        return [*engine_families(self.last_stats), GaugeMetricFamily(
+        """One scrape's exposition: parsed once, the snapshot built and handed on, the families out."""
+        samples = self._capped(parse(text, self.wanted, openmetrics))  # ExpositionError is a PollError
+        snapshot = self.builder.build(samples, time.time(), time.monotonic())
+        self.last_snapshot = snapshot
+        for index, consumer in enumerate(self.consumers):
+            self._feed(index, consumer, snapshot)
+        return [*engine_families(snapshot), GaugeMetricFamily(
             "sidecar_engine_samples_dropped", "Samples of the last engine scrape dropped over max_engine_series "
             "(an engine exposing unbounded label sets).", value=self.samples_dropped)]
 
-    def _feed(self, index: int, reader: ScrapeReader, samples: list[Sample], now: float,
-              start_time: float | None) -> None:
+    def _feed(self, index: int, consumer: SnapshotConsumer, snapshot: EngineSnapshot) -> None:
         try:
-            reader.update(samples, now, start_time)
+            consumer.take(snapshot)
             self._failing.discard(index)
         except Exception:
             if index not in self._failing:
-                log.exception("%s failed on an engine scrape; its figures are withdrawn", type(reader).__name__)
+                log.exception("%s failed on an engine scrape; its figures are withdrawn", type(consumer).__name__)
             self._failing.add(index)
-            reader.clear()
+            consumer.clear()
 
     def _capped(self, samples: list) -> list:
         """At most max_engine_series samples: the first ones, which hold every family's first label sets."""
@@ -141,7 +135,7 @@ class EngineCollector:
             await self._session.close()
 
 
-def engine_families(stats: EngineStats) -> list[Metric]:
+def engine_families(stats: EngineSnapshot) -> list[Metric]:
     """The derived engine metrics, in base units."""
     families: list[Metric] = []
 

@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from iokit.files import write_atomically
-from slo_spec.load import DEFAULT_SPEC, load_spec
+from slo_sidecar.iokit.files import write_atomically
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 
 from .run import Row, readable, as_json, run_lab
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from sidecar.engine_stats import FAMILIES, EngineStatsDeriver
-from sidecar.exposition import Sample, parse
+from slo_sidecar.sidecar.engine_snapshot import FAMILIES, PROCESS_START, SnapshotBuilder
+from slo_sidecar.sidecar.exposition import Sample, parse
 from tests.helpers import VLLM_EXPOSITION
 
 
@@ -26,15 +26,15 @@ def advanced(samples: list[Sample], changes: dict[tuple[str, str], float]) -> li
 
 
 def test_first_scrape_gives_gauges_but_no_rates_yet():
-    stats = EngineStatsDeriver(window_s=60).update(fixture_samples(), now=0.0)
+    stats = SnapshotBuilder(window_s=60).build(fixture_samples(), 0.0, 0.0)
     assert stats.gauges == {"queue_depth": 0.0, "running_requests": 0.0, "kv_cache_usage_ratio": 0.0}
     assert stats.rates == {} and stats.quantiles == {} and stats.error_ratio is None
 
 
 def test_rates_and_windowed_quantiles_from_two_scrapes():
-    deriver = EngineStatsDeriver(window_s=60)
+    deriver = SnapshotBuilder(window_s=60)
     first = fixture_samples()
-    deriver.update(first, now=0.0)
+    deriver.build(first, 0.0, 0.0)
     # 10 s later: 500 more tokens, and 4 requests whose TTFT fell in (0.04, 0.06] and 1 in (0.1, 0.25].
     ttft = "vllm:time_to_first_token_seconds_bucket"
     changes = {("vllm:generation_tokens_total", ""): 500.0}
@@ -43,7 +43,7 @@ def test_rates_and_windowed_quantiles_from_two_scrapes():
     for le in ("0.25", "0.5", "0.75", "1.0", "2.5", "5.0", "7.5", "10.0", "20.0", "40.0", "80.0", "160.0",
                "640.0", "2560.0", "+Inf"):
         changes[(ttft, le)] = 5.0
-    stats = deriver.update(advanced(first, changes), now=10.0)
+    stats = deriver.build(advanced(first, changes), 10.0, 10.0)
     assert stats.rates["generation_tokens_per_second"] == pytest.approx(50.0)
     assert stats.rates["prompt_tokens_per_second"] == 0.0
     # Over the window only the 5 new requests count (the 8 from before are history):
@@ -54,24 +54,38 @@ def test_rates_and_windowed_quantiles_from_two_scrapes():
 
 
 def test_engine_restart_gives_no_rate_spike():
-    deriver = EngineStatsDeriver(window_s=60)
+    deriver = SnapshotBuilder(window_s=60)
     first = fixture_samples()
-    deriver.update(first, now=0.0, process_start_time=100.0)
+    first = started_at(100.0, first)
+    assert not deriver.build(first, 0.0, 0.0).restarted
     # The engine restarted: counters start again small, the start time changed.
-    reset = [s._replace(value=min(s.value, 3.0)) for s in first]
-    stats = deriver.update(reset, now=10.0, process_start_time=200.0)
+    reset = started_at(200.0, [s._replace(value=min(s.value, 3.0)) for s in first])
+    stats = deriver.build(reset, 10.0, 10.0)
+    assert stats.restarted and stats.process_start_time == 200.0
     assert 0 <= stats.rates["generation_tokens_per_second"] <= 0.3 + 1e-9
 
 
+def started_at(start_time: float, samples: list[Sample]) -> list[Sample]:
+    """The scrape with the engine's process start time set (the fixture's own is replaced)."""
+    return [s for s in samples if s.name != PROCESS_START] + [Sample(PROCESS_START, (), start_time)]
+
+
+def test_a_start_time_restored_with_the_slo_state_makes_a_changed_one_a_restart():
+    """The sidecar restarted and the engine with it: the first scrape already is a restart."""
+    builder = SnapshotBuilder(window_s=60, process_start_time=100.0)
+    assert builder.build(started_at(200.0, fixture_samples()), 0.0, 0.0).restarted
+    assert not SnapshotBuilder(window_s=60).build(started_at(200.0, fixture_samples()), 0.0, 0.0).restarted
+
+
 def test_a_changed_bucket_layout_starts_history_again_and_forgets_the_old():
-    deriver = EngineStatsDeriver(window_s=60)
+    deriver = SnapshotBuilder(window_s=60)
     samples = fixture_samples()
-    deriver.update(samples, now=0.0)
-    assert deriver.update(samples, now=1.0).quantiles
+    deriver.build(samples, 0.0, 0.0)
+    assert deriver.build(samples, 1.0, 1.0).quantiles
     # A churned bucket bound: the old one must not stay in memory for ever.
     churned = [s._replace(labels=tuple((k, "0.07" if (k, v) == ("le", "0.06") else v) for k, v in s.labels))
                for s in samples]
-    assert deriver.update(churned, now=2.0).quantiles == {}, "no window spans the two layouts"
+    assert deriver.build(churned, 2.0, 2.0).quantiles == {}, "no window spans the two layouts"
     bounds = dict(deriver._layout[1])["vllm:time_to_first_token_seconds"]
     assert 0.07 in bounds and 0.06 not in bounds
-    assert deriver.update(churned, now=3.0).quantiles
+    assert deriver.build(churned, 3.0, 3.0).quantiles

@@ -1,7 +1,7 @@
-"""The GPU collector: NVML read in a worker thread, never on the event loop.
+"""The GPU poller: NVML read in a worker thread, never on the event loop.
 
 No NVML library, no driver or no GPU is an expected state (a CPU node, a
-misconfigured pod), not a crash: the collector reports down with one log line
+misconfigured pod), not a crash: the poller reports down with one log line
 and retries with exponential backoff. A GPU lost mid-run (XID 79, a reset) is
 reported, NVML is shut down and opened afresh on the next try.
 """
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from prometheus_client.core import Metric
 
-from .collector import CollectError
+from .poller import PollError
 from .gpu_families import PodLabels, gpu_families
 from .nvml_reader import ALL_ERROR_REASONS, HINTS, GpuReading, NvmlReader, NvmlReadError
 
@@ -33,7 +33,7 @@ def pod_readings(readings: list[GpuReading], engine_gpus: frozenset[str]) -> lis
     return [r for r in readings if r.engine_processes]
 
 
-class GpuCollector:
+class GpuPoller:
     name = "gpu"
     error_reasons = ALL_ERROR_REASONS
 
@@ -56,14 +56,14 @@ class GpuCollector:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
         self._running: Future | None = None
 
-    async def collect(self) -> list[Metric]:
+    async def poll(self) -> list[Metric]:
         if self._running is not None and not self._running.done():
-            raise CollectError("timeout", "the previous NVML call has not returned")
+            raise PollError("timeout", "the previous NVML call has not returned")
         self._running = self._thread.submit(self._read)
         try:
             readings, xids = await asyncio.wrap_future(self._running)
         except NvmlReadError as error:
-            raise CollectError(error.reason, _explain(error)) from None
+            raise PollError(error.reason, _explain(error)) from None
         if self.scope == "pod":
             readings = pod_readings(readings, self.engine_gpus())
             ours = {reading.identity.index for reading in readings}
