@@ -11,15 +11,15 @@ endpoint is configured) with the OTEL_* variables for the request → queue → 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from slo_sidecar.iokit.arguments import non_negative_int, port_number, positive
+from slo_sidecar.iokit import settings as check
+from slo_sidecar.iokit.settings import from_environ
 from slo_sidecar.iokit.files import read_secret
 
 from slo_sidecar.spec import __version__
@@ -57,6 +57,19 @@ def reason_of(status: int) -> str | None:
     return REASONS.get(status, "validation" if status < 500 else "engine_error")
 
 
+# The middleware's limits, as SLO_ENGINE_<NAME> variables: name -> (check, help).
+LIMIT_SETTINGS = {
+    "max_waiting_requests": (check.count, "sequences admitted beyond --max-num-seqs before a 429"),
+    "max_body_bytes": (check.positive_int, "a larger generation request body: 413"),
+    "body_timeout_s": (check.positive_number, "a generation request body slower than this: 408"),
+    "request_timeout_s": (check.positive_number, "a generation request running longer: 504"),
+    "admin_port": (check.port, "the fault-injection listener (tests and demos only)"),
+    "admin_token_file": (check.string, "its token, which it requires"),
+    "metrics_port": (check.port, "/metrics on a port of its own, and not on the API's"),
+    "metrics_host": (check.string, "where that listener listens"),
+}
+
+
 @dataclass(frozen=True)
 class Limits:
     """What the middleware refuses before vLLM sees a request; None: no limit of ours (vLLM's own apply).
@@ -75,21 +88,11 @@ class Limits:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> "Limits":
-        def read(field: str, convert: Callable[[str], Any]) -> Any:
-            name = ENV_PREFIX + field.upper()
-            if name not in environ:
-                return None
-            try:
-                return convert(environ[name])
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise SettingsError(f"environment variable {name}: {exc}") from None
-        limits = cls(read("max_waiting_requests", non_negative_int), read("max_body_bytes", positive(int)),
-                     read("body_timeout_s", positive(float)), read("request_timeout_s", positive(float)),
-                     read("admin_port", port_number), read("admin_token_file", str),
-                     read("metrics_port", port_number), read("metrics_host", str) or ALL_INTERFACES)
+        """Read by the project's one settings loader (errors name the variable, the setting and why)."""
+        limits = cls(**from_environ(environ, ENV_PREFIX, LIMIT_SETTINGS))
         if (limits.admin_port is None) != (limits.admin_token_file is None):
-            raise SettingsError(f"{ENV_PREFIX}ADMIN_PORT and {ENV_PREFIX}ADMIN_TOKEN_FILE go together: the "
-                                "fault-injection listener requires its own token")
+            raise SettingsError(f"environment variables {ENV_PREFIX}ADMIN_PORT and {ENV_PREFIX}ADMIN_TOKEN_FILE",
+                                "admin_port", "they go together: the fault-injection listener requires its own token")
         return limits
 
     def admin_token(self) -> str | None:
@@ -99,7 +102,8 @@ class Limits:
         try:
             return read_secret(self.admin_token_file)
         except ValueError as exc:
-            raise SettingsError(f"{ENV_PREFIX}ADMIN_TOKEN_FILE {self.admin_token_file}: {exc}") from None
+            raise SettingsError(f"{ENV_PREFIX}ADMIN_TOKEN_FILE {self.admin_token_file}", "admin_token_file",
+                                str(exc)) from None
 
 
 def waiting_limit(ours: int | None, max_num_seqs: int, max_num_queued_reqs: int | None) -> int | None:

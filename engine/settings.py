@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from slo_sidecar.iokit.settings import SettingsError  # the one settings loader's error: names source, setting, reason
+
 ENV_PREFIX = "SLO_ENGINE_"
+__all__ = ["SettingsError"]
+
 TRACE_EXPORTERS = ("otlp", "jaeger", "console", "none")
 
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
@@ -23,7 +27,3 @@ def default_trace_exporter(environ: Any) -> str:
     """otlp when an OTLP endpoint is configured (OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), else none."""
     configured = any(name in environ for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     return "otlp" if configured else "none"
-
-
-class SettingsError(Exception):
-    """A setting that cannot be used: the message names the flag and the reason (exit 2)."""

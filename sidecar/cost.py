@@ -1,33 +1,6 @@
 """Live serving cost: what a million generated tokens cost at the GPUs' hourly price, tokens per GPU-hour,
-and each tenant's part of the bill.
-
-The reference design's cost analysis divides a monthly GPU bill by a month of
-tokens; the sidecar does the same with the generation rate it measures over its
-rate window, so the figure moves with batching, load and preemption.
-
-Tenants (issue 16): one engine serves a base model and LoRA adapters, each
-served name a tenant, and the engine counts each tenant's tokens
-(`slo_engine_{prompt,generation,goodput}_tokens_total{model}`). The pod's cost
-per hour is apportioned to tenants by their share of *weighted tokens* over the
-rate window:
-
-    weighted = generated tokens + prompt tokens x prompt_token_weight   (w, 0-1, default 0.25)
-    share    = tenant's weighted tokens / all tenants' weighted tokens
-    cost/h   = pod's cost/h x share            (the tenants' costs add up to the pod's)
-
-Why tokens and not GPU time: busy time cannot be split per tenant. vLLM batches
-many tenants' sequences into one forward step, so a step's time belongs to all
-of them at once; tokens are what the engine can count exactly per tenant. Why
-prompt tokens weigh less: a prompt's tokens are processed in parallel during
-prefill, while each generated token needs a decode step of its own.
-
-Per tenant, cost per million tokens divides its cost per hour by its own tokens
-per hour (prompt + generated, unweighted: what it sent and received), and cost
-per million good tokens by the generated tokens of its requests that met every
-exact SLO target. A tenant with no tokens in the window gets share 0 and no
-per-token cost (absent, never infinite); with no tokens at all in the window
-every share is 0: an idle pod's cost is nobody's (sidecar_cost_usd_per_hour
-still shows it).
+and each tenant's part of the bill, shared by weighted tokens (docs/tenants.md, "What each tenant costs":
+the formula, and why tokens rather than GPU time).
 """
 
 from __future__ import annotations

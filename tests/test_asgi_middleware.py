@@ -127,8 +127,11 @@ async def test_a_body_too_large_is_413_and_a_slow_one_408(state):
 
 def test_a_bad_limit_names_its_variable(monkeypatch):
     monkeypatch.setenv("SLO_ENGINE_MAX_BODY_BYTES", "lots")
-    with pytest.raises(instrumentation.SettingsError, match="SLO_ENGINE_MAX_BODY_BYTES"):
+    with pytest.raises(instrumentation.SettingsError) as caught:
         instrumentation.Limits.from_environ(__import__("os").environ)
+    # The sidecar's settings loader, the same words: source, setting, reason.
+    assert str(caught.value) == ("environment variable SLO_ENGINE_MAX_BODY_BYTES: max_body_bytes: "
+                                 "expected an integer > 0, got 'lots'")
 
 
 @pytest.mark.parametrize(("ours", "queued", "limit"), [(5, None, 5), (5, 100, 5), (None, 20, 16), (None, 3, 0),
