@@ -66,7 +66,6 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -76,7 +75,8 @@ import yaml  # noqa: E402
 from slo_sidecar.sidecar.headroom import DEFAULT_TIME_CONSTANT_S as HEADROOM_TAU_S  # noqa: E402
 from slo_sidecar.sidecar.headroom import clamp as headroom_clamp  # noqa: E402
 from slo_sidecar.sidecar.headroom import ewma as headroom_ewma  # noqa: E402
-from slo_sidecar.spec.capacity_report import CAPACITY_VERSION  # noqa: E402
+from slo_sidecar.spec.capacity_report import CapacityReport, from_json  # noqa: E402
+from slo_sidecar.spec.capacity_report import Step as ReportStep  # noqa: E402
 from bench.hpa_model import (  # noqa: E402
     DEFAULT_SCALE_DOWN, DEFAULT_SCALE_UP, SYNC_PERIOD_S, Fleet, HorizontalPodAutoscaler, HpaSpec, ScalingPolicy,
     ScalingRules, metric_proposal)
@@ -125,49 +125,39 @@ class Curve:
     left_out: tuple[str, ...] = ()  # SLOs with no attainment at any step
 
     @classmethod
-    def from_report(cls, report: dict[str, Any]) -> Curve:
-        if report.get("version") != CAPACITY_VERSION:
-            raise ReportError(f"version {report.get('version')!r}, expected {CAPACITY_VERSION!r}")
-        if report.get("capacity_rps") is None:
+    def from_report(cls, report: CapacityReport) -> Curve:
+        """From a report as capacity_report.from_json read it (its fields checked there)."""
+        if report.capacity_rps is None:
             raise ReportError("the report found no capacity (its lowest rate already missed an objective)")
-        try:
-            capacity = float(report["capacity_rps"])
-            # One step per rate: where a rate was loaded twice (the capacity's confirmation, twice as long),
-            # the longer run stands.
-            longest: dict[float, dict] = {}
-            for step in report["steps"]:
-                rate = float(step["rate_rps"])
-                if rate not in longest or step.get("duration_s", 0) > longest[rate].get("duration_s", 0):
-                    longest[rate] = step
-            steps = [longest[rate] for rate in sorted(longest)]
-            rates = [float(step["rate_rps"]) for step in steps]
-            attainment: dict[str, Series] = {}
-            objectives: dict[str, float] = {}
-            headroom: Series = []
-            depth: Series = []
-            estimated: Series = []
-            achieved = [float(step["achieved_rps"]) for step in steps if step.get("achieved_rps") is not None]
-            for rate, step in zip(rates, steps):
-                for name, slo in step["slos"].items():
-                    objectives.setdefault(name, float(slo["objective"]) / 100.0)
-                    if slo.get("attainment") is not None:
-                        attainment.setdefault(name, []).append((rate, float(slo["attainment"])))
-                if step.get("headroom") is not None:
-                    headroom.append((rate, float(step["headroom"])))
-                if step.get("queue_depth_mean") is not None:
-                    depth.append((rate, float(step["queue_depth_mean"])))
-                latency = step.get("latency") or {}
-                queue_p90 = latency.get("queue", latency.get("queue_p90_s"))  # the writer's key, or the draft's
-                if queue_p90 is not None:
-                    estimated.append((rate, rate * float(queue_p90)))
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise ReportError(f"malformed capacity report: {error!r}") from None
+        capacity = report.capacity_rps
+        # One step per rate: where a rate was loaded twice (the capacity's confirmation, twice as long),
+        # the longer run stands.
+        longest: dict[float, ReportStep] = {}
+        for step in report.steps:
+            if step.rate_rps not in longest or step.duration_s > longest[step.rate_rps].duration_s:
+                longest[step.rate_rps] = step
+        steps = [longest[rate] for rate in sorted(longest)]
+        rates = [step.rate_rps for step in steps]
+        attainment: dict[str, Series] = {}
+        objectives: dict[str, float] = {}
+        headroom: Series = []
+        depth: Series = []
+        estimated: Series = []
+        achieved = [step.achieved_rps for step in steps]
+        for rate, step in zip(rates, steps):
+            for name, slo in step.slos.items():
+                objectives.setdefault(name, slo.objective / 100.0)
+                if slo.attainment is not None:
+                    attainment.setdefault(name, []).append((rate, slo.attainment))
+            if step.headroom is not None:
+                headroom.append((rate, step.headroom))
+            if step.queue_depth_mean is not None:
+                depth.append((rate, step.queue_depth_mean))
+            queue_p90 = step.latency.get("queue", step.latency.get("queue_p90_s"))  # the writer's key, or the draft's
+            if queue_p90 is not None:
+                estimated.append((rate, rate * queue_p90))
         if not steps:
             raise ReportError("the capacity report has no steps")
-        if capacity <= 0:
-            raise ReportError(f"capacity_rps must be positive, not {capacity}")
-        if rates[0] <= 0 or len(set(rates)) != len(rates):
-            raise ReportError("step rates must be positive and distinct")
         if not attainment:
             raise ReportError("no step reports an SLO's attainment")
         if not headroom:
@@ -490,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results, with every step, here")
     args = parser.parse_args(argv)
     try:
-        curve = Curve.from_report(json.loads(args.report.read_text()))
+        curve = Curve.from_report(from_json(args.report.read_text()))
         ramp = Ramp.parse(args.ramp)
         up, down = deploy_behavior() if args.behavior == "deploy" else (DEFAULT_SCALE_UP, DEFAULT_SCALE_DOWN)
     except (OSError, json.JSONDecodeError, ValueError, KeyError, TypeError) as error:

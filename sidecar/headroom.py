@@ -150,7 +150,7 @@ def read_capacity_report(path: str | Path) -> float:
         raise ValueError(f"cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ValueError("not UTF-8 text: expected the JSON report of `slo-sidecar capacity --json`") from None
-    return capacity_report.capacity_rps(capacity_report.parse_report(text))
+    return capacity_report.from_json(text).usable_capacity_rps()
 
 
 # --- the families -----------------------------------------------------------------------------------

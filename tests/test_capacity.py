@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
 
 import pytest
 
-from slo_sidecar.app.capacity import Search, SloAttainment, Step, events_needed, step_duration, step_headroom, \
+from slo_sidecar.app.capacity import Search, events_needed, step_duration, step_headroom, \
     step_histograms, step_verdict
 from slo_sidecar.app.capacity_chart import chart_of, svg, write_chart
 from slo_sidecar.app.loadgen import poisson_arrivals
+from slo_sidecar.spec.capacity_report import CapacityReport, SloAttainment, Step, from_json, to_json
 from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.helpers import REPO
 
@@ -103,12 +105,38 @@ def test_poisson_arrivals_are_reproducible_and_at_the_rate():
     assert len(poisson_arrivals(5.0, seed=7, count=40)) == 40
 
 
-REPORT = {"capacity_rps": 4.5, "steps": [
-    {"rate_rps": 2.0, "slos": {"ttft": {"objective": 99.0, "attainment": 1.0},
-                               "availability": {"objective": 99.9, "attainment": None}}},
-    {"rate_rps": 4.0, "slos": {"ttft": {"objective": 99.0, "attainment": 0.995}}},
-    {"rate_rps": 8.0, "slos": {"ttft": {"objective": 99.0, "attainment": 0.6}}},
-]}
+def judged_step(rate: float, **attainments: tuple[float, float | None]) -> Step:
+    """A step with each SLO's (objective, attainment)."""
+    slos = {name: SloAttainment(objective, attained, 100, 100, None, "server")
+            for name, (objective, attained) in attainments.items()}
+    return Step(rate, 30.0, 100, rate, slos, {}, None, None)
+
+
+REPORT = CapacityReport("http://engine:8000", "slo.yaml", {}, (
+    judged_step(2.0, ttft=(99.0, 1.0), availability=(99.9, None)),
+    judged_step(4.0, ttft=(99.0, 0.995)),
+    judged_step(8.0, ttft=(99.0, 0.6)),
+), 4.5)
+
+
+def test_the_report_round_trips_through_its_one_writer_and_reader():
+    assert from_json(to_json(REPORT)) == REPORT
+    committed = (REPO / "docs" / "capacity-report.json").read_text()  # written by `capacity --json`
+    assert to_json(from_json(committed)) == committed
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda d: d["steps"][0].pop("sent"), "steps[0].sent: missing"),
+    (lambda d: d["steps"][1]["slos"]["ttft"].update(attainment="high"),
+     "steps[1].slos.ttft.attainment: expected a number, got 'high'"),
+    (lambda d: d["steps"][2].update(rate_rps=-1), "steps[2].rate_rps: expected a number > 0, got -1"),
+    (lambda d: d.update(steps={}), "steps: expected a list"),
+])
+def test_a_malformed_report_names_the_field(change, reason):
+    data = json.loads(to_json(REPORT))
+    change(data)
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        from_json(json.dumps(data))
 
 
 def test_the_chart_draws_each_judged_slo_and_marks_the_capacity(tmp_path):

@@ -16,6 +16,7 @@ from bench.autoscale_sim import (
 from bench.hpa_model import (
     DEFAULT_SCALE_DOWN, DEFAULT_SCALE_UP, Fleet, HorizontalPodAutoscaler, HpaSpec, ScalingPolicy, ScalingRules,
     metric_proposal)
+from slo_sidecar.spec.capacity_report import from_json
 
 # --- the formula: desiredReplicas = ceil(currentReplicas * currentMetricValue / desiredMetricValue) ---------------
 
@@ -161,11 +162,19 @@ spec:
 def report(steps: list[tuple[float, float | None, float | None, float]], capacity: float | None = 2.0) -> dict:
     """A capacity report with one SLO (objective 99%): (rate, attainment, headroom, queue depth) per step."""
     return {"version": "slo-sidecar/capacity/v1", "capacity_rps": capacity, "steps": [
-        {"rate_rps": r, "slos": {"ttft": {"objective": 99.0, "attainment": a}}, "headroom": h, "queue_depth_mean": q}
+        {"rate_rps": r, "duration_s": 30.0, "sent": 100, "achieved_rps": r, "latency": {}, "passed": None,
+         "slos": {"ttft": {"objective": 99.0, "attainment": a, "events": 100, "needed": 100, "passed": None,
+                           "view": "server"}},
+         "headroom": h, "queue_depth_mean": q}
         for r, a, h, q in steps]}
 
 
-CURVE = Curve.from_report(report([(3.0, 0.90, 1.5, 4.0), (1.0, 1.0, 0.2, 0.0), (2.0, 0.99, 0.5, 1.0)]))
+def curve_of(data: dict) -> Curve:
+    """The curve of a report as the bench reads one: through the contract's reader."""
+    return Curve.from_report(from_json(json.dumps(data)))
+
+
+CURVE = curve_of(report([(3.0, 0.90, 1.5, 4.0), (1.0, 1.0, 0.2, 0.0), (2.0, 0.99, 0.5, 1.0)]))
 
 
 def test_interpolation_between_steps() -> None:
@@ -194,7 +203,7 @@ def test_beyond_the_last_step_is_pessimistic() -> None:
     # far out, the line would go below 0: floored
     assert CURVE.at(20.0).attainment["ttft"] == 0.0
     # one step only: proportional growth, good requests per second capped
-    single = Curve.from_report(report([(2.0, 1.0, 0.4, 1.0)])).at(4.0)
+    single = curve_of(report([(2.0, 1.0, 0.4, 1.0)])).at(4.0)
     assert (single.attainment["ttft"], single.headroom, single.queue_depth) == (0.5, 0.8, 2.0)
 
 
@@ -205,26 +214,26 @@ def test_holding_limit_is_where_the_first_objective_falls() -> None:
 
 
 def test_bad_reports_are_refused() -> None:
+    with pytest.raises(ValueError, match="version"):  # the contract's reader refuses it
+        curve_of({**report([(1.0, 1.0, 0.1, 0.0)]), "version": "v0"})
     with pytest.raises(ReportError):
-        Curve.from_report({**report([(1.0, 1.0, 0.1, 0.0)]), "version": "v0"})
-    with pytest.raises(ReportError):
-        Curve.from_report(report([]))
+        curve_of(report([]))
     with pytest.raises(ReportError):  # no rate held every objective
-        Curve.from_report(report([(1.0, 0.5, 0.1, 0.0)], capacity=None))
+        curve_of(report([(1.0, 0.5, 0.1, 0.0)], capacity=None))
 
 
 def test_a_rate_loaded_twice_takes_its_longer_run() -> None:
     # `capacity` confirms the rate it found with a step twice as long: that run stands for the rate.
     twice = report([(1.0, 1.0, 0.1, 0.0), (2.0, 0.995, 0.3, 0.2), (2.0, 0.99, 0.4, 0.5), (3.0, 0.5, 2.0, 6.0)])
     twice["steps"][1]["duration_s"], twice["steps"][2]["duration_s"] = 60.0, 120.0
-    at = Curve.from_report(twice).at(2.0)
+    at = curve_of(twice).at(2.0)
     assert (at.attainment["ttft"], at.headroom, at.queue_depth) == (0.99, 0.4, 0.5)
 
 
 def test_steps_without_a_value_are_left_out_of_that_series() -> None:
     # The middle step judged ttft from the client's view only (attainment None) and observed no latency
     # (headroom None): each series interpolates over the steps that have it, 1.0 to 3.0.
-    curve = Curve.from_report(report([(1.0, 1.0, 0.2, 0.0), (2.0, None, None, 1.0), (3.0, 0.9, 1.0, 4.0)]))
+    curve = curve_of(report([(1.0, 1.0, 0.2, 0.0), (2.0, None, None, 1.0), (3.0, 0.9, 1.0, 4.0)]))
     at = curve.at(2.0)
     assert (at.attainment["ttft"], at.headroom, at.queue_depth) == (pytest.approx(0.95), pytest.approx(0.6), 1.0)
 
@@ -235,7 +244,7 @@ def test_queue_depth_from_queue_time_when_the_report_has_none() -> None:
     for step, latency in zip(data["steps"], ({"queue": 0.1}, {"queue_p90_s": 0.5})):  # the writer's key, the draft's
         del step["queue_depth_mean"]
         step["latency"] = latency
-    curve = Curve.from_report(data)
+    curve = curve_of(data)
     assert curve.queue_estimated and curve.queue_depth == [(1.0, 0.1), (2.0, 1.0)]
 
 
@@ -261,7 +270,7 @@ def test_summary_weights_requests_and_time() -> None:
     assert result.attainment_per_replica == pytest.approx(25.0 / 3)
 
 
-FIXTURE_CURVE = Curve.from_report(json.loads(FIXTURE.read_text()))
+FIXTURE_CURVE = Curve.from_report(from_json(FIXTURE.read_text()))
 
 
 def test_fixture_capacity_is_inside_the_curve() -> None:

@@ -13,52 +13,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from slo_sidecar.iokit.arguments import http_url, positive
 from slo_sidecar.iokit.files import write_atomically
 from slo_sidecar.sidecar.headroom import MEASURE_KEYS, QUANTILE, capped_p90
-from slo_sidecar.spec.capacity_report import CAPACITY_VERSION
+from slo_sidecar.spec.capacity_report import CapacityReport, SloAttainment, Step, to_json
 from slo_sidecar.spec.model import Spec
 
 
 EXIT_FAIL, EXIT_ERROR = 1, 2
-
-
-@dataclass(frozen=True)
-class SloAttainment:
-    objective: float  # percent
-    attainment: float | None  # share of good events, 0-1; None: nothing judged
-    events: int
-    needed: int  # events to show the objective at all: one bad in `needed` is exactly the budget
-    passed: bool | None  # None: fewer events than `needed`, or none
-    view: str  # "server" (the engine's counters) or "client"
-
-
-@dataclass(frozen=True)
-class Step:
-    rate_rps: float
-    duration_s: float
-    sent: int
-    achieved_rps: float  # requests answered (well or not) per second of the step
-    slos: dict[str, SloAttainment]
-    latency: dict[str, float | None]  # p90 of each measure over the step, from vLLM's histograms (capped as
-    # the sidecar caps it: never above 10x the mean)
-    headroom: float | None  # the worst p90 / target of the spec's exact targets (1.0: at the target)
-    passed: bool | None  # every judged objective held; None: none could be judged
-    # Requests waiting in vLLM's queue on average, by Little's law: arrival rate x mean queue time.
-    queue_depth_mean: float | None = None
-    confirms: bool = False  # the confirmation of the capacity found: twice as long, other arrival times
-
-    @property
-    def unjudged(self) -> list[str]:
-        return [name for name, slo in self.slos.items() if slo.passed is None]
 
 
 def events_needed(objective: float) -> int:
@@ -245,14 +214,11 @@ def table(found: Search) -> str:
     return "\n".join(lines)
 
 
-def report(found: Search, settings, spec: Spec) -> dict:
-    return {
-        "version": CAPACITY_VERSION, "url": settings.url, "spec": spec.source,
-        "load": {"arrivals": "poisson", "prompt_tokens": settings.prompt_tokens, "max_tokens": settings.max_tokens,
-                 "stream": settings.stream, "seed": settings.seed, "request_mix": len(settings.request_mix)},
-        "steps": [{**asdict(step), "unjudged": step.unjudged} for step in sorted(found.steps, key=lambda s: s.rate_rps)],
-        "capacity_rps": found.capacity,
-    }
+def report(found: Search, settings, spec: Spec) -> CapacityReport:
+    load = {"arrivals": "poisson", "prompt_tokens": settings.prompt_tokens, "max_tokens": settings.max_tokens,
+            "stream": settings.stream, "seed": settings.seed, "request_mix": len(settings.request_mix)}
+    return CapacityReport(settings.url, spec.source, load, tuple(sorted(found.steps, key=lambda s: s.rate_rps)),
+                          found.capacity)
 
 
 def run(args: argparse.Namespace, spec: Spec) -> int:
@@ -280,7 +246,7 @@ def run(args: argparse.Namespace, spec: Spec) -> int:
     print(table(found))
     data = report(found, settings, spec)
     if args.json:
-        write_atomically(Path(args.json), json.dumps(data, indent=2) + "\n")
+        write_atomically(Path(args.json), to_json(data))
         show(f"report: {args.json}")
     if args.chart:
         write_chart(data, Path(args.chart))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slo_sidecar.iokit.files import write_atomically
+from slo_sidecar.spec.capacity_report import CapacityReport
 
 WIDTH, HEIGHT = 720, 400
 LEFT, RIGHT, TOP, BOTTOM = 64, 150, 30, 44
@@ -38,20 +39,19 @@ class Chart:
         return TOP + (HEIGHT - TOP - BOTTOM) * (1 - (share - self.y_min) / (1 - self.y_min))
 
 
-def chart_of(report: dict) -> Chart:
+def chart_of(report: CapacityReport) -> Chart:
     """Each SLO judged with numbers (the engine's counters) as a line; the y axis reaches down to the lowest
     attainment or objective, so a 99.9% objective is not a hair under 100%."""
-    names = sorted({name for step in report["steps"] for name, slo in step["slos"].items()
-                    if slo["attainment"] is not None})
+    names = sorted({name for step in report.steps for name, slo in step.slos.items() if slo.attainment is not None})
     lines = []
     for i, name in enumerate(names):
-        points = tuple((step["rate_rps"], step["slos"][name]["attainment"]) for step in report["steps"]
-                       if step["slos"].get(name, {}).get("attainment") is not None)
-        objective = next(step["slos"][name]["objective"] for step in report["steps"] if name in step["slos"]) / 100
-        lines.append(Line(name, PALETTE[i % len(PALETTE)], points, objective))
+        points = tuple((step.rate_rps, step.slos[name].attainment) for step in report.steps
+                       if name in step.slos and step.slos[name].attainment is not None)
+        objective = next(step.slos[name].objective for step in report.steps if name in step.slos) / 100
+        lines.append(Line(name, PALETTE[i % len(PALETTE)], points, objective))  # type: ignore[arg-type]
     lowest = min([*(v for line in lines for _, v in line.points), *(line.objective for line in lines), 0.9])
-    rates = [step["rate_rps"] for step in report["steps"]] or [1.0]
-    return Chart(tuple(lines), max(rates) * 1.1, max(0.0, lowest - (1 - lowest) * 0.1), report.get("capacity_rps"))
+    rates = [step.rate_rps for step in report.steps] or [1.0]
+    return Chart(tuple(lines), max(rates) * 1.1, max(0.0, lowest - (1 - lowest) * 0.1), report.capacity_rps)
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -125,7 +125,7 @@ def png(chart: Chart, path: Path) -> None:
     temporary.replace(path)
 
 
-def write_chart(report: dict, path: Path) -> None:
+def write_chart(report: CapacityReport, path: Path) -> None:
     chart = chart_of(report)
     if path.suffix.lower() == ".png":
         png(chart, path)
