@@ -252,9 +252,23 @@ def build_headroom_collector(config: SidecarConfig, headroom: Headroom, sidecar:
                              request_rate=lambda: engine.rate(REQUEST_RATE), capacity_rps=config.capacity_rps)
 
 
-async def serve(config: SidecarConfig, spec: Spec) -> int:
-    disable_created_metrics()  # *_created series only add noise to the sidecar's small exposition
-    exposition = GuardedExposition(max_age_s=RENDERED_MAX_AGE_S)
+@dataclass
+class Wiring:
+    """The sidecar's parts, connected as the process runs them (serve), before anything polls."""
+
+    sidecar: Sidecar
+    exposition: GuardedExposition
+    tracker: SloTracker
+    engine: EnginePoller
+    gpu: GpuPoller
+    prober: Prober | None
+    state: SloStateFile | None
+
+
+def wire(config: SidecarConfig, spec: Spec, rendered_max_age_s: float = 0.0) -> Wiring:
+    """Every poller, consumer and family source of the process, from its settings and its spec; the SLO state
+    file, if any, taken up (it seeds the engine's last process start time)."""
+    exposition = GuardedExposition(max_age_s=rendered_max_age_s)
     ProcessCollector(registry=exposition.group("process"))
     PlatformCollector(registry=exposition.group("process"))
     tracker = SloTracker(spec)
@@ -265,11 +279,18 @@ async def serve(config: SidecarConfig, spec: Spec) -> int:
     exposition.add("slo", SloCollector(tracker))
     headroom = build_headroom(config, spec)
     engine, gpu = build_pollers(config, [tracker, headroom], tracker.engine_start_time)
-    probes: list[Poller] = [Prober(config, tracker)] if config.probe_interval_s > 0 else []
-    sidecar = Sidecar(config, [engine, gpu, *probes], exposition)
+    prober = Prober(config, tracker) if config.probe_interval_s > 0 else None
+    sidecar = Sidecar(config, [engine, gpu, *([prober] if prober else [])], exposition)
     if config.gpu_hourly_usd is not None:
         exposition.add("cost", build_cost_collector(config, sidecar, engine, gpus=lambda: gpu.gpu_count or config.gpus))
     exposition.add("headroom", build_headroom_collector(config, headroom, sidecar, engine))
+    return Wiring(sidecar, exposition, tracker, engine, gpu, prober, state)
+
+
+async def serve(config: SidecarConfig, spec: Spec) -> int:
+    disable_created_metrics()  # *_created series only add noise to the sidecar's small exposition
+    wiring = wire(config, spec, RENDERED_MAX_AGE_S)
+    sidecar, state = wiring.sidecar, wiring.state
     if config.capacity_rps is not None:
         log.info("capacity report %s: %.3g req/s at most within the SLOs", config.capacity, config.capacity_rps)
     runner = web.AppRunner(sidecar.build_app(), access_log=None)
