@@ -30,8 +30,8 @@ MUTATIONS = [
     ("page burn factor 14.4 -> 13", "slo_sidecar/spec/model.py", '("page", 3600, 300, 14.4)', '("page", 3600, 300, 13)'),
     ("outage window 2m -> 3m", "slo_sidecar/spec/model.py", "FAST_BURN_WINDOWS = (120, 60)", "FAST_BURN_WINDOWS = (180, 60)"),
 ]
-GENERATE = ["-m", "slo_sidecar.app.cli", "generate", "--out", "alerts/generated", "--dashboards-out",
-            "dashboards/generated", "--k8s", "deploy/base/generated"]
+GENERATE = ["-m", "slo_sidecar.app.cli", "generate", "--out", "generated/alerts", "--dashboards-out",
+            "generated/dashboards", "--k8s", "generated/kubernetes"]
 
 
 def copy_tree(into: Path) -> None:

@@ -22,7 +22,7 @@ from slo_sidecar.alerts.render import ALERTMANAGER_FILE
 from slo_sidecar.app.processes import AlertmanagerProcess, PrometheusProcess
 from tests.helpers import REPO
 
-GENERATED = REPO / "alerts" / "generated"
+GENERATED = REPO / "generated" / "alerts"
 RULES = GENERATED / "slo-availability.rules.yaml"
 PER_SECOND = 200  # requests a second, each service: the ticket's 1d event guard (334) is met within seconds
 SERVICES = {"lab-outage": 1.0, "lab-neighbour": 0.0}  # namespace -> share of requests failing

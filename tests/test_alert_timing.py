@@ -33,7 +33,7 @@ import yaml
 from tests.helpers import REPO, promtool_counter
 from tests.test_rules import needs_promtool
 
-RULES = REPO / "alerts" / "generated" / "slo-availability.rules.yaml"
+RULES = REPO / "generated" / "alerts" / "slo-availability.rules.yaml"
 SELECTION = 'slo_engine_http_requests_total{endpoint="/v1/completions",namespace="lab",model_name="tiny"'
 PAGE, TICKET, OUTAGE = ("AvailabilitySLO", "page"), ("AvailabilitySLO", "ticket"), ("AvailabilitySLOOutage", "page")
 ONSET = 360  # six hours of clean traffic first: every window up to 6h starts full of it

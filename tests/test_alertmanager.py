@@ -18,7 +18,7 @@ from slo_sidecar.app.processes import AlertmanagerProcess
 from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.helpers import REPO
 
-GENERATED = REPO / "alerts" / "generated" / ALERTMANAGER_FILE
+GENERATED = REPO / "generated" / "alerts" / ALERTMANAGER_FILE
 needs_alertmanager = pytest.mark.skipif(
     shutil.which("prometheus-alertmanager") is None,
     reason="needs prometheus-alertmanager (Debian package; scripts/setup.sh installs it)")

@@ -22,7 +22,7 @@ from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from slo_sidecar.spec.model import Matcher, Spec
 from tests.helpers import REPO, VLLM_EXPOSITION
 
-COMMITTED = REPO / "dashboards" / "generated"
+COMMITTED = REPO / "generated" / "dashboards"
 SPEC = load_spec(str(DEFAULT_SPEC))
 TENANTS = ("medical", "other")  # "other": the slice of every tenant the spec does not name
 

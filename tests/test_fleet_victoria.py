@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs prometheus and promtool (Debian package prometheus), prometheus-alertmanager, and victoria-metrics,"
            " vmagent and vmalert (Debian package victoria-metrics); scripts/setup.sh installs them")
 
-ALERTMANAGER_CONFIG = REPO / "alerts" / "generated" / "alertmanager" / "alertmanager.yaml"
+ALERTMANAGER_CONFIG = REPO / "generated" / "alerts" / "alertmanager" / "alertmanager.yaml"
 HISTORY_S = 25 * 3600  # the 1d windows covered, and the 30d window's history longer than a day
 STEP_S = 120.0  # the raw history's sample spacing: coarse, so the backfill and the import stay small
 INTERVAL = "5s"  # scrapes and rule evaluations, live; the base recordings are backfilled at it too

@@ -7,8 +7,8 @@ from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.helpers import REPO
 
 # In the order generated_files takes them: rules, dashboards, Kubernetes objects.
-COMMITTED_DIRS = (REPO / "alerts" / "generated", REPO / "dashboards" / "generated",
-                  REPO / "deploy" / "base" / "generated")
+COMMITTED_DIRS = (REPO / "generated" / "alerts", REPO / "generated" / "dashboards",
+                  REPO / "generated" / "kubernetes")
 
 
 def test_committed_generated_files_are_what_the_default_spec_generates():
@@ -17,5 +17,5 @@ def test_committed_generated_files_are_what_the_default_spec_generates():
     committed = {str(path.relative_to(REPO)): path.read_text()
                  for directory in COMMITTED_DIRS for path in directory.rglob("*") if path.is_file()}
     stale = sorted(name for name in expected.keys() | committed.keys() if expected.get(name) != committed.get(name))
-    assert not stale, (f"generated files are stale ({stale}): run slo-sidecar generate --out alerts/generated "
-                       "--dashboards-out dashboards/generated --k8s deploy/base/generated")
+    assert not stale, (f"generated files are stale ({stale}): run slo-sidecar generate --out generated/alerts "
+                       "--dashboards-out generated/dashboards --k8s generated/kubernetes")

@@ -21,7 +21,7 @@ from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec, parse_spec
 from tests.helpers import FIXTURES, REPO
 from tests.test_slo_spec import AVAILABILITY, SLOTH
 
-COMMITTED = REPO / "alerts" / "generated"
+COMMITTED = REPO / "generated" / "alerts"
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
                                     reason="promtool (Debian package prometheus) not installed")
 
