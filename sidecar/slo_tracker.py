@@ -19,7 +19,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from slo_sidecar.spec.model import EventSum, Selection, Slo, Spec, duration_label
+from slo_sidecar.spec.model import EventSum, Selection, Slo, Spec, counter_increase, duration_label
 
 from .engine_snapshot import EngineSnapshot
 from .exposition import Labels, Sample
@@ -89,7 +89,7 @@ class TermSeries:
             seen[sample.labels] = value = seen.get(sample.labels, 0.0) + sample.value
             previous = self.last.get(sample.labels)
             if previous is not None:
-                increase += value if (restarted or value < previous) else value - previous
+                increase += counter_increase(previous, value, restarted)
         self.last = seen
         return increase
 

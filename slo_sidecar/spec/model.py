@@ -129,6 +129,14 @@ class Selection:
 Scrape = dict[str, list[tuple[dict[str, str], float]]]
 
 
+def counter_increase(previous: float, value: float, restarted: bool = False) -> float:
+    """One counter series' increase from `previous` to `value`, by Prometheus's reset rule: a counter that
+    went down (or whose process restarted) began again at 0, so the increase is the new value. The one
+    copy of the rule for the tracker's series and the gate's scrapes (the sidecar's vectors keep offsets,
+    sidecar/rates.py, to the same effect)."""
+    return value if restarted or value < previous else value - previous
+
+
 @dataclass(frozen=True)
 class EventSum:
     """A signed sum of counter selections: latency errors are `count - bucket{le=threshold}`.
@@ -174,8 +182,7 @@ class EventSum:
                       if selection.matches(labels)}
             for labels, value in end.get(selection.metric, ()):
                 if selection.matches(labels):
-                    old = before.get(frozenset(labels.items()), 0.0)
-                    total += sign * (value - old if value >= old else value)
+                    total += sign * counter_increase(before.get(frozenset(labels.items()), 0.0), value)
         return total
 
     def without(self, metric: str) -> "EventSum":
