@@ -1,59 +1,13 @@
 """Autoscaling on SLO headroom, simulated: a traffic ramp through the Kubernetes HPA against a measured capacity curve.
 
-The curve is what `slo-sidecar capacity --json FILE` measured on one pod: per offered rate, each SLO's
-attainment, the worst p90 latency as a share of its target (`headroom`, 1.0 = at the target) and the mean
-number of waiting requests. The ramp is the total offered rate in units of that pod's capacity_rps
-(default 2 -> 10 x capacity over 20 minutes, 10 for 20 minutes, down to 1 over 20 minutes). Policies:
-
-  headroom        HPA on slo_headroom (the sidecar's slo_headroom_overall_ratio) per pod
-  queue depth     HPA on mean waiting requests per pod (sidecar_engine_queue_depth)
-  static          ceil(peak / capacity) pods, all the time
-  ideal (bound)   exactly ceil(rate / capacity) pods at every step, ready at once: no policy can, the cost floor
-  --extra: headroom+queue (one HPA on both, the largest proposal wins, as deploy/base/hpa.yaml has them) and
-           utilisation (finished requests/s over capacity_rps, slo_capacity_utilisation_ratio)
-
-and for each: SLO attainment (the share of requests served while every objective held at the pods' load),
-good requests (the share meeting every target: the worst SLO's attainment at that load), average and peak
-replicas, and attainment per replica (SLO attainment % / average replicas). Nothing runs but arithmetic.
+The curve is a capacity report (`slo-sidecar capacity --json FILE`); the policies are HPA on headroom, on
+queue depth, a static fleet and the ideal bound. Nothing runs but arithmetic. The model step by step, the
+interpolation, how good requests are combined and how targets are chosen: docs/capacity.md, "The
+autoscaling simulation, in detail".
 
     .venv/bin/python bench/autoscale_sim.py [--report FILE] [--ramp 0:2,20:10,40:10,60:1] [--extra]
         [--headroom-target auto|X] [--queue-target auto|X] [--startup-s 60] [--behavior default|deploy]
         [--json FILE]
-
-The model, step by step (15 s: the HPA's sync period):
-- every ready pod gets total rate / ready pods (a balanced Service); a pod the HPA has just added serves
-  only after --startup-s (vLLM loading the model), and costs from the moment it is created;
-- each step's outcome is read off the curve at that per-pod load (interpolation below), on its own: a
-  backlog built up while overloaded is not carried into later steps, and the curve is a mean, without
-  the noise a real queue-depth or p90 series has (both make the autoscaled rows look better than life);
-- the HPA sees, per ready pod, the mean of the per-step values over --metric-window-s (60 s: the rate
-  window of the p90s, the adapter's minute of queue depth), for headroom then clamped to 0-4 and smoothed
-  with the sidecar's EWMA (--headroom-tau-s 60, sidecar/headroom.py); an idle pod's headroom is 0; a
-  starting pod reports nothing and counts as the HPA's missing-metric rule says (bench/hpa_model.py);
-- the HPA is bench/hpa_model.py with Kubernetes' default behavior (--behavior deploy: the scaling rules
-  of deploy/base/hpa.yaml instead), replicas 1 to twice the static fleet (--max-replicas);
-- before minute 0 the autoscaled fleets settle for --warmup-s at the ramp's first rate (not counted);
-- a pod removed stops serving and costing at once (the drain's seconds are left out).
-
-Interpolation: linear in the offered rate between the report's steps, each quantity over the steps that
-report it (an attainment judged from the client's view only is None; an SLO with none anywhere is left
-out); below the first step its values hold. Beyond the last step, pessimistically: each SLO's attainment
-follows the worse of the last segment's line and "no more good requests per second than at the last step"
-(a_n * r_n / r), floored at 0; headroom and queue depth follow the larger of the last segment's line and
-growth in proportion to the load. A report without queue_depth_mean gets rate x p90 queue time (Little's
-law, the p90 standing in for the mean), said so in the output.
-
-Good requests per step are the worst SLO's attainment, not the product: a request that misses one target
-usually misses several (one stuck in the queue misses queue-time, TTFT, goodput), so the misses overlap and
-the share meeting all targets lies between the product (independent misses) and the worst; the worst is the
-nearer bound here. --combine product gives the other one.
-
-Targets. "auto" (the default) takes each metric's value on the curve at --aim x capacity (0.9): the HPAs
-then aim at the same per-pod load, inside capacity even at the top of the HPA's +-10% dead band, and the
-comparison measures how each signal behaves (shape, lag), not who guessed a better number. A fixed number
-cannot fit every model and machine: on the fixture (the tiny model on CPU) a queue of 4 waiting requests per
-pod appears only at ~1.35x capacity (8, deploy/base/hpa.yaml's, at ~1.55x), and a p90 at 0.8 of its target
-at ~1.17x: the objectives are p99s, and at capacity the p99 is at the target while the p90 is well below it.
 """
 
 from __future__ import annotations
