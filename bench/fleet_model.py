@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from slo_sidecar.spec.model import HTTP_REQUESTS, PROBE_MISSED, SLO_COUNTER
+
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR = REPO / "tests" / "fixtures" / "fleet"
 TEMPLATE_SERVICE = "tiny-llama"  # the captured pod's served model name, replaced by each pod's service
-SLI_FAMILIES = ("slo_engine_http_requests_total", "slo_engine_slo_requests_total", "slo_probe_missed_requests_total")
+SLI_FAMILIES = (HTTP_REQUESTS, SLO_COUNTER, PROBE_MISSED)
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
 _COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
 
@@ -102,9 +104,9 @@ def _labels(text: str) -> dict[str, str]:
 
 def _classify(name: str, labels: dict[str, str]) -> str:
     base = labels.get("model") == TEMPLATE_SERVICE
-    if name == "slo_engine_http_requests_total" and base and labels.get("endpoint") == "/v1/completions":
+    if name == HTTP_REQUESTS and base and labels.get("endpoint") == "/v1/completions":
         return {"200": "ok", "500": "error"}.get(labels.get("code", ""), "scaled")
-    if name == "slo_engine_slo_requests_total" and base:
+    if name == SLO_COUNTER and base:
         return "ok" if labels.get("good") == "true" else "error"
     return "scaled" if name.endswith(_COUNTER_SUFFIXES) else "gauge"
 
@@ -124,7 +126,7 @@ def read_template(text: str) -> tuple[list[Line], float]:
         name, label_text, value = match.group(1), match.group(2) or "", float(match.group(3))
         labels = _labels(label_text)
         kind = _classify(name, labels)
-        if name == "slo_engine_http_requests_total" and kind == "ok":
+        if name == HTTP_REQUESTS and kind == "ok":
             served = value
         lines.append(Line(name + label_text, kind, value, name))
     return lines, served

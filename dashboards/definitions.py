@@ -15,7 +15,17 @@ a label a series lacks reads it as "", so `model=~"medical"` would hide them.
 from __future__ import annotations
 
 from slo_sidecar.spec.buckets import HTTP_DURATION_HISTOGRAM
-from slo_sidecar.spec.model import BURN_ALERTS_30D, GOODPUT_TOKENS, SLO_COUNTER, Slo, Spec, duration_label
+from slo_sidecar.spec.model import (
+    BURN_ALERTS_30D,
+    GENERATION_TOKENS,
+    GOODPUT_TOKENS,
+    HTTP_REQUESTS,
+    PROMPT_TOKENS,
+    SLO_COUNTER,
+    Slo,
+    Spec,
+    duration_label,
+)
 
 from .model import TENANT_VARIABLES, Dashboard, Panel, PanelQuery, Query, panel_queries, row_link
 
@@ -407,17 +417,17 @@ def _tenant_panels(spec: Spec) -> tuple[Panel, ...]:
     named none), for the tenants `$model` picks."""
     requests, tenant = f"{GENERATION}, {POD}, {TENANT}", f"{POD}, {TENANT}"
     failed = f'{requests}, code=~"5.."'
-    generated = _by_tenant("slo_engine_generation_tokens_total", tenant)
+    generated = _by_tenant(GENERATION_TOKENS, tenant)
     return (
         Panel("Requests by tenant", "Generation requests per second, by the model or adapter they asked for.",
-              (Query(_by_tenant("slo_engine_http_requests_total", requests), "{{model}}"),), "reqps", min=0),
+              (Query(_by_tenant(HTTP_REQUESTS, requests), "{{model}}"),), "reqps", min=0),
         Panel("Error ratio by tenant", "Share of each tenant's generation requests answered 5xx.",
               (Query(f"{_by_tenant('slo_engine_http_requests_total', failed)}\n/\n"
                      f"{_by_tenant('slo_engine_http_requests_total', requests)}", "{{model}}"),), "percentunit",
               thresholds=_alert_line(spec, "error_ratio_alert"), threshold_lines=True, min=0),
         Panel("Tokens by tenant", "Prompt tokens read and tokens generated per second, by tenant: what each "
               "tenant's share of the GPU, and so of its cost, is.",
-              (Query(_by_tenant("slo_engine_prompt_tokens_total", tenant), "{{model}} prompt"),
+              (Query(_by_tenant(PROMPT_TOKENS, tenant), "{{model}} prompt"),
                Query(generated, "{{model}} generated")), "short", min=0),
         Panel("Goodput by tenant", "Share of each tenant's generated tokens from requests that met every exact "
               "latency and goodput target of the spec.",

@@ -19,7 +19,14 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from slo_sidecar.spec.buckets import HTTP_DURATION_BUCKETS
-from slo_sidecar.spec.model import GENERATION_ENDPOINTS, TENANT_LABEL
+from slo_sidecar.spec.model import (
+    ACCELERATOR_INFO,
+    GENERATION_ENDPOINTS,
+    GENERATION_TOKENS,
+    HTTP_REQUESTS,
+    PROMPT_TOKENS,
+    TENANT_LABEL,
+)
 
 PREFIX = "slo_engine_"
 
@@ -96,7 +103,7 @@ class ServerMetrics:
                  models: tuple[str, ...] = ()):
         self.models = (*models, UNKNOWN_MODEL)
         self.requests = Counter(
-            PREFIX + "http_requests",
+            HTTP_REQUESTS.removesuffix("_total"),
             "HTTP requests handled, by endpoint, status code (499: client closed the request) and tenant "
             "(the served model or adapter a generation request named; empty on other endpoints).",
             ["endpoint", "code", TENANT_LABEL], registry=registry,
@@ -119,12 +126,12 @@ class ServerMetrics:
         # Tokens per tenant: vLLM counts them for the whole engine only, and the sidecar apportions
         # the pod's cost by them (prompt tokens as the tokenizer counted them, once per request).
         self.prompt_tokens = Counter(
-            PREFIX + "prompt_tokens",
+            PROMPT_TOKENS.removesuffix("_total"),
             "Prompt tokens of finished generation requests, by tenant.",
             [TENANT_LABEL], registry=registry,
         )
         self.generation_tokens = Counter(
-            PREFIX + "generation_tokens",
+            GENERATION_TOKENS.removesuffix("_total"),
             "Tokens generated for finished generation requests (all their choices), by tenant.",
             [TENANT_LABEL], registry=registry,
         )
@@ -146,7 +153,7 @@ class ServerMetrics:
             Gauge(PREFIX + "max_waiting_requests", "Requests the engine lets wait beyond those running before it "
                   "refuses more.", registry=registry).set(max_waiting_requests)
         self.accelerators = Gauge(
-            PREFIX + "accelerator_info",
+            ACCELERATOR_INFO,
             "1 for each GPU this engine can use (by NVML UUID): the pod's own, which the sidecar reports.",
             ["uuid"], registry=registry,
         )

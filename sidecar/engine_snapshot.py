@@ -17,7 +17,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from slo_sidecar.spec.model import GENERATION_ENDPOINTS, GOODPUT_TOKENS, TENANT_LABEL
+from slo_sidecar.spec.model import (
+    ACCELERATOR_INFO,
+    GENERATION_ENDPOINTS,
+    GENERATION_TOKENS,
+    GOODPUT_TOKENS,
+    HTTP_REQUESTS,
+    PROMPT_TOKENS,
+    TENANT_LABEL,
+)
 
 from .exposition import Sample, SampleFilter
 from .rates import CounterVector, histogram_quantile
@@ -40,17 +48,13 @@ HISTOGRAMS = {
     "e2e": "vllm:e2e_request_latency_seconds",
     "queue_time": "vllm:request_queue_time_seconds",
 }
-HTTP_REQUESTS = "slo_engine_http_requests_total"
 QUANTILES = (0.5, 0.9, 0.99)
 
-# The engine's per-tenant token counters, labelled `model` (the served name, or "unknown").
-PROMPT_TOKENS = "slo_engine_prompt_tokens_total"
-GENERATION_TOKENS = "slo_engine_generation_tokens_total"
-GOOD_TOKENS = GOODPUT_TOKENS  # generated tokens of requests that met every exact SLO target
-TENANT_COUNTERS = (PROMPT_TOKENS, GENERATION_TOKENS, GOOD_TOKENS)
+# The engine's per-tenant token counters (the contract's names), labelled `model` (the served name, or
+# "unknown"); good tokens: generated tokens of requests that met every exact SLO target.
+TENANT_COUNTERS = (PROMPT_TOKENS, GENERATION_TOKENS, GOODPUT_TOKENS)
 
 PROCESS_START = "process_start_time_seconds"
-ACCELERATOR_INFO = "slo_engine_accelerator_info"  # the engine's GPUs by UUID: the pod's own
 
 FAMILIES = SampleFilter(
     list(GAUGES.values())
@@ -218,7 +222,7 @@ class SnapshotBuilder:
                 continue
             per_second = {name: increase / covered_s for name, increase in zip(layout, increases)}
             tenant = TenantTokenRates(per_second.get(PROMPT_TOKENS, 0.0), per_second.get(GENERATION_TOKENS, 0.0),
-                                      per_second.get(GOOD_TOKENS))
+                                      per_second.get(GOODPUT_TOKENS))
             if all(math.isfinite(v) for v in (tenant.prompt, tenant.generation, tenant.good or 0.0)):
                 rates[model] = tenant
         self._tenants = series

@@ -18,7 +18,7 @@ from prometheus_client.core import Metric
 from slo_sidecar.engine.metrics import ServerMetrics
 from slo_sidecar.engine.slo_judge import SloJudge
 from slo_sidecar.engine.tracing import DropCounter
-from slo_sidecar.sidecar import engine_snapshot as contract
+from slo_sidecar.sidecar import engine_snapshot as snapshot
 from slo_sidecar.sidecar.app import wire
 from slo_sidecar.sidecar.config import SidecarConfig
 from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
@@ -40,13 +40,13 @@ def engine_families() -> list[Metric]:
 def synthetic_scrape(requests: int) -> str:
     """An engine exposition with every series the sidecar reads, `requests` finished so far."""
     lines = [f'process_start_time_seconds {1.7e9}', f'slo_engine_accelerator_info{{{IDENTITY},uuid="GPU-0"}} 1']
-    lines += [f'{name}{{{IDENTITY}}} 1' for name in contract.GAUGES.values()]
-    lines += [f'{name}{{{IDENTITY}}} {requests}' for name in contract.COUNTERS.values()]
-    for family in contract.HISTOGRAMS.values():
+    lines += [f'{name}{{{IDENTITY}}} 1' for name in snapshot.GAUGES.values()]
+    lines += [f'{name}{{{IDENTITY}}} {requests}' for name in snapshot.COUNTERS.values()]
+    for family in snapshot.HISTOGRAMS.values():
         lines += [f'{family}_bucket{{{IDENTITY},le="{le}"}} {requests}' for le in ("0.1", "1.0", "+Inf")]
         lines += [f'{family}_sum{{{IDENTITY}}} {requests * 0.05}', f'{family}_count{{{IDENTITY}}} {requests}']
-    lines += [f'{name}{{{IDENTITY},model="{MODEL}"}} {requests}' for name in contract.TENANT_COUNTERS]
-    lines.append(f'{contract.HTTP_REQUESTS}{{{IDENTITY},endpoint="/v1/completions",code="200",model="{MODEL}"}} '
+    lines += [f'{name}{{{IDENTITY},model="{MODEL}"}} {requests}' for name in snapshot.TENANT_COUNTERS]
+    lines.append(f'{snapshot.HTTP_REQUESTS}{{{IDENTITY},endpoint="/v1/completions",code="200",model="{MODEL}"}} '
                  f'{requests}')
     lines += [f'{SLO_COUNTER}{{{IDENTITY},slo="{slo}",good="true",model="{MODEL}"}} {requests}'
               for slo in ("ttft", "e2e-latency", "queue-time", "goodput")]

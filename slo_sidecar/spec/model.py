@@ -45,6 +45,12 @@ FAST_MIN_EVENTS = 20
 SLO_COUNTER = "slo_engine_slo_requests_total"
 # The tokens generated for requests that met every one of those targets (goodput in tokens).
 GOODPUT_TOKENS = "slo_engine_goodput_tokens_total"
+# The engine's series other processes read: its HTTP requests by endpoint, code and tenant; each tenant's
+# prompt and generated tokens (the sidecar shares the pod's cost by them); the GPUs it can use (by UUID).
+HTTP_REQUESTS = "slo_engine_http_requests_total"
+PROMPT_TOKENS = "slo_engine_prompt_tokens_total"
+GENERATION_TOKENS = "slo_engine_generation_tokens_total"
+ACCELERATOR_INFO = "slo_engine_accelerator_info"
 # The engine's tenant label on its own counters: the served name (base model or LoRA adapter), or
 # "unknown" for a request refused before it named one; a sliced SLO's slices are its values, and every
 # value the spec does not name is judged in one more slice, OTHER_SLICE.

@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from slo_sidecar.spec.model import PROBE_MISSED, SLO_COUNTER
+from slo_sidecar.spec.model import HTTP_REQUESTS, PROBE_MISSED, SLO_COUNTER
 
 from .replay import Series
 
@@ -86,7 +86,7 @@ class Pod:
             if engine_up:
                 add("slo_engine_ready", self.labels("engine"), "gauge", t, 1.0 if state == "serving" else 0.0)
                 for code in ("200", "400", "499", "500", "429"):
-                    add("slo_engine_http_requests_total", self.labels("engine", endpoint=ENDPOINT, code=code),
+                    add(HTTP_REQUESTS, self.labels("engine", endpoint=ENDPOINT, code=code),
                         "counter", t, self.counters[("http", code)])
                 for slo in LATENCY_SLOS:
                     for good in ("true", "false"):
