@@ -159,19 +159,22 @@ def _verdict(value: Any, where: str) -> bool | None:
     return value
 
 
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{where}: expected a string, got {value!r}")
+JSON_TYPES = {str: "a string", dict: "an object", list: "a list"}
+
+
+def _of_type(value: Any, kind: type, where: str) -> Any:
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}: expected {JSON_TYPES[kind]}, got {value!r}")
     return value
+
+
+def _text(value: Any, where: str) -> str:
+    return _of_type(value, str, where)
 
 
 def _object(value: Any, where: str) -> dict:
-    if not isinstance(value, dict):
-        raise ValueError(f"{where}: expected an object, got {value!r}")
-    return value
+    return _of_type(value, dict, where)
 
 
 def _list(value: Any, where: str) -> list:
-    if not isinstance(value, list):
-        raise ValueError(f"{where}: expected a list, got {value!r}")
-    return value
+    return _of_type(value, list, where)
