@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 from pathlib import Path
 
 from . import __version__
@@ -142,25 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
                                  "instrumentation; takes any `vllm serve` flag (engine/launch.py)")
     # Listed for --help only: main() hands everything after `engine` to the launcher before argparse sees it.
 
-    sidecar = commands.add_parser("sidecar", help="run the sidecar: scrape the engine, serve derived metrics")
     from slo_sidecar.sidecar.config import add_arguments as add_sidecar_arguments
 
-    add_sidecar_arguments(sidecar)
-    sidecar.set_defaults(func=_sidecar)
-
-    validate = commands.add_parser("validate", help="check an SLO spec (ours or Sloth's prometheus/v1); with --url, "
-                                   "load an engine and PASS/FAIL it against the spec")
+    from .capacity import add_arguments as add_capacity_arguments
+    from .demo import add_arguments as add_demo_arguments
+    from .lab.command import add_arguments as add_lab_arguments
+    from .preview import add_arguments as add_preview_arguments
     from .validate import add_arguments as add_validate_arguments
 
-    add_validate_arguments(validate)
-    validate.set_defaults(func=_validate)
+    def subcommand(name: str, help_text: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+                   func: Callable[[argparse.Namespace], int]) -> None:
+        command = commands.add_parser(name, help=help_text)
+        add_arguments(command)
+        command.set_defaults(func=func)
 
-    capacity = commands.add_parser("capacity", help="find the highest request rate an engine serves within every "
-                                   "SLO of the spec (open-loop load at stepped rates)")
-    from .capacity import add_arguments as add_capacity_arguments
+    subcommand("sidecar", "run the sidecar: scrape the engine, serve derived metrics", add_sidecar_arguments,
+               _sidecar)
 
-    add_capacity_arguments(capacity)
-    capacity.set_defaults(func=_capacity)
+    subcommand("validate", "check an SLO spec (ours or Sloth's prometheus/v1); with --url, load an engine and "
+               "PASS/FAIL it against the spec", add_validate_arguments, _validate)
+    subcommand("capacity", "find the highest request rate an engine serves within every SLO of the spec "
+               "(open-loop load at stepped rates)", add_capacity_arguments, _capacity)
 
     generate = commands.add_parser("generate", help="write Prometheus rules, Alertmanager inhibitions and Grafana dashboards from an SLO spec")
     generate.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
@@ -174,24 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "the long-term store)")
     generate.set_defaults(func=_generate)
 
-    preview = commands.add_parser("preview", help="draw each dashboard as a static HTML page from a Prometheus")
-    from .preview import add_arguments as add_preview_arguments
-
-    add_preview_arguments(preview)
-    preview.set_defaults(func=_preview)
-
-    demo = commands.add_parser("demo", help="run the engine, send requests, show its metrics, stop")
-    from .demo import add_arguments as add_demo_arguments
-
-    add_demo_arguments(demo)
-    demo.set_defaults(func=_demo)
-
-    lab = commands.add_parser("lab", help="replay incidents into a real Prometheus and Alertmanager with the generated "
-                              "rules; a table of when each page and ticket came, against the SRE Workbook's arithmetic")
-    from .lab.command import add_arguments as add_lab_arguments
-
-    add_lab_arguments(lab)
-    lab.set_defaults(func=_lab)
+    subcommand("preview", "draw each dashboard as a static HTML page from a Prometheus", add_preview_arguments,
+               _preview)
+    subcommand("demo", "run the engine, send requests, show its metrics, stop", add_demo_arguments, _demo)
+    subcommand("lab", "replay incidents into a real Prometheus and Alertmanager with the generated rules; a table "
+               "of when each page and ticket came, against the SRE Workbook's arithmetic", add_lab_arguments, _lab)
     return parser
 
 
