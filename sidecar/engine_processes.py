@@ -14,7 +14,7 @@ from pathlib import Path
 
 PROC = Path("/proc")
 # Our engine started by its console script or as a module, or a stock vLLM OpenAI server.
-DEFAULT_PATTERN = r"(slo-sidecar|slo_sidecar\.cli) engine\b|vllm serve\b|vllm\.entrypoints\.openai"
+DEFAULT_PATTERN = r"(slo-sidecar|slo_sidecar(\.app\.cli)?) engine\b|vllm serve\b|vllm\.entrypoints\.openai"
 
 
 def process_table(proc: Path = PROC) -> dict[int, tuple[int, str]]:

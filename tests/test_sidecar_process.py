@@ -170,7 +170,7 @@ def test_without_nvml_the_gpu_poller_is_down_logs_once_and_backs_off(tmp_path, e
         assert metric(samples, "sidecar_engine_up") == 1, "the engine side is unaffected"
         assert sidecar.stop() == 0
     log_lines = (tmp_path / "sidecar.log").read_text().splitlines()
-    down = [line for line in log_lines if "collector gpu down" in line]
+    down = [line for line in log_lines if "poller gpu down" in line]
     assert len(down) == 1 and "libnvidia-ml.so" in down[0], log_lines
 
 
