@@ -145,13 +145,21 @@ def budget_from_the_first_minute(replayed: Replayed, start: float) -> list[str]:
     return problems
 
 
-def run_lab(spec: Spec, workdir: Path, only: tuple[str, ...] = ()) -> tuple[list[Row], list[str]]:
-    """Every scenario's row, and the healthy service's budget problems (none when it reads 100% at once)."""
+def write_rules(spec: Spec, workdir: Path) -> Path:
+    """The generated rules the replays and the live scenario load, in workdir/rules."""
     rules_dir = workdir / "rules"
     for name, text in render(spec).items():
         path = rules_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    return rules_dir
+
+
+def run_lab(spec: Spec, workdir: Path, only: tuple[str, ...] = (), rules_dir: Path | None = None
+            ) -> tuple[list[Row], list[str]]:
+    """Every scenario's row, and the healthy service's budget problems (none when it reads 100% at once).
+    `rules_dir`: the rules already written (write_rules), else written here."""
+    rules_dir = rules_dir or write_rules(spec, workdir)
     chosen = [s for s in scenarios(spec) if not only or s.namespace in only]
     if not chosen:
         return [], []
