@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import aiohttp
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -67,11 +67,13 @@ class EnginePoller:
     error_reasons = SCRAPE_ERROR_REASONS
 
     def __init__(self, config: SidecarConfig, consumers: Iterable[SnapshotConsumer] = (),
-                 process_start_time: float | None = None):
+                 process_start_time: float | None = None, monotonic: Callable[[], float] | None = None):
         """`consumers` are fixed here, so what the scrape keeps is known before the first one;
         `process_start_time`: the engine's, as the restored SLO state last saw it (a restart while the
-        sidecar was down is then one)."""
+        sidecar was down is then one); `monotonic`: the clock of the windows (default time.monotonic; a bench
+        moves it on by the interval per scrape)."""
         self.config = config
+        self.monotonic = monotonic
         self.consumers = tuple(consumers)
         self._failing: set[int] = set()  # consumers whose last take failed (logged once per streak)
         self.wanted = SampleFilter([*FAMILIES.families, *(m for c in self.consumers for m in c.metrics)])
@@ -102,7 +104,7 @@ class EnginePoller:
     def take(self, text: str, openmetrics: bool = False) -> list[Metric]:
         """One scrape's exposition: parsed once, the snapshot built and handed on, the families out."""
         samples = self._capped(parse(text, self.wanted, openmetrics))  # ExpositionError is a PollError
-        snapshot = self.builder.build(samples, time.time(), time.monotonic())
+        snapshot = self.builder.build(samples, time.time(), (self.monotonic or time.monotonic)())
         self.last_snapshot = snapshot
         for index, consumer in enumerate(self.consumers):
             self._feed(index, consumer, snapshot)
