@@ -33,6 +33,7 @@ import uuid
 from http import HTTPStatus
 from typing import Any, Awaitable, Callable, MutableMapping
 
+from slo_sidecar.iokit.settings import SettingsError
 from slo_sidecar.spec.fields import SpecError
 from slo_sidecar.spec.model import PROBE_HEADER
 
@@ -42,7 +43,6 @@ from .health import visible_gpu_uuids
 from .malformed_http import count_malformed_requests
 from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS, GENERATION_ENDPOINTS, drop_vllm_http_series, exposition
 from .request_join import ENGINE_VIEW_GRACE_S, PendingRequest, shape_of
-from .settings import SettingsError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from slo_sidecar.iokit import settings as check
-from slo_sidecar.iokit.settings import from_environ
+from slo_sidecar.iokit.settings import SettingsError, from_environ
 from slo_sidecar.iokit.files import read_secret
 
 from slo_sidecar.spec import __version__
@@ -29,7 +29,7 @@ from .adapter_cache import AdapterResidency
 from .faults import FaultInjector
 from .metrics import CLIENT_CLOSED_REQUEST, UNKNOWN_MODEL, ConstantLabels, ServerMetrics
 from .request_join import EngineView, PendingRequest, RequestJoin
-from .settings import ENV_PREFIX, SettingsError, default_trace_exporter
+from .settings import ENV_PREFIX, default_trace_exporter
 from .slo_judge import SloJudge
 from .tracing import setup_tracing
 

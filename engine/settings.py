@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slo_sidecar.iokit.settings import SettingsError  # the one settings loader's error: names source, setting, reason
-
 ENV_PREFIX = "SLO_ENGINE_"
-__all__ = ["SettingsError"]
 
 TRACE_EXPORTERS = ("otlp", "jaeger", "console", "none")
 
