@@ -538,7 +538,13 @@ def test_a_full_disk_fails_the_saves_not_the_sidecar(tmp_path, engine):
         assert metric(samples, "slo_objective_ratio", slo="availability") == 0.999, "SLO families still served"
         assert metric(samples, "sidecar_engine_up") == 1
         assert state.read_bytes() == kept and accepted(state), "the last good file stays whole"
-        assert temporary_files(tmp_path) == [], "a failed write removes its temporary file"
+        # A failed write removes its temporary file: at most the one of a save in flight (every 0.1 s) is
+        # there when we look, and none outlives its save (names differ per save; a fresh clone once caught
+        # one mid-write with a single look).
+        first = temporary_files(tmp_path)
+        time.sleep(0.3)
+        second = temporary_files(tmp_path)
+        assert len(first) <= 1 and len(second) <= 1 and not set(first) & set(second), (first, second)
         assert sidecar.process.poll() is None
 
         resource.prlimit(sidecar.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
