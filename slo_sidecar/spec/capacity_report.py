@@ -154,7 +154,7 @@ def _count(value: Any, where: str) -> int:
 
 
 def _verdict(value: Any, where: str) -> bool | None:
-    if value not in (True, False, None) or (value is not None and not isinstance(value, bool)):
+    if value is not None and not isinstance(value, bool):
         raise ValueError(f"{where}: expected true, false or null, got {value!r}")
     return value
 
