@@ -7,6 +7,7 @@ last good families and marks them stale as they age (app.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -14,10 +15,11 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 import aiohttp
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample
 
 from .config import SidecarConfig
 from .engine_snapshot import FAMILIES, EngineSnapshot, SnapshotBuilder
-from .exposition import SampleFilter, parse
+from .exposition import ExpositionReader, SampleFilter, Scrape
 from .poller import PollError
 
 SCRAPE_ERROR_REASONS = ("connection", "timeout", "http_status", "too_large", "truncated", "malformed")
@@ -77,6 +79,7 @@ class EnginePoller:
         self.consumers = tuple(consumers)
         self._failing: set[int] = set()  # consumers whose last take failed (logged once per streak)
         self.wanted = SampleFilter([*FAMILIES.families, *(m for c in self.consumers for m in c.metrics)])
+        self.reader = ExpositionReader(self.wanted)
         self.interval_s = config.engine_interval_s
         self.timeout_s = config.engine_timeout_s
         self.backoff_max_s = config.engine_interval_s  # no backoff: a restarted engine is seen at once
@@ -103,8 +106,8 @@ class EnginePoller:
 
     def take(self, text: str, openmetrics: bool = False) -> list[Metric]:
         """One scrape's exposition: parsed once, the snapshot built and handed on, the families out."""
-        samples = self._capped(parse(text, self.wanted, openmetrics))  # ExpositionError is a PollError
-        snapshot = self.builder.build(samples, time.time(), (self.monotonic or time.monotonic)())
+        scrape = self._capped(self.reader.read(text, openmetrics))  # ExpositionError is a PollError
+        snapshot = self.builder.build(scrape, time.time(), (self.monotonic or time.monotonic)())
         self.last_snapshot = snapshot
         for index, consumer in enumerate(self.consumers):
             self._feed(index, consumer, snapshot)
@@ -122,15 +125,16 @@ class EnginePoller:
             self._failing.add(index)
             consumer.clear()
 
-    def _capped(self, samples: list) -> list:
+    def _capped(self, scrape: Scrape) -> Scrape:
         """At most max_engine_series samples: the first ones, which hold every family's first label sets."""
         limit = self.config.max_engine_series
-        dropped = max(0, len(samples) - limit)
+        count = len(scrape.layout.kept)
+        dropped = max(0, count - limit)
         if dropped and not self.samples_dropped:
             log.warning("engine exposes %d wanted samples, over max_engine_series=%d; dropping %d",
-                        len(samples), limit, dropped)
+                        count, limit, dropped)
         self.samples_dropped = dropped
-        return samples[:limit] if dropped else samples
+        return Scrape(scrape.layout.capped(limit), scrape.values) if dropped else scrape
 
     async def close(self) -> None:
         if self._session is not None:
@@ -143,7 +147,9 @@ def engine_families(stats: EngineSnapshot) -> list[Metric]:
 
     def gauge(name: str, documentation: str, value: float | None) -> None:
         if value is not None:
-            families.append(GaugeMetricFamily("sidecar_engine_" + name, documentation, value=value))
+            family = Metric("sidecar_engine_" + name, documentation, "gauge")
+            family.samples.append(Sample(family.name, {}, value))
+            families.append(family)
 
     gauge("queue_depth", "Requests waiting in vLLM's queue (vllm:num_requests_waiting).",
           stats.gauges.get("queue_depth"))
@@ -160,10 +166,20 @@ def engine_families(stats: EngineSnapshot) -> list[Metric]:
     if stats.quantiles:
         # `percentile`, not `quantile`: that label belongs to summaries, whose _count and _sum
         # are cumulative; these are estimates over a sliding window, so plain gauges.
-        latency = GaugeMetricFamily("sidecar_engine_latency_seconds",
-                                    "Latency percentiles over the rate window, from vLLM's histograms "
-                                    "(NaN when nothing was observed).", labels=["metric", "percentile"])
-        for (metric, q), value in sorted(stats.quantiles.items()):
-            latency.add_metric([metric, f"{q * 100:g}"], value if not math.isinf(value) else math.nan)
+        latency = Metric(LATENCY, "Latency percentiles over the rate window, from vLLM's histograms "
+                                  "(NaN when nothing was observed).", "gauge")
+        latency.samples = [Sample(LATENCY, _latency_labels(key), value if not math.isinf(value) else math.nan)
+                           for key, value in sorted(stats.quantiles.items())]
         families.append(latency)
     return families
+
+
+LATENCY = "sidecar_engine_latency_seconds"
+
+
+@functools.cache
+def _latency_labels(key: tuple[str, float]) -> dict[str, str]:
+    """One percentile's labels, made once: the same few label sets are served every scrape (never changed
+    after, so sharing them is safe)."""
+    metric, q = key
+    return {"metric": metric, "percentile": f"{q * 100:g}"}

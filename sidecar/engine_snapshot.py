@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from slo_sidecar.spec.model import (
     ACCELERATOR_INFO,
@@ -27,7 +28,7 @@ from slo_sidecar.spec.model import (
     TENANT_LABEL,
 )
 
-from .exposition import Sample, SampleFilter
+from .exposition import Layout, Sample, SampleFilter, Scrape
 from .rates import CounterVector, histogram_quantile
 
 GAUGES = {
@@ -77,7 +78,7 @@ class TenantTokenRates:
 class EngineSnapshot:
     """One engine scrape, read: the samples as parsed and everything derived from them over the window."""
 
-    samples: list[Sample]  # the wanted samples (the SLO tracker reads its SLIs' series from them)
+    scrape: Scrape  # the wanted samples, as read (the SLO tracker reads its SLIs' series from them)
     wall_time: float  # Unix seconds of the scrape
     monotonic: float  # the same moment on the monotonic clock (windows and smoothing)
     process_start_time: float | None  # the engine's, when it exposes one
@@ -89,6 +90,11 @@ class EngineSnapshot:
     means: dict[str, float]  # histogram -> mean seconds over the window, where it observed anything
     tenant_tokens: dict[str, TenantTokenRates]  # served name -> its token rates over the window
     engine_gpus: frozenset[str]  # UUIDs of the GPUs the engine says it can use
+
+    @property
+    def samples(self) -> list[Sample]:
+        """Every wanted sample of the scrape, in exposition order (built on each call)."""
+        return self.scrape.samples()
 
 
 # Sample name -> (what it is, the key it is summed under).
@@ -106,6 +112,95 @@ HTTP_TOTAL, HTTP_ERRORS = "http:total", "http:errors"
 HISTOGRAM_KEYS = {family: key for key, family in HISTOGRAMS.items()}
 
 
+class _Plan:
+    """Where each figure of a snapshot comes from in one scrape layout: worked out once per layout (an
+    engine's series rarely change), so each scrape only adds up values by index."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.start: int | None = None
+        self.gauges: dict[str, list[int]] = {}
+        counters: dict[tuple[int, str], list[int]] = {}
+        buckets: dict[str, dict[float, list[int]]] = {}
+        self.tenants: dict[str, dict[str, list[int]]] = {}  # model -> counter -> where, over other labels
+        gpus = set()
+        for index, key in enumerate(layout.keys):
+            if key is None:
+                continue
+            name, labels = key
+            if name == PROCESS_START and self.start is None:
+                self.start = index
+            kind = SAMPLE_KINDS.get(name)
+            if kind is None:
+                if name == ACCELERATOR_INFO:
+                    gpus.add(dict(labels).get("uuid", ""))
+                continue
+            what, key_ = kind
+            if what == BUCKET:
+                bound = _bound(labels)
+                if bound is not None:  # a bucket without `le` cannot be placed
+                    buckets.setdefault(key_, {}).setdefault(bound, []).append(index)
+            elif what == GAUGE:
+                self.gauges.setdefault(key_, []).append(index)
+            elif what == HTTP:
+                endpoint, code = _endpoint_and_code(labels)
+                if endpoint in GENERATION_ENDPOINTS:
+                    counters.setdefault((HTTP, HTTP_TOTAL), []).append(index)
+                    errors = counters.setdefault((HTTP, HTTP_ERRORS), [])
+                    if code.startswith("5"):
+                        errors.append(index)
+            elif what == TENANT:
+                model = next((v for k, v in labels if k == TENANT_LABEL), None)
+                if model is not None:
+                    self.tenants.setdefault(model, {}).setdefault(key_, []).append(index)
+            else:  # COUNTER, SUM, COUNT
+                counters.setdefault((what, key_), []).append(index)
+        self.gpus = frozenset(gpus)
+        self.counter_keys = sorted(counters)
+        self.bucket_keys = [(family, sorted(per_family)) for family, per_family in sorted(buckets.items())]
+        # The pod's counter vector: its layout, and where each of its values is.
+        self.vector_layout = (tuple(self.counter_keys),
+                              tuple((family, tuple(bounds)) for family, bounds in self.bucket_keys))
+        self.vector = _Gather([counters[key] for key in self.counter_keys] + [
+            buckets[family][bound] for family, bounds in self.bucket_keys for bound in bounds])
+
+
+class _Gather:
+    """Sums of values at fixed indexes, for each slot of a vector. Nearly every slot is one sample (one pod,
+    one model): those are picked in one C-level call, and only the few sums over label sets add up in Python."""
+
+    def __init__(self, slots: list[list[int]]):
+        self.size = len(slots)
+        self.picked = [position for position, where in enumerate(slots) if where]
+        firsts = [slots[position][0] for position in self.picked]
+        self._pick = itemgetter(*firsts) if len(firsts) > 1 else None
+        self._first = firsts[0] if len(firsts) == 1 else None
+        self.more = [(position, where[1:]) for position, where in enumerate(slots) if len(where) > 1]
+        self.dense = len(self.picked) == self.size
+
+    def __call__(self, values: list[float]) -> list[float]:
+        if self._pick is not None:
+            firsts = list(self._pick(values))
+        else:
+            firsts = [] if self._first is None else [values[self._first]]
+        vector = firsts if self.dense else [0.0] * self.size
+        if not self.dense:
+            for position, value in zip(self.picked, firsts):
+                vector[position] = value
+        for position, where in self.more:
+            for index in where:
+                vector[position] += values[index]
+        return vector
+
+
+def _total(values: list[float], where: list[int]) -> float:
+    """The sum of the values at those indexes (0.0 for none): a family summed over its label sets."""
+    total = 0.0
+    for index in where:
+        total += values[index]
+    return total
+
+
 @dataclass
 class SnapshotBuilder:
     """Keeps the pod's counters (bucket, sum and count series included) in one CounterVector, and each
@@ -121,70 +216,39 @@ class SnapshotBuilder:
     process_start_time: float | None = None  # the last one seen (or restored with the SLO state)
     _pod: CounterVector | None = None
     _layout: tuple = ()
+    _plan: _Plan | None = None
     _tenants: dict[str, tuple[tuple[str, ...], CounterVector]] = field(default_factory=dict)
 
-    def build(self, samples: list[Sample], wall_time: float, monotonic: float) -> EngineSnapshot:
-        start_time = next((s.value for s in samples if s.name == PROCESS_START), None)
+    def build(self, scrape: Scrape | list[Sample], wall_time: float, monotonic: float) -> EngineSnapshot:
+        """`scrape`: from an ExpositionReader, or samples (tests, the capacity report's pair of scrapes)."""
+        if not isinstance(scrape, Scrape):
+            scrape = Scrape.of(scrape)
+        plan = self._plan
+        if plan is None or plan.layout is not scrape.layout:
+            plan = self._plan = _Plan(scrape.layout)
+        values = scrape.values
+        start_time = None if plan.start is None else values[plan.start]
         restarted = (start_time is not None and self.process_start_time is not None
                      and start_time != self.process_start_time)
         if start_time is not None:
             self.process_start_time = start_time
-        gauges: dict[str, float] = {}
-        counters: dict[tuple[int, str], float] = {}
-        buckets: dict[str, dict[float, float]] = {}
-        tenants: dict[str, dict[str, float]] = {}  # model -> counter -> value, summed over other labels
-        gpus = set()
-        for name, labels, value in samples:
-            kind = SAMPLE_KINDS.get(name)
-            if kind is None:
-                if name == ACCELERATOR_INFO:
-                    gpus.add(dict(labels).get("uuid", ""))
-                continue
-            what, key = kind
-            if what == BUCKET:
-                bound = _bound(labels)
-                if bound is None:  # a bucket without `le` cannot be placed
-                    continue
-                per_family = buckets.get(key)
-                if per_family is None:
-                    per_family = buckets[key] = {}
-                per_family[bound] = per_family.get(bound, 0.0) + value
-            elif what == GAUGE:
-                gauges[key] = gauges.get(key, 0.0) + value
-            elif what == HTTP:
-                endpoint, code = _endpoint_and_code(labels)
-                if endpoint in GENERATION_ENDPOINTS:
-                    counters[HTTP, HTTP_TOTAL] = counters.get((HTTP, HTTP_TOTAL), 0.0) + value
-                    errors = value if code.startswith("5") else 0.0
-                    counters[HTTP, HTTP_ERRORS] = counters.get((HTTP, HTTP_ERRORS), 0.0) + errors
-            elif what == TENANT:
-                model = next((v for k, v in labels if k == TENANT_LABEL), None)
-                if model is not None:
-                    per_model = tenants.setdefault(model, {})
-                    per_model[key] = per_model.get(key, 0.0) + value
-            else:  # COUNTER, SUM, COUNT
-                counters[what, key] = counters.get((what, key), 0.0) + value
-
-        counter_keys = sorted(counters)
-        bucket_keys = [(family, sorted(per_family)) for family, per_family in sorted(buckets.items())]
-        layout = (tuple(counter_keys), tuple((family, tuple(bounds)) for family, bounds in bucket_keys))
-        if layout != self._layout or self._pod is None:
-            self._layout, self._pod = layout, CounterVector(horizon_s=self.window_s)
-        values = [counters[key] for key in counter_keys]
-        for family, bounds in bucket_keys:
-            per_family = buckets[family]
-            values += [per_family[bound] for bound in bounds]
-        self._pod.observe(monotonic, values, restarted)
+        gauges = {key: _total(values, where) for key, where in plan.gauges.items()}
+        if plan.vector_layout != self._layout or self._pod is None:
+            self._layout, self._pod = plan.vector_layout, CounterVector(horizon_s=self.window_s)
+        self._pod.observe(monotonic, plan.vector(values), restarted)
+        tenants = {model: {name: _total(values, where) for name, where in counters.items()}
+                   for model, counters in plan.tenants.items()}
         tenant_tokens = self._tenant_rates(tenants, monotonic, restarted)
 
         def snapshot(rates=None, error_ratio=None, quantiles=None, means=None) -> EngineSnapshot:
-            return EngineSnapshot(samples, wall_time, monotonic, start_time, restarted, gauges, rates or {},
-                                  error_ratio, quantiles or {}, means or {}, tenant_tokens, frozenset(gpus))
+            return EngineSnapshot(scrape, wall_time, monotonic, start_time, restarted, gauges, rates or {},
+                                  error_ratio, quantiles or {}, means or {}, tenant_tokens, plan.gpus)
 
         increases = self._pod.increase(self.window_s, monotonic)
         covered_s = self._pod.covered_s(self.window_s, monotonic)
         if increases is None or not covered_s:
             return snapshot()
+        counter_keys = plan.counter_keys
         increase = dict(zip(counter_keys, increases))
         rates = {key: increase[COUNTER, name] / covered_s for key, name in COUNTERS.items()
                  if (COUNTER, name) in increase}
@@ -197,7 +261,7 @@ class SnapshotBuilder:
                 means[key] = total_s / count
         quantiles = {}
         position = len(counter_keys)
-        for family, bounds in bucket_keys:
+        for family, bounds in plan.bucket_keys:
             pairs = list(zip(bounds, increases[position:position + len(bounds)]))
             position += len(bounds)
             for q in QUANTILES:

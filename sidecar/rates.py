@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from operator import add, ge, sub
 from dataclasses import dataclass, field
 
 
@@ -38,12 +39,13 @@ class CounterVector:
         if last is None or offset is None:
             offset = [0.0] * len(raw)
         elif restarted:  # every counter began again at zero, whatever its value now
-            offset = [o + old for o, old in zip(offset, last)]
-        else:  # a counter that went down began again at zero
+            offset = list(map(add, offset, last))
+        elif not all(map(ge, raw, last)):  # a counter that went down began again at zero
             offset = [o + old if new < old else o for o, old, new in zip(offset, last, raw)]
         self._last_raw, self._offset = raw, offset
+        # Map, not a loop in Python: this runs for every counter of every scrape.
+        self._rows.append(list(map(add, raw, offset)))
         self._times.append(t)
-        self._rows.append([new + o for new, o in zip(raw, offset)])
         # Keep the newest point at or before the horizon (it anchors the longest window) and all
         # after it; trim only once half the list is dead, so trimming costs O(1) amortised.
         dead = bisect_right(self._times, t - self.horizon_s) - 1
@@ -64,7 +66,7 @@ class CounterVector:
         span = self._span(window_s, now)
         if span is None:
             return None
-        return [b - a for a, b in zip(self._rows[span[0]], self._rows[span[1]])]
+        return list(map(sub, self._rows[span[1]], self._rows[span[0]]))
 
     def covered_s(self, window_s: float, now: float) -> float | None:
         """How much of the window the points cover: rates divide by this (no extrapolation past the data)."""

@@ -185,7 +185,7 @@ class SloTracker:
 
     def take(self, snapshot: EngineSnapshot) -> None:
         """An engine snapshot (engine_poller.SnapshotConsumer): its SLI series, at its wall-clock time."""
-        self.observe(snapshot.samples, snapshot.wall_time, snapshot.process_start_time, snapshot.restarted)
+        self.observe(snapshot.scrape.samples(self.metrics), snapshot.wall_time, snapshot.process_start_time, snapshot.restarted)
 
     def clear(self) -> None:
         """Nothing to withdraw after a failed take: the windows are history, and the scrape added nothing."""

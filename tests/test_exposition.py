@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from slo_sidecar.sidecar.exposition import ExpositionError, SampleFilter, parse
+from slo_sidecar.sidecar.exposition import ExpositionError, ExpositionReader, SampleFilter, Scrape, parse
 from tests.helpers import VLLM_EXPOSITION
 
 VLLM_FAMILIES = [
@@ -96,3 +96,82 @@ def test_malformed_wanted_lines_raise(text):
 
 def test_malformed_unwanted_lines_are_not_our_business():
     assert parse("junk line here\nm_total 1\n", SampleFilter(["m"]))[0].value == 1.0
+
+
+# --- One reader over a target's scrapes: a repeat layout reads only values ---------------------------------
+
+def moved_on(text: str, by: float) -> str:
+    """The same exposition with every sample's value moved on by `by` (a later scrape of the same series)."""
+    lines = []
+    for line in text.split("\n"):
+        if line and not line.startswith("#"):
+            head, _, value = line.rpartition(" ")
+            line = f"{head} {float(value) + by!r}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def test_a_reader_agrees_with_prometheus_client_scrape_after_scrape():
+    reader = ExpositionReader(SampleFilter(VLLM_FAMILIES))
+    first = VLLM_EXPOSITION.read_text()
+    # (the scrape, whether its layout is the one before)
+    scrapes = [
+        (first, False),
+        (moved_on(first, 1.0), True),  # values only
+        (moved_on(first, 2.5), True),
+        (moved_on(first, 3.0).replace('vllm:num_requests_running{engine="0"',  # a new series
+                                      'vllm:num_requests_running{engine="1",model_name="x"} 7.0\n'
+                                      'vllm:num_requests_running{engine="0"', 1), False),
+        (moved_on(first, 4.0), False),  # the series is gone again
+        (moved_on(first, 5.0).replace('running{engine="0"', 'running{engine="00"', 1), False),  # a label changed
+        (moved_on(first, 6.0), False),
+        (moved_on(first, 7.0).replace('python_info{', 'python_info{x="y",', 1), True),  # not a wanted family
+    ]
+    assert 'python_info{' in first
+    assert 'vllm:num_requests_running{engine="0"' in first
+    layout = None
+    for text, repeats in scrapes:
+        scrape = reader.read(text)
+        got = [(s.name, tuple(sorted(s.labels)), s.value) for s in scrape.samples()]
+        assert sorted(got) == sorted(reference(text, VLLM_FAMILIES))
+        assert (scrape.layout is layout) == repeats
+        layout = scrape.layout
+
+
+def test_a_reader_sees_a_line_turn_wanted_where_an_unwanted_one_was():
+    """No comments to tell families apart, the same number of lines: an unwanted series replaced by a wanted
+    one, a blank line turned into a sample, a timestamp appearing."""
+    reader = ExpositionReader(SampleFilter(["m"]))
+    assert [s.value for s in reader.read("other 1\nm_total 2\n").samples()] == [2.0]
+    assert [s.value for s in reader.read("m_total 3\nm_total{a=\"b\"} 4\n").samples()] == [3.0, 4.0]
+    assert [s.value for s in reader.read("other 1\nm_total 2\n").samples()] == [2.0]
+    assert [s.value for s in reader.read("other_x 1\nm_total 5\n").samples()] == [5.0]
+    assert [s.value for s in reader.read("o{a=\"1\"} 1\n\nm_total 6\n").samples()] == [6.0]
+    assert [s.value for s in reader.read("o{a=\"1\"} 1\nm_total 9\nm_total 7\n").samples()] == [9.0, 7.0]
+    shorter = ExpositionReader(SampleFilter(["ab"]))  # an unwanted name that is the start of a wanted one
+    assert [s.value for s in shorter.read("a 1\nab_total 2\n").samples()] == [2.0]
+    assert [s.value for s in shorter.read("ab_total 3\nab_total 4\n").samples()] == [3.0, 4.0]
+    assert [s.value for s in reader.read("o{a=\"1\"} 1\nm_total 9 1700000000000\nm_total 7\n").samples()] == [
+        9.0, 7.0]
+    assert [s.value for s in reader.read("o{a=\"1\"} 1\nm_total 10 1700000001000\nm_total 8\n").samples()] == [
+        10.0, 8.0]
+
+
+def test_a_reader_still_refuses_a_malformed_value_on_a_known_line():
+    reader = ExpositionReader(SampleFilter(["m"]))
+    reader.read('m_total{a="1"} 3\nm_total{a="2"} 4\n')
+    with pytest.raises(ExpositionError) as bad:
+        reader.read('m_total{a="1"} three\nm_total{a="2"} 4\n')
+    assert bad.value.reason == "malformed"
+    assert [s.value for s in reader.read('m_total{a="1"} 5\nm_total{a="2"} 6\n').samples()] == [5.0, 6.0]
+
+
+def test_a_capped_scrape_keeps_its_first_samples_and_its_layout():
+    reader = ExpositionReader(SampleFilter(["m"]))
+    text = "".join(f'm_total{{a="{i}"}} {i}\n' for i in range(5))
+    first = reader.read(text)
+    capped = first.layout.capped(3)
+    assert capped is first.layout.capped(3)
+    again = reader.read(moved_on(text, 10.0))
+    assert again.layout is first.layout
+    assert [s.value for s in Scrape(capped, again.values).samples()] == [10.0, 11.0, 12.0]
