@@ -239,7 +239,7 @@ class SloMiddleware:
             log.info("dropped %d of vLLM's HTTP series (ours count the same requests)",
                      drop_vllm_http_series(get_prometheus_registry()))
         count_malformed_requests(state.metrics)
-        self.listeners = await _side_listeners(state)
+        self.listeners = await _side_listeners(state, app.state.engine_client)
         state.ready = True
         state.metrics.ready.set(1)
 
@@ -276,7 +276,7 @@ async def _watch_engine(state: instrumentation.Instrumentation, engine_client: A
         await asyncio.sleep(ENGINE_WATCH_S)
 
 
-async def _side_listeners(state: instrumentation.Instrumentation) -> list[Any]:
+async def _side_listeners(state: instrumentation.Instrumentation, engine_client: Any) -> list[Any]:
     """The listeners configured beside vLLM's: /metrics on a port of its own, and the fault-injection one
     (tests and demos only, on loopback)."""
     from vllm.v1.metrics.prometheus import get_prometheus_registry  # the registry vLLM's /metrics serves
@@ -290,7 +290,7 @@ async def _side_listeners(state: instrumentation.Instrumentation) -> list[Any]:
         log.info("serving /metrics on http://%s:%d", limits.metrics_host, limits.metrics_port)
     token = limits.admin_token()
     if token is not None and state.faults is not None:
-        listeners.append(await admin.serve(admin.build_admin_app(state.faults, token), "127.0.0.1",
+        listeners.append(await admin.serve(admin.build_admin_app(state.faults, token, engine_client), "127.0.0.1",
                                            limits.admin_port))
         log.warning("admin listener (fault injection) on http://127.0.0.1:%d: for tests and demos only",
                     limits.admin_port)

@@ -32,6 +32,7 @@ from slo_sidecar.iokit.files import read_secret
 from slo_sidecar.spec.load import DEFAULT_SPEC, SpecError, load_spec
 
 from . import instrumentation
+from .worker_faults import WORKER_FAULTS
 from .settings import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_DRAIN_TIMEOUT_S,
@@ -166,6 +167,10 @@ def configure(ours: argparse.Namespace, vllm_args: argparse.Namespace, on_gpu: b
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(ours.kv_cache_gib))))
         vllm_args.enforce_eager = True
     os.environ.update(middleware_environment(ours, vllm_args.host))
+    # Requests whose logits came out NaN are counted (vllm:corrupted_requests): bad events of correctness.
+    os.environ.setdefault("VLLM_COMPUTE_NANS_IN_LOGITS", "1")
+    if ours.admin_port is not None and not vllm_args.worker_extension_cls:  # the admin listener's model faults
+        vllm_args.worker_extension_cls = WORKER_FAULTS
 
 
 CHILD_STOP_GRACE_S = 2.0

@@ -36,6 +36,7 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
 from slo_sidecar.iokit.serving import listen
+from slo_sidecar.spec.golden import GoldenError, load_golden_set
 from slo_sidecar.spec.load import DEFAULT_SPEC, SpecError, load_spec
 from slo_sidecar.spec.model import Spec
 
@@ -48,6 +49,7 @@ from .gpu_poller import GpuPoller
 from .guard import GuardedExposition
 from .headroom import REQUEST_RATE, Headroom, HeadroomCollector, exact_targets
 from .poller import Poller, PollError
+from .golden_probe import GoldenProber
 from .probe import Prober
 from .slo_families import SloCollector
 from .slo_state import SloStateFile
@@ -179,10 +181,21 @@ class Sidecar:
         status = "ok" if all(c["up"] for c in collectors.values()) else "degraded"
         return web.json_response({"status": status, "collectors": collectors})
 
+    async def ready(self, request: web.Request) -> web.Response:
+        """Kubernetes' readiness: 503 while the golden probes quarantine the pod (correctness.quarantine), so it
+        leaves its Service's endpoints; the engine stays up for debugging. 200 otherwise, whatever the engine's
+        state: the engine's own readiness says whether it serves."""
+        golden = next((p for p in self.pollers if isinstance(p, GoldenProber)), None)
+        if golden is not None and golden.quarantined:
+            return web.json_response({"status": "quarantined", "bad_golden_probes_in_a_row": golden.bad_in_a_row},
+                                     status=503)
+        return web.json_response({"status": "ready"})
+
     def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/ready", self.ready)
         return app
 
 
@@ -263,6 +276,17 @@ class Wiring:
     gpu: GpuPoller
     prober: Prober | None
     state: SloStateFile | None
+    golden: GoldenProber | None = None
+
+
+def build_golden_prober(config: SidecarConfig, spec: Spec, tracker: SloTracker) -> GoldenProber | None:
+    """The golden probes, with a baseline (golden_baseline); GoldenError when it was recorded on another set."""
+    if config.golden is None:
+        return None
+    golden = load_golden_set(spec.correctness.golden_set)
+    config.golden.check_matches(golden, config.golden_baseline)
+    return GoldenProber(config.probe_url or config.engine_url, config.engine_api_key, golden, config.golden,
+                        spec.correctness, tracker)
 
 
 def wire(config: SidecarConfig, spec: Spec, rendered_max_age_s: float = 0.0) -> Wiring:
@@ -280,11 +304,12 @@ def wire(config: SidecarConfig, spec: Spec, rendered_max_age_s: float = 0.0) -> 
     headroom = build_headroom(config, spec)
     engine, gpu = build_pollers(config, [tracker, headroom], tracker.engine_start_time)
     prober = Prober(config, tracker) if config.probe_interval_s > 0 else None
-    sidecar = Sidecar(config, [engine, gpu, *([prober] if prober else [])], exposition)
+    golden = build_golden_prober(config, spec, tracker)
+    sidecar = Sidecar(config, [engine, gpu, *(p for p in (prober, golden) if p is not None)], exposition)
     if config.gpu_hourly_usd is not None:
         exposition.add("cost", build_cost_collector(config, sidecar, engine, gpus=lambda: gpu.gpu_count or config.gpus))
     exposition.add("headroom", build_headroom_collector(config, headroom, sidecar, engine))
-    return Wiring(sidecar, exposition, tracker, engine, gpu, prober, state)
+    return Wiring(sidecar, exposition, tracker, engine, gpu, prober, state, golden)
 
 
 async def serve(config: SidecarConfig, spec: Spec) -> int:
@@ -327,10 +352,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         spec = load_spec(config.slo or str(DEFAULT_SPEC))
+        if config.golden is not None:  # a baseline of another golden set is a bad setting, said at start
+            config.golden.check_matches(load_golden_set(spec.correctness.golden_set), config.golden_baseline)
         if config.slo_state_file:  # a state that could never be saved is a bad flag, not a quiet loss
             Path(config.slo_state_file).parent.mkdir(parents=True, exist_ok=True)
     except SpecError as exc:
         print(f"slo-sidecar sidecar: error: {exc}", file=sys.stderr)
+        return 2
+    except GoldenError as exc:
+        print(f"slo-sidecar sidecar: error: golden_baseline {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"slo-sidecar sidecar: error: slo_state_file {config.slo_state_file}: its directory cannot be "

@@ -16,6 +16,7 @@ from typing import Any
 from slo_sidecar.iokit import settings as check
 from slo_sidecar.iokit.files import read_secret
 from slo_sidecar.iokit.settings import Settings, SettingsError, layered
+from slo_sidecar.spec.golden import GoldenBaseline, GoldenError
 
 from .cost import DEFAULT_PROMPT_TOKEN_WEIGHT
 from .engine_processes import DEFAULT_PATTERN
@@ -63,6 +64,8 @@ class SidecarConfig:
     engine_api_key_file: str = ""  # read at start into engine_api_key
     capacity: str = ""  # a capacity report (slo-sidecar capacity --json), read at start into capacity_rps
     capacity_rps: float | None = None
+    golden_baseline: str = ""  # `slo-sidecar validate --golden-out` file, read at start into golden
+    golden: GoldenBaseline | None = None
     headroom_time_constant_s: float = DEFAULT_TIME_CONSTANT_S
     log_level: str = "INFO"
 
@@ -109,6 +112,9 @@ FIELDS: Settings = {
     "engine_api_key": (check.string, "the engine's API key, for the probes (in a pod prefer engine_api_key_file)"),
     "engine_api_key_file": (check.string,
                             "read the engine's API key, for the probes, from this file (a mounted Secret)"),
+    "golden_baseline": (check.string, "the golden scores recorded by `slo-sidecar validate --golden-out FILE` before "
+                        "the rollout: turns on the golden probes (the set, interval and tolerance: the spec's "
+                        "correctness section)"),
     "capacity": (check.string, "the capacity report written by `slo-sidecar capacity --json FILE`: turns on "
                  "slo_capacity_utilisation_ratio (request rate / its capacity_rps)"),
     "headroom_time_constant_s": (check.positive_number,
@@ -137,6 +143,15 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
             values["capacity_rps"] = read_capacity_report(values["capacity"])
         except ValueError as exc:
             raise ConfigError(f"capacity {values['capacity']}", "capacity", str(exc)) from None
+    if values.get("golden_baseline"):
+        path = values["golden_baseline"]
+        try:
+            with open(path, encoding="utf-8") as file:
+                values["golden"] = GoldenBaseline.from_json(file.read(), path)
+        except OSError as exc:
+            raise ConfigError(f"golden_baseline {path}", "golden_baseline", exc.strerror or str(exc)) from None
+        except GoldenError as exc:
+            raise ConfigError(f"golden_baseline {path}", "golden_baseline", str(exc)) from None
     return dataclasses.replace(SidecarConfig(), **values)
 
 

@@ -66,7 +66,7 @@ def test_every_module_of_the_checkout_is_in_the_wheel_where_package_dir_puts_it(
                      for path in (REPO / folder).glob("*.py")}
     shipped = {str(path.relative_to(installed)) for path in (installed / "slo_sidecar").rglob("*.py")}
     assert shipped == expected
-    for data in ("slo.yaml", "stock-vllm.yaml", "slo.schema.json"):
+    for data in ("slo.yaml", "stock-vllm.yaml", "slo.schema.json", "golden.yaml"):
         assert (installed / "slo_sidecar" / "spec" / data).is_file(), data
 
 

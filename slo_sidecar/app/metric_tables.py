@@ -21,6 +21,7 @@ from slo_sidecar.engine.tracing import DropCounter
 from slo_sidecar.sidecar import engine_snapshot as snapshot
 from slo_sidecar.sidecar.app import wire
 from slo_sidecar.sidecar.config import SidecarConfig
+from slo_sidecar.spec.golden import GoldenBaseline, ItemVerdict, load_golden_set
 from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from slo_sidecar.spec.model import SLO_COUNTER
 
@@ -54,8 +55,10 @@ def synthetic_scrape(requests: int) -> str:
 
 
 def sidecar_families() -> list[Metric]:
+    golden = load_golden_set()
+    baseline = GoldenBaseline(MODEL, golden.fingerprint, tuple(-7.6 for _ in golden.items))
     config = SidecarConfig(fake_gpu=1, gpu_scope="all", gpu_hourly_usd=2.0, capacity_rps=4.0, pod="demo-0",
-                           namespace="demo", container="engine")
+                           namespace="demo", container="engine", golden=baseline)
     wiring = wire(config, load_spec(str(DEFAULT_SPEC)))
     states = wiring.sidecar.states
     for requests in (10, 20):
@@ -63,6 +66,9 @@ def sidecar_families() -> list[Metric]:
     states["gpu"].families = asyncio.run(wiring.gpu.poll())
     if wiring.prober is not None:
         states["probe"].families = wiring.prober.families(wiring.tracker.service_identity() or {})
+    if wiring.golden is not None:  # one probe, scored as its baseline
+        wiring.golden.record(ItemVerdict(0, -7.6, -7.6, 0.001))
+        states["golden"].families = wiring.golden.families(wiring.tracker.service_identity() or {})
     for name, state in states.items():  # as after each poller's first run
         state.last_success = time.time()
         wiring.sidecar.duration.labels(name).set(0.0)

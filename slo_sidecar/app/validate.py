@@ -115,9 +115,25 @@ def gate(settings, spec: Spec, report_path: Path | None, show_progress: bool = T
 
 def run(args: argparse.Namespace, spec: Spec) -> int:
     if not args.url:
+        if args.golden or args.golden_out:
+            print("slo-sidecar validate: error: --golden and --golden-out need --url, the engine to score",
+                  file=sys.stderr)
+            return EXIT_ERROR
         describe_spec(spec)
         return 0
-    return run_gate(args, spec)
+    from . import golden_gate
+
+    api_key = golden_gate.api_key_of(args.api_key)
+    try:
+        if args.golden_out:  # recording a baseline is its own act: no load test
+            golden_gate.record(args.url, spec, Path(args.golden_out), api_key)
+            return 0
+        golden_passed = golden_gate.check(args.url, spec, Path(args.golden), api_key) if args.golden else True
+    except golden_gate.GoldenGateError as error:
+        print(f"slo-sidecar validate: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    verdict = run_gate(args, spec)
+    return verdict if verdict != 0 or golden_passed else EXIT_FAIL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,3 +165,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gate.add_argument("--api-key", help="bearer token (default: $SLO_ENGINE_API_KEY)")
     gate.add_argument("--report", default="validate-report.json", help="JSON report path (default: validate-report.json; '' for none)")
     gate.add_argument("--quiet", action="store_true", help="no progress bar")
+    golden = parser.add_argument_group("golden probes (with --url; the set and the tolerance: the spec's correctness)")
+    exclusive = golden.add_mutually_exclusive_group()
+    exclusive.add_argument("--golden-out", metavar="FILE", help="score the golden set on the engine and write "
+                           "that baseline to FILE (before a rollout; no load test)")
+    exclusive.add_argument("--golden", metavar="FILE", help="fail the engine if any golden item scores further "
+                           "than the tolerance from the baseline in FILE (then the load test, as without it)")

@@ -74,6 +74,9 @@ PROBE_COUNTER = "slo_probe_requests_total"
 # stands for the requests one probe interval held at the service's recent rate (at least one).
 # Availability SLIs add it to both errors and total, so a dead engine burns the budget.
 PROBE_MISSED = "slo_probe_missed_requests_total"
+# Golden probes (spec/golden.py) by result: good (the item scored within tolerance of its baseline) or bad.
+# A probe without an answer is availability's business and is not counted here.
+GOLDEN_PROBES = "slo_golden_probes_total"
 
 
 # --- small pieces ---------------------------------------------------------------------------------
@@ -298,6 +301,17 @@ class Slo:
 
 
 @dataclass(frozen=True)
+class Correctness:
+    """The golden probes' settings (spec/golden.py; docs/correctness.md says how the tolerance was chosen)."""
+
+    golden_set: str | None = None  # a YAML file of {prompt, continuation} items; None: the embedded model's
+    tolerance: float = 0.001  # nats per token: an item whose mean log-probability moved further is wrong
+    interval_s: float = 10.0  # between the sidecar's golden probes, one item each, in turn
+    bad_in_a_row: int = 2  # bad probes in a row that quarantine the pod (and page at once)
+    quarantine: bool = False  # the sidecar's readiness fails while the last bad_in_a_row probes were bad
+
+
+@dataclass(frozen=True)
 class Operational:
     """Thresholds of the operational alerts (reference design: targets and alert thresholds).
 
@@ -327,6 +341,7 @@ class Spec:
     grafana_url: str = ""  # prefix of the alerts' dashboard links (empty: links relative to Grafana)
     format: str = SPEC_VERSION  # or "prometheus/v1" for a Sloth spec
     identity: tuple[str, ...] = DEFAULT_IDENTITY  # () for a Sloth spec: its queries keep their own scope
+    correctness: Correctness = Correctness()
 
 
 DURATION_UNITS = {"d": DAY, "h": 3600, "m": 60, "s": 1}  # largest first

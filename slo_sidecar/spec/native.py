@@ -7,6 +7,7 @@ docs/slos.md for the defaults.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import replace
 from typing import Any
@@ -24,6 +25,7 @@ from .model import (
     TARGETS,
     TENANT_LABEL,
     AlertTier,
+    Correctness,
     EventSum,
     Matcher,
     Operational,
@@ -35,7 +37,8 @@ from .model import (
 )
 from .yaml_tree import Located, Path_
 
-TOP_FIELDS = ("version", "service", "identity", "labels", "runbook_base_url", "grafana_url", "operational", "slos")
+TOP_FIELDS = ("version", "service", "identity", "labels", "runbook_base_url", "grafana_url", "operational",
+              "correctness", "slos")
 SLO_FIELDS = ("name", "description", "objective", "period", "selector", "labels", "slice_by", "slices", "sli",
               "alerting")
 SLICE_FIELDS = ("objective",)
@@ -69,7 +72,8 @@ def parse_native(doc: Located) -> Spec:
     return Spec(service, labels, tuple(slos), operational,
                 str(top.get("runbook_base_url", "docs/runbooks/")), doc.source,
                 grafana_url=str(top.get("grafana_url", "")).rstrip("/"),
-                identity=_parse_identity(reader, top.get("identity", list(DEFAULT_IDENTITY))))
+                identity=_parse_identity(reader, top.get("identity", list(DEFAULT_IDENTITY))),
+                correctness=_parse_correctness(reader, top.get("correctness"), doc.source))
 
 
 def _parse_identity(reader: FieldReader, value: Any) -> tuple[str, ...]:
@@ -92,6 +96,30 @@ def _parse_operational(reader: FieldReader, value: Any) -> Operational | None:
     checked = {key: reader.number(item, ("operational", key), 0, math.inf, "a number > 0")
                for key, item in values.items()}
     return Operational(**checked)
+
+
+def _parse_correctness(reader: FieldReader, value: Any, source: str) -> Correctness:
+    """The golden probes' settings; a relative `golden_set` is found beside the spec file."""
+    if value is None:
+        return Correctness()
+    values = reader.mapping(value, ("correctness",), tuple(Correctness.__dataclass_fields__))
+    golden_set = None
+    if "golden_set" in values:
+        golden_set = os.path.join(os.path.dirname(source), reader.string(values["golden_set"],
+                                                                          ("correctness", "golden_set")))
+    numbers = {}
+    for key, what in (("tolerance", "a number > 0"), ("interval_s", "a number of seconds > 0")):
+        if key in values:
+            numbers[key] = reader.number(values[key], ("correctness", key), 0, math.inf, what)
+    if "bad_in_a_row" in values:
+        count = values["bad_in_a_row"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise reader.fail(("correctness", "bad_in_a_row"), f"expected a whole number >= 1, got {count!r}")
+        numbers["bad_in_a_row"] = count
+    quarantine = values.get("quarantine", Correctness.quarantine)
+    if not isinstance(quarantine, bool):
+        raise reader.fail(("correctness", "quarantine"), f"expected true or false, got {quarantine!r}")
+    return Correctness(golden_set, quarantine=quarantine, **numbers)
 
 
 def _parse_slo(reader: FieldReader, value: Any, path: Path_) -> Slo:
