@@ -40,6 +40,27 @@ TRACE_ENV = {
 }
 
 
+# vLLM's CPU build takes 90% of the machine's memory for its KV cache unless told: 1 GiB is plenty here.
+CPU_KV_CACHE = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# Tool calls as a user serving tools launches vLLM (test_api_parity gives our engine the same flags).
+TOOLS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+STOCK_QUEUED_LIMIT = 3  # stock vLLM refuses a request while this many are unfinished (a batch of 3 fits)
+
+
+@pytest.fixture(scope="session")
+def stock_vllm(tmp_path_factory):
+    """vLLM's own server as a user launches it, no plugin of ours: the API parity's reference and the stock-vLLM
+    tests' engine (one start for both, ~25 s). Tests read its counters as differences, never as totals."""
+    from slo_sidecar.app.processes import VllmServerProcess
+    from slo_sidecar.engine.tiny_model import MODEL_NAME, ensure_default_model
+
+    workdir = tmp_path_factory.mktemp("stock-vllm")
+    process = VllmServerProcess(workdir / "vllm.log", str(ensure_default_model()), "--served-model-name", MODEL_NAME,
+                                "--max-model-len", "512", "--enforce-eager", "--max-num-queued-reqs",
+                                str(STOCK_QUEUED_LIMIT), *TOOLS, env={"VLLM_PLUGINS": "none", **CPU_KV_CACHE})
+    yield from serving(process)
+
+
 @pytest.fixture(scope="session")
 def otlp_receiver():
     receiver = OtlpReceiver().start()

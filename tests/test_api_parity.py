@@ -15,10 +15,10 @@ import urllib.request
 
 import pytest
 
-from slo_sidecar.engine.tiny_model import MODEL_NAME, ensure_default_model
-from slo_sidecar.app.processes import ManagedProcess, VllmServerProcess, free_port
+from slo_sidecar.engine.tiny_model import MODEL_NAME
+from slo_sidecar.app.processes import ManagedProcess, free_port
 from tests.helpers import REPO
-from tests.test_vllm_plugin import CPU_KV_CACHE
+from tests.conftest import TOOLS
 
 pytestmark = pytest.mark.engine
 
@@ -28,8 +28,6 @@ WEATHER = {"type": "function", "function": {"name": "weather", "description": "T
                                                            "required": ["city"]}}}
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}}, "required": ["name"]}
 GREEDY = {"model": MODEL_NAME, "temperature": 0, "max_tokens": 8}
-# Tool calls as a user serving tools launches vLLM; the same flags on both servers.
-TOOLS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
 
 # (feature, method, path, body): the features of vLLM's OpenAI API a client may send.
 CASES = [
@@ -80,19 +78,16 @@ VOLATILE = {"id", "created", "created_at", "system_fingerprint", "request_id"}
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, stock_vllm):
+    """Stock vLLM (the session's) and our engine, with the same tool-call flags."""
     workdir = tmp_path_factory.mktemp("parity")
-    model = str(ensure_default_model())
-    plain = VllmServerProcess(workdir / "plain.log", model, "--served-model-name", MODEL_NAME, "--max-model-len",
-                              "512", "--enforce-eager", *TOOLS, env={"VLLM_PLUGINS": "none", **CPU_KV_CACHE})
     port = free_port()
     ours = ManagedProcess("engine", [sys.executable, "-m", "slo_sidecar.engine.launch", "--host", "127.0.0.1", "--port", str(port),
                                      "--max-model-len", "512", *TOOLS], workdir / "ours.log", cwd=REPO)
     ours.url = f"http://127.0.0.1:{port}"
-    with plain.start(), ours.start():
-        plain.wait_ready()
+    with ours.start():
         ours.wait_http_ok(ours.url + "/ready", 300)
-        yield plain, ours
+        yield stock_vllm, ours
 
 
 def answer(url: str, method: str, path: str, body: dict | None) -> tuple[int, object]:

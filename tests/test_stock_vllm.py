@@ -19,30 +19,19 @@ import aiohttp
 import pytest
 
 from slo_sidecar.dashboards.definitions import all_panel_queries
-from slo_sidecar.engine.tiny_model import MODEL_NAME, ensure_default_model
+from slo_sidecar.engine.tiny_model import MODEL_NAME
 from slo_sidecar.app.processes import PrometheusProcess, SidecarProcess, VllmServerProcess, http_get
 from slo_sidecar.spec.load import BUILT_IN, load_spec, parse_spec
-from tests.conftest import run_async, serving
+from tests.conftest import run_async
 from tests.helpers import REPO, metric, parse_metrics, write_rule_files
 from tests.test_prometheus_integration import prometheus_ratio
-from tests.test_vllm_plugin import CPU_KV_CACHE
 
 pytestmark = [pytest.mark.engine,
               pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus (Debian package) not installed")]
 
-QUEUED_LIMIT = 2  # vLLM refuses a request while this many are unfinished
 # The built-in spec with a 7-day period, so that its shortest window is one minute and fills within the test.
 SPEC_7D = BUILT_IN["stock-vllm"].read_text().replace("    objective:", "    period: 7d\n    objective:")
 GENERATION = 'handler=~"/v1/completions|/v1/chat/completions|/v1/responses"'
-
-
-@pytest.fixture(scope="module")
-def stock_vllm(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("stock-vllm")
-    process = VllmServerProcess(workdir / "vllm.log", str(ensure_default_model()), "--served-model-name", MODEL_NAME,
-                                "--max-model-len", "512", "--enforce-eager", "--max-num-queued-reqs",
-                                str(QUEUED_LIMIT), env={"VLLM_PLUGINS": "none", **CPU_KV_CACHE})
-    yield from serving(process)
 
 
 def test_the_built_in_spec_is_found_by_name_and_reads_only_stock_series():
@@ -84,6 +73,8 @@ async def test_sidecar_rules_and_dashboards_on_stock_vllm(stock_vllm, tmp_path):
             "labels": {"namespace": "inference"}}]}]
         with PrometheusProcess(tmp_path, {}, rules, scrape_configs=scrape).start() as prometheus:
             prometheus.wait_ready()
+            rejected_before = metric(parse_metrics(http_get(stock_vllm.url + "/metrics")[1].decode()),
+                                     "vllm:admission_rejections_total")
             probes_before, served_before = await asyncio.to_thread(probes_and_served, stock_vllm, sidecar)
             await asyncio.sleep(10)  # idle: only the sidecar's probes reach vLLM
             probes_after, served_after = await asyncio.to_thread(probes_and_served, stock_vllm, sidecar)
@@ -109,7 +100,8 @@ async def test_sidecar_rules_and_dashboards_on_stock_vllm(stock_vllm, tmp_path):
     # Each refusal is vLLM's admission's: the test's, and the probes' that met a full queue, which the sidecar
     # counts as errors vLLM served (not as an engine that did not answer: nothing is added as lost).
     probes_refused = metric(sidecar_samples, "slo_probe_requests_total", result="error")
-    assert rejections == refused + probes_refused, (rejections, refused, probes_refused)
+    assert rejections - rejected_before == refused + probes_refused, (rejections, rejected_before, refused,
+                                                                      probes_refused)
     assert metric(sidecar_samples, "slo_probe_requests_total", result="unanswered") == 0
     ours, theirs = availability
     assert theirs is not None and theirs > 0, "503 refusals are availability errors"
@@ -129,7 +121,8 @@ def probes_and_served(server: VllmServerProcess, sidecar: SidecarProcess) -> tup
 
 
 async def load(server: VllmServerProcess, seconds: float) -> int:
-    """Bursts of 8 requests at once against vLLM's limit of 2 unfinished: some served, some refused (503)."""
+    """Bursts of 8 requests at once against vLLM's limit of 3 unfinished (conftest.STOCK_QUEUED_LIMIT): some
+    served, some refused (503)."""
     refused = 0
     body = {"model": MODEL_NAME, "prompt": "stock", "max_tokens": 32, "ignore_eos": True}
     deadline = asyncio.get_running_loop().time() + seconds

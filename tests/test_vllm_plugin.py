@@ -21,7 +21,7 @@ from slo_sidecar.engine.tiny_lora import ensure_lora
 from slo_sidecar.engine.tiny_model import MODEL_NAME, ensure_default_model
 from slo_sidecar.app.processes import VllmServerProcess, free_port
 from slo_sidecar.spec.model import PROBE_HEADER
-from tests.conftest import TRACE_ENV, serving
+from tests.conftest import CPU_KV_CACHE, TRACE_ENV, serving
 from tests.helpers import metric, parse_metrics
 from tests.test_tracing import INCOMING_PARENT, INCOMING_TRACE, check_tree, complete_tree
 
@@ -44,7 +44,6 @@ slos:
 SLOS = ("ttft-never", "ttft-always", "queue")
 # vLLM's CPU build gives its KV cache 90% of the machine's memory unless told (21 GiB here: 77 s to set up,
 # and no room for a second engine); 1 GiB, as `slo-sidecar engine` gives it.
-CPU_KV_CACHE = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 # Our admission and body limits, set as a user sets them in their own vLLM's environment.
 MAX_NUM_SEQS = 4
 LIMITS = {"SLO_ENGINE_MAX_WAITING_REQUESTS": "2", "SLO_ENGINE_MAX_BODY_BYTES": "65536",
