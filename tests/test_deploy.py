@@ -167,7 +167,9 @@ def test_manifests_agree_with_the_code(overlay, monkeypatch):
     flags = sidecar_flags(sidecar["args"][1:])
     assert flags["engine-url"] == f"http://127.0.0.1:{ours.metrics_port}"
     assert ports(sidecar) == {"sidecar-metrics": int(flags.get("port", SIDECAR_DEFAULT_PORT))}
-    assert sidecar["livenessProbe"]["httpGet"]["port"] == "sidecar-metrics"
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/health", "port": "sidecar-metrics"}
+    # Its readiness fails while bad golden probes quarantine the pod (test_golden_engine shows the 503).
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "sidecar-metrics"}
 
     # Both read the same SLO spec, from the generated ConfigMap, which parses.
     assert ours.slo == flags["slo"] == f"/etc/slo-sidecar/{SPEC_KEY}"
