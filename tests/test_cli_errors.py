@@ -46,6 +46,9 @@ CASES = [
     (["sidecar", "--engine-api-key-file", "/nonexistent/key"], "engine_api_key_file"),
     (["sidecar", "--slo-state-file", IMPOSSIBLE_DIR + "/state.json"], "slo_state_file"),
     (["sidecar", "--config", "/nonexistent/sidecar.yaml"], "/nonexistent/sidecar.yaml"),
+    (["sidecar", "--golden-baseline", "/nonexistent/golden.json"], "golden_baseline"),
+    (["sidecar", "--golden-baseline", "{file}"], "golden_baseline"),
+    (["sidecar", "--golden-baseline", "{baseline}"], "recorded on another golden set"),
     (["generate", "--out", IMPOSSIBLE_DIR], IMPOSSIBLE_PARENT),
     (["generate", "--out", "{file}"], "plain-file"),
     (["generate", "--out", "{tmp}/rules", "--dashboards-out", IMPOSSIBLE_DIR], IMPOSSIBLE_PARENT),
@@ -87,6 +90,14 @@ def engine_in_process(argv: list[str], capsys, monkeypatch) -> subprocess.Comple
     return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
 
 
+def a_baseline_of_another_set(tmp_path) -> str:
+    from slo_sidecar.spec.golden import GoldenBaseline
+
+    path = tmp_path / "golden-baseline.json"
+    path.write_text(GoldenBaseline("tiny-llama", "0000000000000000", (-7.6,)).to_json())
+    return str(path)
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -95,7 +106,8 @@ def closed_port() -> int:
 
 @pytest.mark.parametrize("args, named", CASES, ids=[" ".join(args)[:60] for args, _ in CASES])
 def test_a_bad_value_exits_2_with_one_line_naming_it(args, named, tmp_path, capsys, monkeypatch):
-    values = {"file": a_file(tmp_path), "tmp": str(tmp_path), "closed": str(closed_port())}
+    values = {"file": a_file(tmp_path), "tmp": str(tmp_path), "closed": str(closed_port()),
+              "baseline": a_baseline_of_another_set(tmp_path)}
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
     argv = [arg.format(**values) for arg in args]
