@@ -25,7 +25,18 @@ from typing import Any, Callable
 
 from slo_sidecar.dashboards import definitions
 from slo_sidecar.dashboards.model import panel_url
-from slo_sidecar.spec.model import PROBE_MISSED, BurnAlert, Operational, Slo, Spec, duration_label, event_guard
+from slo_sidecar.spec.model import (
+    GOLDEN_BAD_IN_A_ROW,
+    GOLDEN_PROBES,
+    PROBE_MISSED,
+    BurnAlert,
+    Operational,
+    Selection,
+    Slo,
+    Spec,
+    duration_label,
+    event_guard,
+)
 
 # A floor under every native SLI's event rate: with no events the error ratio reads 0 (nothing
 # failed, no budget spent) instead of NaN, so a healthy idle service shows burn 0 and its whole
@@ -287,6 +298,8 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
                 **slo.page.annotations,
             },
         })
+    if slo.sli.kind == "correctness" and slo.page.enabled:
+        rules.append(_golden_page(spec, slo))
     total = slo.sli.total
     if total is not None:
         rules.append({
@@ -305,6 +318,32 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
             },
         })
     return {"name": f"sloth-slo-alerts-{slo_id(spec, slo)}", "rules": rules}
+
+
+def _golden_page(spec: Spec, slo: Slo) -> dict[str, Any]:
+    """A correctness SLO's fast page: `bad_in_a_row` golden probes in a row were bad. No wait and no burn rate:
+    a pod that answers wrong is worse than one that does not answer (the sidecar quarantines it, if asked)."""
+    probes = next(selection for _, selection in slo.sli.total.terms if selection.metric == GOLDEN_PROBES)
+    in_a_row = Selection(GOLDEN_BAD_IN_A_ROW, probes.matchers).promql()
+    if spec.identity:  # one sidecar per pod: the worst pod of the service
+        in_a_row = f"max by ({', '.join(spec.identity)}) ({in_a_row})"
+    count = spec.correctness.bad_in_a_row
+    return {
+        "alert": slo.alert_name + "GoldenProbesBad",
+        "expr": f"{in_a_row} >= {count}",
+        "for": "0s",
+        "labels": {**spec.labels, **slo.labels, **slo.page.labels, "severity": slo.page.severity,
+                   "sloth_severity": "page", "tier": "page", **sloth_labels(spec, slo)},
+        "annotations": {
+            "summary": f"{spec.service}{_which(spec)}: answers that score unlike the model's baseline",
+            "description": (f"{{{{ $value }}}} golden probes in a row scored further than "
+                            f"{spec.correctness.tolerance:g} nats/token from their recorded baseline (pages at "
+                            f"{count}): the pod answers, but wrong. Corrupted weights, a bad GPU or NaN logits."),
+            "runbook_url": spec.runbook_base_url + "correctness.md",
+            "dashboard_url": _slo_panel(spec, slo, "Burn rate by window"),
+            **slo.page.annotations,
+        },
+    }
 
 
 def _burn_condition(slo: Slo, alert: BurnAlert, selector: str, guarded: bool) -> str:

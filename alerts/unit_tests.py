@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from re import _parser as sre_parse  # type: ignore[attr-defined]  # the stdlib's own regex parser
 from typing import Any, Callable
 
-from slo_sidecar.spec.model import PROBE_MISSED, Matcher, Selection, Slo, Spec
+from slo_sidecar.spec.model import CORRUPTED_REQUESTS, PROBE_MISSED, Matcher, Selection, Slo, Spec
 
 from .dump import dump
 from .rules import slo_id
@@ -205,9 +205,11 @@ def input_series(slo: Slo, scenario: Scenario) -> list[dict[str, str]] | None:
     """Series for good and bad requests, or None when this SLI's selections cannot be witnessed."""
     if slo.sli.errors is None or slo.sli.total is None:
         return None
-    # The engine's counters alone: the probes' series stay absent, as with no sidecar beside it, which
-    # the rules must read as nothing lost.
-    errors, total = slo.sli.errors.without(PROBE_MISSED), slo.sli.total.without(PROBE_MISSED)
+    # One source alone: the probes' series stay absent, as with no sidecar beside the engine, which the rules
+    # must read as nothing lost; and a correctness SLI's golden probes stand without vLLM's count of NaN-logit
+    # requests, as on a vLLM that does not count them.
+    errors, total = (events.without(PROBE_MISSED).without(CORRUPTED_REQUESTS)
+                     for events in (slo.sli.errors, slo.sli.total))
     ratio = scenario.error_ratio
     def good_share(burning: bool) -> float:
         return 1 - ratio if burning else 1.0

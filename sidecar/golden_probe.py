@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from typing import Callable
 
 import aiohttp
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from slo_sidecar.iokit.golden_client import GoldenClient
 from slo_sidecar.spec.golden import GoldenBaseline, GoldenError, GoldenSet, ItemVerdict
-from slo_sidecar.spec.model import GOLDEN_PROBES, PROBE_HEADER, Correctness
+from slo_sidecar.spec.model import GOLDEN_BAD_IN_A_ROW, GOLDEN_PROBES, PROBE_HEADER, Correctness
 
+from .exposition import Sample
 from .poller import PollError
 from .slo_tracker import SloTracker
 
@@ -31,11 +34,13 @@ class GoldenProber:
     error_reasons = ("unanswered", "unscorable")
 
     def __init__(self, engine_url: str, api_key: str, golden: GoldenSet, baseline: GoldenBaseline,
-                 settings: Correctness, tracker: SloTracker, timeout_s: float = 10.0):
+                 settings: Correctness, tracker: SloTracker, timeout_s: float = 10.0,
+                 now: Callable[[], float] = time.time):
         self.engine_url = engine_url
         self.headers = {PROBE_HEADER: "1", **({"Authorization": "Bearer " + api_key} if api_key else {})}
         self.golden, self.baseline, self.settings = golden, baseline, settings
         self.tracker = tracker
+        self.now = now
         self.interval_s = settings.interval_s
         self.timeout_s = timeout_s
         self.backoff_max_s = settings.interval_s
@@ -64,6 +69,10 @@ class GoldenProber:
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise PollError("unanswered", f"{self.engine_url}: {error or type(error).__name__}") from None
         self.record(ItemVerdict(index, self.baseline.scores[index], score, self.settings.tolerance))
+        # The counts are the correctness SLI's (spec: `sli: correctness`): the tracker takes them as it takes
+        # the engine's counters, for the live burn rates.
+        self.tracker.observe([Sample(GOLDEN_PROBES, (("result", result), *identity.items()), float(count))
+                              for result, count in self.counts.items()], self.now())
         return self.families(identity)
 
     def record(self, verdict: ItemVerdict) -> None:
@@ -97,7 +106,7 @@ class GoldenProber:
                                   "in nats per token (NaN: NaN logits).", labels=["item", *keys])
         for index, verdict in sorted(self.last.items()):
             shift.add_metric([str(index), *values], verdict.shift if math.isfinite(verdict.shift) else math.nan)
-        in_a_row = GaugeMetricFamily("slo_golden_bad_in_a_row", "Bad golden probes since the last good one.",
+        in_a_row = GaugeMetricFamily(GOLDEN_BAD_IN_A_ROW, "Bad golden probes since the last good one.",
                                      labels=keys)
         in_a_row.add_metric(values, self.bad_in_a_row)
         quarantined = GaugeMetricFamily("slo_quarantined", "1 while the sidecar's readiness fails because the "

@@ -4,6 +4,8 @@ and the spec's `correctness` section. Against a real engine: tests/test_golden_e
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 
 import pytest
 
@@ -147,3 +149,98 @@ def test_the_prober_quarantines_after_bad_in_a_row_and_one_good_probe_lifts_it()
     shifts = {s.labels["item"]: s.value for s in families["slo_golden_score_shift"].samples}
     assert shifts == {"0": pytest.approx(-0.1), "1": 1.0}
     assert [s.value for s in families["slo_quarantined"].samples] == [0.0]
+
+
+# --- The correctness SLI in Prometheus's rule engine -------------------------------------------------------
+
+CORRECTNESS_SPEC = """version: slo-sidecar/v1
+service: llm
+slos:
+  - name: correctness
+    objective: 99
+    sli:
+      correctness: {}
+"""
+# Two pods for 20 minutes at steady rates per second (scaled up from real probes, so that every rate is a whole
+# number and the ratios exact in floating point): pod a has 5 good and 1 bad golden probes and 4 requests vLLM
+# found NaN logits in; pod b (a stock vLLM that does not count NaN logits) 5 good and 1 bad probes only.
+CORRECTNESS_TEST = """\
+rule_files: [slo-correctness.rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'slo_golden_probes_total{namespace="ns",model_name="a",result="good"}'
+        values: '0+300x20'
+      - series: 'slo_golden_probes_total{namespace="ns",model_name="a",result="bad"}'
+        values: '0+60x20'
+      - series: 'vllm:corrupted_requests_total{namespace="ns",model_name="a",engine="0"}'
+        values: '0+240x20'
+      - series: 'slo_golden_probes_total{namespace="ns",model_name="b",result="good"}'
+        values: '0+300x20'
+      - series: 'slo_golden_probes_total{namespace="ns",model_name="b",result="bad"}'
+        values: '0+60x20'
+    promql_expr_test:
+      - expr: slo:sli_error:ratio_rate5m{sloth_slo="correctness"}
+        eval_time: 20m
+        exp_samples:
+          - labels: '{__name__="slo:sli_error:ratio_rate5m", namespace="ns", model_name="a", {ids}}'
+            value: {a}
+          - labels: '{__name__="slo:sli_error:ratio_rate5m", namespace="ns", model_name="b", {ids}}'
+            value: {b}
+"""
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+def test_the_correctness_sli_counts_bad_probes_and_corrupted_requests_over_both(tmp_path):
+    from slo_sidecar.alerts.render import render
+
+    files = render(parse_spec(CORRECTNESS_SPEC, "slo.yaml"))
+    (tmp_path / "slo-correctness.rules.yaml").write_text(files["slo-correctness.rules.yaml"])
+    ids = 'sloth_id="llm-correctness", sloth_service="llm", sloth_slo="correctness", sloth_window="5m"'
+    # Bad events over all events, per second: pod a (1 + 4) / (5 + 1 + 4); pod b, whose engine has no such
+    # counter, 1 / (5 + 1).
+    test = CORRECTNESS_TEST.replace("{ids}", ids).replace("{a}", repr(5 / 10)).replace("{b}", repr(1 / 6))
+    (tmp_path / "correctness.test.yaml").write_text(test)
+    done = subprocess.run(["promtool", "test", "rules", "correctness.test.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+FAST_PAGE_TEST = """\
+rule_files: [slo-correctness.rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'slo_golden_bad_in_a_row{namespace="ns",model_name="a"}'
+        values: '0 0 1 2 3 0 0'
+      - series: 'slo_golden_bad_in_a_row{namespace="ns",model_name="b"}'
+        values: '0 1 0 1 0 1 0'
+    alert_rule_test:
+      - {eval_time: 2m, alertname: CorrectnessSLOGoldenProbesBad, exp_alerts: []}
+      - eval_time: 3m
+        alertname: CorrectnessSLOGoldenProbesBad
+        exp_alerts:
+          - exp_labels: {namespace: ns, model_name: a, severity: critical, sloth_severity: page, tier: page,
+                         sloth_id: llm-correctness, sloth_service: llm, sloth_slo: correctness}
+            exp_annotations: {summary: "llm (ns/a): answers that score unlike the model's baseline",
+                              description: "2 golden probes in a row scored further than 0.001 nats/token from their recorded baseline (pages at 2): the pod answers, but wrong. Corrupted weights, a bad GPU or NaN logits.",
+                              runbook_url: docs/runbooks/correctness.md,
+                              dashboard_url: "/d/slo-sidecar-llm-slo?viewPanel=9"}
+      - {eval_time: 5m, alertname: CorrectnessSLOGoldenProbesBad, exp_alerts: []}
+"""
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+def test_two_bad_probes_in_a_row_page_at_once_and_one_alone_never(tmp_path):
+    """`for: 0s` on bad_in_a_row >= 2: pod a pages at the minute its second bad probe in a row is seen (3m) and
+    not before, and no longer once a probe is good (5m); pod b's bad probes never follow each other."""
+    from slo_sidecar.alerts.render import render
+
+    files = render(parse_spec(CORRECTNESS_SPEC, "slo.yaml"))
+    (tmp_path / "slo-correctness.rules.yaml").write_text(files["slo-correctness.rules.yaml"])
+    (tmp_path / "page.test.yaml").write_text(FAST_PAGE_TEST)
+    done = subprocess.run(["promtool", "test", "rules", "page.test.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -16,6 +16,7 @@ import urllib.request
 
 import aiohttp
 import pytest
+import yaml
 
 from slo_sidecar.app import golden_gate
 from slo_sidecar.app.processes import EngineProcess, SidecarProcess
@@ -175,8 +176,11 @@ def wait_for(sidecar: SidecarProcess, condition, timeout_s: float = 60.0):
 def test_bad_golden_probes_quarantine_the_pod_and_a_good_one_brings_it_back(engine, baseline, tmp_path):
     """The sidecar probes one item a second (a spec of its own); two bad in a row fail its /ready while the
     engine keeps serving; the undone fault's first good probe makes it ready again."""
-    spec = tmp_path / "slo.yaml"
-    spec.write_text(DEFAULT_SPEC.read_text() + "\ncorrectness: {interval_s: 1, bad_in_a_row: 2, quarantine: true}\n")
+    spec = tmp_path / "slo.yaml"  # the default SLOs, a correctness SLO, and probes a second apart
+    document = yaml.safe_load(DEFAULT_SPEC.read_text())
+    document["slos"].append({"name": "correctness", "objective": 99, "sli": {"correctness": {}}})
+    document["correctness"] = {"interval_s": 1, "bad_in_a_row": 2, "quarantine": True}
+    spec.write_text(yaml.safe_dump(document))
     args = ("--slo", str(spec), "--golden-baseline", str(baseline), "--engine-api-key", API_KEY,
             "--probe-interval-s", "0")
 
@@ -186,7 +190,9 @@ def test_bad_golden_probes_quarantine_the_pod_and_a_good_one_brings_it_back(engi
 
     with SidecarProcess(tmp_path / "sidecar.log", engine.url, *args).start() as sidecar:
         sidecar.wait_ready()
-        wait_for(sidecar, lambda ready, s: probes(s, "good") >= 2 and ready == 200)
+        _, series = wait_for(sidecar, lambda ready, s: probes(s, "good") >= 2 and ready == 200)
+        # The sidecar's live SLI takes its own probes' counts: good ones so far, so no error.
+        assert metric(series, "slo_sli_error_ratio", slo="correctness", window="5m") == 0.0
         try:
             assert model_faults(engine, {"scale": {"parameter": "model.norm.weight", "factor": 1.1}})[0] == 200
             good = probes(sidecar_state(sidecar)[1], "good")
@@ -195,6 +201,11 @@ def test_bad_golden_probes_quarantine_the_pod_and_a_good_one_brings_it_back(engi
             quarantined_after_s = time.monotonic() - started
             assert probes(series, "bad") >= 2 and probes(series, "good") <= good + 1  # one in flight at most
             assert metric(series, "slo_quarantined") == 1.0
+            burned = metric(series, "slo_sli_error_ratio", slo="correctness", window="5m")
+            # Within 5 minutes of its start: every bad probe over every probe after the first, whose count is
+            # where the increases start from (Prometheus's rule for a counter's first sample).
+            good, bad = probes(series, "good"), probes(series, "bad")
+            assert burned == pytest.approx(bad / (good + bad - 1), rel=1e-9), (burned, good, bad)
             # Two probes a second apart, and the one in flight: about 3 s. The engine itself is still ready.
             assert quarantined_after_s < 10, quarantined_after_s
             with urllib.request.urlopen(engine.url + "/ready", timeout=5) as response:

@@ -77,6 +77,9 @@ PROBE_MISSED = "slo_probe_missed_requests_total"
 # Golden probes (spec/golden.py) by result: good (the item scored within tolerance of its baseline) or bad.
 # A probe without an answer is availability's business and is not counted here.
 GOLDEN_PROBES = "slo_golden_probes_total"
+GOLDEN_BAD_IN_A_ROW = "slo_golden_bad_in_a_row"  # bad golden probes since the last good one (the fast page's)
+# Requests whose logits vLLM found NaN (counted with VLLM_COMPUTE_NANS_IN_LOGITS=1, which our engine sets).
+CORRUPTED_REQUESTS = "vllm:corrupted_requests_total"
 
 
 # --- small pieces ---------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from typing import Any
 from .buckets import KNOWN_BUCKETS, MEASURE_HISTOGRAMS
 from .fields import DEFAULT_MIN_EVENTS, DEFAULT_SEVERITY, FieldReader, alert_name, check_alerts_can_fire
 from .model import (
+    CORRUPTED_REQUESTS,
     DEFAULT_IDENTITY,
+    GOLDEN_PROBES,
     MEASURES,
     OTHER_SLICE,
     PERIODS,
@@ -48,7 +50,7 @@ MAX_SLICES = 20
 SLICE_LABELS = (TENANT_LABEL,)  # the engine's tenant label: its values are the served names, bounded
 ALERTING_FIELDS = ("name", "labels", "annotations", "min_events", "page", "ticket")
 TIER_FIELDS = ("enabled", "severity", "labels", "annotations")
-SLI_KINDS = ("availability", "latency", "goodput")
+SLI_KINDS = ("availability", "latency", "goodput", "correctness")
 
 
 def parse_native(doc: Located) -> Spec:
@@ -243,6 +245,8 @@ def _parse_sli(reader: FieldReader, value: Any, path: Path_, slo_name: str, sele
                    f"that are {errors.promql()} or lost")
     if kind == "latency":
         return _parse_latency(reader, body, here, slo_name, selector)
+    if kind == "correctness":
+        return _correctness_sli(reader, body, here, selector)
     # goodput: the engine counts each request good when it met every target at once.
     spec = reader.mapping(body, here, TARGETS)
     if not spec:
@@ -250,6 +254,20 @@ def _parse_sli(reader: FieldReader, value: Any, path: Path_, slo_name: str, sele
     targets = {key: reader.number(item, (*here, key), 0, math.inf, "seconds > 0") for key, item in spec.items()}
     wanted = " and ".join(f"{key.removesuffix('_s')} <= {limit:g} s" for key, limit in targets.items())
     return _judged(kind, selector, slo_name, targets, f"share of requests missing any of: {wanted}")
+
+
+def _correctness_sli(reader: FieldReader, body: Any, here: Path_, selector: tuple[Matcher, ...]) -> Sli:
+    """Golden probes (the sidecar's counter) and requests vLLM found NaN logits in (the engine's): bad events are
+    probes outside the tolerance and every corrupted request. Two processes that die apart, so their rates are
+    joined as availability's probes are (EventSum.separate_sources)."""
+    reader.mapping(body if body is not None else {}, here, ())  # nothing to set yet: the `correctness` section
+    probes = Selection(GOLDEN_PROBES, selector)
+    bad = Selection(GOLDEN_PROBES, (*selector, Matcher("result", "=", "bad")))
+    corrupted = (1, Selection(CORRUPTED_REQUESTS, selector))
+    return Sli("correctness", EventSum(((1, bad), corrupted), separate_sources=True),
+               EventSum(((1, probes), corrupted), separate_sources=True),
+               "share of golden probes that moved beyond the tolerance of their baseline, and of requests "
+               "whose logits were NaN")
 
 
 LATENCY_FIELDS = ("measure", "threshold_s", "source", "histogram", "matchers", "buckets")
