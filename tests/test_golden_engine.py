@@ -1,5 +1,7 @@
 """Golden scores against real engines: a baseline recorded by `validate --golden-out` holds under load on the
-healthy engine, and a model directory with one tensor perturbed fails `validate --golden` on every item."""
+healthy engine; a model directory with one tensor perturbed fails `validate --golden` on every item; weights
+corrupted or logits made NaN in the running engine (its admin listener, through vLLM's collective_rpc) fail it
+until undone; and the sidecar's golden probes quarantine the pod, burn its correctness SLO, and let it back."""
 
 from __future__ import annotations
 
