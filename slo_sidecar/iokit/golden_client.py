@@ -1,8 +1,8 @@
 """Scores a golden set against a live engine over HTTP (the maths and the formats: spec/golden.py).
 
-Two calls per item: vLLM's /tokenize for the prompt (with the model's special tokens, as a completion prompt
-gets them) and for the continuation (without), then one teacher-forced completion. Tokenizing once per engine
-and set is enough; the token ids are kept for later rounds.
+Per item, once: the prompt's token ids (with the model's special tokens, as a completion prompt gets them) and
+the continuation's (without), read from vLLM's completions endpoint; then one teacher-forced completion per
+probe. The token ids are kept for later rounds.
 """
 
 from __future__ import annotations
@@ -65,14 +65,23 @@ class GoldenClient:
                 raise GoldenError(f"/v1/models answered no model: {str(answer)[:300]}") from None
         return self.model
 
+    async def _token_ids(self, text: str, special_tokens: bool) -> list[int]:
+        """The text's token ids, as vLLM's completions endpoint tokenizes a prompt (`return_token_ids`). Not
+        vLLM's /tokenize: the engine would grow a latency histogram for that endpoint (16 series a pod)."""
+        body = {"model": await self.served_model(), "prompt": text, "max_tokens": 1, "temperature": 0.0,
+                "add_special_tokens": special_tokens, "return_token_ids": True}
+        answer = await self._post("/v1/completions", body)
+        try:
+            return [int(token) for token in answer["choices"][0]["prompt_token_ids"]]
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise GoldenError(f"/v1/completions answered no prompt_token_ids: {str(answer)[:300]}") from None
+
     async def _tokenize(self, item: GoldenItem) -> TokenizedItem:
-        model = await self.served_model()
-        prompt = await self._post("/tokenize", {"model": model, "prompt": item.prompt, "add_special_tokens": True})
-        continuation = await self._post("/tokenize", {"model": model, "prompt": item.continuation,
-                                                      "add_special_tokens": False})
-        if not continuation.get("tokens"):
+        prompt = await self._token_ids(item.prompt, special_tokens=True)
+        continuation = await self._token_ids(item.continuation, special_tokens=False)
+        if not continuation:
             raise GoldenError(f"{self.golden.source}: continuation {item.continuation!r} has no tokens")
-        return TokenizedItem(list(prompt["tokens"]), list(continuation["tokens"]))
+        return TokenizedItem(prompt, continuation)
 
     async def score(self, index: int) -> float:
         """One item's score: its continuation's mean log-probability (NaN if the engine's logits were)."""
