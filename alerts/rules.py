@@ -285,8 +285,7 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
             "alert": slo.alert_name + "Outage",
             "expr": _burn_condition(slo, fast, selector, guarded),
             "for": "0s",  # the 1-minute window is its persistence: any wait would pass 90 s
-            "labels": {**spec.labels, **slo.labels, **slo.page.labels, "severity": slo.page.severity,
-                       "sloth_severity": "page", "tier": "page", **sloth_labels(spec, slo)},
+            "labels": _page_labels(spec, slo),
             "annotations": {
                 "summary": f"{spec.service}{_which(spec)}: {_title(slo)} is failing most requests",
                 "description": (f"{slo.description}. {{{{ $value | humanizePercentage }}}} of the events failed "
@@ -320,6 +319,13 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     return {"name": f"sloth-slo-alerts-{slo_id(spec, slo)}", "rules": rules}
 
 
+def _page_labels(spec: Spec, slo: Slo) -> dict[str, str]:
+    """The labels of a page that is not a burn-rate tier's (the outage page, the golden probes' page): the
+    page tier's, so Alertmanager routes and inhibits them as the burn-rate page."""
+    return {**spec.labels, **slo.labels, **slo.page.labels, "severity": slo.page.severity,
+            "sloth_severity": "page", "tier": "page", **sloth_labels(spec, slo)}
+
+
 def _golden_page(spec: Spec, slo: Slo) -> dict[str, Any]:
     """A correctness SLO's fast page: `bad_in_a_row` golden probes in a row were bad. No wait and no burn rate:
     a pod that answers wrong is worse than one that does not answer (the sidecar quarantines it, if asked)."""
@@ -332,8 +338,7 @@ def _golden_page(spec: Spec, slo: Slo) -> dict[str, Any]:
         "alert": slo.alert_name + "GoldenProbesBad",
         "expr": f"{in_a_row} >= {count}",
         "for": "0s",
-        "labels": {**spec.labels, **slo.labels, **slo.page.labels, "severity": slo.page.severity,
-                   "sloth_severity": "page", "tier": "page", **sloth_labels(spec, slo)},
+        "labels": _page_labels(spec, slo),
         "annotations": {
             "summary": f"{spec.service}{_which(spec)}: answers that score unlike the model's baseline",
             "description": (f"{{{{ $value }}}} golden probes in a row scored further than "
