@@ -5,7 +5,6 @@ rollout, and a candidate judged against them (the maths: spec/golden.py; the tol
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -13,7 +12,14 @@ import aiohttp
 
 from slo_sidecar.iokit.files import write_atomically
 from slo_sidecar.iokit.golden_client import GoldenClient
-from slo_sidecar.spec.golden import GoldenBaseline, GoldenError, ItemVerdict, judge_scores, load_golden_set
+from slo_sidecar.spec.golden import (
+    GoldenBaseline,
+    GoldenError,
+    GoldenSet,
+    ItemVerdict,
+    judge_scores,
+    load_golden_set,
+)
 from slo_sidecar.spec.model import Spec
 
 
@@ -21,17 +27,16 @@ class GoldenGateError(Exception):
     """The golden check could not be made (exit 2): the message names the file or the engine, and why."""
 
 
-async def _scores(url: str, spec: Spec, api_key: str | None) -> tuple[str, list[float], str]:
-    golden = load_golden_set(spec.correctness.golden_set)
+async def _scores(url: str, golden: GoldenSet, api_key: str | None) -> tuple[str, list[float]]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with aiohttp.ClientSession() as session:
         client = GoldenClient(session, url, golden, headers)
-        return await client.served_model(), await client.score_all(), golden.fingerprint
+        return await client.served_model(), await client.score_all()
 
 
-def _score(url: str, spec: Spec, api_key: str | None) -> tuple[str, list[float], str]:
+def _score(url: str, golden: GoldenSet, api_key: str | None) -> tuple[str, list[float]]:
     try:
-        return asyncio.run(_scores(url, spec, api_key))
+        return asyncio.run(_scores(url, golden, api_key))
     except GoldenError as error:
         raise GoldenGateError(str(error)) from None
     except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as error:
@@ -39,8 +44,12 @@ def _score(url: str, spec: Spec, api_key: str | None) -> tuple[str, list[float],
 
 
 def record(url: str, spec: Spec, out: Path, api_key: str | None) -> None:
-    model, scores, fingerprint = _score(url, spec, api_key)
-    write_atomically(out, GoldenBaseline(model, fingerprint, tuple(scores)).to_json())
+    try:
+        golden = load_golden_set(spec.correctness.golden_set)
+    except GoldenError as error:
+        raise GoldenGateError(str(error)) from None
+    model, scores = _score(url, golden, api_key)
+    write_atomically(out, GoldenBaseline(model, golden.fingerprint, tuple(scores)).to_json())
     print(f"golden: {len(scores)} items scored on {model} at {url}, mean {sum(scores) / len(scores):.4f} "
           f"nats/token: {out}", file=sys.stderr)
 
@@ -49,12 +58,13 @@ def check(url: str, spec: Spec, baseline_path: Path, api_key: str | None) -> boo
     """Scores the candidate and prints one line per item; True when every item is within tolerance."""
     try:
         baseline = GoldenBaseline.from_json(baseline_path.read_text(), str(baseline_path))
-        baseline.check_matches(load_golden_set(spec.correctness.golden_set), str(baseline_path))
+        golden = load_golden_set(spec.correctness.golden_set)
+        baseline.check_matches(golden, str(baseline_path))
     except OSError as error:
         raise GoldenGateError(f"--golden {baseline_path}: {error.strerror}") from None
     except GoldenError as error:
         raise GoldenGateError(f"--golden {error}") from None
-    model, scores, _ = _score(url, spec, api_key)
+    model, scores = _score(url, golden, api_key)
     verdicts = judge_scores(baseline, scores, spec.correctness.tolerance)
     print(f"golden set on {model} against {baseline_path} (recorded on {baseline.model}), "
           f"tolerance {spec.correctness.tolerance:g} nats/token:")
@@ -68,7 +78,3 @@ def check(url: str, spec: Spec, baseline_path: Path, api_key: str | None) -> boo
 def _row(verdict: ItemVerdict) -> str:
     return (f"  item {verdict.index}: baseline {verdict.baseline:.4f}, now {verdict.score:.4f}, "
             f"moved {verdict.shift:+.4f}  {'pass' if verdict.good else 'FAIL'}")
-
-
-def api_key_of(flag: str | None) -> str | None:
-    return flag or os.environ.get("SLO_ENGINE_API_KEY")

@@ -59,13 +59,18 @@ class _Tenants(argparse.Action):
         setattr(namespace, self.dest, tenants + [value])
 
 
+def api_key(args: argparse.Namespace) -> str | None:
+    """The engine's bearer token: --api-key, else $SLO_ENGINE_API_KEY (the load test's and the golden check's)."""
+    return args.api_key or os.environ.get("SLO_ENGINE_API_KEY")
+
+
 def settings_from(args: argparse.Namespace):
     from .loadgen import LoadSettings, read_request_file
 
     return LoadSettings(url=args.url.rstrip("/"), concurrency=args.concurrency, requests=args.requests,
                         duration_s=args.duration, prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
                         stream=args.stream, endpoint=args.endpoint, tenants=tuple(args.model or ()),
-                        api_key=args.api_key or os.environ.get("SLO_ENGINE_API_KEY"), metrics_url=args.metrics_url,
+                        api_key=api_key(args), metrics_url=args.metrics_url,
                         rate_rps=args.rate, seed=args.seed,
                         request_mix=read_request_file(args.requests_file) if args.requests_file else ())
 
@@ -123,12 +128,12 @@ def run(args: argparse.Namespace, spec: Spec) -> int:
         return 0
     from . import golden_gate
 
-    api_key = golden_gate.api_key_of(args.api_key)
+    token = api_key(args)
     try:
         if args.golden_out:  # recording a baseline is its own act: no load test
-            golden_gate.record(args.url, spec, Path(args.golden_out), api_key)
+            golden_gate.record(args.url, spec, Path(args.golden_out), token)
             return 0
-        golden_passed = golden_gate.check(args.url, spec, Path(args.golden), api_key) if args.golden else True
+        golden_passed = golden_gate.check(args.url, spec, Path(args.golden), token) if args.golden else True
     except golden_gate.GoldenGateError as error:
         print(f"slo-sidecar validate: error: {error}", file=sys.stderr)
         return EXIT_ERROR
