@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 from slo_sidecar.spec.model import (
     ACCELERATOR_INFO,
@@ -28,7 +27,7 @@ from slo_sidecar.spec.model import (
     TENANT_LABEL,
 )
 
-from .exposition import Layout, Sample, SampleFilter, Scrape
+from .exposition import Layout, Sample, SampleFilter, Scrape, picker
 from .rates import CounterVector, histogram_quantile
 
 GAUGES = {
@@ -172,17 +171,12 @@ class _Gather:
     def __init__(self, slots: list[list[int]]):
         self.size = len(slots)
         self.picked = [position for position, where in enumerate(slots) if where]
-        firsts = [slots[position][0] for position in self.picked]
-        self._pick = itemgetter(*firsts) if len(firsts) > 1 else None
-        self._first = firsts[0] if len(firsts) == 1 else None
+        self._pick = picker([slots[position][0] for position in self.picked])
         self.more = [(position, where[1:]) for position, where in enumerate(slots) if len(where) > 1]
         self.dense = len(self.picked) == self.size
 
     def __call__(self, values: list[float]) -> list[float]:
-        if self._pick is not None:
-            firsts = list(self._pick(values))
-        else:
-            firsts = [] if self._first is None else [values[self._first]]
+        firsts = list(self._pick(values))
         vector = firsts if self.dense else [0.0] * self.size
         if not self.dense:
             for position, value in zip(self.picked, firsts):

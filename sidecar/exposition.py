@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from operator import itemgetter
-from typing import Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 from .poller import PollError
 
@@ -71,7 +71,7 @@ class Layout:
         self.keys = keys
         self.kept = [index for index, key in enumerate(keys) if key is not None]
         self.line_starts = line_starts
-        self._pick = _picker(wanted_lines or [])
+        self._pick = picker(wanted_lines or [])
         self._value_slices = [slice(len(head), None) for head in heads or []]
         self._by_name: dict[str, list[int]] | None = None
         self._capped: dict[int, Layout] = {}
@@ -106,8 +106,9 @@ class Layout:
         return layout
 
 
-def _picker(indexes: list[int]) -> Callable[[list[str]], tuple[str, ...]]:
-    """The lines at those indexes, picked in one C-level call (itemgetter returns a bare item for one)."""
+def picker(indexes: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """The items at those indexes, always as a tuple, picked in one C-level call where there are several
+    (itemgetter returns a bare item for one index)."""
     if len(indexes) > 1:
         return itemgetter(*indexes)
     return lambda lines: tuple(lines[index] for index in indexes)
