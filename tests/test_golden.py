@@ -193,18 +193,23 @@ tests:
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
 def test_the_correctness_sli_counts_bad_probes_and_corrupted_requests_over_both(tmp_path):
-    from slo_sidecar.alerts.render import render
-
-    files = render(parse_spec(CORRECTNESS_SPEC, "slo.yaml"))
-    (tmp_path / "slo-correctness.rules.yaml").write_text(files["slo-correctness.rules.yaml"])
     ids = 'sloth_id="llm-correctness", sloth_service="llm", sloth_slo="correctness", sloth_window="5m"'
     # Bad events over all events, per second: pod a (1 + 4) / (5 + 1 + 4); pod b, whose engine has no such
     # counter, 1 / (5 + 1).
     test = CORRECTNESS_TEST.replace("{ids}", ids).replace("{a}", repr(5 / 10)).replace("{b}", repr(1 / 6))
-    (tmp_path / "correctness.test.yaml").write_text(test)
-    done = subprocess.run(["promtool", "test", "rules", "correctness.test.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = promtool_test_of_the_correctness_rules(tmp_path, test)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def promtool_test_of_the_correctness_rules(tmp_path, test: str) -> subprocess.CompletedProcess:
+    """`promtool test rules` on a test file over the rules generated for CORRECTNESS_SPEC."""
+    from slo_sidecar.alerts.render import render
+
+    files = render(parse_spec(CORRECTNESS_SPEC, "slo.yaml"))
+    (tmp_path / "slo-correctness.rules.yaml").write_text(files["slo-correctness.rules.yaml"])
+    (tmp_path / "correctness.test.yaml").write_text(test)
+    return subprocess.run(["promtool", "test", "rules", "correctness.test.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
 
 
 FAST_PAGE_TEST = """\
@@ -236,11 +241,5 @@ tests:
 def test_two_bad_probes_in_a_row_page_at_once_and_one_alone_never(tmp_path):
     """`for: 0s` on bad_in_a_row >= 2: pod a pages at the minute its second bad probe in a row is seen (3m) and
     not before, and no longer once a probe is good (5m); pod b's bad probes never follow each other."""
-    from slo_sidecar.alerts.render import render
-
-    files = render(parse_spec(CORRECTNESS_SPEC, "slo.yaml"))
-    (tmp_path / "slo-correctness.rules.yaml").write_text(files["slo-correctness.rules.yaml"])
-    (tmp_path / "page.test.yaml").write_text(FAST_PAGE_TEST)
-    done = subprocess.run(["promtool", "test", "rules", "page.test.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = promtool_test_of_the_correctness_rules(tmp_path, FAST_PAGE_TEST)
     assert done.returncode == 0, done.stdout + done.stderr
