@@ -24,7 +24,6 @@ from slo_sidecar.app.processes import PrometheusProcess, SidecarProcess, VllmSer
 from slo_sidecar.spec.load import BUILT_IN, load_spec, parse_spec
 from tests.conftest import run_async
 from tests.helpers import REPO, metric, parse_metrics, write_rule_files
-from tests.test_prometheus_integration import prometheus_ratio
 
 pytestmark = [pytest.mark.engine,
               pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus (Debian package) not installed")]
@@ -52,10 +51,16 @@ def test_its_rules_pass_promtool(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def own_ratio(prometheus: PrometheusProcess, errors: str, total: str) -> float | None:
-    """The test's own error ratio over the last minute, from the raw counters."""
-    result = prometheus.query(f"({errors}) / ({total})")
-    return float(result[0]["value"][1]) if result else None
+def rule_and_own_ratio(prometheus: PrometheusProcess, slo: str, errors: str, total: str) -> tuple[float, float]:
+    """The generated rules' 1m error ratio for slo, and the test's own from the raw counters, evaluated at the
+    same instant: the rule's last evaluation. (Queried at two instants, a 1m window sliding over a burst that
+    just ended moves the ratio by more than the comparison's tolerance.)"""
+    recorded = prometheus.query(f'slo:sli_error:ratio_rate1m{{sloth_slo="{slo}"}}[10s]')  # raw samples
+    assert recorded, f"no 1m ratio recorded for {slo}"
+    at, value = recorded[0]["values"][-1]
+    own = prometheus.query(f"({errors}) / ({total})", at=float(at))
+    assert own, f"the test's own ratio for {slo} has no data at {at}"
+    return float(value), float(own[0]["value"][1])
 
 
 @run_async
@@ -85,10 +90,11 @@ async def test_sidecar_rules_and_dashboards_on_stock_vllm(stock_vllm, tmp_path):
                                 "vllm:admission_rejections_total")
             slow = ("1 - sum(increase(vllm:time_to_first_token_seconds_bucket{le=\"0.5\"}[1m])) / "
                     "sum(increase(vllm:time_to_first_token_seconds_count[1m]))")
-            availability = (await asyncio.to_thread(prometheus_ratio, prometheus, "availability", "1m"),
-                            await asyncio.to_thread(own_ratio, prometheus, errors, total))
-            ttft = (await asyncio.to_thread(prometheus_ratio, prometheus, "ttft", "1m"),
-                    await asyncio.to_thread(own_ratio, prometheus, slow, "1"))
+            # Once the burst is over, scrapes are quick again: none taken before the rule's next evaluation
+            # is still being ingested after it, so the rule and the test's query see the same samples.
+            await asyncio.sleep(3)
+            availability = await asyncio.to_thread(rule_and_own_ratio, prometheus, "availability", errors, total)
+            ttft = await asyncio.to_thread(rule_and_own_ratio, prometheus, "ttft", slow, "1")
             sidecar_samples = parse_metrics(http_get(sidecar.url + "/metrics")[1].decode())
             rejections = metric(parse_metrics(http_get(stock_vllm.url + "/metrics")[1].decode()),
                                 "vllm:admission_rejections_total")
@@ -104,7 +110,7 @@ async def test_sidecar_rules_and_dashboards_on_stock_vllm(stock_vllm, tmp_path):
                                                                       probes_refused)
     assert metric(sidecar_samples, "slo_probe_requests_total", result="unanswered") == 0
     ours, theirs = availability
-    assert theirs is not None and theirs > 0, "503 refusals are availability errors"
+    assert theirs > 0, "503 refusals are availability errors"
     assert ours == pytest.approx(theirs, rel=0.01), availability
     assert ttft[0] == pytest.approx(ttft[1], abs=1e-9, rel=0.01), ttft
     sidecar_ratio = metric(sidecar_samples, "slo_sli_error_ratio", slo="availability", window="1m")

@@ -242,9 +242,10 @@ class PrometheusProcess(ManagedProcess):
     def wait_ready(self, timeout_s: float = 60.0) -> float:
         return self.wait_http_ok(self.url + "/-/ready", timeout_s)
 
-    def query(self, expr: str) -> list[dict]:
-        """The instant vector for expr, as Prometheus's HTTP API returns it."""
-        return self._api("/api/v1/query", query=expr)["result"]
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        """The instant vector for expr (at a Unix time, or now), as Prometheus's HTTP API returns it."""
+        params = {"query": expr} if at is None else {"query": expr, "time": repr(at)}
+        return self._api("/api/v1/query", **params)["result"]
 
     def rule_groups(self) -> list[dict]:
         """The rule groups Prometheus loaded, each with its rules."""
