@@ -214,7 +214,8 @@ def retry_delay(poller: Poller, failures: int) -> float:
 
 
 def build_pollers(config: SidecarConfig, consumers: Sequence[SnapshotConsumer] = (),
-                  process_start_time: float | None = None) -> tuple[EnginePoller, GpuPoller]:
+                  process_start_time: float | None = None, tracker: SloTracker | None = None
+                  ) -> tuple[EnginePoller, GpuPoller]:
     def find_engine() -> set[int]:
         return engine_pids(config.engine_process_pattern, config.engine_pid)
 
@@ -232,7 +233,7 @@ def build_pollers(config: SidecarConfig, consumers: Sequence[SnapshotConsumer] =
                     backoff_max_s=config.gpu_backoff_max_s,
                     pod=PodLabels(config.pod, config.namespace, config.container), engine_pids=find_engine,
                     dcgm_compat=config.dcgm_compat, hostname=os.environ.get("NODE_NAME"),
-                    scope=config.gpu_scope, engine_gpus=lambda: engine.engine_gpus)
+                    scope=config.gpu_scope, engine_gpus=lambda: engine.engine_gpus, tracker=tracker)
     return engine, gpu
 
 
@@ -301,7 +302,7 @@ def wire(config: SidecarConfig, spec: Spec, rendered_max_age_s: float = 0.0) -> 
         state.load(time.time())
     exposition.add("slo", SloCollector(tracker))
     headroom = build_headroom(config, spec)
-    engine, gpu = build_pollers(config, [tracker, headroom], tracker.engine_start_time)
+    engine, gpu = build_pollers(config, [tracker, headroom], tracker.engine_start_time, tracker)
     prober = Prober(config, tracker) if config.probe_interval_s > 0 else None
     golden = build_golden_prober(config, spec, tracker)
     sidecar = Sidecar(config, [engine, gpu, *(p for p in (prober, golden) if p is not None)], exposition)

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 from typing import Any, Callable
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from slo_sidecar.spec.model import DATA_CORRUPTING_XIDS, GPU_CORRUPTING_XIDS
 
 from .poller import PollError
 from .gpu_families import PodLabels, gpu_families
 from .nvml_reader import ALL_ERROR_REASONS, HINTS, GpuReading, NvmlReader, NvmlReadError
+from .slo_tracker import Sample, SloTracker
 
 
 def pod_readings(readings: list[GpuReading], engine_gpus: frozenset[str]) -> list[GpuReading]:
@@ -40,7 +44,7 @@ class GpuPoller:
     def __init__(self, nvml: ModuleType | Any, *, interval_s: float, timeout_s: float, backoff_max_s: float,
                  pod: PodLabels, engine_pids: Callable[[], set[int]] = set, dcgm_compat: bool = False,
                  hostname: str | None = None, scope: str = "pod",
-                 engine_gpus: Callable[[], frozenset[str]] = frozenset):
+                 engine_gpus: Callable[[], frozenset[str]] = frozenset, tracker: SloTracker | None = None):
         self.interval_s, self.timeout_s, self.backoff_max_s = interval_s, timeout_s, backoff_max_s
         self.reader = NvmlReader(nvml, engine_pids)
         self.scope = scope
@@ -51,6 +55,10 @@ class GpuPoller:
         self.gpu_count: int | None = None  # from the last good read
         self.xid_counts: dict[tuple[int, int], int] = {}  # (gpu index, xid) -> events, for the sidecar's life
         self.last_xid: dict[int, int] = {}
+        # Data-corrupting XIDs on the pod's own GPUs, whatever the scope: the correctness SLI's GPU term, which
+        # the tracker takes as it takes the engine's counters.
+        self.tracker = tracker
+        self.corrupting_xids = dict.fromkeys(DATA_CORRUPTING_XIDS, 0)
         self._open = False
         # One thread: a wedged driver call blocks it, and later tries fail fast instead of piling up threads.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
@@ -64,15 +72,38 @@ class GpuPoller:
             readings, xids = await asyncio.wrap_future(self._running)
         except NvmlReadError as error:
             raise PollError(error.reason, _explain(error)) from None
+        own = pod_readings(readings, self.engine_gpus())
+        ours = {reading.identity.index for reading in own}
         if self.scope == "pod":
-            readings = pod_readings(readings, self.engine_gpus())
-            ours = {reading.identity.index for reading in readings}
+            readings = own
             xids = [(index, xid) for index, xid in xids if index in ours]
         for index, xid in xids:
             self.xid_counts[(index, xid)] = self.xid_counts.get((index, xid), 0) + 1
             self.last_xid[index] = xid
+            if index in ours and xid in self.corrupting_xids:
+                self.corrupting_xids[xid] += 1
         self.gpu_count = len(readings)
-        return gpu_families(readings, self.xid_counts, self.pod, self.last_xid, self.dcgm_compat, self.hostname)
+        families = gpu_families(readings, self.xid_counts, self.pod, self.last_xid, self.dcgm_compat, self.hostname)
+        return families + self._corrupting_families()
+
+    def _corrupting_families(self) -> list[Metric]:
+        """The data-corrupting XID counter, by XID, each at 0 from the start, with the service's identity labels
+        as the SLI selects them; nothing until the engine has been seen (no identity to name yet)."""
+        identity = self.tracker.service_identity() if self.tracker is not None else {}
+        if identity is None:
+            return []
+        keys, values = list(identity), list(identity.values())
+        samples = [Sample(GPU_CORRUPTING_XIDS, (("xid", str(xid)), *identity.items()), float(count))
+                   for xid, count in self.corrupting_xids.items()]
+        if self.tracker is not None and GPU_CORRUPTING_XIDS in self.tracker.metrics:
+            self.tracker.observe(samples, time.time())
+        family = CounterMetricFamily(GPU_CORRUPTING_XIDS.removesuffix("_total"),
+                                     "XID events on the pod's own GPUs of the kinds NVIDIA's XID catalogue says "
+                                     "corrupt data (48, 64, 94, 95): bad events of the correctness SLI.",
+                                     labels=["xid", *keys])
+        for xid, count in self.corrupting_xids.items():
+            family.add_metric([str(xid), *values], count)
+        return [family]
 
     def _read(self) -> tuple[list[GpuReading], list[tuple[int, int]]]:
         """In the worker thread."""

@@ -161,9 +161,11 @@ slos:
     sli:
       correctness: {}
 """
-# Two pods for 20 minutes at steady rates per second (scaled up from real probes, so that every rate is a whole
+# Three pods for 20 minutes at steady rates per second (scaled up from real probes, so that every rate is a whole
 # number and the ratios exact in floating point): pod a has 5 good and 1 bad golden probes and 4 requests vLLM
-# found NaN logits in; pod b (a stock vLLM that does not count NaN logits) 5 good and 1 bad probes only.
+# found NaN logits in; pod b (a stock vLLM that does not count NaN logits) 5 good and 1 bad probes only; pod c
+# 5 good and 1 bad probes and one double-bit ECC (XID 48) and one contained ECC (XID 94) event on its GPUs. The
+# sidecar serves every data-corrupting XID at 0 from the start: a and b's zeros add nothing.
 CORRECTNESS_TEST = """\
 rule_files: [slo-correctness.rules.yaml]
 evaluation_interval: 1m
@@ -180,6 +182,20 @@ tests:
         values: '0+300x20'
       - series: 'slo_golden_probes_total{namespace="ns",model_name="b",result="bad"}'
         values: '0+60x20'
+      - series: 'slo_gpu_data_corrupting_xids_total{namespace="ns",model_name="a",xid="48"}'
+        values: '0x20'
+      - series: 'slo_gpu_data_corrupting_xids_total{namespace="ns",model_name="b",xid="94"}'
+        values: '0x20'
+      - series: 'slo_golden_probes_total{namespace="ns",model_name="c",result="good"}'
+        values: '0+300x20'
+      - series: 'slo_golden_probes_total{namespace="ns",model_name="c",result="bad"}'
+        values: '0+60x20'
+      - series: 'slo_gpu_data_corrupting_xids_total{namespace="ns",model_name="c",xid="48"}'
+        values: '0+60x20'
+      - series: 'slo_gpu_data_corrupting_xids_total{namespace="ns",model_name="c",xid="94"}'
+        values: '0+60x20'
+      - series: 'slo_gpu_data_corrupting_xids_total{namespace="ns",model_name="c",xid="95"}'
+        values: '0x20'
     promql_expr_test:
       - expr: slo:sli_error:ratio_rate5m{sloth_slo="correctness"}
         eval_time: 20m
@@ -188,15 +204,18 @@ tests:
             value: {a}
           - labels: '{__name__="slo:sli_error:ratio_rate5m", namespace="ns", model_name="b", {ids}}'
             value: {b}
+          - labels: '{__name__="slo:sli_error:ratio_rate5m", namespace="ns", model_name="c", {ids}}'
+            value: {c}
 """
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
-def test_the_correctness_sli_counts_bad_probes_and_corrupted_requests_over_both(tmp_path):
+def test_the_correctness_sli_counts_bad_probes_corrupted_requests_and_gpu_xids(tmp_path):
     ids = 'sloth_id="llm-correctness", sloth_service="llm", sloth_slo="correctness", sloth_window="5m"'
     # Bad events over all events, per second: pod a (1 + 4) / (5 + 1 + 4); pod b, whose engine has no such
-    # counter, 1 / (5 + 1).
-    test = CORRECTNESS_TEST.replace("{ids}", ids).replace("{a}", repr(5 / 10)).replace("{b}", repr(1 / 6))
+    # counter, 1 / (5 + 1); pod c (1 + 2) / (5 + 1 + 2).
+    test = (CORRECTNESS_TEST.replace("{ids}", ids).replace("{a}", repr(5 / 10)).replace("{b}", repr(1 / 6))
+            .replace("{c}", repr(3 / 8)))
     done = promtool_test_of_the_correctness_rules(tmp_path, test)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -10,6 +10,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 
 import pynvml
 import pytest
@@ -81,7 +82,7 @@ async def test_every_metric_in_base_units_with_device_and_pod_labels():
     assert metric(samples, "sidecar_gpus") == 2
     # Device identity and the pod on every per-GPU series.
     for (name, labels), _ in samples.items():
-        if name != "sidecar_gpus":
+        if name.startswith("sidecar_gpu_"):
             names = dict(labels)
             assert names["uuid"].startswith("GPU-") and names["model_name"] == "NVIDIA H100 80GB HBM3"
             assert (names["pod"], names["namespace"], names["container"]) == ("engine-pod-0", "inference", "engine")
@@ -326,6 +327,9 @@ async def test_only_the_pods_own_gpus_are_reported_not_the_nodes():
             if name == "sidecar_gpu_xid_errors_total"}
     assert xids == {("3", "13")}
 
+    # Data-corrupting XIDs are the correctness SLI's, on the pod's own GPUs whatever the scope.
+    assert all(value == 0 for (name, _), value in samples.items() if name == "slo_gpu_data_corrupting_xids_total")
+
     # Once the engine says which GPUs its container was given, those are the pod's, whoever holds memory.
     told = collector(nvml, scope="pod", engine_pids=lambda: {engine_pid},
                      engine_gpus=lambda: frozenset({nvml.gpus[2].uuid}))
@@ -341,3 +345,39 @@ def test_pod_readings_prefer_what_the_engine_says_then_its_processes_then_nothin
     assert [r.identity.index for r in pod_readings(readings, frozenset({"GPU-2"}))] == [2]
     assert [r.identity.index for r in pod_readings(readings, frozenset())] == [1]
     assert pod_readings([r for r in readings if not r.identity.index == 1], frozenset()) == []
+
+
+@run_async
+async def test_data_corrupting_xids_on_the_pods_own_gpus_are_bad_correctness_events():
+    """XIDs 48, 64, 94 and 95 (NVIDIA's catalogue: double-bit ECC, row remapping failure, contained and
+    uncontained ECC) on a GPU the engine holds are counted, from 0, and burn the correctness SLO in the sidecar's
+    live figures. Another XID, or one on another pod's GPU of the node, is neither."""
+    from slo_sidecar.sidecar.slo_tracker import Sample, SloTracker
+    from slo_sidecar.spec.load import parse_spec
+    from slo_sidecar.spec.model import GOLDEN_PROBES
+
+    spec = parse_spec("version: slo-sidecar/v1\nservice: llm\nslos:\n  - name: correctness\n    objective: 99\n"
+                      "    sli:\n      correctness: {}\n", "slo.yaml")
+    tracker = SloTracker(spec)
+    identity = (("model_name", "m"),)
+    tracker.observe([Sample(GOLDEN_PROBES, (("result", "good"), *identity), 0.0)], time.time())  # the engine is seen
+    engine_pid, other_pid = os.getpid(), 999_999_998
+    nvml = fake_gpus(2)
+    for index, held_by in enumerate((engine_pid, other_pid)):
+        nvml.gpus[index].processes = lambda held_by=held_by: [(held_by, 40 * 1024 ** 3)]
+    for scope in ("pod", "all"):
+        gpu = collector(nvml, scope=scope, engine_pids=lambda: {engine_pid}, tracker=tracker)
+        samples = await exposition(gpu)
+        counted = {dict(labels)["xid"]: value for (name, labels), value in samples.items()
+                   if name == "slo_gpu_data_corrupting_xids_total"}
+        assert counted == {"48": 0, "64": 0, "94": 0, "95": 0}, scope
+        nvml.gpus[0].pending_xids += [48, 13, 95, 79]
+        nvml.gpus[1].pending_xids += [48, 94]  # another pod's GPU
+        samples = await exposition(gpu)
+        assert metric(samples, "slo_gpu_data_corrupting_xids_total", model_name="m", xid="48") == 1, scope
+        assert metric(samples, "slo_gpu_data_corrupting_xids_total", xid="95") == 1, scope
+        assert metric(samples, "slo_gpu_data_corrupting_xids_total", xid="94") == 0, scope
+    # Four bad events (two per scope), no good one: the live 5m ratio is all bad.
+    state = next(s for s in tracker.states(time.time()) if s.slo.name == "correctness")
+    window = next(w for w in state.windows if w.window == "5m")
+    assert (window.error_ratio, window.events) == (1.0, 4), window

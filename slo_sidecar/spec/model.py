@@ -78,6 +78,11 @@ PROBE_MISSED = "slo_probe_missed_requests_total"
 # A probe without an answer is availability's business and is not counted here.
 GOLDEN_PROBES = "slo_golden_probes_total"
 GOLDEN_BAD_IN_A_ROW = "slo_golden_bad_in_a_row"  # bad golden probes since the last good one (the fast page's)
+# XID events of the kinds NVIDIA's XID catalogue says corrupt data, on the pod's own GPUs, by XID: 48 (double-bit
+# ECC error), 64 (ECC page retirement or row remapping failed), 94 (contained ECC error) and 95 (uncontained ECC
+# error). https://docs.nvidia.com/deploy/xid-errors/ ; docs/correctness.md says why these and not others.
+GPU_CORRUPTING_XIDS = "slo_gpu_data_corrupting_xids_total"
+DATA_CORRUPTING_XIDS = (48, 64, 94, 95)
 # Requests whose logits vLLM found NaN (counted with VLLM_COMPUTE_NANS_IN_LOGITS=1, which our engine sets).
 CORRUPTED_REQUESTS = "vllm:corrupted_requests_total"
 

@@ -18,6 +18,7 @@ from .model import (
     CORRUPTED_REQUESTS,
     DEFAULT_IDENTITY,
     GOLDEN_PROBES,
+    GPU_CORRUPTING_XIDS,
     MEASURES,
     OTHER_SLICE,
     PERIODS,
@@ -257,17 +258,19 @@ def _parse_sli(reader: FieldReader, value: Any, path: Path_, slo_name: str, sele
 
 
 def _correctness_sli(reader: FieldReader, body: Any, here: Path_, selector: tuple[Matcher, ...]) -> Sli:
-    """Golden probes (the sidecar's counter) and requests vLLM found NaN logits in (the engine's): bad events are
-    probes outside the tolerance and every corrupted request. Two processes that die apart, so their rates are
-    joined as availability's probes are (EventSum.separate_sources)."""
+    """Golden probes and data-corrupting GPU XIDs (the sidecar's counters) and requests vLLM found NaN logits in
+    (the engine's): bad events are probes outside the tolerance, every corrupted request and every such XID.
+    Two processes that die apart, so their rates are joined as availability's probes are
+    (EventSum.separate_sources)."""
     reader.mapping(body if body is not None else {}, here, ())  # nothing to set yet: the `correctness` section
     probes = Selection(GOLDEN_PROBES, selector)
     bad = Selection(GOLDEN_PROBES, (*selector, Matcher("result", "=", "bad")))
     corrupted = (1, Selection(CORRUPTED_REQUESTS, selector))
-    return Sli("correctness", EventSum(((1, bad), corrupted), separate_sources=True),
-               EventSum(((1, probes), corrupted), separate_sources=True),
-               "share of golden probes that moved beyond the tolerance of their baseline, and of requests "
-               "whose logits were NaN")
+    xids = (1, Selection(GPU_CORRUPTING_XIDS, selector))
+    return Sli("correctness", EventSum(((1, bad), corrupted, xids), separate_sources=True),
+               EventSum(((1, probes), corrupted, xids), separate_sources=True),
+               "share of golden probes that moved beyond the tolerance of their baseline, of requests whose "
+               "logits were NaN, and of data-corrupting XID events on the pod's GPUs")
 
 
 LATENCY_FIELDS = ("measure", "threshold_s", "source", "histogram", "matchers", "buckets")
