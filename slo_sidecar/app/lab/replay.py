@@ -73,7 +73,7 @@ class Firing:
 
 @dataclass(frozen=True)
 class _Recording:
-    file: int  # index of its rule file: each level's rules of one file go to one path, see _write_level
+    file: str  # its rule file's name: each level's rules of one file go to one path, see _write_level
     group: str
     interval: str | None
     rule: dict
@@ -132,11 +132,14 @@ def replay(series: list[Series], rule_files: list[Path], start: float, end: floa
 def _load_rules(rule_files: list[Path]) -> tuple[list[_Recording], list[_Alert]]:
     recordings: list[_Recording] = []
     alerts: list[_Alert] = []
-    for index, path in enumerate(rule_files):
+    names = [Path(path).name for path in rule_files]
+    if len(set(names)) < len(names):
+        raise ValueError(f"rule files of the same name (each level's rules go to one file per name): {names}")
+    for path in rule_files:
         for group in (yaml.safe_load(Path(path).read_text()) or {}).get("groups") or []:
             for rule in group.get("rules") or []:
                 if "record" in rule:
-                    recordings.append(_Recording(index, group["name"], group.get("interval"), rule))
+                    recordings.append(_Recording(Path(path).name, group["name"], group.get("interval"), rule))
                 else:
                     alerts.append(_alert(rule))
     return recordings, alerts
@@ -168,9 +171,12 @@ def _write_level(recordings: list[_Recording], rules_dir: Path) -> list[Path]:
 
     promtool evaluates a group at instants offset by a hash of its name and file, so with the same name
     and path a group's rules of every level are evaluated at the same instants, and a rule reads what
-    an earlier rule of its group recorded at that very instant, as it does in a live group.
+    an earlier rule of its group recorded at that very instant, as it does in a live group. The path is the
+    original file's name, so a rule file added to a spec leaves every other group's instants where they were
+    (the module's docstring: a group whose offset falls in a step's last second loses the evaluation at
+    each 2-hour block's end, which a replay shows as an alert that resolves and fires again).
     """
-    files: dict[int, dict[str, dict]] = defaultdict(dict)
+    files: dict[str, dict[str, dict]] = defaultdict(dict)
     for recording in recordings:
         group = files[recording.file].setdefault(recording.group, {"name": recording.group, "rules": []})
         if recording.interval:
@@ -178,8 +184,8 @@ def _write_level(recordings: list[_Recording], rules_dir: Path) -> list[Path]:
         group["rules"].append(recording.rule)
     rules_dir.mkdir(exist_ok=True)
     paths = []
-    for index, groups in sorted(files.items()):
-        path = rules_dir / f"{index}.rules.yaml"
+    for name, groups in sorted(files.items()):
+        path = rules_dir / name
         path.write_text(yaml.safe_dump({"groups": list(groups.values())}, sort_keys=False))
         paths.append(path)
     return paths
