@@ -31,7 +31,7 @@ log = logging.getLogger("slo_sidecar.sidecar.golden_probe")
 
 class GoldenProber:
     name = "golden"
-    error_reasons = ("unanswered", "unscorable")
+    error_reasons = ("unanswered", "unscorable", "other_model")
 
     def __init__(self, engine_url: str, api_key: str, golden: GoldenSet, baseline: GoldenBaseline,
                  settings: Correctness, tracker: SloTracker, timeout_s: float = 10.0,
@@ -63,6 +63,11 @@ class GoldenProber:
         index = self._next
         self._next = (index + 1) % len(self.golden.items)
         try:
+            served = await self._scorer().served_model()
+            if served != self.baseline.model:  # a baseline of another model would quarantine a healthy pod
+                raise PollError("other_model", f"the golden baseline was recorded on {self.baseline.model!r}, "
+                                f"the engine serves {served!r}: record one on this model "
+                                f"(slo-sidecar validate --golden-out)")
             score = await self._scorer().score(index)
         except GoldenError as error:
             raise PollError("unscorable", str(error)) from None

@@ -24,6 +24,8 @@ from slo_sidecar.sidecar.engine_poller import engine_families
 from slo_sidecar.sidecar.engine_snapshot import EngineSnapshot
 from slo_sidecar.sidecar.headroom import HEADROOM, OVERALL, headroom_families
 from slo_sidecar.app.k8s import SPEC_CONFIGMAP, SPEC_KEY
+from slo_sidecar.engine.tiny_model import MODEL_NAME
+from slo_sidecar.spec.golden import GoldenBaseline, load_golden_set
 from slo_sidecar.spec.load import parse_spec
 from tests.helpers import REPO
 
@@ -178,7 +180,18 @@ def test_manifests_agree_with_the_code(overlay, monkeypatch):
         mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/etc/slo-sidecar")
         assert volumes[mount["name"]]["configMap"]["name"] == SPEC_CONFIGMAP
     spec_map = one(docs, "ConfigMap", SPEC_CONFIGMAP)
-    assert parse_spec(spec_map["data"][SPEC_KEY], "configmap").slos
+    deployed_spec = parse_spec(spec_map["data"][SPEC_KEY], "configmap")
+    assert deployed_spec.slos
+    # Golden probes with quarantine, against the baseline in its generated ConfigMap (name with a content hash,
+    # so a new baseline rolls the pods): the embedded model's, recorded on its golden set.
+    assert deployed_spec.correctness.quarantine and "correctness" in {slo.sli.kind for slo in deployed_spec.slos}
+    baseline_dir, baseline_file = flags["golden-baseline"].rsplit("/", 1)
+    golden_mount = next(m for m in sidecar["volumeMounts"] if m["mountPath"] == baseline_dir)
+    golden_map = one(docs, "ConfigMap", volumes[golden_mount["name"]]["configMap"]["name"])
+    assert golden_map["metadata"]["name"].startswith("slo-sidecar-golden-baseline-")
+    baseline = GoldenBaseline.from_json(golden_map["data"][baseline_file], "configmap")
+    assert baseline.golden_set == load_golden_set(deployed_spec.correctness.golden_set).fingerprint
+    assert baseline.model == MODEL_NAME
     # The SLO state survives a sidecar restart in an emptyDir.
     state_dir = flags["slo-state-file"].rsplit("/", 1)[0]
     state_mount = next(m for m in sidecar["volumeMounts"] if m["mountPath"] == state_dir)

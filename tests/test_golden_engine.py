@@ -27,8 +27,9 @@ from slo_sidecar.iokit.golden_client import GoldenClient
 from slo_sidecar.spec.golden import GoldenBaseline, judge_scores, load_golden_set
 from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.conftest import API_KEY, run_async, serving
-from tests.helpers import metric, parse_metrics
+from tests.helpers import REPO, metric, parse_metrics
 
+pytestmark = pytest.mark.engine
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 PERTURBED = "lm_head.weight"  # times 1.1: every item moves by 0.0028 to 0.012 nats/token (docs/correctness.md)
 
@@ -51,6 +52,18 @@ def baseline(engine, tmp_path_factory):
     # Nearly uniform predictions of a random-weight model over 2,048 tokens: about -ln 2048 = -7.62 each.
     assert all(-9.0 < score < -6.5 for score in recorded.scores), recorded.scores
     return path
+
+
+def test_the_deployed_baseline_is_what_the_embedded_model_scores(baseline):
+    """deploy/base's golden-baseline.json (its ConfigMap) holds for the embedded model as built here: a rebuilt
+    model that scored otherwise would quarantine every pod the manifests deploy."""
+    deployed_path = REPO / "deploy" / "base" / "golden-baseline.json"
+    deployed = GoldenBaseline.from_json(deployed_path.read_text(), str(deployed_path))
+    recorded = GoldenBaseline.from_json(baseline.read_text(), str(baseline))
+    assert (deployed.model, deployed.golden_set) == (recorded.model, recorded.golden_set)
+    tolerance = load_spec(str(DEFAULT_SPEC)).correctness.tolerance
+    moved = [v for v in judge_scores(deployed, list(recorded.scores), tolerance) if not v.good]
+    assert not moved, moved
 
 
 @run_async
@@ -178,9 +191,9 @@ def wait_for(sidecar: SidecarProcess, condition, timeout_s: float = 60.0):
 def test_bad_golden_probes_quarantine_the_pod_and_a_good_one_brings_it_back(engine, baseline, tmp_path):
     """The sidecar probes one item a second (a spec of its own); two bad in a row fail its /ready while the
     engine keeps serving; the undone fault's first good probe makes it ready again."""
-    spec = tmp_path / "slo.yaml"  # the default SLOs, a correctness SLO, and probes a second apart
+    spec = tmp_path / "slo.yaml"  # the default SLOs (a correctness SLO among them), and probes a second apart
     document = yaml.safe_load(DEFAULT_SPEC.read_text())
-    document["slos"].append({"name": "correctness", "objective": 99, "sli": {"correctness": {}}})
+    assert "correctness" in {slo["name"] for slo in document["slos"]}
     document["correctness"] = {"interval_s": 1, "bad_in_a_row": 2, "quarantine": True}
     spec.write_text(yaml.safe_dump(document))
     args = ("--slo", str(spec), "--golden-baseline", str(baseline), "--engine-api-key", API_KEY,
@@ -216,6 +229,20 @@ def test_bad_golden_probes_quarantine_the_pod_and_a_good_one_brings_it_back(engi
             assert model_faults(engine, {})[0] == 200
         ready, series = wait_for(sidecar, lambda ready, s: ready == 200)
         assert metric(series, "slo_quarantined") == 0.0 and metric(series, "slo_golden_bad_in_a_row") == 0.0
+
+    # A baseline of another model (the manifests' base on a GPU overlay's model, say) is refused: no probe is
+    # judged against it, so a healthy pod is never quarantined by it, and the refusal is counted.
+    other = tmp_path / "other-model.json"
+    recorded = GoldenBaseline.from_json(baseline.read_text(), str(baseline))
+    other.write_text(GoldenBaseline("/models/current", recorded.golden_set, recorded.scores).to_json())
+    args = ("--slo", str(spec), "--golden-baseline", str(other), "--engine-api-key", API_KEY, "--probe-interval-s", "0")
+    with SidecarProcess(tmp_path / "other.log", engine.url, *args).start() as sidecar:
+        sidecar.wait_ready()
+        ready, series = wait_for(sidecar, lambda ready, s: metric(
+            s, "sidecar_collector_errors_total", collector="golden", reason="other_model") >= 3)
+        assert ready == 200 and probes(series, "good") == probes(series, "bad") == 0
+    assert "the golden baseline was recorded on '/models/current', the engine serves 'tiny-llama'" in (
+        tmp_path / "other.log").read_text()
 
 
 def test_nan_logits_answer_200_with_nothing_are_counted_by_vllm_and_fail_the_golden_probe(engine, baseline):
