@@ -28,7 +28,9 @@ AVAILABILITY = """  - name: availability
 
 def test_the_default_spec():
     spec = load_spec(str(DEFAULT_SPEC))
-    assert [slo.name for slo in spec.slos] == ["availability", "ttft", "e2e-latency", "queue-time", "goodput"]
+    assert [slo.name for slo in spec.slos] == ["availability", "ttft", "e2e-latency", "queue-time", "goodput",
+                                               "correctness"]
+    assert spec.correctness.quarantine, "the manifests deploy the embedded spec: quarantine on"
     availability = spec.slos[0]
     assert availability.objective == 99.9 and availability.error_budget == 0.001 and availability.period == "30d"
     assert [a.factor for a in availability.burn_alerts()] == [14.4, 6.0, 3.0, 1.0]
@@ -374,7 +376,10 @@ def test_a_spec_document_sliced_per_tenant_keeps_its_thresholds():
     spec = parse_spec(text, "sliced.yaml")
     original = {slo.name: slo for slo in load_spec(str(DEFAULT_SPEC)).slos}
     keys = [slo.key for slo in spec.slos]
-    assert keys == [f"{name}/{tenant}" for name in original for tenant in ("medical", "legal", "other")] + ["itl"]
+    # Every SLO the engine judges per request is sliced; correctness (golden probes: no tenant) and the
+    # histogram's (no tenant label) are not.
+    assert keys == [f"{name}/{tenant}" for name in original if name != "correctness"
+                    for tenant in ("medical", "legal", "other")] + ["correctness", "itl"]
     for slo in spec.slos:
         if slo.name in original:  # the same targets and objectives, but legal's own availability objective
             assert slo.sli.targets == original[slo.name].sli.targets

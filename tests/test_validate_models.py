@@ -99,9 +99,9 @@ def test_tenant_slos_pick_the_tenants_slice_or_the_other_one():
     spec = sliced_spec()
     assert [slo.key for slo in tenant_slos(SPEC, "medical")] == [slo.name for slo in SPEC.slos]
     assert [slo.key for slo in tenant_slos(spec, "medical")] == ["availability", "ttft/medical", "e2e-latency",
-                                                                  "queue-time", "goodput"]
+                                                                  "queue-time", "goodput", "correctness"]
     legal = {slo.key: slo for slo in tenant_slos(spec, "legal")}
-    assert list(legal) == ["availability", "ttft/other", "e2e-latency", "queue-time", "goodput"]
+    assert list(legal) == ["availability", "ttft/other", "e2e-latency", "queue-time", "goodput", "correctness"]
     assert legal["ttft/other"].objective == 95
     # the other slice, judged for one tenant: its own selection, and that tenant's alone
     assert legal["ttft/other"].sli.total.terms[0][1].promql() == \
@@ -212,7 +212,7 @@ def test_an_engine_without_the_model_label_leaves_the_server_view_unjudged_per_t
                        label=False)
     _, criteria = judge(SPEC, RESULTS, 10.0, before, after, ["medical", "legal"])
     server = [c for c in criteria if c.view == "server"]
-    assert len(server) == 2 * 5 and all(c.passed is None for c in server)
+    assert len(server) == 2 * 6 and all(c.passed is None for c in server)  # correctness: not by load
     assert "slo_engine_http_requests_total has no model label" in by_key(criteria)["medical", "availability",
                                                                                    "server"].note
     assert "slo_engine_slo_requests_total has no model label" in by_key(criteria)["legal", "ttft", "server"].note

@@ -7,7 +7,8 @@ down (not listening) or gone with its whole pod, sidecar and all. The engine cou
 disconnects are not judged, and a failed request misses every latency target. While it does not
 serve, users' requests are lost uncounted, and the sidecar's probe (every 10 s) counts each
 unanswered one as the requests of its interval (model.PROBE_MISSED). A restart resets the engine's
-counters.
+counters. The sidecar's golden probes (every 10 s too) score right whenever the engine serves, and its
+data-corrupting GPU XIDs stay at 0: none of these stories is a wrong answer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from slo_sidecar.spec.model import HTTP_REQUESTS, PROBE_MISSED, SLO_COUNTER
+from slo_sidecar.spec.model import (
+    DATA_CORRUPTING_XIDS,
+    GOLDEN_BAD_IN_A_ROW,
+    GOLDEN_PROBES,
+    GPU_CORRUPTING_XIDS,
+    HTTP_REQUESTS,
+    PROBE_MISSED,
+    SLO_COUNTER,
+)
 
 from .replay import Series
 
@@ -50,6 +59,7 @@ class Pod:
     story: Story
     counters: dict[tuple, float] = field(default_factory=lambda: defaultdict(float))
     missed: float = 0.0
+    golden_good: float = 0.0
 
     def labels(self, job: str, **extra: str) -> dict[str, str]:
         port = 8000 if job == "engine" else 9400
@@ -83,6 +93,11 @@ class Pod:
                 add("sidecar_collector_up", self.labels("sidecar", collector="engine"), "gauge", t,
                     float(engine_up))
                 add(PROBE_MISSED, self.labels("sidecar"), "counter", t, self.missed)
+                add(GOLDEN_PROBES, self.labels("sidecar", result="good"), "counter", t, self.golden_good)
+                add(GOLDEN_PROBES, self.labels("sidecar", result="bad"), "counter", t, 0.0)
+                add(GOLDEN_BAD_IN_A_ROW, self.labels("sidecar"), "gauge", t, 0.0)
+                for xid in DATA_CORRUPTING_XIDS:
+                    add(GPU_CORRUPTING_XIDS, self.labels("sidecar", xid=str(xid)), "counter", t, 0.0)
             if engine_up:
                 add("slo_engine_ready", self.labels("engine"), "gauge", t, 1.0 if state == "serving" else 0.0)
                 for code in ("200", "400", "499", "500", "429"):
@@ -99,7 +114,9 @@ class Pod:
     def _advance(self, since: float, until: float, state: str) -> None:
         """Count what happened in (since, until]: users' requests if serving, probes if not."""
         story, dt, mid = self.story, until - since, (since + until) / 2
+        probes = int(until // PROBE_INTERVAL_S) - int(since // PROBE_INTERVAL_S)
         if state == "serving":
+            self.golden_good += probes
             users = story.rate(mid) * dt
             failed, gone, bad = (users * story.failed(mid), users * story.disconnects(mid),
                                  users * story.client_errors(mid))
@@ -113,5 +130,4 @@ class Pod:
                 self.counters[(slo, "false")] += missed
                 self.counters[(slo, "true")] += failed + ok - missed
         elif state != "gone":  # each probe in the interval goes unanswered and stands for its interval's requests
-            probes = int(until // PROBE_INTERVAL_S) - int(since // PROBE_INTERVAL_S)
             self.missed += probes * max(1.0, story.rate(mid) * PROBE_INTERVAL_S)
