@@ -166,6 +166,17 @@ class EngineProcess(ManagedProcess):
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
 
+    def set_model_faults(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Corrupt the served model in the running engine (a parameter scaled, NaN logits) or, with {}, undo it;
+        the engine's model fault state, as it answered."""
+        if self.admin_url is None:
+            raise RuntimeError("this engine was started without fault_injection")
+        request = urllib.request.Request(self.admin_url + "/admin/model-faults", data=json.dumps(settings).encode(),
+                                         method="POST",
+                                         headers={"Content-Type": "application/json", **self.admin_headers})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)
+
     def wait_ready(self, timeout_s: float = 300.0) -> float:
         return self.wait_http_ok(self.url + "/ready", timeout_s)
 
@@ -246,6 +257,10 @@ class PrometheusProcess(ManagedProcess):
         """The instant vector for expr (at a Unix time, or now), as Prometheus's HTTP API returns it."""
         params = {"query": expr} if at is None else {"query": expr, "time": repr(at)}
         return self._api("/api/v1/query", **params)["result"]
+
+    def alerts(self) -> list[dict]:
+        """The alerts its rules hold now, pending or firing, each with its labels and state."""
+        return self._api("/api/v1/alerts")["alerts"]
 
     def rule_groups(self) -> list[dict]:
         """The rule groups Prometheus loaded, each with its rules."""

@@ -20,6 +20,13 @@ def positive(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:

@@ -7,10 +7,12 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from slo_sidecar.iokit.arguments import non_negative_float
 from slo_sidecar.iokit.files import write_atomically
 from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 
@@ -32,6 +34,7 @@ def table(rows: list[Row]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .correctness import correctness_scenarios
     from .live import sigkilled_engine
 
     spec = load_spec(str(DEFAULT_SPEC))  # the expectations are worked out for the default spec's objectives
@@ -52,18 +55,26 @@ def run(args: argparse.Namespace) -> int:
             # The replays are promtool and a Prometheus over past data; the live scenario mostly waits for its
             # alerts in real time: side by side, the lab takes about as long as the live scenario alone.
             rules_dir = write_rules(spec, workdir)
-            print("lab: the live scenario: real engine, sidecar, Prometheus and Alertmanager; SIGKILL", flush=True)
-            with ThreadPoolExecutor(max_workers=1) as replays:
-                replayed = replays.submit(run_lab, spec, workdir, (), rules_dir)
-                live = sigkilled_engine(spec, rules_dir, workdir / "live")
+            print("lab: the live scenarios: real engines, sidecars, Prometheus and Alertmanager; SIGKILL, corrupted "
+                  f"weights, NaN logits, {args.healthy_minutes:g} min healthy", flush=True)
+            killed_done = threading.Event()  # the healthy sweep saturates the machine: it waits for the SIGKILL's
+            with ThreadPoolExecutor(max_workers=2) as beside:
+                replayed = beside.submit(run_lab, spec, workdir, (), rules_dir)
+                wrong = beside.submit(correctness_scenarios, spec, rules_dir, workdir / "correctness",
+                                      args.healthy_minutes * 60, killed_done)
+                try:
+                    live = sigkilled_engine(spec, rules_dir, workdir / "live")
+                finally:
+                    killed_done.set()
                 rows, problems = replayed.result()
-            rows.append(live)
+                rows += [live, *wrong.result()]
     finally:
         if args.out is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print(table(rows))
     for row in rows:
-        print(f"  {row.scenario}: {row.why}" + (f"; Alertmanager: {row.notified}" if row.notified else ""))
+        print(f"  {row.scenario}: {row.why}" + (f"; Alertmanager: {row.notified}" if row.notified else "")
+              + (f"; seen: {row.measured}" if row.measured else ""))
     for problem in problems:
         print(f"  healthy service: {problem}")
     if args.json:
@@ -79,4 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="keep the work files (TSDB, rules, logs) in this empty directory "
                         "(default: a temporary one, removed)")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--no-live", action="store_true", help="skip the live scenario (the SIGKILLed engine)")
+    parser.add_argument("--no-live", action="store_true", help="skip the live scenarios (the SIGKILLed engine, the "
+                        "corrupted model, the healthy engine under a sweeping batch)")
+    parser.add_argument("--healthy-minutes", type=non_negative_float, default=10.0,
+                        help="how long the live healthy engine runs under a batch sweeping from 1 to its limit, "
+                        "with not one bad golden probe allowed (default: 10; 0: not at all)")

@@ -58,7 +58,7 @@ def notified(manager: AlertmanagerProcess, namespace: str) -> str:
     return (text or "nothing") + (f" (inhibited: {', '.join(inhibited)})" if inhibited else "")
 
 
-def _send_traffic(url: str, stop: threading.Event) -> None:
+def send_traffic(url: str, stop: threading.Event) -> None:
     """Users: one short completion after another until stopped; failures are theirs to see."""
     body = json.dumps({"prompt": "the lab", "max_tokens": 4}).encode()
     while not stop.is_set():
@@ -104,7 +104,7 @@ def sigkilled_engine(spec: Spec, rules_dir: Path, workdir: Path) -> Row:
             alertmanager_url=manager.url, target_labels={"namespace": NAMESPACE}).start())
         prometheus.wait_ready()
         stop = threading.Event()
-        users = threading.Thread(target=_send_traffic, args=(engine.url, stop), daemon=True)
+        users = threading.Thread(target=send_traffic, args=(engine.url, stop), daemon=True)
         users.start()
         stack.callback(stop.set)
         time.sleep(TRAFFIC_S)

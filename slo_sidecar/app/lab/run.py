@@ -43,6 +43,7 @@ class Row:
     false_fires: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # expected, not fired within tolerance
     notified: str = ""  # live: what Alertmanager notifies (inhibited ones left out)
+    measured: str = ""  # live: what was seen when, beside the page and ticket times
     why: str = ""
 
     @property
