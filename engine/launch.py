@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable, Sequence
 
 from slo_sidecar.iokit.arguments import non_negative_int, port_number, positive
@@ -189,6 +190,7 @@ async def serve_stoppable_while_loading(vllm_args: argparse.Namespace) -> None:
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    stopping = threading.Event()
 
     def stop_when_signalled() -> None:
         while True:
@@ -196,6 +198,7 @@ async def serve_stoppable_while_loading(vllm_args: argparse.Namespace) -> None:
             if instrumentation.serving.is_set():
                 return
             if signum and signum[0] in (signal.SIGTERM, signal.SIGINT):
+                stopping.set()
                 stop_children(CHILD_STOP_GRACE_S)
                 os._exit(0)
 
@@ -205,7 +208,15 @@ async def serve_stoppable_while_loading(vllm_args: argparse.Namespace) -> None:
 
     instrumentation.serving = Served(served)
     threading.Thread(target=stop_when_signalled, name="slo-stop-while-loading", daemon=True).start()
-    await run_server(vllm_args)
+    try:
+        await run_server(vllm_args)
+    except BaseException:
+        if stopping.is_set():
+            # The children it stopped fail vLLM's load ("generator didn't yield" from its engine start), which
+            # would exit 1 before the stop's exit 0: the exit is the stop's.
+            time.sleep(3 * CHILD_STOP_GRACE_S)
+            os._exit(0)
+        raise
 
 
 class Served:
