@@ -40,7 +40,7 @@ def _score(url: str, golden: GoldenSet, api_key: str | None) -> tuple[str, list[
     except GoldenError as error:
         raise GoldenGateError(str(error)) from None
     except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as error:
-        raise GoldenGateError(f"cannot score the golden set on {url}: {error or type(error).__name__}") from None
+        raise GoldenGateError(f"cannot score the golden set on {url}: {str(error) or type(error).__name__}") from None
 
 
 def record(url: str, spec: Spec, out: Path, api_key: str | None) -> None:

@@ -57,14 +57,18 @@ def run(args: argparse.Namespace) -> int:
             rules_dir = write_rules(spec, workdir)
             print("lab: the live scenarios: real engines, sidecars, Prometheus and Alertmanager; SIGKILL, corrupted "
                   f"weights, NaN logits, {args.healthy_minutes:g} min healthy", flush=True)
-            killed_done = threading.Event()  # the healthy sweep saturates the machine: it waits for the SIGKILL's
+            # The correctness engine starts once the SIGKILL's engine is killed (its traffic before the kill is
+            # what the outage page counts on), and the healthy sweep, which saturates the machine, once the
+            # SIGKILL scenario is over.
+            killed, killed_done = threading.Event(), threading.Event()
             with ThreadPoolExecutor(max_workers=2) as beside:
                 replayed = beside.submit(run_lab, spec, workdir, (), rules_dir)
                 wrong = beside.submit(correctness_scenarios, spec, rules_dir, workdir / "correctness",
-                                      args.healthy_minutes * 60, killed_done)
+                                      args.healthy_minutes * 60, killed, killed_done)
                 try:
-                    live = sigkilled_engine(spec, rules_dir, workdir / "live")
+                    live = sigkilled_engine(spec, rules_dir, workdir / "live", killed)
                 finally:
+                    killed.set()
                     killed_done.set()
                 rows, problems = replayed.result()
                 rows += [live, *wrong.result()]

@@ -30,7 +30,7 @@ import aiohttp
 from slo_sidecar.spec.model import GOLDEN_PROBES, Spec
 from slo_sidecar.sidecar.exposition import SampleFilter, parse
 
-from ..golden_gate import record
+from ..golden_gate import GoldenGateError, record
 from ..processes import EngineProcess, PrometheusProcess, SidecarProcess, http_get
 from .live import send_traffic
 from .run import Row
@@ -60,10 +60,14 @@ class Timeline:
 
 
 def correctness_scenarios(spec: Spec, rules_dir: Path, workdir: Path, healthy_s: float,
+                          start_after: threading.Event | None = None,
                           sweep_after: threading.Event | None = None) -> list[Row]:
-    """One row per fault, and one for the healthy engine under a sweeping batch (when healthy_s > 0), which
-    waits for `sweep_after`: a batch that saturates the machine would starve other live scenarios' processes."""
+    """One row per fault, and one for the healthy engine under a sweeping batch (when healthy_s > 0). The engine
+    starts after `start_after` and the sweep after `sweep_after`: an engine's start and a batch that saturates
+    the machine would starve other live scenarios' processes when their timing counts."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if start_after is not None:
+        start_after.wait()
     correctness = next((slo for slo in spec.slos if slo.sli.kind == "correctness"), None)
     if correctness is None:
         return []
@@ -73,7 +77,7 @@ def correctness_scenarios(spec: Spec, rules_dir: Path, workdir: Path, healthy_s:
                                                    fault_injection=True).start())
         engine.wait_ready()
         baseline = workdir / "golden-baseline.json"
-        record(engine.url, spec, baseline, api_key=None)
+        _record(engine.url, spec, baseline)
         sidecar = stack.enter_context(SidecarProcess(workdir / "sidecar.log", engine.url, "--engine-interval-s", "1",
                                                      "--golden-baseline", str(baseline)).start())
         sidecar.wait_ready()
@@ -100,31 +104,39 @@ def correctness_scenarios(spec: Spec, rules_dir: Path, workdir: Path, healthy_s:
     return rows
 
 
+def _record(url: str, spec: Spec, baseline: Path, tries: int = 3) -> None:
+    """The baseline, as `validate --golden-out` records it. Tried again after a failure: once, in a fresh clone's
+    suite with every core busy, one of its requests went unanswered for 30 s while vLLM ran nothing."""
+    for attempt in range(1, tries + 1):
+        try:
+            return record(url, spec, baseline, api_key=None)
+        except GoldenGateError as error:
+            if attempt == tries:
+                raise
+            print(f"lab: recording the golden baseline failed ({error}); trying again", flush=True)
+
+
 def _fault(engine: EngineProcess, sidecar: SidecarProcess, prometheus: PrometheusProcess, fault: dict[str, Any],
            page_alert: str) -> tuple[Timeline, list[str]]:
     """Inject, watch until unready and paged (or 90 s), undo, watch until ready and resolved (or 60 s)."""
-    timeline, strays = Timeline(), set()
+    strays: set[str] = set()
+
+    def watch(limit_s: float, wanted: dict[str, Callable[[int, bool], bool]]) -> dict[str, float | None]:
+        """Seconds until each condition on (/ready's status, paged) first held; None: not within limit_s."""
+        began, first = time.monotonic(), dict.fromkeys(wanted)
+        while time.monotonic() - began < limit_s and None in first.values():
+            seen = _look(sidecar, prometheus, strays, page_alert)
+            for name, holds in wanted.items():
+                if seen is not None and first[name] is None and holds(*seen):
+                    first[name] = time.monotonic() - began
+            time.sleep(0.5)
+        return first
+
     engine.set_model_faults(fault)
-    injected = time.monotonic()
-    while time.monotonic() - injected < 90 and (timeline.unready is None or timeline.paged is None):
-        seen = _look(sidecar, prometheus, strays, page_alert)
-        now = time.monotonic() - injected
-        if seen is not None and timeline.unready is None and seen[0] == 503:
-            timeline.unready = now
-        if seen is not None and timeline.paged is None and seen[1]:
-            timeline.paged = now
-        time.sleep(0.5)
+    broken = watch(90, {"unready": lambda ready, paged: ready == 503, "paged": lambda ready, paged: paged})
     engine.set_model_faults({})
-    undone = time.monotonic()
-    while time.monotonic() - undone < 60 and (timeline.ready is None or timeline.resolved is None):
-        seen = _look(sidecar, prometheus, strays, page_alert)
-        now = time.monotonic() - undone
-        if seen is not None and timeline.ready is None and seen[0] == 200:
-            timeline.ready = now
-        if seen is not None and timeline.resolved is None and not seen[1]:
-            timeline.resolved = now
-        time.sleep(0.5)
-    return timeline, sorted(strays)
+    healed = watch(60, {"ready": lambda ready, paged: ready == 200, "resolved": lambda ready, paged: not paged})
+    return Timeline(broken["unready"], broken["paged"], healed["ready"], healed["resolved"]), sorted(strays)
 
 
 def _look(sidecar: SidecarProcess, prometheus: PrometheusProcess, strays: set[str], page_alert: str

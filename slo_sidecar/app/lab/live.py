@@ -87,7 +87,9 @@ def _burning(sidecar_url: str) -> bool:
     return unanswered and burning
 
 
-def sigkilled_engine(spec: Spec, rules_dir: Path, workdir: Path) -> Row:
+def sigkilled_engine(spec: Spec, rules_dir: Path, workdir: Path, killed: threading.Event | None = None) -> Row:
+    """The scenario's row; `killed` is set once the engine is killed (the traffic it served before is what the
+    outage page's arithmetic counts on, so other live scenarios start their engines after it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     rules = sorted(rules_dir.glob("*.rules.yaml"))
     with ExitStack() as stack:
@@ -109,12 +111,14 @@ def sigkilled_engine(spec: Spec, rules_dir: Path, workdir: Path) -> Row:
         stack.callback(stop.set)
         time.sleep(TRAFFIC_S)
         engine.kill_group()  # SIGKILL: the engine and vLLM's processes, no goodbye
-        killed = time.monotonic()
+        killed_at = time.monotonic()
+        if killed is not None:
+            killed.set()
         first: dict[tuple[str, str], float] = {}
         burning_after: float | None = None
         wanted = expected(spec)
-        while time.monotonic() - killed < WAIT_S and not set(wanted) <= set(first):
-            now = time.monotonic() - killed
+        while time.monotonic() - killed_at < WAIT_S and not set(wanted) <= set(first):
+            now = time.monotonic() - killed_at
             for alert in manager.alerts():
                 labels = alert["labels"]
                 if labels.get("namespace") == NAMESPACE:
