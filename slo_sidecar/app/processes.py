@@ -161,20 +161,20 @@ class EngineProcess(ManagedProcess):
 
     def set_faults(self, **settings: float | str | None) -> dict[str, float | str | None]:
         """Set the injected faults; the engine's whole fault state, as it answered."""
-        request = urllib.request.Request(self.faults_url, data=json.dumps(settings).encode(), method="POST",
-                                         headers={"Content-Type": "application/json", **self.admin_headers})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
+        return self._admin_post(self.faults_url, settings, timeout_s=10)
 
     def set_model_faults(self, settings: dict[str, Any]) -> dict[str, Any]:
         """Corrupt the served model in the running engine (a parameter scaled, NaN logits) or, with {}, undo it;
         the engine's model fault state, as it answered."""
         if self.admin_url is None:
             raise RuntimeError("this engine was started without fault_injection")
-        request = urllib.request.Request(self.admin_url + "/admin/model-faults", data=json.dumps(settings).encode(),
-                                         method="POST",
+        return self._admin_post(self.admin_url + "/admin/model-faults", settings, timeout_s=60)
+
+    def _admin_post(self, url: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """A JSON POST to the admin listener with its token; its JSON answer."""
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                          headers={"Content-Type": "application/json", **self.admin_headers})
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.load(response)
 
     def wait_ready(self, timeout_s: float = 300.0) -> float:
