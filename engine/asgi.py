@@ -42,6 +42,7 @@ from .adapter_cache import AdapterResidency
 from .health import visible_gpu_uuids
 from .malformed_http import count_malformed_requests
 from .metrics import CLIENT_CLOSED_REQUEST, ENDPOINTS, GENERATION_ENDPOINTS, drop_vllm_http_series, exposition
+from .prompt_logprobs_guard import PROMPT_LOGPROBS_REFUSAL, asks_prompt_logprobs, lm_head_may_carry_lora
 from .request_join import ENGINE_VIEW_GRACE_S, PendingRequest, shape_of
 
 Scope = MutableMapping[str, Any]
@@ -227,6 +228,7 @@ class SloMiddleware:
                                       getattr(scheduler, "max_num_queued_reqs", None))
         self.watcher = asyncio.create_task(_watch_engine(state, app.state.engine_client))
         lora = app.state.vllm_config.lora_config
+        state.refuse_prompt_logprobs = lm_head_may_carry_lora(lora)
         if lora is not None and adapters:  # vLLM's worker caches max_cpu_loras adapters (default: max_loras)
             state.adapters = AdapterResidency(getattr(lora, "max_cpu_loras", None) or lora.max_loras)
         for uuid_ in visible_gpu_uuids():
@@ -436,6 +438,8 @@ class _Exchange:
             raise Refusal(400, "request body nests deeper than the JSON parser goes", "BadRequestError") from None
         parsed = parsed if isinstance(parsed, dict) else {}
         self.tenant = self.state.tenant(parsed.get("model", self.state.models[0]))  # vLLM's default: the base
+        if self.state.refuse_prompt_logprobs and asks_prompt_logprobs(parsed, self.endpoint == CHAT):
+            raise Refusal(400, PROMPT_LOGPROBS_REFUSAL, "BadRequestError")
         request_id = _header(self.scope, REQUEST_ID)
         if request_id is None:
             request_id = uuid.uuid4().hex.encode()

@@ -137,6 +137,7 @@ class Instrumentation:
         # Set through the admin listener: there are none without one.
         self.faults = FaultInjector(served=models) if self.limits.admin_port is not None else None
         self.ready = False  # once vLLM serves (the ASGI lifespan started), until it stops
+        self.refuse_prompt_logprobs = False  # vLLM's LoRA may cover lm_head (prompt_logprobs_guard)
         self.adapters: AdapterResidency | None = None  # vLLM's LoRA adapter cache, as requests use it
         self.stopping = False  # vLLM began an orderly shutdown (SIGTERM): draining
         self.died = False  # vLLM's engine core was seen dead while it served, not stopped: the launcher exits 1

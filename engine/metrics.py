@@ -21,6 +21,7 @@ from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from slo_sidecar.spec.buckets import HTTP_DURATION_BUCKETS
 from slo_sidecar.spec.model import (
     ACCELERATOR_INFO,
+    ENGINE_READY,
     GENERATION_ENDPOINTS,
     GENERATION_TOKENS,
     HTTP_REQUESTS,
@@ -143,7 +144,7 @@ class ServerMetrics:
             [TENANT_LABEL], registry=registry,
         )
         self.ready = Gauge(
-            PREFIX + "ready",
+            ENGINE_READY,
             "1 when the model is loaded and the server accepts new requests, else 0.",
             registry=registry,
         )

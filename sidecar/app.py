@@ -302,9 +302,10 @@ def wire(config: SidecarConfig, spec: Spec, rendered_max_age_s: float = 0.0) -> 
         state.load(time.time())
     exposition.add("slo", SloCollector(tracker))
     headroom = build_headroom(config, spec)
-    engine, gpu = build_pollers(config, [tracker, headroom], tracker.engine_start_time, tracker)
-    prober = Prober(config, tracker) if config.probe_interval_s > 0 else None
     golden = build_golden_prober(config, spec, tracker)
+    consumers = [tracker, headroom, *([golden] if golden is not None else [])]
+    engine, gpu = build_pollers(config, consumers, tracker.engine_start_time, tracker)
+    prober = Prober(config, tracker) if config.probe_interval_s > 0 else None
     sidecar = Sidecar(config, [engine, gpu, *(p for p in (prober, golden) if p is not None)], exposition)
     if config.gpu_hourly_usd is not None:
         exposition.add("cost", build_cost_collector(config, sidecar, engine, gpus=lambda: gpu.gpu_count or config.gpus))

@@ -19,19 +19,27 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from slo_sidecar.iokit.golden_client import GoldenClient
 from slo_sidecar.spec.golden import GoldenBaseline, GoldenError, GoldenSet, ItemVerdict
-from slo_sidecar.spec.model import GOLDEN_BAD_IN_A_ROW, GOLDEN_PROBES, PROBE_HEADER, Correctness
+from slo_sidecar.spec.model import ENGINE_READY, GOLDEN_BAD_IN_A_ROW, GOLDEN_PROBES, PROBE_HEADER, Correctness
 
+from .engine_snapshot import EngineSnapshot
 from .exposition import Sample
 from .poller import PollError
 from .slo_tracker import SloTracker
 
 RESULTS = ("good", "bad")
+# A probe batched with LoRA requests crashes vLLM 0.32's engine core where lm_head carries LoRA (vLLM#16668):
+# without our middleware's guard (engine/prompt_logprobs_guard.py), the sidecar cannot tell, and sends none.
+UNGUARDED_LORA = ("the engine serves LoRA adapters without slo-sidecar's middleware: a golden probe "
+                  "(prompt_logprobs) beside an lm_head LoRA crashes vLLM's engine core (vllm-project/vllm#16668), "
+                  "and nothing here can tell whether its LoRA covers lm_head; no golden probes. Run vLLM with "
+                  "--middleware slo_sidecar.engine.asgi.SloMiddleware and --lora-target-modules without lm_head")
 log = logging.getLogger("slo_sidecar.sidecar.golden_probe")
 
 
 class GoldenProber:
     name = "golden"
-    error_reasons = ("unanswered", "unscorable", "other_model")
+    error_reasons = ("unanswered", "unscorable", "other_model", "lora_unguarded")
+    metrics = (ENGINE_READY,)  # an engine snapshot consumer (engine_poller.SnapshotConsumer): is it guarded?
 
     def __init__(self, engine_url: str, api_key: str, golden: GoldenSet, baseline: GoldenBaseline,
                  settings: Correctness, tracker: SloTracker, timeout_s: float = 10.0,
@@ -48,6 +56,7 @@ class GoldenProber:
         self.bad_in_a_row = 0
         self.last: dict[int, ItemVerdict] = {}
         self._next = 0
+        self.engine_guarded = False  # our middleware serves the engine's API (it refuses what crashes it)
         self._session: aiohttp.ClientSession | None = None
         self._client: GoldenClient | None = None
 
@@ -63,11 +72,13 @@ class GoldenProber:
         index = self._next
         self._next = (index + 1) % len(self.golden.items)
         try:
-            served = await self._scorer().served_model()
+            served, adapters = await self._scorer().served_models()
             if served != self.baseline.model:  # a baseline of another model would quarantine a healthy pod
                 raise PollError("other_model", f"the golden baseline was recorded on {self.baseline.model!r}, "
                                 f"the engine serves {served!r}: record one on this model "
                                 f"(slo-sidecar validate --golden-out)")
+            if adapters and not self.engine_guarded:
+                raise PollError("lora_unguarded", UNGUARDED_LORA)
             score = await self._scorer().score(index)
         except GoldenError as error:
             raise PollError("unscorable", str(error)) from None
@@ -79,6 +90,12 @@ class GoldenProber:
         self.tracker.observe([Sample(GOLDEN_PROBES, (("result", result), *identity.items()), float(count))
                               for result, count in self.counts.items()], self.now())
         return self.families(identity)
+
+    def take(self, snapshot: EngineSnapshot) -> None:
+        self.engine_guarded = bool(snapshot.scrape.samples(self.metrics))
+
+    def clear(self) -> None:
+        self.engine_guarded = False
 
     def record(self, verdict: ItemVerdict) -> None:
         self.last[verdict.index] = verdict

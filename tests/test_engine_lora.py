@@ -4,12 +4,16 @@ and is the same every time), and an unknown name is a 404 naming the served ones
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
+from slo_sidecar.spec.golden import GoldenBaseline
+from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
 from tests.conftest import LORA_ADAPTERS as ADAPTERS  # retail: used by the cold-start test alone
-from tests.helpers import EngineProcess, http_get, metric, parse_metrics
+from tests.conftest import run_async
+from tests.helpers import REPO, EngineProcess, http_get, metric, parse_metrics
 from tests.raw_http import exchange, request_bytes
 
 pytestmark = pytest.mark.engine
@@ -112,3 +116,87 @@ def test_faults_injected_for_one_tenant_fail_its_requests_alone(lora_engine):
     assert state == {"error_ratio": 0.0, "delay_s": 0.0, "token_delay_s": 0.0, "model": None}
     after = tenant_counts(lora_engine)
     assert after["legal"]["judged"] - before["legal"]["judged"] == 1  # its failure is judged, as legal's
+
+
+# --- Prompt log-probabilities beside an lm_head LoRA (engine/prompt_logprobs_guard.py) -----------------------
+
+PROMPT_LOGPROB_ASKS = [  # (path, body): every way a client asks vLLM for the prompt's log-probabilities
+    ("/v1/completions", {"model": "tiny-llama", "prompt": list(range(10, 45)), "max_tokens": 1, "prompt_logprobs": 0}),
+    ("/v1/completions", {"model": "medical", "prompt": "the patient", "max_tokens": 1, "prompt_logprobs": 2}),
+    ("/v1/completions", {"model": "tiny-llama", "prompt": "the patient", "max_tokens": 1, "echo": True, "logprobs": 1}),
+    ("/v1/chat/completions", {"model": "legal", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+                              "echo": True}),
+]
+
+
+def validation_errors(engine: EngineProcess) -> float:
+    return metric(parse_metrics(http_get(engine.url + "/metrics")[1].decode()), "slo_engine_request_errors_total",
+                  reason="validation")
+
+
+def completions_answered(engine: EngineProcess) -> float:
+    """/v1/completions requests answered, probes included (the duration histogram counts every request)."""
+    samples = parse_metrics(http_get(engine.url + "/metrics")[1].decode())
+    return metric(samples, "slo_engine_http_request_duration_seconds_count", endpoint="/v1/completions")
+
+
+def test_prompt_logprobs_beside_an_lm_head_lora_are_refused_and_the_engine_core_lives(lora_engine):
+    """This engine's --lora-target-modules is unset, so vLLM puts a LoRA layer on lm_head. There, a request
+    with prompt_logprobs batched with the adapters' requests killed vLLM 0.32's CPU engine core (an einsum
+    shape error in the LoRA logits; vllm-project/vllm#16668): each way to ask for them is a 400 naming the
+    fix, the adapters' requests running at the same time are served, and the engine lives on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = validation_errors(lora_engine)
+    streams = [{"model": model, "prompt": "hello there " * 5, "max_tokens": 40, "ignore_eos": True}
+               for model in ("medical", "legal", "medical")]
+    with ThreadPoolExecutor(len(streams) + len(PROMPT_LOGPROB_ASKS)) as pool:
+        running = [pool.submit(complete, lora_engine, body) for body in streams]
+        asks = [pool.submit(complete, lora_engine, body, path) for path, body in PROMPT_LOGPROB_ASKS]
+        refused = [ask.result() for ask in asks]
+        served = [stream.result() for stream in running]
+    for answer in refused:
+        assert answer.status == 400, answer.body
+        message = answer.json()["error"]["message"]
+        assert "lm_head" in message and "--lora-target-modules" in message, message
+    assert [answer.status for answer in served] == [200] * len(streams)
+    assert validation_errors(lora_engine) - before == len(PROMPT_LOGPROB_ASKS)
+    # Log-probabilities of the generated tokens are another path (the sampler's), not refused.
+    answer = complete(lora_engine, {"model": "legal", "prompt": "x", "max_tokens": 2, "logprobs": 1})
+    assert answer.status == 200 and answer.json()["choices"][0]["logprobs"]["token_logprobs"]
+    assert http_get(lora_engine.url + "/health")[0] == 200
+
+
+@run_async
+async def test_the_sidecar_sends_no_golden_probe_to_a_lora_engine_it_cannot_tell_is_guarded(lora_engine):
+    """The sidecar's golden prober, wired as `slo-sidecar sidecar --golden-baseline` wires it, on this LoRA
+    engine: its /metrics carries our middleware's series, so the probe goes, is refused (400, the engine's
+    reason in the error), and counts neither good nor bad. The same engine's exposition without our series (a
+    `vllm serve` without the middleware, which cannot refuse) gets no probe at all: lora_unguarded."""
+    from slo_sidecar.sidecar.app import wire
+    from slo_sidecar.sidecar.config import SidecarConfig
+    from slo_sidecar.sidecar.poller import PollError
+    from slo_sidecar.spec.model import ENGINE_READY
+
+    baseline = GoldenBaseline.from_json((REPO / "deploy/base/golden-baseline.json").read_text(), "baseline")
+    config = dataclasses.replace(SidecarConfig(), engine_url=lora_engine.url, golden=baseline)
+    for guarded in (True, False):
+        wiring = wire(config, load_spec(str(DEFAULT_SPEC)))
+        exposition = http_get(lora_engine.url + "/metrics")[1].decode()
+        if not guarded:
+            exposition = "\n".join(line for line in exposition.splitlines() if ENGINE_READY not in line) + "\n"
+        wiring.engine.take(exposition)
+        before = completions_answered(lora_engine)
+        try:
+            with pytest.raises(PollError) as raised:
+                await wiring.golden.poll()
+        finally:
+            await wiring.golden.close()
+        if guarded:
+            assert raised.value.reason == "unscorable" and "answered 400" in str(raised.value), raised.value
+            assert "lm_head" in str(raised.value)  # the engine's reason
+            assert completions_answered(lora_engine) > before
+        else:
+            assert raised.value.reason == "lora_unguarded", raised.value
+            assert completions_answered(lora_engine) == before  # nothing was sent
+        assert wiring.golden.counts == {"good": 0, "bad": 0} and not wiring.golden.quarantined

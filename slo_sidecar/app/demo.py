@@ -33,7 +33,7 @@ import yaml
 from slo_sidecar.iokit.arguments import positive
 from slo_sidecar.iokit.files import write_atomically
 from slo_sidecar.spec.load import DEFAULT_SPEC, SpecError, load_spec
-from slo_sidecar.spec.model import Slo, Spec
+from slo_sidecar.spec.model import GOLDEN_PROBES, Slo, Spec
 from slo_sidecar.spec.slicing import sliced_document
 
 from slo_sidecar.alerts.render import ALERTMANAGER_FILE
@@ -201,6 +201,22 @@ async def drive_load(engine: EngineProcess, view: LiveView) -> None:
             await faults(0.0)
 
 
+def report_golden(prometheus: PrometheusProcess, spec: Spec) -> None:
+    """The golden probes' results, and why bad ones are expected on this build: they probe the base model."""
+    try:
+        results = {r["metric"].get("result"): float(r["value"][1])
+                   for r in prometheus.query(f"sum by (result) ({GOLDEN_PROBES})")}
+    except (OSError, RuntimeError):
+        results = {}
+    good, bad = results.get("good"), results.get("bad")
+    print(f"  golden probes (the base model, every {spec.correctness.interval_s:g} s): "
+          f"{'?' if good is None else f'{good:.0f}'} good, {'?' if bad is None else f'{bad:.0f}'} bad")
+    if bad:
+        print("  the bad ones are true: on vLLM's CPU build, a base-model request batched with LoRA requests gets "
+              "the last loaded adapter's weights (vllm-project/vllm#48421; the GPU kernels skip them), so the "
+              "correctness page fires. The tenants' own requests get their own adapter.")
+
+
 def report_routing(manager: AlertmanagerProcess, alert: str, tenant: str, wait_s: float = 30.0) -> bool:
     """Whether the tenant's page reached Alertmanager's page receiver (Prometheus sends within a few
     seconds); prints what each receiver holds (alert and tenant) and what the page's inhibition holds back."""
@@ -286,20 +302,27 @@ def run_demo(args: argparse.Namespace) -> int:
 
         step(2, f"Starting the engine (vLLM, tiny-llama with the LoRA adapters {' and '.join(TENANTS)}), the "
                 "sidecar, Alertmanager and Prometheus with the generated rules")
-        from slo_sidecar.engine.tiny_lora import ensure_lora
+        from slo_sidecar.engine.tiny_lora import TARGETS as LORA_TARGETS, ensure_lora
 
         adapters = [f"{tenant}={ensure_lora(tenant)}" for tenant in TENANTS]
         engine = stack.enter_context(EngineProcess(
             logs / "engine.log", *ENGINE_ARGS, "--slo", str(spec_path), "--enable-lora", "--max-loras", "2",
-            "--max-lora-rank", "8", "--lora-modules", *adapters, fault_injection=True, cpus=engine_cpus()).start())
+            "--max-lora-rank", "8", "--lora-modules", *adapters,
+            # The adapters' own modules, not lm_head: golden probes (prompt_logprobs) beside an lm_head LoRA
+            # crash vLLM's engine core, and our middleware refuses them there (docs/correctness.md).
+            "--lora-target-modules", *LORA_TARGETS, fault_injection=True, cpus=engine_cpus()).start())
         print(f"  engine on {engine.url}: ready in {engine.wait_ready():.0f} s")
-        # No golden probes here: their prompt_logprobs, batched with LoRA requests, crash vLLM 0.32's CPU engine
-        # core (an einsum in its LoRA logits path); docs/correctness.md.
+        from .golden_gate import record
+
+        baseline = out / "golden-baseline.json"  # as `slo-sidecar validate --golden-out` records it before a rollout
+        record(engine.url, spec, baseline, api_key=None)
         sidecar = stack.enter_context(SidecarProcess(
             logs / "sidecar.log", engine.url, "--slo", str(spec_path), "--engine-interval-s", "1", "--fake-gpu", "1",
-            "--engine-pid", str(engine.process.pid), "--gpu-interval-s", "1", "--gpu-hourly-usd", "2.5").start())
+            "--engine-pid", str(engine.process.pid), "--gpu-interval-s", "1", "--gpu-hourly-usd", "2.5",
+            "--golden-baseline", str(baseline)).start())
         sidecar.wait_ready()
-        print(f"  sidecar on {sidecar.url} (its GPU is a FAKE H100 replayed through NVML's API: no NVIDIA GPU here)")
+        print(f"  sidecar on {sidecar.url} (its GPU is a FAKE H100 replayed through NVML's API: no NVIDIA GPU here), "
+              f"golden probes against {baseline.name}")
         tsdb = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="slo-sidecar-demo-prometheus-")))
         manager = stack.enter_context(AlertmanagerProcess(tsdb, out / "rules" / ALERTMANAGER_FILE,
                                                           binary=args.alertmanager).start())
@@ -343,6 +366,7 @@ def run_demo(args: argparse.Namespace) -> int:
         untouched = set(spared) <= {"inactive"} and budget == 1.0
         print(f"  {HEALTHY}: its page states seen: {', '.join(spared) or 'none'}; its budget left "
               f"{'?' if budget is None else f'{budget:.1%}'}" + ("" if untouched else "  (expected: no page, 100%)"))
+        report_golden(prometheus, spec)
 
         step(5, "Drawing the dashboards from Prometheus as static pages (slo-sidecar preview)")
         from .preview import write_preview
@@ -356,7 +380,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print("  rules/       Prometheus recording and alerting rules (promtool-clean), an Alertmanager configuration")
     print("  dashboards/  Grafana dashboards (import format) and datasource provisioning")
     print(f"  preview/     the dashboards as static HTML pages: open {out / 'preview' / (boards[0].uid + '.html')}")
-    print("  validate-report.json, logs/")
+    print("  validate-report.json, golden-baseline.json (the golden probes' baseline), logs/")
     return 0 if paged and untouched else 1
 
 

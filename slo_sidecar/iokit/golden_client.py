@@ -54,15 +54,23 @@ class GoldenClient:
                 raise GoldenError(f"{path} answered {response.status}: {str(answer)[:300]}")
             return answer
 
+    async def served_models(self) -> tuple[str, list[str]]:
+        """(the base model, the LoRA adapters) /v1/models lists now (an adapter is a model with a parent)."""
+        async with self.session.get(self.base_url + "/v1/models", headers=self.headers,
+                                    timeout=self.timeout) as response:
+            answer = await response.json(content_type=None)
+        try:
+            models = [(str(entry["id"]), entry.get("parent")) for entry in answer["data"]]
+            base = next(model for model, parent in models if parent is None)
+        except (KeyError, TypeError, AttributeError, StopIteration):
+            raise GoldenError(f"/v1/models answered no base model: {str(answer)[:300]}") from None
+        self.model = base
+        return base, [model for model, parent in models if parent is not None]
+
     async def served_model(self) -> str:
         if self.model is None:
-            async with self.session.get(self.base_url + "/v1/models", headers=self.headers,
-                                        timeout=self.timeout) as response:
-                answer = await response.json(content_type=None)
-            try:
-                self.model = str(answer["data"][0]["id"])
-            except (KeyError, IndexError, TypeError):
-                raise GoldenError(f"/v1/models answered no model: {str(answer)[:300]}") from None
+            await self.served_models()
+        assert self.model is not None
         return self.model
 
     async def _token_ids(self, text: str, special_tokens: bool) -> list[int]:

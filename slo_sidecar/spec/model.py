@@ -51,6 +51,9 @@ HTTP_REQUESTS = "slo_engine_http_requests_total"
 PROMPT_TOKENS = "slo_engine_prompt_tokens_total"
 GENERATION_TOKENS = "slo_engine_generation_tokens_total"
 ACCELERATOR_INFO = "slo_engine_accelerator_info"
+# 1 while the engine serves; present at all only where our middleware runs (it refuses the requests that
+# would crash a LoRA engine, so the sidecar's golden probes may go there).
+ENGINE_READY = "slo_engine_ready"
 # The engine's tenant label on its own counters: the served name (base model or LoRA adapter), or
 # "unknown" for a request refused before it named one; a sliced SLO's slices are its values, and every
 # value the spec does not name is judged in one more slice, OTHER_SLICE.
