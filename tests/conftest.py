@@ -14,6 +14,18 @@ pytest_plugins = ["tests.skip_policy"]  # a skip for a reason not allowed there 
 
 API_KEY = "test-key-0123456789"
 
+# The suite runs on two workers, a file at a time each (pytest-xdist, pyproject's addopts), so that one waits on
+# Prometheus or vLLM while the other computes. The slowest files go first, so neither worker ends the run alone
+# on a long one: only an order, a file not named here runs after these.
+SLOWEST_FILES = ("test_lab.py", "test_rules.py", "test_fleet_victoria.py", "test_prometheus_integration.py",
+                 "test_soak.py", "test_engine_lifecycle.py", "test_recorded_windows.py", "test_stock_vllm.py",
+                 "test_golden_engine.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 # The session engine's limits, chosen so each behaviour is reachable quickly:
 # 4 running + 2 waiting admitted, then 429; 5 s request timeout; 64 KiB bodies.
 ENGINE_ARGS = (

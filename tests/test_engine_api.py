@@ -272,14 +272,16 @@ async def test_fault_injection_is_only_on_the_admin_listener_with_its_own_token(
 
 @run_async
 async def test_waiting_requests_beyond_the_limit_get_429(engine):
-    body = {"prompt": "load", "max_tokens": 100, "ignore_eos": True}
+    body = {"prompt": "load", "max_tokens": 2, "ignore_eos": True}
     async with session() as s:
         before = metric(await scrape(s, engine.url), "slo_engine_request_errors_total", reason="overload")
-        await set_faults(engine, token_delay_s=0.01)  # each admitted request lasts >= 1 s
+        # Each admitted request holds its place >= 3 s (within the 5 s request timeout): far longer than the
+        # burst takes to arrive, even on a machine busy with another test (1 s was not, beside promtool's).
+        await set_faults(engine, delay_s=3.0)
         try:
             results = await asyncio.gather(*(post(s, engine.url + "/v1/completions", body) for _ in range(12)))
         finally:
-            await set_faults(engine, token_delay_s=0.0)
+            await set_faults(engine, delay_s=0.0)
         after = metric(await scrape(s, engine.url), "slo_engine_request_errors_total", reason="overload")
     statuses = sorted(status for status, _, _ in results)
     rejected = [(headers, error) for status, headers, error in results if status == 429]
