@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from re import _parser as sre_parse  # type: ignore[attr-defined]  # the stdlib's own regex parser
 from typing import Any, Callable
 
-from slo_sidecar.spec.model import CORRUPTED_REQUESTS, GPU_CORRUPTING_XIDS, PROBE_MISSED, Matcher, Selection, Slo, Spec
+from slo_sidecar.spec.model import Matcher, Selection, Slo, Spec
 
 from .dump import dump
 from .rules import slo_id
@@ -208,8 +208,7 @@ def input_series(slo: Slo, scenario: Scenario) -> list[dict[str, str]] | None:
     # One source alone: the probes' series stay absent, as with no sidecar beside the engine, which the rules
     # must read as nothing lost; and a correctness SLI's golden probes stand without vLLM's count of NaN-logit
     # requests, as on a vLLM that does not count them, and without GPU XIDs, as on a node without NVML.
-    errors, total = (events.without(PROBE_MISSED).without(CORRUPTED_REQUESTS).without(GPU_CORRUPTING_XIDS)
-                     for events in (slo.sli.errors, slo.sli.total))
+    errors, total = slo.sli.errors.first_source(), slo.sli.total.first_source()
     ratio = scenario.error_ratio
     def good_share(burning: bool) -> float:
         return 1 - ratio if burning else 1.0

@@ -84,26 +84,27 @@ class GpuPoller:
                 self.corrupting_xids[xid] += 1
         self.gpu_count = len(readings)
         families = gpu_families(readings, self.xid_counts, self.pod, self.last_xid, self.dcgm_compat, self.hostname)
-        return families + self._corrupting_families()
-
-    def _corrupting_families(self) -> list[Metric]:
-        """The data-corrupting XID counter, by XID, each at 0 from the start, with the service's identity labels
-        as the SLI selects them; nothing until the engine has been seen (no identity to name yet)."""
         identity = self.tracker.service_identity() if self.tracker is not None else {}
-        if identity is None:
-            return []
-        keys, values = list(identity), list(identity.values())
-        samples = [Sample(GPU_CORRUPTING_XIDS, (("xid", str(xid)), *identity.items()), float(count))
-                   for xid, count in self.corrupting_xids.items()]
-        if self.tracker is not None and GPU_CORRUPTING_XIDS in self.tracker.metrics:
-            self.tracker.observe(samples, time.time())
+        if identity is None:  # the engine has not been seen: no identity to name the correctness term by yet
+            return families
+        if self.tracker is not None and GPU_CORRUPTING_XIDS in self.tracker.metrics:  # the live correctness SLI
+            self.tracker.observe(self._corrupting_samples(identity), time.time())
+        return [*families, self._corrupting_family(identity)]
+
+    def _corrupting_samples(self, identity: dict[str, str]) -> list[Sample]:
+        return [Sample(GPU_CORRUPTING_XIDS, (("xid", str(xid)), *identity.items()), float(count))
+                for xid, count in self.corrupting_xids.items()]
+
+    def _corrupting_family(self, identity: dict[str, str]) -> Metric:
+        """The data-corrupting XID counter, by XID, each at 0 from the start, with the service's identity labels
+        as the SLI selects them."""
         family = CounterMetricFamily(GPU_CORRUPTING_XIDS.removesuffix("_total"),
                                      "XID events on the pod's own GPUs of the kinds NVIDIA's XID catalogue says "
                                      "corrupt data (48, 64, 94, 95): bad events of the correctness SLI.",
-                                     labels=["xid", *keys])
+                                     labels=["xid", *identity])
         for xid, count in self.corrupting_xids.items():
-            family.add_metric([str(xid), *values], count)
-        return [family]
+            family.add_metric([str(xid), *identity.values()], count)
+        return family
 
     def _read(self) -> tuple[list[GpuReading], list[tuple[int, int]]]:
         """In the worker thread."""

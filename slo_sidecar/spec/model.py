@@ -205,6 +205,11 @@ class EventSum:
                     total += sign * counter_increase(before.get(frozenset(labels.items()), 0.0), value)
         return total
 
+    def first_source(self) -> "EventSum":
+        """The first source's term alone (the sum as one process serves it, the others absent); the sum
+        itself where its terms are one source's."""
+        return EventSum(self.terms[:1]) if self.separate_sources else self
+
     def without(self, metric: str) -> "EventSum":
         """The same sum less the terms on `metric` (the engine's own view, without the probes)."""
         return EventSum(tuple(term for term in self.terms if term[1].metric != metric))
