@@ -8,11 +8,12 @@ from slo_sidecar.spec.model import Slo, Spec
 
 from .dump import dump
 from .alertmanager import alertmanager_config
-from .rules import alert_group, metadata_group, operational_group, recording_groups
+from .rules import alert_group, metadata_group, operational_group, recording_groups, release_group
 from .unit_tests import unit_tests
 
 
 OPERATIONAL_FILE = "operational.rules.yaml"
+RELEASE_POLICY_FILE = "release-policy.rules.yaml"
 ALERTMANAGER_FILE = "alertmanager/alertmanager.yaml"
 LOCAL, GLOBAL = "local", "global"  # the parts of `generate --split local,global`  # routing and inhibitions; `amtool check-config` accepts it
 
@@ -43,6 +44,9 @@ def rule_groups(spec: Spec, split: bool = False) -> dict[str, list[dict]]:
     operational = operational_group(spec)
     if operational is not None:  # alerts on scraped series: local
         files[f"{LOCAL}/{OPERATIONAL_FILE}" if split else OPERATIONAL_FILE] = [operational]
+    release = release_group(spec)
+    if release is not None:  # reads only recordings: global
+        files[f"{GLOBAL}/{RELEASE_POLICY_FILE}" if split else RELEASE_POLICY_FILE] = [release]
     return files
 
 

@@ -29,6 +29,10 @@ from slo_sidecar.spec.model import (
     GOLDEN_BAD_IN_A_ROW,
     GOLDEN_PROBES,
     PROBE_MISSED,
+    RELEASE_ALLOWED,
+    RELEASE_ALLOWED_REASON,
+    RELEASE_FROZEN,
+    RELEASE_REASONS,
     BurnAlert,
     Operational,
     Selection,
@@ -247,7 +251,45 @@ def metadata_group(spec: Spec, slo: Slo) -> dict[str, Any]:
                     "sloth_version": "slo-sidecar", "sloth_objective": f"{slo.objective:g}",
                     "slo_sidecar_error_budget": budget}},
     ]
-    return {"name": f"sloth-slo-meta-recordings-{slo_id(spec, slo)}", "rules": rules}
+    return {"name": f"sloth-slo-meta-recordings-{slo_id(spec, slo)}", "rules": rules + policy_rules(spec, slo)}
+
+
+def policy_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
+    """Whether this SLO holds releases back now (1) or not (0), for each reason its policy names: its period's
+    budget left below `freeze_below_budget`; its burn over the fastest page's long window above
+    `freeze_above_burn`. None without a policy."""
+    policy = slo.policy
+    if policy is None:
+        return []
+    labels, selector = _slo_labels(spec, slo), _id_selector(spec, slo)
+    on = "on (sloth_id, sloth_slo, sloth_service) group_left"
+    rules = [{"record": RELEASE_FROZEN,
+              "expr": f"slo:period_error_budget_remaining:ratio{selector} < bool {policy.freeze_below_budget:.12g}",
+              "labels": {**labels, "reason": "budget"}}]
+    if policy.freeze_above_burn is not None:
+        window = duration_label(slo.policy_burn_window_s)
+        rules.append({"record": RELEASE_FROZEN,
+                      "expr": (f"slo:sli_error:ratio_rate{window}{selector}\n/ {on}\nslo:error_budget:ratio{selector}"
+                               f"\n> bool {policy.freeze_above_burn:.12g}"),
+                      "labels": {**labels, "reason": "burn"}})
+    return rules
+
+
+def release_group(spec: Spec) -> dict[str, Any] | None:
+    """Per service, whether releases may go (1) or are frozen (0), with the first of RELEASE_REASONS that froze
+    them (`none` while they may go): one series per service, from its SLOs' policies. None where no SLO has a
+    policy."""
+    if not any(slo.policy for slo in spec.slos):
+        return None
+    by = ", ".join(("sloth_service", *spec.identity))
+    service = f'sloth_service="{spec.service}"'
+    branches = [f'label_replace(max by ({by}) ({RELEASE_FROZEN}{{{service}, reason="{reason}"}}) == 1, '
+                f'"reason", "{reason}", "", "") * 0' for reason in RELEASE_REASONS]
+    branches.append(f'label_replace(max by ({by}) ({RELEASE_FROZEN}{{{service}}}), "reason", '
+                    f'"{RELEASE_ALLOWED_REASON}", "", "") * 0 + 1')
+    return {"name": f"slo-sidecar-release-policy-{spec.service}",
+            "rules": [{"record": RELEASE_ALLOWED, "expr": f"\nor on ({by})\n".join(branches),
+                       **({"labels": dict(spec.labels)} if spec.labels else {})}]}
 
 
 def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:

@@ -120,6 +120,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _budget(args: argparse.Namespace) -> int:
+    from .budget import run
+
+    return run(args)
+
+
 def _lab(args: argparse.Namespace) -> int:
     from .lab.command import run
 
@@ -180,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     subcommand("preview", "draw each dashboard as a static HTML page from a Prometheus", add_preview_arguments,
                _preview)
     subcommand("demo", "run the engine, send requests, show its metrics, stop", add_demo_arguments, _demo)
+    from .budget import add_arguments as add_budget_arguments
+
+    subcommand("budget", "each SLO's error budget left and the release policy's verdict, from a Prometheus that "
+               "runs the generated rules; exit 1 while releases are frozen", add_budget_arguments, _budget)
     subcommand("lab", "replay incidents into a real Prometheus and Alertmanager with the generated rules; a table "
                "of when each page and ticket came, against the SRE Workbook's arithmetic", add_lab_arguments, _lab)
     return parser

@@ -249,6 +249,24 @@ class AlertTier:
 
 
 @dataclass(frozen=True)
+class ReleasePolicy:
+    """The error-budget policy of one SLO: releases freeze while less than `freeze_below_budget` of the period's
+    budget is left, or (where set) while its burn over the fastest page's long window is above
+    `freeze_above_burn`."""
+
+    freeze_below_budget: float
+    freeze_above_burn: float | None = None
+
+
+# The release policy's recordings: per SLO, whether it freezes releases (1) and why; per service, whether
+# releases may go (1) or not (0), with the first reason that froze them (RELEASE_REASONS, in that order).
+RELEASE_FROZEN = "slo:release_frozen:bool"
+RELEASE_ALLOWED = "slo:release_allowed"
+RELEASE_REASONS = ("budget", "burn")
+RELEASE_ALLOWED_REASON = "none"
+
+
+@dataclass(frozen=True)
 class BurnAlert:
     tier: str  # page or ticket
     long_s: int
@@ -272,6 +290,7 @@ class Slo:
     # A slice of a sliced SLO (`slice_by`): the label and value whose events it judges, e.g.
     # {"model": "medical"}; {"model": "other"} for every value the spec does not name. Empty: unsliced.
     slice: dict[str, str] = field(default_factory=dict)
+    policy: ReleasePolicy | None = None  # None: this SLO never holds releases back
 
     @property
     def key(self) -> str:
@@ -295,6 +314,11 @@ class Slo:
         return [BurnAlert(tier, _round_minutes(long * scale), _round_minutes(short * scale), factor,
                           max(self.min_events, event_guard(factor, self.error_budget)))
                 for tier, long, short, factor in BURN_ALERTS_30D]
+
+    @property
+    def policy_burn_window_s(self) -> int:
+        """The window of the release policy's burn: the fastest page's long window (1h for 30 days)."""
+        return min(alert.long_s for alert in self.burn_alerts() if alert.tier == "page")
 
     def fast_burn(self) -> BurnAlert | None:
         """The total-outage page (see FAST_BURN_RATIO); None where half the events failing is within budget."""

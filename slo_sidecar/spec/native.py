@@ -33,6 +33,7 @@ from .model import (
     Matcher,
     Operational,
     Selection,
+    ReleasePolicy,
     Sli,
     Slo,
     Spec,
@@ -43,7 +44,7 @@ from .yaml_tree import Located, Path_
 TOP_FIELDS = ("version", "service", "identity", "labels", "runbook_base_url", "grafana_url", "operational",
               "correctness", "slos")
 SLO_FIELDS = ("name", "description", "objective", "period", "selector", "labels", "slice_by", "slices", "sli",
-              "alerting")
+              "alerting", "policy")
 SLICE_FIELDS = ("objective",)
 # Slices an SLO may name: each is a set of rules, alerts and sidecar windows of its own. Every value
 # the spec does not name is judged together in one more slice, OTHER_SLICE.
@@ -145,9 +146,25 @@ def _parse_slo(reader: FieldReader, value: Any, path: Path_) -> Slo:
         name=name, description=str(slo.get("description", sli.description)), objective=objective,
         period=period, sli=sli, labels=reader.labels(slo.get("labels"), (*path, "labels")),
         alert_name=str(alerting.get("name") or alert_name(name)), min_events=min_events,
-        page=tiers["page"], ticket=tiers["ticket"])
+        page=tiers["page"], ticket=tiers["ticket"], policy=_parse_policy(reader, slo.get("policy"), (*path, "policy")))
     check_alerts_can_fire(reader, parsed, path)
     return parsed
+
+
+def _parse_policy(reader: FieldReader, value: Any, path: Path_) -> ReleasePolicy | None:
+    """An SLO's error-budget policy (docs/release-policy.md); None without one."""
+    if value is None:
+        return None
+    values = reader.mapping(value, path, tuple(ReleasePolicy.__dataclass_fields__),
+                            required=("freeze_below_budget",))
+    below = values["freeze_below_budget"]
+    if isinstance(below, bool) or not isinstance(below, (int, float)) or not 0 < below <= 1:
+        raise reader.fail((*path, "freeze_below_budget"), f"expected the share of the budget left, a number in "
+                                                          f"(0, 1], got {below!r}")
+    burn = values.get("freeze_above_burn")
+    if burn is not None:
+        burn = reader.number(burn, (*path, "freeze_above_burn"), 0, math.inf, "a burn rate > 0")
+    return ReleasePolicy(float(below), None if burn is None else float(burn))
 
 
 def _slices(reader: FieldReader, slo: Slo, item: dict, path: Path_) -> list[Slo]:
