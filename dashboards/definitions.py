@@ -21,6 +21,7 @@ from slo_sidecar.spec.model import (
     GOODPUT_TOKENS,
     HTTP_REQUESTS,
     PROMPT_TOKENS,
+    RELEASE_ALLOWED,
     SLO_COUNTER,
     Slo,
     Spec,
@@ -320,9 +321,28 @@ def tenants_row(spec: Spec) -> tuple[str, tuple[Panel, ...]] | None:
     return ("Tenants", (table,))
 
 
+RELEASES_ROW = "Releases: the error-budget policy"
+
+
+def releases_row(spec: Spec) -> tuple[str, tuple[Panel, ...]] | None:
+    """Whether the error-budget policy holds releases back, per service and why; None where no SLO has a
+    policy (docs/release-policy.md)."""
+    if not any(slo.policy for slo in spec.slos):
+        return None
+    selector = f'sloth_service="{spec.service}"' + _identity_picks(spec)
+    frozen = Panel("Releases frozen", "1 (red) while the service's error-budget policy holds releases back, the "
+                   "reason in the legend: budget (an SLO has less budget left than its policy allows) or burn (an "
+                   "SLO burns faster than its policy allows); 0 while releases may go. `slo-sidecar budget` "
+                   "answers the same for a pipeline.",
+                   (Query(f"1 - {RELEASE_ALLOWED}{{{selector}}}", _legend(spec, "{{reason}}")),), "short", "stat",
+                   thresholds=((1, RED),), min=0, max=1, width=24)
+    return (RELEASES_ROW, (frozen,))
+
+
 def slo_overview(spec: Spec) -> Dashboard:
     tenants = tenants_row(spec)
-    rows = (fleet_row(spec), *((tenants,) if tenants else ()),
+    releases = releases_row(spec)
+    rows = (fleet_row(spec), *((releases,) if releases else ()), *((tenants,) if tenants else ()),
             *(_slo_row(spec, slos) for slos in _by_name(spec).values()))
     return Dashboard(uid(spec, "slo"), f"{spec.service} / SLOs", "Objectives, error budgets and burn rates.",
                      rows, variables=TENANT_VARIABLES)

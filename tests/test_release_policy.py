@@ -29,6 +29,8 @@ from aiohttp import web
 from slo_sidecar.alerts.render import RELEASE_POLICY_FILE, render, rules_file
 from slo_sidecar.spec.load import SpecError, parse_spec
 from slo_sidecar.app.processes import PrometheusProcess
+from slo_sidecar.dashboards.definitions import RELEASES_ROW, slo_overview
+from slo_sidecar.dashboards.model import expand
 from tests.helpers import promtool_counter
 from tests.test_rules import needs_promtool
 from tests.threaded_server import ThreadedServer
@@ -162,12 +164,19 @@ def test_budget_exits_1_for_a_frozen_service_and_0_for_a_healthy_one(tmp_path):
         deadline = time.monotonic() + 60
         while len(prometheus.query("slo:release_allowed")) < 2 and time.monotonic() < deadline:
             time.sleep(1)
+        # The SLO dashboard's Releases panel, as Grafana sends its query with every variable on All.
+        panel = next(panel for title, panels in slo_overview(spec).rows if title == RELEASES_ROW for panel in panels)
+        shown = {sample["metric"]["sloth_service"]: (float(sample["value"][1]), sample["metric"]["reason"])
+                 for query in panel.queries
+                 for sample in prometheus.query(expand(query.expr.replace('sloth_service="failing"',
+                                                                            'sloth_service=~".+"')))}
         healthy, failing, every, nosuch = (budget(prometheus.url, *args) for args in (
             ("--service", "healthy"), ("--service", "failing"), (), ("--service", "nosuch")))
         down = budget("http://127.0.0.1:1")
     finally:
         prometheus.stop()
         server.stop()
+    assert shown == {"healthy": (0.0, "none"), "failing": (1.0, "budget")}, shown  # 1: frozen, in red
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert "healthy model_name=m namespace=ns: releases allowed" in healthy.stdout, healthy.stdout
     assert failing.returncode == 1, failing.stdout + failing.stderr
