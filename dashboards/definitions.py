@@ -326,7 +326,7 @@ RELEASES_ROW = "Releases: the error-budget policy"
 
 def releases_row(spec: Spec) -> tuple[str, tuple[Panel, ...]] | None:
     """Whether the error-budget policy holds releases back, per service and why; None where no SLO has a
-    policy (docs/release-policy.md)."""
+    policy (docs/rolling-out.md)."""
     if not any(slo.policy for slo in spec.slos):
         return None
     selector = f'sloth_service="{spec.service}"' + _identity_picks(spec)

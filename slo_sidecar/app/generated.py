@@ -13,7 +13,10 @@ def generated_files(spec: Spec, rules_dir: Path, dashboards_dir: Path, k8s_dir: 
     from slo_sidecar.dashboards.definitions import dashboards
     from slo_sidecar.dashboards.grafana import datasources, render as render_dashboards
 
+    from slo_sidecar.alerts.canary import render as render_canary
+
     files = {rules_dir / name: text for name, text in render_rules(spec, split).items()}
+    files.update({rules_dir / name: text for name, text in render_canary(spec).items()})
     files.update({dashboards_dir / name: text for name, text in render_dashboards(dashboards(spec)).items()})
     files[dashboards_dir / "provisioning" / "datasources.yaml"] = datasources()
     if k8s_dir is not None:

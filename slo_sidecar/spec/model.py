@@ -205,6 +205,11 @@ class EventSum:
                     total += sign * counter_increase(before.get(frozenset(labels.items()), 0.0), value)
         return total
 
+    def narrowed(self, *matchers: Matcher) -> "EventSum":
+        """The same sum on the series the extra matchers also select (a tenant's, a canary's pods)."""
+        return replace(self, terms=tuple((sign, Selection(selection.metric, (*selection.matchers, *matchers)))
+                                         for sign, selection in self.terms))
+
     def first_source(self) -> "EventSum":
         """The first source's term alone (the sum as one process serves it, the others absent); the sum
         itself where its terms are one source's."""

@@ -152,7 +152,7 @@ def _parse_slo(reader: FieldReader, value: Any, path: Path_) -> Slo:
 
 
 def _parse_policy(reader: FieldReader, value: Any, path: Path_) -> ReleasePolicy | None:
-    """An SLO's error-budget policy (docs/release-policy.md); None without one."""
+    """An SLO's error-budget policy (docs/rolling-out.md); None without one."""
     if value is None:
         return None
     values = reader.mapping(value, path, tuple(ReleasePolicy.__dataclass_fields__),
@@ -219,9 +219,7 @@ def _slice(reader: FieldReader, slo: Slo, matcher: Matcher, slice_: dict[str, st
     def narrowed(events: EventSum | None) -> EventSum | None:
         if events is None:
             return None
-        kept = events.without(PROBE_MISSED)
-        return EventSum(tuple((sign, Selection(selection.metric, (*selection.matchers, matcher)))
-                              for sign, selection in kept.terms))
+        return events.without(PROBE_MISSED).narrowed(matcher)
 
     sliced = replace(slo, objective=objective, sli=replace(sli, errors=narrowed(sli.errors), total=narrowed(sli.total)),
                      labels={**slo.labels, **slice_}, slice=slice_)

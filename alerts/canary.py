@@ -1,0 +1,128 @@
+"""Canary analysis from the spec: for each SLO, the checks Argo Rollouts (an AnalysisTemplate) and Flagger (its
+MetricTemplates and a Canary's analysis) run against Prometheus while a new version takes part of the traffic.
+
+Each SLO gives two checks, on the same SLI event selections as its recording rules, narrowed to the canary's
+pods (and the stable pods') by the `pod` label Prometheus's Kubernetes discovery puts on every series:
+
+- burn: the canary's error ratio over CANARY_WINDOW over the SLO's budget. It fails above CANARY_BURN: a
+  version that burns so, once it takes all the traffic, spends the period's budget in half the period.
+- versus stable: the canary's burn less the stable pods' over the same window, on the same request mix. It
+  fails above CANARY_MARGIN: the canary spends at least one more period's worth of budget than stable does.
+
+Either check answers NaN until each side has the events the alerts' guard asks for at that burn (one failed
+request alone cannot fail a canary): Argo reads NaN as inconclusive (neither condition holds), Flagger halts
+the step without advancing. docs/rolling-out.md has the reasoning and the wiring.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slo_sidecar.spec.model import EventSum, Matcher, Slo, Spec, duration_label, event_guard
+
+from .dump import dump
+from .rules import slo_id
+
+CANARY_WINDOW_S = 300  # the analysis window: what each check reads, every interval
+CANARY_BURN = 2.0
+CANARY_MARGIN = 1.0
+DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"  # the Prometheus Operator's service
+ARGO_INTERVAL = "1m"
+# Argo measures each check ARGO_COUNT times, ARGO_INTERVAL apart: any failure fails the analysis; it passes with
+# at least one success (the measurements before the canary has its events are inconclusive), else it is
+# inconclusive and the rollout waits for a person.
+ARGO_COUNT = 5
+
+ARGO_CANARY = (Matcher("namespace", "=", "{{args.namespace}}"), Matcher("pod", "=~", ".+-{{args.canary-hash}}-.+"))
+ARGO_STABLE = (Matcher("namespace", "=", "{{args.namespace}}"), Matcher("pod", "=~", ".+-{{args.stable-hash}}-.+"))
+# Flagger's canary pods are its target Deployment's, the stable ones its `-primary` copy's (Flagger's own
+# builtin checks select them so).
+FLAGGER_CANARY = (Matcher("namespace", "=", "{{ namespace }}"),
+                  Matcher("pod", "=~", "{{ target }}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)"))
+FLAGGER_STABLE = (Matcher("namespace", "=", "{{ namespace }}"),
+                  Matcher("pod", "=~", "{{ target }}-primary-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)"))
+
+
+def judged(spec: Spec) -> list[Slo]:
+    """The SLOs a canary is judged on: those whose SLI counts events (a PromQL-only ratio has no pod scope)."""
+    return [slo for slo in spec.slos if slo.sli.errors is not None and slo.sli.total is not None]
+
+
+def _burn(slo: Slo, pods: tuple[Matcher, ...]) -> tuple[str, str]:
+    """(the burn over the window, the events in it) on the pods' series."""
+    window = duration_label(CANARY_WINDOW_S)
+    errors, total = (events.narrowed(*pods) for events in (slo.sli.errors, slo.sli.total))
+    assert isinstance(errors, EventSum) and isinstance(total, EventSum)
+    return (f"({errors.rate_promql(window)} / {total.rate_promql(window)}) / {slo.error_budget:.12g}",
+            f"{total.rate_promql(window)} * {CANARY_WINDOW_S}")
+
+
+def guard(slo: Slo, factor: float) -> int:
+    return max(slo.min_events, event_guard(factor, slo.error_budget))
+
+
+def burn_query(slo: Slo, canary: tuple[Matcher, ...]) -> str:
+    """The canary's burn, or NaN while it has fewer events than the guard at CANARY_BURN."""
+    burn, events = _burn(slo, canary)
+    return f"(\n  {burn}\n  and on () ({events} >= {guard(slo, CANARY_BURN)})\n)\nor on () vector(NaN)"
+
+
+def versus_query(slo: Slo, canary: tuple[Matcher, ...], stable: tuple[Matcher, ...]) -> str:
+    """The canary's burn less the stable pods', or NaN while either has fewer events than the guard at
+    CANARY_MARGIN."""
+    (canary_burn, canary_events), (stable_burn, stable_events) = _burn(slo, canary), _burn(slo, stable)
+    needed = guard(slo, CANARY_MARGIN)
+    return (f"(\n  ({canary_burn})\n  - ({stable_burn})\n  and on () ({canary_events} >= {needed})\n"
+            f"  and on () ({stable_events} >= {needed})\n)\nor on () vector(NaN)")
+
+
+def _name(spec: Spec, slo: Slo) -> str:
+    return slo_id(spec, slo)
+
+
+def argo_template(spec: Spec, slo: Slo) -> dict[str, Any]:
+    """An Argo Rollouts AnalysisTemplate: its Rollout passes the pods' hashes (podTemplateHashValue)."""
+    def metric(check: str, query: str, bound: float) -> dict[str, Any]:
+        return {"name": f"{slo.key.replace('/', '-')}-{check}", "interval": ARGO_INTERVAL, "count": ARGO_COUNT,
+                "successCondition": f"result[0] <= {bound:g}", "failureCondition": f"result[0] > {bound:g}",
+                "failureLimit": 0, "inconclusiveLimit": ARGO_COUNT - 1,
+                "provider": {"prometheus": {"address": "{{args.prometheus-address}}", "query": query}}}
+
+    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
+            "metadata": {"name": _name(spec, slo), "labels": {"app.kubernetes.io/managed-by": "slo-sidecar"}},
+            "spec": {"args": [{"name": "namespace"}, {"name": "canary-hash"}, {"name": "stable-hash"},
+                              {"name": "prometheus-address", "value": DEFAULT_PROMETHEUS}],
+                     "metrics": [metric("burn", burn_query(slo, ARGO_CANARY), CANARY_BURN),
+                                 metric("vs-stable", versus_query(slo, ARGO_CANARY, ARGO_STABLE), CANARY_MARGIN)]}}
+
+
+def flagger_templates(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
+    """Flagger MetricTemplates, one per check (the Canary's analysis sets each one's bound)."""
+    def template(check: str, query: str) -> dict[str, Any]:
+        return {"apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate",
+                "metadata": {"name": f"{_name(spec, slo)}-{check}",
+                             "labels": {"app.kubernetes.io/managed-by": "slo-sidecar"}},
+                "spec": {"provider": {"type": "prometheus", "address": DEFAULT_PROMETHEUS}, "query": query}}
+
+    return [template("burn", burn_query(slo, FLAGGER_CANARY)),
+            template("vs-stable", versus_query(slo, FLAGGER_CANARY, FLAGGER_STABLE))]
+
+
+def flagger_metrics(spec: Spec) -> list[dict[str, Any]]:
+    """A Canary's `spec.analysis.metrics`: each template with its bound, checked every minute."""
+    return [{"name": f"{slo.key.replace('/', '-')}-{check}", "templateRef": {"name": f"{_name(spec, slo)}-{check}"},
+             "thresholdRange": {"max": bound}, "interval": ARGO_INTERVAL}
+            for slo in judged(spec) for check, bound in (("burn", CANARY_BURN), ("vs-stable", CANARY_MARGIN))]
+
+
+def render(spec: Spec) -> dict[str, str]:
+    """{relative path: text}: the AnalysisTemplates, the MetricTemplates, and the analysis for a Canary."""
+    header = (f"# Generated by `slo-sidecar generate` from {spec.source.rsplit('/', 1)[-1]}: the canary checks of "
+              "each SLO (docs/rolling-out.md). Do not edit: change the spec and generate again.\n")
+    slos = judged(spec)
+    argo = "".join("---\n" + dump(argo_template(spec, slo)) for slo in slos)
+    flagger = "".join("---\n" + dump(template) for slo in slos for template in flagger_templates(spec, slo))
+    analysis = dump({"analysis": {"metrics": flagger_metrics(spec)}})
+    return {"canary/argo-rollouts/analysis-templates.yaml": header + argo,
+            "canary/flagger/metric-templates.yaml": header + flagger,
+            "canary/flagger/canary-analysis.yaml": header + "# Merge into your Canary's spec.\n" + analysis}
