@@ -72,12 +72,7 @@ def server_events(slo: Slo, start: Samples, end: Samples) -> tuple[float, float]
 
 def with_matcher(events: EventSum | None, matcher: Matcher) -> EventSum | None:
     """The same sum with `matcher` added to each selection (once: one already there is not repeated)."""
-    if events is None:
-        return None
-    return replace(events, terms=tuple(
-        (sign, selection if matcher in selection.matchers
-         else replace(selection, matchers=(*selection.matchers, matcher)))
-        for sign, selection in events.terms))
+    return None if events is None else events.narrowed(matcher)
 
 
 def scoped_to_tenant(slo: Slo, tenant: str, label: str = TENANT_LABEL) -> Slo:

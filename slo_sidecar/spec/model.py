@@ -206,9 +206,12 @@ class EventSum:
         return total
 
     def narrowed(self, *matchers: Matcher) -> "EventSum":
-        """The same sum on the series the extra matchers also select (a tenant's, a canary's pods)."""
-        return replace(self, terms=tuple((sign, Selection(selection.metric, (*selection.matchers, *matchers)))
-                                         for sign, selection in self.terms))
+        """The same sum on the series the extra matchers also select (a tenant's, a canary's pods); a matcher a
+        selection already has is not repeated."""
+        return replace(self, terms=tuple(
+            (sign, Selection(selection.metric,
+                             (*selection.matchers, *(m for m in matchers if m not in selection.matchers))))
+            for sign, selection in self.terms))
 
     def first_source(self) -> "EventSum":
         """The first source's term alone (the sum as one process serves it, the others absent); the sum
