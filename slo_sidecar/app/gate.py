@@ -165,6 +165,8 @@ class Criterion:
     passed: bool | None  # None: not enough to judge
     note: str = ""
     tenant: str = ""  # the tenant judged; empty for a run on one model, judged over all events
+    good: float | None = None  # the events behind `measured`, where it is a share (compare.py tests them)
+    total: float | None = None
 
 
 def _share(good: float, total: float) -> str:
@@ -216,7 +218,8 @@ def _server_criterion(slo: Slo, scrapes: tuple[Samples, Samples], tenant: str) -
     bad, total = server_events(slo, *scrapes)
     if total > 0:
         return Criterion(slo.key, "server", target, _share(total - bad, total),
-                         (total - bad) / total >= slo.objective_ratio, _events_note(slo, total))
+                         (total - bad) / total >= slo.objective_ratio, _events_note(slo, total),
+                         good=total - bad, total=total)
     note = "the engine counted no events"
     if tenant and not _carries(TENANT_LABEL, slo.sli.total, scrapes[1]):
         metrics = sorted({selection.metric for _, selection in slo.sli.total.terms})
@@ -233,7 +236,7 @@ def _client_criteria(slo: Slo, results: list) -> list[Criterion]:
         good = sum(1 for r in judged if r.ok)
         return [Criterion(slo.key, "client", f">= {slo.objective:g}% answered", _share(good, len(judged)),
                           (good / len(judged) >= slo.objective_ratio) if judged else None,
-                          _events_note(slo, len(judged)))]
+                          _events_note(slo, len(judged)), good=good, total=len(judged))]
     if sli.kind == "latency" and sli.source == "exact":
         (key, limit), = sli.targets.items()
         measure = TARGET_MEASURE.get(key, key)
@@ -247,7 +250,8 @@ def _client_criteria(slo: Slo, results: list) -> list[Criterion]:
         quantile = percentile(values, slo.objective_ratio)
         return [Criterion(slo.key, "client", f"{measure} <= {sli.threshold_s:g} s for >= {slo.objective:g}%",
                           f"{_share(good, len(values))} (p{slo.objective:g} {quantile * 1000:.0f} ms)",
-                          good / len(values) >= slo.objective_ratio, _events_note(slo, len(values)))]
+                          good / len(values) >= slo.objective_ratio, _events_note(slo, len(values)),
+                          good=good, total=len(values))]
     if sli.kind == "goodput":
         return [_judged_criterion(slo, results, sli.targets, f">= {slo.objective:g}% meet every target")]
     return []
@@ -264,7 +268,7 @@ def _judged_criterion(slo: Slo, results: list, targets: dict[str, float], target
                                     for key, limit in targets.items()))
     judged = len(ok) + sum(1 for r in results if _server_failure(r))
     return Criterion(slo.key, "client", target, _share(good, judged), good / judged >= slo.objective_ratio,
-                     _events_note(slo, judged))
+                     _events_note(slo, judged), good=good, total=judged)
 
 
 def _value(measure: str, request) -> float | None:

@@ -64,10 +64,10 @@ def api_key(args: argparse.Namespace) -> str | None:
     return args.api_key or os.environ.get("SLO_ENGINE_API_KEY")
 
 
-def settings_from(args: argparse.Namespace):
+def settings_from(args: argparse.Namespace, url: str | None = None):
     from .loadgen import LoadSettings, read_request_file
 
-    return LoadSettings(url=args.url.rstrip("/"), concurrency=args.concurrency, requests=args.requests,
+    return LoadSettings(url=(url or args.url).rstrip("/"), concurrency=args.concurrency, requests=args.requests,
                         duration_s=args.duration, prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
                         stream=args.stream, endpoint=args.endpoint, tenants=tuple(args.model or ()),
                         api_key=api_key(args), metrics_url=args.metrics_url,
@@ -118,7 +118,55 @@ def gate(settings, spec: Spec, report_path: Path | None, show_progress: bool = T
     return 0 if verdict(criteria, names) else EXIT_FAIL
 
 
+def run_compare(args: argparse.Namespace, spec: Spec) -> int:
+    """The same request mix to the baseline and the canary at once; each judged as the gate judges, then the
+    two compared SLO by SLO (compare.py): 1 when the canary is worse on any."""
+    from .compare import compare, table as comparison_table
+    from .gate import judge, table
+    from .loadgen import RequestFileError, run_load
+
+    try:
+        sides = {"baseline": settings_from(args, args.baseline), "canary": settings_from(args, args.canary)}
+    except RequestFileError as error:
+        print(f"slo-sidecar validate: error: --requests-file {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"validate: the same {args.requests} requests to the baseline {args.baseline} and the canary "
+          f"{args.canary}, at once", file=sys.stderr)
+
+    async def both():
+        return await asyncio.gather(*(run_load(settings, show_progress=False) for settings in sides.values()))
+    try:
+        runs = dict(zip(sides, asyncio.run(both())))
+    except (OSError, RuntimeError) as error:
+        print(f"slo-sidecar: error: cannot load both engines: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    names = [name for name, _ in sides["canary"].tenants]
+    criteria = {}
+    for side, run in runs.items():
+        summary, criteria[side] = judge(spec, run.results, run.wall_s, run.metrics_before, run.metrics_after, names)
+        print(f"\n{side}: {sides[side].url}")
+        print(table(summary, criteria[side], asdict(run.peaks)))
+    comparisons = compare(criteria["baseline"], criteria["canary"])
+    print("\ncanary against baseline (one-sided two-proportion z-test; worse when p < 0.05 over the number of "
+          "criteria tested, or when it fails an SLO the baseline passes):")
+    print(comparison_table(comparisons))
+    worse = sorted({c.slo for c in comparisons if c.worse})
+    print(f"\n{'FAIL: the canary is worse on ' + ', '.join(worse) if worse else 'PASS: the canary is not worse'}")
+    return EXIT_FAIL if worse else 0
+
+
 def run(args: argparse.Namespace, spec: Spec) -> int:
+    if args.baseline or args.canary:
+        missing = "--canary" if args.baseline and not args.canary else "--baseline" if args.canary and not \
+            args.baseline else None
+        clash = next((flag for flag, given in (("--url", args.url), ("--metrics-url", args.metrics_url),
+                                              ("--golden", args.golden), ("--golden-out", args.golden_out)) if given),
+                     None)
+        if missing or clash:
+            why = f"{missing} is needed with it" if missing else f"{clash} does not go with --baseline and --canary"
+            print(f"slo-sidecar validate: error: {why}", file=sys.stderr)
+            return EXIT_ERROR
+        return run_compare(args, spec)
     if not args.url:
         if args.golden or args.golden_out:
             print("slo-sidecar validate: error: --golden and --golden-out need --url, the engine to score",
@@ -145,6 +193,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo", help="the SLO spec (default: the embedded slo.yaml)")
     gate = parser.add_argument_group("load-test gate (with --url)")
     gate.add_argument("--url", type=http_url, help="the engine's base URL, e.g. http://localhost:8000: load it and judge against the spec")
+    gate.add_argument("--baseline", type=http_url, help="with --canary: the engine now serving (its base URL); "
+                      "both get the same requests at once, and the canary fails when it is worse on any SLO")
+    gate.add_argument("--canary", type=http_url, help="with --baseline: the candidate engine's base URL")
     gate.add_argument("--concurrency", type=positive(int), default=4, help="requests in flight at once (default: 4)")
     gate.add_argument("--rate", type=positive(float), help="open loop: requests arrive as a Poisson process at this "
                       "many per second, whatever the server's pace (as `capacity` loads it); --concurrency is then "

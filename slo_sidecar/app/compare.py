@@ -1,0 +1,70 @@
+"""Canary against baseline on the same load: each SLO's share of good events on both, and whether the canary's
+share of bad events is higher than the baseline's by more than chance (pure; `validate --baseline --canary`).
+
+The test is the one-sided two-proportion z-test: with b_c bad of n_c canary events and b_b of n_b baseline
+events, the pooled share p = (b_c + b_b) / (n_c + n_b), z = (b_c/n_c - b_b/n_b) / sqrt(p (1 - p) (1/n_c + 1/n_b)),
+and the canary is worse when z's one-sided p-value, 1 - Phi(z), is under ALPHA / m, m the number of criteria
+compared (Bonferroni): a healthy canary is called worse on any of them by chance at most 1 time in 20, not 1 in
+20 per criterion. With no bad event on either side there is nothing to tell apart: z = 0. A canary that fails
+an SLO the baseline passes is worse too, whatever the test says.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+ALPHA = 0.05  # for all the criteria together (family-wise): a canary worse by chance alone, 1 time in 20
+
+
+@dataclass(frozen=True)
+class Comparison:
+    slo: str
+    view: str
+    tenant: str
+    baseline: str  # as the gate's table shows each side
+    canary: str
+    z: float | None  # None: one side has no events to compare
+    p_value: float | None
+    worse: bool  # the canary's bad share is higher, p < ALPHA, or it fails an SLO the baseline passes
+
+
+def two_proportion_z(bad_canary: float, total_canary: float, bad_baseline: float, total_baseline: float
+                     ) -> tuple[float, float]:
+    """(z, one-sided p-value) that the canary's bad share exceeds the baseline's."""
+    pooled = (bad_canary + bad_baseline) / (total_canary + total_baseline)
+    if pooled in (0.0, 1.0):
+        return 0.0, 0.5
+    error = math.sqrt(pooled * (1 - pooled) * (1 / total_canary + 1 / total_baseline))
+    z = (bad_canary / total_canary - bad_baseline / total_baseline) / error
+    return z, 1 - NormalDist().cdf(z)
+
+
+def compare(baseline: list, canary: list) -> list[Comparison]:
+    """Each criterion both runs judged (the gate's Criterion, matched by SLO, view and tenant)."""
+    by_key = {(c.slo, c.view, c.tenant): c for c in baseline}
+    pairs = [(mine, by_key[(mine.slo, mine.view, mine.tenant)]) for mine in canary
+             if (mine.slo, mine.view, mine.tenant) in by_key]
+    tested = [(mine, theirs) for mine, theirs in pairs if mine.total and theirs.total
+              and mine.good is not None and theirs.good is not None]
+    alpha = ALPHA / max(1, len(tested))
+    out = []
+    for mine, theirs in pairs:
+        z = p_value = None
+        if (mine, theirs) in tested:
+            z, p_value = two_proportion_z(mine.total - mine.good, mine.total, theirs.total - theirs.good, theirs.total)
+        worse = (p_value is not None and p_value < alpha) or (mine.passed is False and theirs.passed is True)
+        out.append(Comparison(mine.slo, mine.view, mine.tenant, theirs.measured, mine.measured, z, p_value, worse))
+    return out
+
+
+def table(comparisons: list[Comparison]) -> str:
+    lines = [f"{'SLO':<22} {'view':<7} {'baseline':<24} {'canary':<24} {'z':>6} {'p':>7}  verdict"]
+    for c in comparisons:
+        z = "" if c.z is None else f"{c.z:.2f}"
+        p = "" if c.p_value is None else f"{c.p_value:.3f}"
+        name = f"{c.tenant}/{c.slo}" if c.tenant else c.slo
+        lines.append(f"{name:<22} {c.view:<7} {c.baseline:<24} {c.canary:<24} {z:>6} {p:>7}  "
+                     + ("CANARY WORSE" if c.worse else "not worse"))
+    return "\n".join(lines)
