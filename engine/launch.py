@@ -251,7 +251,17 @@ def stop_children(grace_s: float) -> None:
     psutil.wait_procs(alive, timeout=grace_s)
 
 
+def stop_before_serving(signum: int, frame: object) -> None:
+    """SIGTERM or SIGINT before vLLM's server installs its own handlers: stop what has started, exit 0. Being a
+    Python handler, it also makes the C-level handler write the signal to the wakeup fd that
+    serve_stoppable_while_loading reads (with SIG_DFL, a SIGTERM in that window killed the process: -15)."""
+    stop_children(CHILD_STOP_GRACE_S)
+    os._exit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop_before_serving)
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
 
     ours, vllm_args = parse(sys.argv[1:] if argv is None else argv)

@@ -49,6 +49,20 @@ def test_sigterm_while_the_model_loads_exits_0_at_once_and_leaves_no_process(tmp
         engine.kill_group()
 
 
+def test_sigterm_before_vllm_starts_its_server_exits_0(tmp_path):
+    """A second in, the launcher is importing vLLM, before vLLM installs any handler of its own: a SIGTERM there
+    killed the process (-15, what a fresh clone's busy run caught in the test above), now it exits 0."""
+    engine = EngineProcess(tmp_path / "engine.log", "--max-model-len", "1024").start()
+    try:
+        time.sleep(1.0)
+        assert engine.process.poll() is None and not (tmp_path / "engine.log").read_text().count("APIServer")
+        engine.process.send_signal(signal.SIGTERM)
+        assert engine.process.wait(60) == 0, engine.log_tail()
+        assert "Traceback" not in engine.log_path.read_text(errors="replace"), engine.log_tail()
+    finally:
+        engine.kill_group()
+
+
 def test_engine_core_killed_mid_stream_ends_the_stream_and_exits_non_zero(tmp_path):
     # 2,000 tokens: vLLM is still generating when the kill lands (at 300 the tiny model had finished
     # them all before it, and the paced stream then ended normally: a fresh-clone run saw that).
