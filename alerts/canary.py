@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slo_sidecar.spec.model import EventSum, Matcher, Slo, Spec, duration_label, event_guard
+from slo_sidecar.spec.model import EventSum, Matcher, Slo, Spec, duration_label
 
 from .dump import dump
 from .rules import slo_id
@@ -32,6 +32,7 @@ ARGO_INTERVAL = "1m"
 # at least one success (the measurements before the canary has its events are inconclusive), else it is
 # inconclusive and the rollout waits for a person.
 ARGO_COUNT = 5
+MANAGED = {"app.kubernetes.io/managed-by": "slo-sidecar"}
 
 ARGO_CANARY = (Matcher("namespace", "=", "{{args.namespace}}"), Matcher("pod", "=~", ".+-{{args.canary-hash}}-.+"))
 ARGO_STABLE = (Matcher("namespace", "=", "{{args.namespace}}"), Matcher("pod", "=~", ".+-{{args.stable-hash}}-.+"))
@@ -53,43 +54,41 @@ def _burn(slo: Slo, pods: tuple[Matcher, ...]) -> tuple[str, str]:
     window = duration_label(CANARY_WINDOW_S)
     errors, total = (events.narrowed(*pods) for events in (slo.sli.errors, slo.sli.total))
     assert isinstance(errors, EventSum) and isinstance(total, EventSum)
-    return (f"({errors.rate_promql(window)} / {total.rate_promql(window)}) / {slo.error_budget:.12g}",
-            f"{total.rate_promql(window)} * {CANARY_WINDOW_S}")
-
-
-def guard(slo: Slo, factor: float) -> int:
-    return max(slo.min_events, event_guard(factor, slo.error_budget))
+    total_rate = total.rate_promql(window)
+    return (f"({errors.rate_promql(window)} / {total_rate}) / {slo.error_budget:.12g}",
+            f"{total_rate} * {CANARY_WINDOW_S}")
 
 
 def burn_query(slo: Slo, canary: tuple[Matcher, ...]) -> str:
     """The canary's burn, or NaN while it has fewer events than the guard at CANARY_BURN."""
     burn, events = _burn(slo, canary)
-    return f"(\n  {burn}\n  and on () ({events} >= {guard(slo, CANARY_BURN)})\n)\nor on () vector(NaN)"
+    return f"(\n  {burn}\n  and on () ({events} >= {slo.events_needed(CANARY_BURN)})\n)\nor on () vector(NaN)"
 
 
 def versus_query(slo: Slo, canary: tuple[Matcher, ...], stable: tuple[Matcher, ...]) -> str:
     """The canary's burn less the stable pods', or NaN while either has fewer events than the guard at
     CANARY_MARGIN."""
     (canary_burn, canary_events), (stable_burn, stable_events) = _burn(slo, canary), _burn(slo, stable)
-    needed = guard(slo, CANARY_MARGIN)
+    needed = slo.events_needed(CANARY_MARGIN)
     return (f"(\n  ({canary_burn})\n  - ({stable_burn})\n  and on () ({canary_events} >= {needed})\n"
             f"  and on () ({stable_events} >= {needed})\n)\nor on () vector(NaN)")
 
 
-def _name(spec: Spec, slo: Slo) -> str:
-    return slo_id(spec, slo)
+def _check(slo: Slo, check: str) -> str:
+    """A check's name in a template: the SLO's key (a slice's value after a dash) and the check."""
+    return f"{slo.key.replace('/', '-')}-{check}"
 
 
 def argo_template(spec: Spec, slo: Slo) -> dict[str, Any]:
     """An Argo Rollouts AnalysisTemplate: its Rollout passes the pods' hashes (podTemplateHashValue)."""
     def metric(check: str, query: str, bound: float) -> dict[str, Any]:
-        return {"name": f"{slo.key.replace('/', '-')}-{check}", "interval": ARGO_INTERVAL, "count": ARGO_COUNT,
+        return {"name": _check(slo, check), "interval": ARGO_INTERVAL, "count": ARGO_COUNT,
                 "successCondition": f"result[0] <= {bound:g}", "failureCondition": f"result[0] > {bound:g}",
                 "failureLimit": 0, "inconclusiveLimit": ARGO_COUNT - 1,
                 "provider": {"prometheus": {"address": "{{args.prometheus-address}}", "query": query}}}
 
     return {"apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
-            "metadata": {"name": _name(spec, slo), "labels": {"app.kubernetes.io/managed-by": "slo-sidecar"}},
+            "metadata": {"name": slo_id(spec, slo), "labels": MANAGED},
             "spec": {"args": [{"name": "namespace"}, {"name": "canary-hash"}, {"name": "stable-hash"},
                               {"name": "prometheus-address", "value": DEFAULT_PROMETHEUS}],
                      "metrics": [metric("burn", burn_query(slo, ARGO_CANARY), CANARY_BURN),
@@ -100,8 +99,7 @@ def flagger_templates(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
     """Flagger MetricTemplates, one per check (the Canary's analysis sets each one's bound)."""
     def template(check: str, query: str) -> dict[str, Any]:
         return {"apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate",
-                "metadata": {"name": f"{_name(spec, slo)}-{check}",
-                             "labels": {"app.kubernetes.io/managed-by": "slo-sidecar"}},
+                "metadata": {"name": f"{slo_id(spec, slo)}-{check}", "labels": MANAGED},
                 "spec": {"provider": {"type": "prometheus", "address": DEFAULT_PROMETHEUS}, "query": query}}
 
     return [template("burn", burn_query(slo, FLAGGER_CANARY)),
@@ -110,7 +108,7 @@ def flagger_templates(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
 
 def flagger_metrics(spec: Spec) -> list[dict[str, Any]]:
     """A Canary's `spec.analysis.metrics`: each template with its bound, checked every minute."""
-    return [{"name": f"{slo.key.replace('/', '-')}-{check}", "templateRef": {"name": f"{_name(spec, slo)}-{check}"},
+    return [{"name": _check(slo, check), "templateRef": {"name": f"{slo_id(spec, slo)}-{check}"},
              "thresholdRange": {"max": bound}, "interval": ARGO_INTERVAL}
             for slo in judged(spec) for check, bound in (("burn", CANARY_BURN), ("vs-stable", CANARY_MARGIN))]
 

@@ -230,20 +230,23 @@ def recording_groups(spec: Spec, slo: Slo, split: bool = False) -> tuple[list[di
     return local, ([{"name": f"sloth-slo-sli-recordings-{ident}", "rules": ratios}] if ratios else []) + [long]
 
 
+def _burn(window: str, selector: str) -> str:
+    """The SLO's error ratio over the window divided by its error budget (1: spending it exactly over the period)."""
+    return (f"slo:sli_error:ratio_rate{window}{selector}\n/ on (sloth_id, sloth_slo, sloth_service) group_left\n"
+            f"slo:error_budget:ratio{selector}")
+
+
 def metadata_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     labels = _slo_labels(spec, slo)
-    selector, on = _id_selector(spec, slo), "on (sloth_id, sloth_slo, sloth_service) group_left"
+    selector = _id_selector(spec, slo)
     budget = f"{slo.error_budget:.12g}"
     rules = [
         {"record": "slo:objective:ratio", "expr": f"vector({slo.objective_ratio:.12g})", "labels": labels},
         {"record": "slo:error_budget:ratio", "expr": f"vector(1 - {slo.objective_ratio:.12g})", "labels": labels},
         {"record": "slo:time_period:days", "expr": f"vector({slo.period_s // 86400})", "labels": labels},
-        {"record": "slo:current_burn_rate:ratio",
-         "expr": (f"slo:sli_error:ratio_rate{duration_label(slo.base_window_s)}{selector}\n/ {on}\n"
-                  f"slo:error_budget:ratio{selector}"), "labels": labels},
-        {"record": "slo:period_burn_rate:ratio",
-         "expr": f"slo:sli_error:ratio_rate{slo.period}{selector}\n/ {on}\nslo:error_budget:ratio{selector}",
+        {"record": "slo:current_burn_rate:ratio", "expr": _burn(duration_label(slo.base_window_s), selector),
          "labels": labels},
+        {"record": "slo:period_burn_rate:ratio", "expr": _burn(slo.period, selector), "labels": labels},
         {"record": "slo:period_error_budget_remaining:ratio",
          "expr": f"1 - slo:period_burn_rate:ratio{selector}", "labels": labels},
         {"record": "sloth_slo_info", "expr": "vector(1)",
@@ -262,14 +265,12 @@ def policy_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
     if policy is None:
         return []
     labels, selector = _slo_labels(spec, slo), _id_selector(spec, slo)
-    on = "on (sloth_id, sloth_slo, sloth_service) group_left"
     rules = [{"record": RELEASE_FROZEN,
               "expr": f"slo:period_error_budget_remaining:ratio{selector} < bool {policy.freeze_below_budget:.12g}",
               "labels": {**labels, "reason": "budget"}}]
     if policy.freeze_above_burn is not None:
-        window = duration_label(slo.policy_burn_window_s)
         rules.append({"record": RELEASE_FROZEN,
-                      "expr": (f"slo:sli_error:ratio_rate{window}{selector}\n/ {on}\nslo:error_budget:ratio{selector}"
+                      "expr": (f"{_burn(duration_label(slo.policy_burn_window_s), selector)}"
                                f"\n> bool {policy.freeze_above_burn:.12g}"),
                       "labels": {**labels, "reason": "burn"}})
     return rules

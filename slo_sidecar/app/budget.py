@@ -8,14 +8,13 @@ of the service's recordings (nothing to decide on: a pipeline should not take th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import urllib.parse
 from dataclasses import dataclass
 
 from slo_sidecar.spec.model import RELEASE_ALLOWED, RELEASE_ALLOWED_REASON, RELEASE_FROZEN
 
-from .processes import http_get
+from .processes import get_json
 
 BUDGET_LEFT = "slo:period_error_budget_remaining:ratio"
 SLO_LABELS = ("sloth_service", "sloth_slo", "sloth_id", "sloth_window", "reason", "__name__")
@@ -42,16 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def query(prometheus: str, expr: str) -> list[dict]:
     url = f"{prometheus.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
     try:
-        status, body = http_get(url, timeout=30)
+        return get_json(url)["data"]["result"]
     except OSError as exc:
         raise BudgetError(f"{prometheus}: {exc}") from None
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        raise BudgetError(f"{url} answered {status}, not JSON: {body[:200]!r}") from None
-    if status != 200 or answer.get("status") != "success":
-        raise BudgetError(f"{url} answered {status}: {answer.get('error', body[:200])}")
-    return answer["data"]["result"]
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # another status, or not its API's JSON
+        raise BudgetError(f"{url}: {exc}") from None
 
 
 def scope_of(labels: dict[str, str]) -> str:
@@ -60,15 +54,18 @@ def scope_of(labels: dict[str, str]) -> str:
     return f"{labels.get('sloth_service', '?')} {rest}".strip()
 
 
+def slo_of(labels: dict[str, str]) -> tuple[str, str]:
+    """(scope, SLO) of an SLO recording's series."""
+    return scope_of(labels), labels.get("sloth_slo", "?")
+
+
 def read(prometheus: str, service: str | None) -> tuple[list[Row], dict[str, tuple[bool, str]]]:
     """(each SLO's row, {scope: (releases allowed, reason)}) from the recordings as Prometheus holds them now."""
     selector = "{" + (f'sloth_service="{service}"' if service else "") + "}"
     frozen: dict[tuple[str, str], list[str]] = {}
     for sample in query(prometheus, f"{RELEASE_FROZEN}{selector} == 1"):
-        labels = sample["metric"]
-        frozen.setdefault((scope_of(labels), labels.get("sloth_slo", "?")), []).append(labels.get("reason", "?"))
-    rows = sorted(Row(scope_of(s["metric"]), s["metric"].get("sloth_slo", "?"), float(s["value"][1]),
-                      tuple(sorted(frozen.get((scope_of(s["metric"]), s["metric"].get("sloth_slo", "?")), ()))))
+        frozen.setdefault(slo_of(sample["metric"]), []).append(sample["metric"].get("reason", "?"))
+    rows = sorted(Row(*slo_of(s["metric"]), float(s["value"][1]), tuple(sorted(frozen.get(slo_of(s["metric"]), ()))))
                   for s in query(prometheus, f"{BUDGET_LEFT}{selector}"))
     verdicts = {scope_of(s["metric"]): (float(s["value"][1]) == 1.0, s["metric"].get("reason", "?"))
                 for s in query(prometheus, f"{RELEASE_ALLOWED}{selector}")}

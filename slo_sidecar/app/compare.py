@@ -46,13 +46,13 @@ def compare(baseline: list, canary: list) -> list[Comparison]:
     by_key = {(c.slo, c.view, c.tenant): c for c in baseline}
     pairs = [(mine, by_key[(mine.slo, mine.view, mine.tenant)]) for mine in canary
              if (mine.slo, mine.view, mine.tenant) in by_key]
-    tested = [(mine, theirs) for mine, theirs in pairs if mine.total and theirs.total
-              and mine.good is not None and theirs.good is not None]
-    alpha = ALPHA / max(1, len(tested))
+    testable = [bool(mine.total and theirs.total and mine.good is not None and theirs.good is not None)
+                for mine, theirs in pairs]
+    alpha = ALPHA / max(1, sum(testable))
     out = []
-    for mine, theirs in pairs:
+    for (mine, theirs), test in zip(pairs, testable):
         z = p_value = None
-        if (mine, theirs) in tested:
+        if test:
             z, p_value = two_proportion_z(mine.total - mine.good, mine.total, theirs.total - theirs.good, theirs.total)
         worse = (p_value is not None and p_value < alpha) or (mine.passed is False and theirs.passed is True)
         out.append(Comparison(mine.slo, mine.view, mine.tenant, theirs.measured, mine.measured, z, p_value, worse))

@@ -157,16 +157,16 @@ def run_compare(args: argparse.Namespace, spec: Spec) -> int:
 
 def run(args: argparse.Namespace, spec: Spec) -> int:
     if args.baseline or args.canary:
-        missing = "--canary" if args.baseline and not args.canary else "--baseline" if args.canary and not \
-            args.baseline else None
-        clash = next((flag for flag, given in (("--url", args.url), ("--metrics-url", args.metrics_url),
-                                              ("--golden", args.golden), ("--golden-out", args.golden_out)) if given),
-                     None)
-        if missing or clash:
-            why = f"{missing} is needed with it" if missing else f"{clash} does not go with --baseline and --canary"
-            print(f"slo-sidecar validate: error: {why}", file=sys.stderr)
-            return EXIT_ERROR
-        return run_compare(args, spec)
+        clashes = [flag for flag, given in (("--url", args.url), ("--metrics-url", args.metrics_url),
+                                            ("--golden", args.golden), ("--golden-out", args.golden_out)) if given]
+        if not (args.baseline and args.canary):
+            why = f"{'--baseline' if args.canary else '--canary'} is needed with it"
+        elif clashes:
+            why = f"{clashes[0]} does not go with --baseline and --canary"
+        else:
+            return run_compare(args, spec)
+        print(f"slo-sidecar validate: error: {why}", file=sys.stderr)
+        return EXIT_ERROR
     if not args.url:
         if args.golden or args.golden_out:
             print("slo-sidecar validate: error: --golden and --golden-out need --url, the engine to score",

@@ -317,10 +317,15 @@ class Slo:
     def period_s(self) -> int:
         return PERIODS[self.period]
 
+    def events_needed(self, factor: float) -> int:
+        """The fewest events a window needs before a burn over `factor` may be judged (event_guard), at least
+        the spec's min_events: the alerts' guard, and a canary check's."""
+        return max(self.min_events, event_guard(factor, self.error_budget))
+
     def burn_alerts(self) -> list[BurnAlert]:
         scale = self.period_s / PERIODS["30d"]
         return [BurnAlert(tier, _round_minutes(long * scale), _round_minutes(short * scale), factor,
-                          max(self.min_events, event_guard(factor, self.error_budget)))
+                          self.events_needed(factor))
                 for tier, long, short, factor in BURN_ALERTS_30D]
 
     @property
@@ -333,8 +338,7 @@ class Slo:
         if FAST_BURN_RATIO <= self.error_budget:
             return None
         factor = FAST_BURN_RATIO / self.error_budget
-        return BurnAlert("page", *FAST_BURN_WINDOWS, factor,
-                         max(self.min_events, FAST_MIN_EVENTS, event_guard(factor, self.error_budget)))
+        return BurnAlert("page", *FAST_BURN_WINDOWS, factor, max(FAST_MIN_EVENTS, self.events_needed(factor)))
 
     @property
     def base_window_s(self) -> int:
