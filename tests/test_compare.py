@@ -29,16 +29,20 @@ def criterion(slo: str, good: float, total: float, passed: bool | None = True) -
     return Criterion(slo, "server", ">= 99% good", f"{good}/{total}", passed, good=good, total=total)
 
 
-def test_worse_needs_the_bonferroni_bound_or_a_failed_slo_the_baseline_passes():
+def test_worse_needs_the_bonferroni_bound_and_nothing_else():
     """Two criteria tested: each needs p < 0.025. 30 vs 15 bad of 100 (p 0.0055) is worse; 22 vs 12 of 100
-    (pooled 0.17, se 0.05313, z 1.882, p 0.0299) is not, though it would be on its own at 0.05. And a canary
-    failing an SLO the baseline passes is worse whatever the counts."""
+    (pooled 0.17, se 0.05313, z 1.882, p 0.0299) is not, though it would be on its own at 0.05. A canary missing
+    an SLO the baseline meets is not worse by that alone (3 bad of 60 against 0: pooled 0.025, se 0.028504,
+    z 1.754, p 0.0397 > 0.025): the same engine on both sides does that by chance."""
     baseline = [criterion("availability", 85, 100), criterion("ttft", 88, 100)]
     canary = [criterion("availability", 70, 100), criterion("ttft", 78, 100)]
     verdicts = {c.slo: (round(c.z, 3), c.worse) for c in compare(baseline, canary)}
     assert verdicts == {"availability": (2.54, True), "ttft": (1.882, False)}
-    failed = [criterion("availability", 85, 100), criterion("ttft", 88, 100, passed=False)]
-    assert [c.worse for c in compare(baseline, failed)] == [False, True]
+    baseline = [criterion("availability", 60, 60), criterion("ttft", 60, 60)]
+    failed = [criterion("availability", 57, 60, passed=False), criterion("ttft", 60, 60)]
+    availability = compare(baseline, failed)[0]
+    assert availability.z == pytest.approx(1.754, abs=1e-3) and availability.p_value == pytest.approx(0.0397, abs=1e-4)
+    assert (availability.worse, availability.baseline_passed, availability.canary_passed) == (False, True, False)
 
 
 def validate(*args: str) -> subprocess.CompletedProcess:

@@ -148,7 +148,7 @@ def run_compare(args: argparse.Namespace, spec: Spec) -> int:
         print(table(summary, criteria[side], asdict(run.peaks)))
     comparisons = compare(criteria["baseline"], criteria["canary"])
     print("\ncanary against baseline (one-sided two-proportion z-test; worse when p < 0.05 over the number of "
-          "criteria tested, or when it fails an SLO the baseline passes):")
+          "criteria tested; each side's own verdict in brackets):")
     print(comparison_table(comparisons))
     worse = sorted({c.slo for c in comparisons if c.worse})
     print(f"\n{'FAIL: the canary is worse on ' + ', '.join(worse) if worse else 'PASS: the canary is not worse'}")
