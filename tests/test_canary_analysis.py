@@ -9,6 +9,10 @@ requests a second (3,000 events, past both guards: 500 events for a burn of 2, 1
   4.5 worse: over 1, it fails that check too;
 - a canary failing 0.1% burns exactly 1: it passes both (0.5 worse than stable);
 - a canary at 1 request a second (300 events) cannot be judged: NaN, whatever it fails.
+
+The correctness SLO's golden check, on the embedded golden set's 8 items: one bad probe in the window fails a
+canary (bad probes over 0), however few it has scored; a canary whose probes all scored within the tolerance
+passes once it has scored 8 in the window, and is NaN before.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import copy
 import gzip
 import subprocess
+import sys
 
 import jsonschema
 import pytest
@@ -58,7 +63,7 @@ def strict(schema: dict) -> dict:
 @pytest.fixture(scope="module")
 def generated() -> dict[str, list[dict]]:
     return {name: [doc for doc in yaml.safe_load_all(text) if doc]
-            for name, text in render(load_spec(str(DEFAULT_SPEC))).items()}
+            for name, text in render(load_spec(str(DEFAULT_SPEC)), golden_items=8).items()}
 
 
 def canary(analysis: dict) -> dict:
@@ -75,7 +80,8 @@ def test_every_template_validates_against_its_projects_crd(generated):
     argo = generated["canary/argo-rollouts/analysis-templates.yaml"]
     flagger = generated["canary/flagger/metric-templates.yaml"]
     slos = [slo for slo in load_spec(str(DEFAULT_SPEC)).slos]
-    assert len(argo) == len(slos) and len(flagger) == 2 * len(slos)  # every SLO counts events: all judged
+    # every SLO counts events: all judged, on two checks; the correctness SLO on its golden score too
+    assert len(argo) == len(slos) and len(flagger) == 2 * len(slos) + 1
     for doc in [*argo, *flagger]:
         jsonschema.validate(doc, schemas[doc["kind"]])
     analysis = generated["canary/flagger/canary-analysis.yaml"][0]
@@ -147,3 +153,47 @@ def test_the_checks_fail_a_burning_canary_pass_a_healthy_one_and_wait_for_events
     result = subprocess.run(["promtool", "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+@needs_promtool
+def test_the_golden_check_fails_one_bad_probe_and_passes_a_whole_good_set(generated, tmp_path):
+    """Probes one every 10 s (6 a minute, 30 in the window) or one a minute (5 in the window, fewer than the 8
+    items): bad ones at minute 8. Read at minute 10 with Argo's query."""
+    pods = {"app-bad-a1": (6, 1), "app-good-b1": (6, 0), "app-few-c1": (1, 0), "app-fewbad-d1": (1, 1)}
+    series = []
+    for pod, (per_minute, bad) in pods.items():
+        labels = f'namespace="ns", pod="{pod}"'
+        good = [per_minute - (bad if minute == 8 else 0) for minute in range(MINUTES + 1)]
+        series += [{"series": f'slo_golden_probes_total{{{labels}, result="good"}}', "values": promtool_counter(good)},
+                   {"series": f'slo_golden_probes_total{{{labels}, result="bad"}}',
+                    "values": promtool_counter([bad if minute == 8 else 0 for minute in range(MINUTES + 1)])}]
+    argo = next(t for t in generated["canary/argo-rollouts/analysis-templates.yaml"]
+                if t["metadata"]["name"].endswith("-correctness"))
+    metric = next(m for m in argo["spec"]["metrics"] if m["name"] == "correctness-golden")
+    assert (metric["successCondition"], metric["failureCondition"]) == ("result[0] <= 0", "result[0] > 0")
+    # fails: over 0 (1 for a failed check); passes: exactly 0; NaN: neither
+    expected = {"bad": "fails", "good": "passes", "few": "nan", "fewbad": "fails"}
+    checks = []
+    for pod_hash, verdict in expected.items():
+        query = argo_query(argo, "golden", pod_hash)
+        expr = {"fails": f"(\n{query}\n) > bool 0", "passes": f"(\n{query}\n) == bool 0",
+                "nan": f"count((\n{query}\n) != (\n{query}\n))"}[verdict]
+        checks.append({"eval_time": "10m", "expr": expr, "exp_samples": [{"labels": "{}", "value": 1}]})
+    test = {"rule_files": [], "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": checks}]}
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    result = subprocess.run(["promtool", "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_generate_refuses_a_golden_set_it_cannot_read_naming_the_field(tmp_path):
+    """The golden check's guard is the golden set's size: a set that is not there exits 2, naming it."""
+    document = yaml.safe_load(DEFAULT_SPEC.read_text())
+    document["correctness"]["golden_set"] = "missing-golden.yaml"
+    (tmp_path / "slo.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "slo_sidecar.app.cli", "generate", "--slo", str(tmp_path / "slo.yaml"),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "correctness.golden_set" in result.stderr and "missing-golden.yaml" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()  # nothing half written

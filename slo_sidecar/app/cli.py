@@ -86,6 +86,7 @@ SPLIT = "local,global"
 
 def _generate(args: argparse.Namespace) -> int:
     from slo_sidecar.iokit.files import write_atomically
+    from slo_sidecar.spec.golden import GoldenError
     from .generated import generated_files
 
     if args.split not in (None, SPLIT):
@@ -97,7 +98,12 @@ def _generate(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     board_dir = Path(args.dashboards_out) if args.dashboards_out else out / "dashboards"
-    files = generated_files(spec, out, board_dir, Path(args.k8s) if args.k8s else None, split=bool(args.split))
+    try:
+        files = generated_files(spec, out, board_dir, Path(args.k8s) if args.k8s else None, split=bool(args.split))
+    except GoldenError as error:
+        print(f"slo-sidecar: error: {args.slo or 'the embedded spec'}: correctness.golden_set: {error}",
+              file=sys.stderr)
+        return 2
     for path, text in files.items():
         changed = write_atomically(path, text)
         print(f"{'wrote' if changed else 'unchanged'} {path}")
