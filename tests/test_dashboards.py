@@ -15,7 +15,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from slo_sidecar.dashboards.definitions import FLEET_ROW, all_panel_queries, dashboards, slo_overview
+from slo_sidecar.dashboards.definitions import FLEET_ROW, RELEASES_ROW, all_panel_queries, dashboards, slo_overview
 from slo_sidecar.dashboards.grafana import render
 from slo_sidecar.dashboards.model import Dashboard, expand
 from slo_sidecar.spec.load import DEFAULT_SPEC, load_spec
@@ -284,10 +284,11 @@ def tenant_tables(spec: Spec) -> list[dict]:
 def test_tenant_table_only_for_a_spec_with_sliced_slos():
     assert tenant_tables(SPEC) == []
     assert [title for title, _ in slo_overview(SPEC).rows if title == "Tenants"] == []
-    assert [title for title, _ in slo_overview(SLICED).rows][:2] == [FLEET_ROW, "Tenants"]
+    # (the embedded spec's error-budget policy gives the Releases row)
+    assert [title for title, _ in slo_overview(SLICED).rows][:3] == [FLEET_ROW, RELEASES_ROW, "Tenants"]
     assert len(tenant_tables(SLICED)) == 1
     # The rows per SLO: one per name, a sliced SLO's tenants together in it (alerts link rows by name).
-    assert len(slo_overview(SLICED).rows) == 2 + len({slo.name for slo in SLICED.slos})
+    assert len(slo_overview(SLICED).rows) == 3 + len({slo.name for slo in SLICED.slos})
 
 
 def test_tenant_table_one_row_per_slo_and_tenant_worst_first():

@@ -102,10 +102,33 @@ def test_a_policy_without_a_burn_bound_freezes_on_the_budget_alone():
     assert reasons == ["budget"]
 
 
+def test_the_services_policy_holds_for_every_slo_that_sets_none_of_its_own():
+    """The top-level `policy` is each SLO's; an SLO's own replaces it; `policy: null` opts an SLO out."""
+    spec = parse_spec("""version: slo-sidecar/v1
+service: llm
+policy: {freeze_below_budget: 0}
+slos:
+  - {name: a, objective: 99, sli: {availability: {errors: {metric: e_total}, total: {metric: t_total}}}}
+  - {name: b, objective: 99, sli: {availability: {errors: {metric: e_total}, total: {metric: t_total}}},
+     policy: {freeze_below_budget: 0.5, freeze_above_burn: 5}}
+  - {name: c, objective: 99, sli: {availability: {errors: {metric: e_total}, total: {metric: t_total}}},
+     policy: null}
+""", "slo.yaml")
+    assert [(slo.policy.freeze_below_budget, slo.policy.freeze_above_burn) if slo.policy else None
+            for slo in spec.slos] == [(0.0, None), (0.5, 5.0), None]
+    # 0 is the Workbook's policy: frozen once the budget left is below 0, i.e. spent.
+    frozen = [rule for group in yaml.safe_load(render(spec)["slo-a.rules.yaml"])["groups"] for rule in group["rules"]
+              if rule.get("record") == "slo:release_frozen:bool"]
+    assert [rule["expr"].endswith("< bool 0") for rule in frozen] == [True], frozen
+    with pytest.raises(SpecError, match=r"^slo.yaml:3: policy.freeze_below_budget: .*got 2"):
+        parse_spec(SPEC.format(policy="null").replace("slos:", "policy: {freeze_below_budget: 2}\nslos:"),
+                   "slo.yaml")
+
+
 @pytest.mark.parametrize("policy, reason", [
     ("{}", "missing field 'freeze_below_budget'"),
-    ("{freeze_below_budget: 0}", "a number in (0, 1], got 0"),
-    ("{freeze_below_budget: 1.5}", "a number in (0, 1], got 1.5"),
+    ("{freeze_below_budget: -0.1}", "a number in [0, 1] (0: once it is spent), got -0.1"),
+    ("{freeze_below_budget: 1.5}", "a number in [0, 1] (0: once it is spent), got 1.5"),
     ("{freeze_below_budget: '0.5'}", "got '0.5'"),
     ("{freeze_below_budget: 0.5, freeze_above_burn: -1}", "policy.freeze_above_burn: expected a burn rate > 0"),
     ("{freeze_below_budget: 0.5, freeze_when: never}", "freeze_when"),

@@ -42,7 +42,7 @@ from .model import (
 from .yaml_tree import Located, Path_
 
 TOP_FIELDS = ("version", "service", "identity", "labels", "runbook_base_url", "grafana_url", "operational",
-              "correctness", "slos")
+              "correctness", "policy", "slos")
 SLO_FIELDS = ("name", "description", "objective", "period", "selector", "labels", "slice_by", "slices", "sli",
               "alerting", "policy")
 SLICE_FIELDS = ("objective",)
@@ -65,7 +65,8 @@ def parse_native(doc: Located) -> Spec:
     labels = reader.labels(top.get("labels"), ("labels",))
     if not isinstance(top["slos"], list) or not top["slos"]:
         raise reader.fail(("slos",), "expected a non-empty list of SLOs")
-    parsed = [_parse_slo(reader, item, ("slos", i)) for i, item in enumerate(top["slos"])]
+    policy = _parse_policy(reader, top.get("policy"), ("policy",))  # every SLO's, unless it sets its own
+    parsed = [_parse_slo(reader, item, ("slos", i), policy) for i, item in enumerate(top["slos"])]
     names = [slo.name for slo in parsed]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -126,7 +127,7 @@ def _parse_correctness(reader: FieldReader, value: Any, source: str) -> Correctn
     return Correctness(golden_set, quarantine=quarantine, **numbers)
 
 
-def _parse_slo(reader: FieldReader, value: Any, path: Path_) -> Slo:
+def _parse_slo(reader: FieldReader, value: Any, path: Path_, service_policy: ReleasePolicy | None) -> Slo:
     slo = reader.mapping(value, path, SLO_FIELDS, required=("name", "objective", "sli"))
     name = reader.slo_name(slo["name"], (*path, "name"))
     objective = reader.objective(slo["objective"], (*path, "objective"))
@@ -146,21 +147,23 @@ def _parse_slo(reader: FieldReader, value: Any, path: Path_) -> Slo:
         name=name, description=str(slo.get("description", sli.description)), objective=objective,
         period=period, sli=sli, labels=reader.labels(slo.get("labels"), (*path, "labels")),
         alert_name=str(alerting.get("name") or alert_name(name)), min_events=min_events,
-        page=tiers["page"], ticket=tiers["ticket"], policy=_parse_policy(reader, slo.get("policy"), (*path, "policy")))
+        page=tiers["page"], ticket=tiers["ticket"],
+        policy=_parse_policy(reader, slo["policy"], (*path, "policy")) if "policy" in slo else service_policy)
     check_alerts_can_fire(reader, parsed, path)
     return parsed
 
 
 def _parse_policy(reader: FieldReader, value: Any, path: Path_) -> ReleasePolicy | None:
-    """An SLO's error-budget policy (docs/rolling-out.md); None without one."""
+    """An error-budget policy, the service's or an SLO's own (docs/rolling-out.md); None without one (an SLO's
+    `policy: null` opts out of the service's)."""
     if value is None:
         return None
     values = reader.mapping(value, path, tuple(ReleasePolicy.__dataclass_fields__),
                             required=("freeze_below_budget",))
     below = values["freeze_below_budget"]
-    if isinstance(below, bool) or not isinstance(below, (int, float)) or not 0 < below <= 1:
+    if isinstance(below, bool) or not isinstance(below, (int, float)) or not 0 <= below <= 1:
         raise reader.fail((*path, "freeze_below_budget"), f"expected the share of the budget left, a number in "
-                                                          f"(0, 1], got {below!r}")
+                                                          f"[0, 1] (0: once it is spent), got {below!r}")
     burn = values.get("freeze_above_burn")
     if burn is not None:
         burn = reader.number(burn, (*path, "freeze_above_burn"), 0, math.inf, "a burn rate > 0")
