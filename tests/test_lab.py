@@ -30,6 +30,12 @@ def test_the_lab_passes_every_scenario(tmp_path):
     assert by_name["SIGKILLed engine (live processes)"]["page_s"] <= 90
     assert "| healthy service | no alert | - | - | 0 | pass |" in done.stdout
     assert "the healthy service at burn 0 and budget 100% from its first minute" in done.stdout
+    # The error-budget policy: a short incident freezes releases, clean traffic lifts them (the row judges
+    # both times against the arithmetic); the healthy service's never freeze.
+    freeze = by_name["budget spent and earned back (10% 5xx for 180 s)"]
+    assert freeze["frozen_s"] is not None and freeze["lifted_s"] > freeze["frozen_s"] + 3600, freeze
+    assert by_name["healthy service"]["frozen_s"] is None and by_name["healthy service"]["release"]
+    assert "budget spent and earned back (10% 5xx for 180 s): " in done.stdout and "; releases frozen " in done.stdout
     # The live scenario's alerts reached Alertmanager from Prometheus, routed by the generated configuration.
     assert "page: " in by_name["SIGKILLed engine (live processes)"]["notified"]
     # A pod that answers wrong: the fast page within 60 s and out of its Service within 30 s (each row checks

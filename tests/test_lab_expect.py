@@ -19,7 +19,7 @@ import math
 
 import pytest
 
-from slo_sidecar.app.lab.expect import OUTAGE, WORKBOOK, fires_after, window_ratio
+from slo_sidecar.app.lab.expect import ERROR_RATE, OUTAGE, WORKBOOK, fires_after, frozen_between, window_ratio
 
 BUDGET = 0.001  # 99.9%
 PERIOD_S = 30 * 86_400
@@ -76,3 +76,25 @@ def test_the_outage_page_needs_half_the_events_failing_over_2_minutes_and_20_of_
     # At 0.1 request a second the 2-minute window holds 12 events: under the guard of 20, never a page.
     assert fires_after(OUTAGE, BUDGET, 1.0, 0.1, HISTORY_S, horizon_s=600) is None
     assert fires_after(OUTAGE, BUDGET, 0.5, RATE, HISTORY_S, horizon_s=600) is None  # not more than half
+
+
+def test_a_pulse_fires_only_where_its_condition_holds_through_the_for():
+    """10% failing for D seconds at 2 requests a second, long clean history; LLMHighErrorRate: over 1% of the
+    last 5 minutes (300 s, 600 events: past its 100-event guard), `for: 5m`. The window holds 0.1 x s / 300,
+    s the seconds of the pulse in it: over 1% while s > 30, i.e. from t = 31 until t - 300 reaches D - 30.
+    D = 180: held from 31 to 450, fires at 31 + 300 = 331. D = 60: held from 31 to 330, 299 s, never fires.
+    D = 20: the window never holds more than 0.67%."""
+    assert window_ratio(0.1, 400, 300, 7200, duration_s=180) == pytest.approx(0.1 * 80 / 300)  # [100, 400]
+    assert fires_after(ERROR_RATE, 1.0, 0.1, 2.0, 7200, 21600, duration_s=180) == 331
+    assert fires_after(ERROR_RATE, 1.0, 0.1, 2.0, 7200, 21600, duration_s=60) is None
+    assert fires_after(ERROR_RATE, 1.0, 0.1, 2.0, 7200, 21600, duration_s=20) is None
+
+
+def test_releases_freeze_when_the_period_is_spent_and_lift_when_diluted():
+    """The period (30 days) holds every event since the replay began (2 hours clean, then 10% failing for
+    180 s at 2/s: 36 failures). At 99.9%, with freeze_below_budget 0 (frozen once the ratio passes 0.001):
+    0.1 t / (7200 + t) > 0.001 from t > 72.7 (73); 18 / (7200 + t) falls under 0.001 past t = 10800 (10801).
+    At 0.5 (frozen past 0.0005): from t > 36.2 (37), and the lift needs t > 28800, beyond a 6-hour horizon."""
+    assert frozen_between(99.9, 0.0, PERIOD_S, 0.1, 7200, 21600, duration_s=180) == (73, 10801)
+    assert frozen_between(99.9, 0.5, PERIOD_S, 0.1, 7200, 21600, duration_s=180) == (37, None)
+    assert frozen_between(99.9, 0.0, PERIOD_S, 0.0005, 7200, 21600) == (None, None)  # a burn of 0.5 never

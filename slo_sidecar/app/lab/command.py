@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print(table(rows))
     for row in rows:
-        print(f"  {row.scenario}: {row.why}" + (f"; Alertmanager: {row.notified}" if row.notified else "")
+        print(f"  {row.scenario}: {row.why}" + (f"; releases {row.release}" if row.release else "")
+              + (f"; Alertmanager: {row.notified}" if row.notified else "")
               + (f"; seen: {row.measured}" if row.measured else ""))
     for problem in problems:
         print(f"  healthy service: {problem}")

@@ -219,8 +219,9 @@ async def _sweep(url: str, seconds: float) -> None:
 
 
 def golden_counts(sidecar_url: str) -> tuple[float, float, float]:
-    """(good, bad, failed) golden probes the sidecar has counted; failed: unanswered or unscorable."""
-    status, body = http_get(sidecar_url + "/metrics")
+    """(good, bad, failed) golden probes the sidecar has counted; failed: unanswered or unscorable. Waits up to
+    30 s for the answer: once, with the replays beside the sweep on 2 cores, 5 s were not enough."""
+    status, body = http_get(sidecar_url + "/metrics", timeout=30)
     if status != 200:
         return 0.0, 0.0, 0.0
     samples = parse(body.decode(), GOLDEN_FAMILIES)

@@ -4,10 +4,15 @@ The tiers below restate the Workbook's multiwindow, multi-burn-rate table for a 
 total-outage page and error-rate ticket, as docs/slos.md states them); they are written out here on
 purpose, so that a generator that drifted from them shows up as a failed scenario.
 
-For a steady miss fraction f from onset, after `history` seconds of clean traffic, a window of W
-seconds holds f x min(t, W) missed events per min(W, history + t) events, t seconds after onset. An
-alert fires once both its windows' ratios exceed factor x budget (and its long window holds at least
-its event guard), plus its `for:`.
+For a miss fraction f from onset, lasting D seconds (for ever, in most scenarios), after `history`
+seconds of clean traffic, a window of W seconds holds f x (the part of [0, D] within [t - W, t]) missed
+events per min(W, history + t) events, t seconds after onset. An alert fires once both its windows'
+ratios have exceeded factor x budget (and its long window has held at least its event guard) for its
+`for:`.
+
+The error-budget policy reads the period's ratio the same way: the period (30 days) is longer than any
+replay, so it holds every event since the replay began. Releases freeze while that ratio leaves less than
+`freeze_below_budget` of the budget, and lift when it no longer does.
 """
 
 from __future__ import annotations
@@ -48,36 +53,59 @@ OUTAGE = Tier("page", 120, 60, None, 0, ratio=0.5, min_events=20)
 ERROR_RATE = Tier("ticket", 300, 300, None, 300, ratio=0.01)
 
 
-def window_ratio(miss: float, t: float, window_s: int, history_s: float) -> float:
+def window_ratio(miss: float, t: float, window_s: float, history_s: float, duration_s: float = math.inf) -> float:
     """The error ratio a window ending t seconds after onset holds."""
-    return miss * min(t, window_s) / min(window_s, history_s + t)
+    missed_s = max(0.0, min(t, duration_s) - max(0.0, t - window_s))
+    return miss * missed_s / min(window_s, history_s + t)
 
 
 def fires_after(tier: Tier, budget: float, miss: float, rate: float, history_s: float,
-                horizon_s: float) -> float | None:
-    """Seconds after onset the tier's alert fires for a steady miss fraction, or None within the horizon."""
+                horizon_s: float, duration_s: float = math.inf) -> float | None:
+    """Seconds after onset the tier's alert fires, or None within the horizon: the first second from which
+    its condition holds through its whole `for:`."""
     threshold, guard = tier.threshold(budget), tier.guard(budget)
     if miss <= threshold:
         return None
+    held_since: int | None = None
     for t in range(1, int(horizon_s) + 1):
-        if (window_ratio(miss, t, tier.long_s, history_s) > threshold
-                and window_ratio(miss, t, tier.short_s, history_s) > threshold
+        if (window_ratio(miss, t, tier.long_s, history_s, duration_s) > threshold
+                and window_ratio(miss, t, tier.short_s, history_s, duration_s) > threshold
                 and rate * min(tier.long_s, history_s + t) >= guard):
-            return t + tier.hold_s if t + tier.hold_s <= horizon_s else None
+            held_since = t if held_since is None else held_since
+            if t - held_since >= tier.hold_s:
+                return t
+        else:
+            held_since = None
     return None
 
 
+def frozen_between(objective: float, freeze_below_budget: float, period_s: float, miss: float,
+                   history_s: float, horizon_s: float, duration_s: float = math.inf
+                   ) -> tuple[float | None, float | None]:
+    """(seconds after onset releases freeze, and lift) under an SLO's policy; None: not within the horizon."""
+    bound = (1 - objective / 100) * (1 - freeze_below_budget)  # the period's ratio that spends that much
+    frozen = lifted = None
+    for t in range(1, int(horizon_s) + 1):
+        spent = window_ratio(miss, t, period_s, history_s, duration_s) > bound
+        if spent and frozen is None:
+            frozen = t
+        elif not spent and frozen is not None:
+            lifted = t
+            break
+    return frozen, lifted
+
+
 def slo_alerts(alert: str, objective: float, miss: float, rate: float, history_s: float,
-               horizon_s: float) -> dict[tuple[str, str], float]:
+               horizon_s: float, duration_s: float = math.inf) -> dict[tuple[str, str], float]:
     """(alert name, tier) -> seconds after onset, for one SLO's burn-rate page and ticket and outage page."""
     budget = 1 - objective / 100
     expected: dict[tuple[str, str], float] = {}
     for tier in WORKBOOK:
-        after = fires_after(tier, budget, miss, rate, history_s, horizon_s)
+        after = fires_after(tier, budget, miss, rate, history_s, horizon_s, duration_s)
         if after is not None:
             key = (alert, tier.kind)
             expected[key] = min(after, expected.get(key, math.inf))
-    after = fires_after(OUTAGE, budget, miss, rate, history_s, horizon_s)
+    after = fires_after(OUTAGE, budget, miss, rate, history_s, horizon_s, duration_s)
     if after is not None:
         expected[(alert + "Outage", "page")] = after
     return expected

@@ -95,11 +95,13 @@ class Replayed:
 
 def replay(series: list[Series], rule_files: list[Path], start: float, end: float, workdir: Path,
            step_s: int = 60, scrape_interval_s: int = 15,
-           instants: tuple[tuple[str, float], ...] = ()) -> Replayed:
+           instants: tuple[tuple[str, float], ...] = (), watch: tuple[tuple[str, str], ...] = ()) -> Replayed:
     """Every FIRING interval, in [start, end], of every alerting rule in rule_files, as Prometheus's rule
     engine evaluating every step_s would have had it, the series scraped every scrape_interval_s.
 
-    `instants` are (expr, time) pairs to evaluate over the replayed data (recorded series included).
+    `instants` are (expr, time) pairs to evaluate over the replayed data (recorded series included); `watch`
+    are (name, expr) pairs whose intervals of holding come back as firings of that name, as an alert with no
+    `for:` would (a recording's state, not an alert).
     Every file goes under workdir (which must not hold a previous replay): the TSDB, the backfill input,
     the rule files of each level, and the logs of promtool and Prometheus.
     """
@@ -107,6 +109,7 @@ def replay(series: list[Series], rule_files: list[Path], start: float, end: floa
     prometheus_dir = workdir / "prometheus"
     (prometheus_dir / "tsdb").mkdir(parents=True)
     recordings, alerts = _load_rules(rule_files)
+    alerts += [_Alert(name, expr, 0, {}) for name, expr in watch]
     lookback_s = max([step_s, scrape_interval_s, *(_seconds(r.interval) for r in recordings if r.interval)]) + 1
     _backfill_series(series, workdir, prometheus_dir / "tsdb")
     data_start = min([start, *(s.samples[0][0] for s in series if s.samples)])

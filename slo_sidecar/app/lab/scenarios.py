@@ -9,11 +9,12 @@ replays them exactly, a minute at a time, where a backfilled replay would take m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from slo_sidecar.spec.model import Spec
 
-from .expect import ERROR_RATE, fires_after, slo_alerts
+from .expect import ERROR_RATE, fires_after, frozen_between, slo_alerts
 from .pods import Story, constant
 
 RATE = 2.0  # requests a second
@@ -34,6 +35,14 @@ SCRAPE_HOURS = 15
 HOURS = Replay("hours", 2 * 3600, 6 * 3600, SCRAPE_HOURS, 15)
 
 
+@dataclass(frozen=True)
+class Release:
+    """When the error-budget policy freezes releases and lifts them again, seconds after onset (None: never
+    within the replay)."""
+    frozen_s: float | None = None
+    lifted_s: float | None = None
+
+
 @dataclass
 class Scenario:
     name: str
@@ -42,18 +51,31 @@ class Scenario:
     story: Story
     expected: Expected = field(default_factory=dict)
     why: str = ""  # the expectation in words
+    release: Release | None = None  # the policy's verdict, where the scenario judges it
+
+
+def _release(spec: Spec, misses: dict[str, float], replay: Replay, duration_s: float = math.inf) -> Release:
+    """The service's releases: frozen while any SLO's policy freezes them (expect.frozen_between)."""
+    spans = [frozen_between(slo.objective, slo.policy.freeze_below_budget, slo.period_s, misses.get(slo.name, 0.0),
+                            replay.history_s, replay.horizon_s, duration_s)
+             for slo in spec.slos if slo.policy is not None]
+    frozen = [span for span in spans if span[0] is not None]
+    if not frozen:
+        return Release()
+    lifts = [lifted for _, lifted in frozen]
+    return Release(min(start for start, _ in frozen), None if None in lifts else max(lifts))
 
 
 def _burns(spec: Spec, misses: dict[str, float], replay: Replay, rate: float = RATE,
-           engine_errors: float = 0.0) -> Expected:
-    """Each SLO's alerts for steady miss fractions by SLO name, and the error-rate ticket for the
-    share of requests the engine answered with an error."""
+           engine_errors: float = 0.0, duration_s: float = math.inf) -> Expected:
+    """Each SLO's alerts for miss fractions by SLO name, from onset for duration_s, and the error-rate ticket
+    for the share of requests the engine answered with an error."""
     expected: Expected = {}
     for slo in spec.slos:
         if misses.get(slo.name, 0.0) > 0:
             expected.update(slo_alerts(slo.alert_name, slo.objective, misses[slo.name], rate,
-                                       replay.history_s, replay.horizon_s))
-    after = fires_after(ERROR_RATE, 1.0, engine_errors, rate, replay.history_s, replay.horizon_s)
+                                       replay.history_s, replay.horizon_s, duration_s))
+    after = fires_after(ERROR_RATE, 1.0, engine_errors, rate, replay.history_s, replay.horizon_s, duration_s)
     if after is not None:
         expected[("LLMHighErrorRate", "ticket")] = after
     return expected
@@ -84,9 +106,13 @@ def scenarios(spec: Spec) -> list[Scenario]:
     # A crash loop's minute: 20 s serving 2 requests a second (40 good) and 40 s down or loading, in which
     # 4 probes go unanswered, each standing for 20 requests (80 lost): 2/3 of its events are missed.
     crash_miss = 80 / 120
+    # A short incident: 10% of requests fail for 180 s (36 of them), then health again (a whole number of
+    # scrapes: the pods count each scrape interval's requests at its midpoint).
+    pulse_miss, pulse_s = 0.1, 180.0
+    never = Release()
     return [
         Scenario("healthy service", "lab-healthy", HOURS, Story(), why="nothing fires; burn 0, budget 100% "
-                 "from the first minute"),
+                 "from the first minute", release=never),
         Scenario("total outage (every request 5xx)", "lab-outage", HOURS, Story(failed=lambda t: float(t >= 0)),
                  _burns(spec, _every_slo(spec, 1.0), HOURS, engine_errors=1.0),
                  "outage page when >50% fail over 2m and 1m: 60 s"),
@@ -106,9 +132,18 @@ def scenarios(spec: Spec) -> list[Scenario]:
                  Story(rate=constant(30 / 3600), single_failures=(3600.0,)),
                  why="nothing fires: 1 failure in fewer events than any guard"),
         Scenario("4xx storm (half the requests 400)", "lab-4xx", HOURS,
-                 Story(client_errors=lambda t: 0.5 * (t >= 0)), why="nothing fires: client errors are not judged"),
+                 Story(client_errors=lambda t: 0.5 * (t >= 0)), why="nothing fires: client errors are not judged",
+                 release=never),
         Scenario("client-disconnect storm (half 499)", "lab-499", HOURS,
-                 Story(disconnects=lambda t: 0.5 * (t >= 0)), why="nothing fires: abandoned requests are not judged"),
+                 Story(disconnects=lambda t: 0.5 * (t >= 0)), why="nothing fires: abandoned requests are not judged",
+                 release=never),
+        Scenario("budget spent and earned back (10% 5xx for 180 s)", "lab-freeze", HOURS,
+                 Story(failed=lambda t: pulse_miss * (0 <= t < pulse_s)),
+                 _burns(spec, _every_slo(spec, pulse_miss), HOURS, engine_errors=pulse_miss, duration_s=pulse_s),
+                 "the failures pass 0.1% of the events so far 73 s in, spending availability's budget: releases "
+                 "freeze; the error-rate and 1x tickets fire and resolve; clean traffic dilutes the 36 below 0.1% "
+                 "at 10,800 s (36,000 events at 2/s since the replay began): releases lift",
+                 release=_release(spec, _every_slo(spec, pulse_miss), HOURS, pulse_s)),
         # The restart as a counter reset between two scrapes: what it costs in downtime is what the
         # crash-loop and SIGKILL scenarios measure (and an orderly one, draining, costs nothing).
         Scenario("engine restart (counter reset) during a 0.5x burn", "lab-restart", HOURS,
