@@ -34,6 +34,7 @@ from slo_sidecar.spec.model import (
     RELEASE_FROZEN,
     RELEASE_REASONS,
     BurnAlert,
+    EventSum,
     Operational,
     Selection,
     Slo,
@@ -85,6 +86,9 @@ LONG_WINDOW_FACTOR = 100
 # by at most 2m/1d of its events), but it holds the period's ratio, and a new service must read its whole error
 # budget from the first evaluation, not minutes later. What it reads is a few recorded series per service,
 # whatever the pods; set `interval:` on the `-long-` groups to cut it further.
+
+
+TIMESLICE_GOOD = "slo:timeslice_good:bool"  # a time-slice SLI's verdict on each slice: 1 good, 0 bad
 
 
 def _has_events(slo: Slo) -> bool:
@@ -216,12 +220,37 @@ def long_rules(spec: Spec, slo: Slo) -> list[dict[str, Any]]:
     return rules
 
 
+def timeslice_groups(spec: Spec, slo: Slo) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the verdicts, the ratios) of a time-slice SLI. The verdicts' group runs once a slice: each evaluation
+    judges the slice just ended, 1 good or 0 bad (TIMESLICE_GOOD). A window's error ratio is the share of
+    bad slices in it, 1 - the verdicts' average; its events are the slices it holds, so the alerts' event
+    guard counts slices (one bad slice alone cannot fire them)."""
+    timeslices = slo.sli.timeslices
+    assert timeslices is not None
+    labels, selector = _slo_labels(spec, slo), _id_selector(spec, slo)
+    ident, slice_ = slo_id(spec, slo), duration_label(timeslices.slice_s)
+    verdicts = {"name": f"sloth-slo-timeslices-{ident}", "interval": slice_,
+                "rules": [{"record": TIMESLICE_GOOD, "expr": timeslices.verdict_promql(spec.identity),
+                           "labels": {**labels, "sloth_window": slice_}}]}
+    ratios = []
+    for window_s in slo.windows():
+        window = duration_label(window_s)
+        verdict = f"{TIMESLICE_GOOD}{selector}[{window}]"
+        ratios.append(_record(f"slo:sli_error:ratio_rate{window}", f"1 - avg_over_time({verdict})", labels, window))
+        ratios.append(_record(f"slo:sli_total_events:rate{window}", f"count_over_time({verdict}) / {window_s}",
+                              labels, window))
+    return verdicts, {"name": f"sloth-slo-sli-recordings-{ident}", "rules": ratios}
+
+
 def recording_groups(spec: Spec, slo: Slo, split: bool = False) -> tuple[list[dict], list[dict]]:
     """(local groups, global groups) of the SLI recordings. Local: what reads the raw counters, to run on
     each Prometheus next to its data; global: what reads only recordings (ratios, long windows, the
     period), for a ruler over the long-term store (Thanos, Mimir, vmalert). Unsplit, the local rules and
     the short ratios share a group, so that each ratio reads this evaluation's rates."""
     ident = slo_id(spec, slo)
+    if slo.sli.timeslices is not None:
+        verdicts, ratio_group = timeslice_groups(spec, slo)
+        return ([verdicts], [ratio_group]) if split else ([], [verdicts, ratio_group])
     events, ratios = event_rules(spec, slo), ratio_rules(spec, slo)
     long = {"name": f"sloth-slo-sli-long-recordings-{ident}", "rules": long_rules(spec, slo)}
     if not split:
@@ -295,7 +324,8 @@ def release_group(spec: Spec) -> dict[str, Any] | None:
 
 def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     selector = _id_selector(spec, slo)
-    guarded = _has_events(slo)
+    timeslices = slo.sli.timeslices
+    guarded = _has_events(slo) or timeslices is not None  # a time-slice SLI's events: its slices
     rules: list[dict[str, Any]] = []
     for tier_name, for_ in (("page", PAGE_FOR), ("ticket", TICKET_FOR)):
         tier = getattr(slo, tier_name)
@@ -323,7 +353,7 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
             },
         })
     fast = slo.fast_burn()
-    if fast is not None and slo.page.enabled and guarded:
+    if fast is not None and slo.page.enabled and _has_events(slo):  # most requests failing: not for slices
         rules.append({
             "alert": slo.alert_name + "Outage",
             "expr": _burn_condition(slo, fast, selector, guarded),
@@ -343,6 +373,8 @@ def alert_group(spec: Spec, slo: Slo) -> dict[str, Any]:
     if slo.sli.kind == "correctness" and slo.page.enabled:
         rules.append(_golden_page(spec, slo))
     total = slo.sli.total
+    if timeslices is not None:
+        total = EventSum(((1, timeslices.source),))
     if total is not None:
         rules.append({
             "alert": slo.alert_name + "SLIAbsent",

@@ -195,6 +195,9 @@ def test_the_json_schema_accepts_the_default_and_knows_the_parsers_fields():
     assert tuple(kinds["latency"]["properties"]["measure"]["enum"]) == model.MEASURES
     assert tuple(kinds["latency"]["properties"]["source"]["enum"]) == native.SOURCES
     assert tuple(kinds["goodput"]["properties"]) == model.TARGETS
+    assert tuple(kinds["timeslices"]["properties"]) == native.TIMESLICE_FIELDS
+    assert tuple(kinds["timeslices"]["properties"]["no_data"]["enum"]) == model.NO_DATA
+    assert tuple(kinds["timeslices"]["properties"]["gauge"]["properties"]["aggregate"]["enum"]) == model.SLICE_AGGREGATES
     bad = yaml.safe_load(HEAD + AVAILABILITY.replace("99.9", "100"))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)

@@ -109,7 +109,8 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"{'wrote' if changed else 'unchanged'} {path}")
     for slo in spec.slos:
         if not slo.sli.sidecar_can_evaluate:
-            print(f"note: {slo.name} has a PromQL SLI: the rules cover it, the sidecar serves no live burn rates for it")
+            what = "is a time-slice SLO" if slo.sli.timeslices else "has a PromQL SLI"
+            print(f"note: {slo.name} {what}: the rules cover it, the sidecar serves no live burn rates for it")
     return 0
 
 

@@ -229,6 +229,57 @@ class EventSum:
             for sign, selection in self.terms))
 
 
+SLICE_OPS = (">=", ">", "<=", "<")
+NO_DATA = ("bad", "excluded")
+SLICE_AGGREGATES = ("avg", "min", "max")
+NO_DATA_LOOKBACK = "1h"  # a series seen this recently and silent now: a slice with no data (docs/slos.md)
+
+
+@dataclass(frozen=True)
+class Timeslices:
+    """A time-slice SLI: each slice of `slice_s` is good when its value `op` `bound`; the SLO's objective is the
+    share of good slices. The value is a gauge aggregated over the slice (and over its series), a ratio of
+    event rates, or a quantile of a histogram. A slice with no value is bad or left out (`no_data`)."""
+
+    slice_s: int
+    measure: str  # gauge, ratio or quantile
+    op: str  # SLICE_OPS
+    bound: float
+    no_data: str  # NO_DATA
+    source: Selection  # the gauge; the ratio's total (its first term); the histogram's _bucket series
+    aggregate: str = "avg"  # gauge: across its series and over the slice
+    errors: "EventSum | None" = None  # ratio
+    total: "EventSum | None" = None
+    quantile: float = 0.99  # quantile
+
+    @property
+    def condition(self) -> str:
+        return f"{self.op} {self.bound:g}"
+
+    def value_promql(self, by: tuple[str, ...]) -> str:
+        """The slice's value, per service (`by`): NaN where a ratio or a quantile has no events."""
+        window = duration_label(self.slice_s)
+        grouping = f" by ({', '.join(by)})" if by else ""
+        if self.measure == "gauge":
+            return f"{self.aggregate}{grouping} ({self.aggregate}_over_time({self.source.promql()}[{window}]))"
+        if self.measure == "ratio":
+            assert self.errors is not None and self.total is not None
+            return f"({self.errors.rate_promql(window, by)}\n/\n{self.total.rate_promql(window, by)})"
+        return (f"histogram_quantile({self.quantile:g}, sum by ({', '.join((*by, 'le'))}) "
+                f"(rate({self.source.promql()}[{window}])))")
+
+    def verdict_promql(self, by: tuple[str, ...]) -> str:
+        """1 for a good slice, 0 for a bad one; where the value is NaN or absent, 0 (no_data: bad, for a
+        service whose source was seen within NO_DATA_LOOKBACK) or nothing (excluded)."""
+        value = self.value_promql(by)
+        judged = f"({value}) {self.op} bool {self.bound:g}"
+        if self.no_data == "excluded":
+            return f"{judged}\nunless\n(({value}) != ({value}))"
+        grouping = f" by ({', '.join(by)})" if by else ""
+        return (f"{judged}\nor\n0 * group{grouping} (last_over_time({self.source.promql()}"
+                f"[{NO_DATA_LOOKBACK}]))")
+
+
 @dataclass(frozen=True)
 class Sli:
     kind: str  # availability, latency, goodput, events, raw
@@ -242,6 +293,7 @@ class Sli:
     histogram: str | None = None  # latency SLIs: the histogram and the threshold, for dashboards
     threshold_s: float | None = None
     source: str = ""  # latency SLIs: "exact" (the engine's judgement) or "histogram" (bucket counts)
+    timeslices: Timeslices | None = None  # a time-slice SLI (kind "timeslices"): the rules judge its slices
 
     @property
     def sidecar_can_evaluate(self) -> bool:

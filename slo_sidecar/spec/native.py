@@ -27,6 +27,9 @@ from .model import (
     SPEC_VERSION,
     TARGETS,
     TENANT_LABEL,
+    NO_DATA,
+    SLICE_AGGREGATES,
+    SLICE_OPS,
     AlertTier,
     Correctness,
     EventSum,
@@ -37,6 +40,9 @@ from .model import (
     Sli,
     Slo,
     Spec,
+    Timeslices,
+    duration_label,
+    duration_seconds,
     le_matcher,
 )
 from .yaml_tree import Located, Path_
@@ -52,7 +58,10 @@ MAX_SLICES = 20
 SLICE_LABELS = (TENANT_LABEL,)  # the engine's tenant label: its values are the served names, bounded
 ALERTING_FIELDS = ("name", "labels", "annotations", "min_events", "page", "ticket")
 TIER_FIELDS = ("enabled", "severity", "labels", "annotations")
-SLI_KINDS = ("availability", "latency", "goodput", "correctness")
+SLI_KINDS = ("availability", "latency", "goodput", "correctness", "timeslices")
+TIMESLICE_FIELDS = ("slice", "good", "no_data", "gauge", "ratio", "quantile")
+SLICE_MEASURES = ("gauge", "ratio", "quantile")
+SLICE_BOUNDS_S = (10, 3600)  # the shortest and longest slice
 
 
 def parse_native(doc: Located) -> Spec:
@@ -264,6 +273,8 @@ def _parse_sli(reader: FieldReader, value: Any, path: Path_, slo_name: str, sele
                    f"that are {errors.promql()} or lost")
     if kind == "latency":
         return _parse_latency(reader, body, here, slo_name, selector)
+    if kind == "timeslices":
+        return _parse_timeslices(reader, body, here, selector)
     if kind == "correctness":
         return _correctness_sli(reader, body, here, selector)
     # goodput: the engine counts each request good when it met every target at once.
@@ -293,6 +304,66 @@ def _correctness_sli(reader: FieldReader, body: Any, here: Path_, selector: tupl
 
 LATENCY_FIELDS = ("measure", "threshold_s", "source", "histogram", "matchers", "buckets")
 SOURCES = ("exact", "histogram")
+
+
+def _parse_timeslices(reader: FieldReader, body: Any, here: Path_, selector: tuple[Matcher, ...]) -> Sli:
+    """A time-slice SLI: `slice` (1m), `good` (the slice's condition, like ">= 0.8"), `no_data` (bad), and the
+    value: one of `gauge` ({metric, matchers, aggregate}), `ratio` ({errors, total}) or `quantile`
+    ({q, measure or histogram, matchers})."""
+    spec = reader.mapping(body, here, TIMESLICE_FIELDS, required=("good",))
+    text = spec.get("slice", "1m")
+    slice_s = duration_seconds(text) if isinstance(text, str) else None
+    if slice_s is None or not SLICE_BOUNDS_S[0] <= slice_s <= SLICE_BOUNDS_S[1]:
+        raise reader.fail((*here, "slice"), f"expected a duration from {SLICE_BOUNDS_S[0]}s to "
+                                            f"{duration_label(SLICE_BOUNDS_S[1])}, like 1m, got {text!r}")
+    good = spec["good"]
+    parts = good.split() if isinstance(good, str) else []
+    try:
+        op, bound = parts[0], float(parts[1]) if len(parts) == 2 else math.nan
+    except (IndexError, ValueError):
+        op, bound = "", math.nan
+    if op not in SLICE_OPS or not math.isfinite(bound):
+        raise reader.fail((*here, "good"), f"expected a comparison and a number, like \">= 0.8\" (one of "
+                                           f"{', '.join(SLICE_OPS)}), got {good!r}")
+    measures = [m for m in SLICE_MEASURES if m in spec]
+    if len(measures) != 1:
+        raise reader.fail(here, f"expected exactly one of {', '.join(SLICE_MEASURES)}: the slice's value")
+    measure = measures[0]
+    # A gauge that stops reporting is a fault (bad); a ratio or a quantile with no requests has nothing to
+    # judge (left out), as has a counter's first slice.
+    no_data = spec.get("no_data", "bad" if measure == "gauge" else "excluded")
+    if no_data not in NO_DATA:
+        raise reader.fail((*here, "no_data"), f"expected one of {', '.join(NO_DATA)}, got {no_data!r}")
+    at = (*here, measure)
+    common = {"slice_s": slice_s, "measure": measure, "op": op, "bound": bound, "no_data": no_data}
+    if measure == "gauge":
+        gauge = reader.mapping(spec[measure], at, ("metric", "matchers", "aggregate"), required=("metric",))
+        aggregate = gauge.pop("aggregate", "avg")
+        if aggregate not in SLICE_AGGREGATES:
+            raise reader.fail((*at, "aggregate"), f"expected one of {', '.join(SLICE_AGGREGATES)}, got {aggregate!r}")
+        source = _parse_selection(reader, gauge, at, selector)
+        sli = Timeslices(source=source, aggregate=aggregate, **common)
+        what = f"{aggregate} of {source.metric}"
+    elif measure == "ratio":
+        ratio = reader.mapping(spec[measure], at, ("errors", "total"), required=("errors", "total"))
+        errors = _parse_selection(reader, ratio["errors"], (*at, "errors"), selector)
+        total = _parse_selection(reader, ratio["total"], (*at, "total"), selector)
+        sli = Timeslices(source=total, errors=EventSum(((1, errors),)), total=EventSum(((1, total),)), **common)
+        what = f"share of {total.metric} that are {errors.promql()}"
+    else:
+        quantile = reader.mapping(spec[measure], at, ("q", "measure", "histogram", "matchers"), required=("q",))
+        q = reader.number(quantile["q"], (*at, "q"), 0, 1, "a quantile in (0, 1), like 0.99")
+        named = quantile.get("measure")
+        if named is not None and named not in MEASURE_HISTOGRAMS:
+            raise reader.fail((*at, "measure"), f"expected one of {', '.join(MEASURE_HISTOGRAMS)}, got {named!r}")
+        if (named is None) == ("histogram" not in quantile):
+            raise reader.fail(at, f"expected `measure` (one of {', '.join(MEASURE_HISTOGRAMS)}) or a `histogram`")
+        histogram = MEASURE_HISTOGRAMS[named] if named else reader.string(quantile["histogram"], (*at, "histogram"))
+        matchers = reader.matchers(quantile["matchers"], (*at, "matchers")) if "matchers" in quantile else ()
+        sli = Timeslices(source=Selection(histogram + "_bucket", selector + matchers), quantile=q, **common)
+        what = f"p{q * 100:g} of {histogram}"
+    return Sli("timeslices", None, None, f"share of {duration_label(slice_s)} slices whose {what} was not "
+                                         f"{sli.condition}", timeslices=sli)
 
 
 def _parse_latency(reader: FieldReader, body: Any, here: Path_, slo_name: str, selector: tuple[Matcher, ...]) -> Sli:
