@@ -33,6 +33,7 @@ from slo_sidecar.spec.model import (
     RELEASE_ALLOWED_REASON,
     RELEASE_FROZEN,
     RELEASE_REASONS,
+    TIMESLICE_GOOD,
     BurnAlert,
     EventSum,
     Operational,
@@ -86,9 +87,6 @@ LONG_WINDOW_FACTOR = 100
 # by at most 2m/1d of its events), but it holds the period's ratio, and a new service must read its whole error
 # budget from the first evaluation, not minutes later. What it reads is a few recorded series per service,
 # whatever the pods; set `interval:` on the `-long-` groups to cut it further.
-
-
-TIMESLICE_GOOD = "slo:timeslice_good:bool"  # a time-slice SLI's verdict on each slice: 1 good, 0 bad
 
 
 def _has_events(slo: Slo) -> bool:

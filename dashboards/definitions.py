@@ -23,6 +23,7 @@ from slo_sidecar.spec.model import (
     PROMPT_TOKENS,
     RELEASE_ALLOWED,
     SLO_COUNTER,
+    TIMESLICE_GOOD,
     Slo,
     Spec,
     duration_label,
@@ -129,7 +130,7 @@ def _slo_row(spec: Spec, slos: list[Slo]) -> tuple[str, tuple[Panel, ...]]:
     budgets = [f"{budget * 100:.3g}%" for budget in sorted({s.error_budget for s in slos})]
     burn_lines = tuple(sorted({(factor, RED if tier == "page" else ORANGE) for tier, _, _, factor in BURN_ALERTS_30D}))
     windows = [duration_label(w) for w in slo.windows() if w != slo.period_s]
-    return (f"{slo.name}: {slo.description}", (
+    return (f"{slo.name}: {slo.description}", (*_slice_strip(spec, slo),
         Panel("SLI over the period", f"Share of good events over {slo.period}; the objective is {_objectives(slos)}.",
               (Query(f"1 - slo:sli_error:ratio_rate{slo.period}{{{selector}}}", stat_legend),), "percentunit", "stat",
               thresholds=((0, RED), (objective, "green")), width=6),
@@ -154,6 +155,21 @@ def _slo_row(spec: Spec, slos: list[Slo]) -> tuple[str, tuple[Panel, ...]]:
                           _legend(spec, w, slo)) for w in windows), "short",
               thresholds=burn_lines, threshold_lines=True, min=0),
     ))
+
+
+def _slice_strip(spec: Spec, slo: Slo) -> tuple[Panel, ...]:
+    """A time-slice SLO's slices, good (green) or bad (red), one row per service; none for other SLOs."""
+    timeslices = slo.sli.timeslices
+    if timeslices is None:
+        return ()
+    slice_ = duration_label(timeslices.slice_s)
+    return (Panel(f"Slices ({slice_}): good and bad",
+                  f"Each {slice_} slice: good when it met {timeslices.condition}, bad when it did not"
+                  + (" or had no data" if timeslices.no_data == "bad" else "; a slice with no data is left out")
+                  + f". The objective: {_objectives([slo])} of the slices good over {slo.period}.",
+                  (Query(f"{TIMESLICE_GOOD}{{{_slo_selector(spec, slo)}}}", _legend(spec, "", slo)),), "short",
+                  "state-timeline", thresholds=((0, RED), (1, "green")), min=0, max=1, width=24,
+                  states=((1, "good", "green"), (0, "bad", RED))),)
 
 
 def _burn_rate(window: str, selector: str, budget: str) -> str:

@@ -6,7 +6,7 @@ import json
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as builders
-from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common, dashboard as models
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
@@ -75,7 +75,8 @@ def _target(query: Query, index: int) -> prometheus.Dataquery:
 
 
 def _panel(panel: Panel, panel_id: int, x: int, y: int):
-    builder = {"stat": stat.Panel, "table": table.Panel}.get(panel.kind, timeseries.Panel)()
+    builder = {"stat": stat.Panel, "table": table.Panel, "state-timeline": statetimeline.Panel}.get(
+        panel.kind, timeseries.Panel)()
     builder = (builder.id(panel_id).title(panel.title).description(panel.description).unit(panel.unit)
                .datasource(DATASOURCE).thresholds(_thresholds(panel))
                .grid_pos(models.GridPos(h=PANEL_HEIGHT, w=panel.width, x=x, y=y)))
@@ -88,6 +89,10 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int):
             common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.LINE))
     if panel.kind == "table":
         builder = _table(panel, builder)
+    if panel.states:  # a state timeline's values as words, each in its colour
+        builder = builder.mappings([models.ValueMap(options={
+            f"{value:g}": models.ValueMappingResult(text=text, color=colour, index=index)
+            for index, (value, text, colour) in enumerate(panel.states)})])
     for i, query in enumerate(panel.queries):
         builder = builder.with_target(_target(query, i))
     return builder

@@ -38,7 +38,8 @@ class Panel:
     description: str  # the question the panel answers
     queries: tuple[Query, ...]
     unit: str  # Grafana unit id: s, percentunit, reqps, bytes, watt, hertz, celsius, currencyUSD, short
-    kind: str = "timeseries"  # or "stat", or "table" (instant queries merged into one row per label set)
+    kind: str = "timeseries"  # or "stat", "state-timeline", or "table" (instant queries merged into one row per
+    # label set)
     thresholds: tuple[tuple[float, str], ...] = ()  # (value, colour): steps above a green base
     threshold_lines: bool = False  # draw the thresholds as lines on a time series
     min: float | None = None
@@ -50,6 +51,7 @@ class Panel:
     sort_by: str = ""
     sort_desc: bool = False
     links: tuple[tuple[str, str], ...] = ()
+    states: tuple[tuple[float, str, str], ...] = ()  # (value, word, colour): a state timeline's value mappings
 
 
 @dataclass(frozen=True)

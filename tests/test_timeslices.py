@@ -37,6 +37,8 @@ import yaml
 
 from slo_sidecar.alerts.render import render
 from slo_sidecar.app.lab.replay import Series, replay
+from slo_sidecar.dashboards.definitions import slo_overview
+from slo_sidecar.dashboards.model import expand
 from slo_sidecar.spec.load import DEFAULT_SPEC, SpecError, parse_spec
 from tests.test_rules import needs_promtool
 
@@ -157,8 +159,16 @@ def test_a_real_prometheus_fires_them_on_the_same_minutes(tmp_path):
         (tmp_path / name).write_text(files[name])
         rules.append(tmp_path / name)
     start = math.floor(time.time() / 3600) * 3600 - 6 * 3600
+    # The SLO dashboard's slice strip, as Grafana sends its query, before and after the GPU's slices turn bad.
+    spec = parse_spec(SPEC, "slo.yaml")
+    strip = next(panel for title, panels in slo_overview(spec).rows if title.startswith("gpu-busy")
+                 for panel in panels if panel.kind == "state-timeline")
+    query = expand(strip.queries[0].expr)
+    instants = ((query, start + 110 * 60), (query, start + 130 * 60))
     replayed = replay(replayed_series(start), rules, start, start + MINUTES * 60, tmp_path / "replay", step_s=60,
-                      scrape_interval_s=STEP_S)
+                      scrape_interval_s=STEP_S, instants=instants)
+    strip_values = [[float(sample["value"][1]) for sample in replayed.values[instant]] for instant in instants]
+    assert strip_values == [[1.0], [0.0]], strip_values
     first = {}
     for firing in replayed.firings:
         key = (firing.alert, firing.labels.get("tier"))

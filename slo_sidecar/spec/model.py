@@ -229,6 +229,7 @@ class EventSum:
             for sign, selection in self.terms))
 
 
+TIMESLICE_GOOD = "slo:timeslice_good:bool"  # the rules' verdict on each slice of a time-slice SLI: 1 good, 0 bad
 SLICE_OPS = (">=", ">", "<=", "<")
 NO_DATA = ("bad", "excluded")
 SLICE_AGGREGATES = ("avg", "min", "max")
