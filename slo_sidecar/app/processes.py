@@ -34,6 +34,8 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+    except TimeoutError:  # "timed out" alone names nothing: say what did not answer
+        raise TimeoutError(f"GET {url}: no answer within {timeout:g} s") from None
 
 
 def get_json(url: str) -> Any:
