@@ -268,7 +268,11 @@ def panel_costs(prometheus: PrometheusProcess, spec: Spec) -> list[tuple[str, st
 
 
 def our_groups(spec: Spec) -> list[dict]:
-    return [group for name, groups in rule_groups(spec).items() if name.startswith("slo-") for group in groups]
+    """The request-counting SLOs' rule groups: the fleet's pods serve requests; a time-slice SLO (GPU minutes)
+    reads a gauge the fleet does not simulate."""
+    sliced = {f"slo-{slo.name}.rules.yaml" for slo in spec.slos if slo.sli.timeslices is not None}
+    return [group for name, groups in rule_groups(spec).items() if name.startswith("slo-") and name not in sliced
+            for group in groups]
 
 
 def default_incidents(now_s: float) -> list[Incident]:

@@ -211,9 +211,12 @@ def _alert_group(spec: Spec, slo: Slo) -> dict[str, Any] | None:
 def sloth_rule_groups(spec: Spec, version: str = "v0.16.0") -> list[dict[str, Any]]:
     """Sloth's rule groups for every SLO of the spec, in its order: SLI recordings, metadata
     recordings, alerts (left out when both alerts are disabled, as Sloth leaves out empty groups).
-    `version` is what `sloth version` prints, for sloth_slo_info's sloth_version label."""
+    `version` is what `sloth version` prints, for sloth_slo_info's sloth_version label. Time-slice SLOs are
+    left out: Sloth cannot write them."""
     groups: list[dict[str, Any]] = []
     for slo in spec.slos:
+        if slo.sli.timeslices is not None:  # Sloth has no time-slice SLIs (slok/sloth#301): nothing to compare
+            continue
         alerts = _alert_group(spec, slo)
         groups += [_sli_group(spec, slo), _meta_group(spec, slo, version), *([alerts] if alerts else [])]
     return groups

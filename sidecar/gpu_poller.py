@@ -15,9 +15,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 from typing import Any, Callable
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from slo_sidecar.spec.model import DATA_CORRUPTING_XIDS, GPU_CORRUPTING_XIDS
+from slo_sidecar.spec.model import DATA_CORRUPTING_XIDS, GPU_CORRUPTING_XIDS, GPU_UTILIZATION
 
 from .poller import PollError
 from .gpu_families import PodLabels, gpu_families
@@ -35,6 +35,19 @@ def pod_readings(readings: list[GpuReading], engine_gpus: frozenset[str]) -> lis
     if engine_gpus:
         return [r for r in readings if r.identity.uuid in engine_gpus]
     return [r for r in readings if r.engine_processes]
+
+
+def _utilization_family(readings: list[GpuReading], identity: dict[str, str]) -> list[Metric]:
+    """The mean utilisation of the GPUs the sidecar reports (the pod's own; with --gpu-scope all, the node's)
+    with the service's identity labels (GPU_UTILIZATION); none while no GPU reports one."""
+    values = [r.utilization_ratio for r in readings if r.utilization_ratio is not None]
+    if not values:
+        return []
+    family = GaugeMetricFamily(GPU_UTILIZATION, "Mean utilisation of the pod's own GPUs (the node's with "
+                               "--gpu-scope all), 0-1, with the service's identity labels: what a time-slice SLO on "
+                               "GPU utilisation reads.", labels=[*identity])
+    family.add_metric([*identity.values()], sum(values) / len(values))
+    return [family]
 
 
 class GpuPoller:
@@ -89,7 +102,7 @@ class GpuPoller:
             return families
         if self.tracker is not None and GPU_CORRUPTING_XIDS in self.tracker.metrics:  # the live correctness SLI
             self.tracker.observe(self._corrupting_samples(identity), time.time())
-        return [*families, self._corrupting_family(identity)]
+        return [*families, self._corrupting_family(identity), *_utilization_family(readings, identity)]
 
     def _corrupting_samples(self, identity: dict[str, str]) -> list[Sample]:
         return [Sample(GPU_CORRUPTING_XIDS, (("xid", str(xid)), *identity.items()), float(count))

@@ -397,7 +397,7 @@ def test_fleet_burn_over_each_slos_own_page_window():
     assert len(terms) == 2
     assert 'slo:sli_error:ratio_rate14m{sloth_service="llm-inference", sloth_slo=~"ttft"}' in terms[0]
     assert ('slo:sli_error:ratio_rate1h{sloth_service="llm-inference", '
-            'sloth_slo=~"availability|correctness|e2e-latency|goodput|queue-time"}') in terms[1]
+            'sloth_slo=~"availability|correctness|e2e-latency|goodput|gpu-utilization|queue-time"}') in terms[1]
 
 
 @pytest.mark.parametrize("spec", [SPEC, SLICED], ids=["default", "sliced"])

@@ -381,3 +381,31 @@ async def test_data_corrupting_xids_on_the_pods_own_gpus_are_bad_correctness_eve
     state = next(s for s in tracker.states(time.time()) if s.slo.name == "correctness")
     window = next(w for w in state.windows if w.window == "5m")
     assert (window.error_ratio, window.events) == (1.0, 4), window
+
+
+@run_async
+async def test_the_pods_gpu_utilisation_for_slos_is_the_mean_of_its_own_gpus_with_the_service_identity():
+    """slo_gpu_utilization_ratio: the mean, in the same scrape, of the per-GPU utilisation of the GPUs the engine
+    holds (two of three here), labelled with the service's identity (the GPU series' own model_name is the
+    GPU's product); absent until the engine has been seen, since nothing names the service before."""
+    from slo_sidecar.sidecar.slo_tracker import Sample, SloTracker
+    from slo_sidecar.spec.load import parse_spec
+    from slo_sidecar.spec.model import GOLDEN_PROBES
+
+    spec = parse_spec("version: slo-sidecar/v1\nservice: llm\nslos:\n  - name: correctness\n    objective: 99\n"
+                      "    sli:\n      correctness: {}\n", "slo.yaml")
+    tracker = SloTracker(spec)
+    engine_pid = os.getpid()
+    nvml = fake_gpus(3)
+    for index, held_by in enumerate((engine_pid, engine_pid, 999_999_998)):
+        nvml.gpus[index].processes = lambda held_by=held_by: [(held_by, 40 * 1024 ** 3)]
+    nvml.gpus[1].snapshots = nvml.gpus[1].snapshots[1:] + nvml.gpus[1].snapshots[:1]  # another point of the cycle
+    gpu = collector(nvml, scope="pod", engine_pids=lambda: {engine_pid}, tracker=tracker)
+    before = await exposition(gpu)
+    assert not any(name == "slo_gpu_utilization_ratio" for name, _ in before)
+    tracker.observe([Sample(GOLDEN_PROBES, (("result", "good"), ("model_name", "m")), 0.0)], time.time())
+    samples = await exposition(gpu)
+    own = [gpu_value(samples, "sidecar_gpu_utilization_ratio", str(index)) for index in (0, 1)]
+    assert own[0] != own[1], own
+    assert metric(samples, "slo_gpu_utilization_ratio", model_name="m") == pytest.approx(sum(own) / 2)
+    assert [dict(labels) for name, labels in samples if name == "slo_gpu_utilization_ratio"] == [{"model_name": "m"}]

@@ -29,7 +29,10 @@ AVAILABILITY = """  - name: availability
 def test_the_default_spec():
     spec = load_spec(str(DEFAULT_SPEC))
     assert [slo.name for slo in spec.slos] == ["availability", "ttft", "e2e-latency", "queue-time", "goodput",
-                                               "correctness"]
+                                               "correctness", "gpu-utilization"]
+    gpu = spec.slos[-1]  # the reference design's "GPU utilisation above 80%": minutes, tickets only, no freeze
+    assert gpu.sli.timeslices is not None and gpu.sli.timeslices.condition == "> 0.8"
+    assert not gpu.page.enabled and gpu.ticket.enabled and gpu.policy is None and spec.slos[0].policy is not None
     assert spec.correctness.quarantine, "the manifests deploy the embedded spec: quarantine on"
     availability = spec.slos[0]
     assert availability.objective == 99.9 and availability.error_budget == 0.001 and availability.period == "30d"
@@ -276,6 +279,9 @@ def test_every_native_sli_is_summed_by_the_services_identity():
     rate = spec.slos[0].sli.total.without(PROBE_MISSED).rate_promql("5m", spec.identity)
     assert rate.startswith("sum by (namespace, model_name) (rate(slo_engine_http_requests_total{")
     for slo in spec.slos:
+        if slo.sli.timeslices is not None:  # its slices' value, per service
+            assert "avg by (namespace, model_name) (" in slo.sli.timeslices.value_promql(spec.identity)
+            continue
         for events in (slo.sli.errors, slo.sli.total):
             assert all(term.startswith("sum by (namespace, model_name) (rate(")
                        for term in re.findall(r"sum\b[^(]*\(rate\(", events.rate_promql("5m", spec.identity)))
@@ -379,10 +385,11 @@ def test_a_spec_document_sliced_per_tenant_keeps_its_thresholds():
     spec = parse_spec(text, "sliced.yaml")
     original = {slo.name: slo for slo in load_spec(str(DEFAULT_SPEC)).slos}
     keys = [slo.key for slo in spec.slos]
-    # Every SLO the engine judges per request is sliced; correctness (golden probes: no tenant) and the
-    # histogram's (no tenant label) are not.
-    assert keys == [f"{name}/{tenant}" for name in original if name != "correctness"
-                    for tenant in ("medical", "legal", "other")] + ["correctness", "itl"]
+    # Every SLO the engine judges per request is sliced; correctness (golden probes: no tenant), GPU utilisation
+    # (minutes of the pod's GPUs: no tenant) and the histogram's (no tenant label) are not.
+    unsliced = ("correctness", "gpu-utilization")
+    assert keys == [f"{name}/{tenant}" for name in original if name not in unsliced
+                    for tenant in ("medical", "legal", "other")] + [*unsliced, "itl"]
     for slo in spec.slos:
         if slo.name in original:  # the same targets and objectives, but legal's own availability objective
             assert slo.sli.targets == original[slo.name].sli.targets

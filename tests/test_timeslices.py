@@ -165,8 +165,10 @@ def test_a_real_prometheus_fires_them_on_the_same_minutes(tmp_path):
                  for panel in panels if panel.kind == "state-timeline")
     query = expand(strip.queries[0].expr)
     instants = ((query, start + 110 * 60), (query, start + 130 * 60))
+    # The strip reads the once-a-minute verdicts at an instant: a lookback of a slice and a second finds the last
+    # one, as a live Prometheus's 5-minute lookback does (the replay's own, 16 s here, is a scrape's).
     replayed = replay(replayed_series(start), rules, start, start + MINUTES * 60, tmp_path / "replay", step_s=60,
-                      scrape_interval_s=STEP_S, instants=instants)
+                      scrape_interval_s=STEP_S, instants=instants, lookback_s=61)
     strip_values = [[float(sample["value"][1]) for sample in replayed.values[instant]] for instant in instants]
     assert strip_values == [[1.0], [0.0]], strip_values
     first = {}

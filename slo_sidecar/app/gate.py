@@ -90,13 +90,15 @@ def tenant_slos(spec: Spec, tenant: str, label: str = TENANT_LABEL) -> list[Slo]
     """The SLOs of the spec that apply to one tenant, each scoped to its events, in the spec's order:
     an unsliced SLO; of a sliced one, the tenant's own slice (slice == {label: tenant}) with its own
     objective, or, for a tenant the SLO's slices do not name, its "other" slice (none: not judged).
-    A slice by other labels than the tenant's is judged as an unsliced SLO is."""
+    A slice by other labels than the tenant's is judged as an unsliced SLO is. A time-slice SLO is no tenant's."""
     named: dict[str, set[str]] = {}
     for slo in spec.slos:
         if label in slo.slice:
             named.setdefault(slo.name, set()).add(slo.slice[label])
     chosen = []
     for slo in spec.slos:
+        if slo.sli.timeslices is not None:  # minutes of the pod's, not a tenant's requests
+            continue
         value = slo.slice.get(label)
         mine = slo.name in named and tenant in named[slo.name]
         if value is None or value == tenant or (value == OTHER_SLICE and not mine):
@@ -206,6 +208,10 @@ def _criteria(slos: Sequence[Slo], results: list, scrapes: tuple[Samples, Sample
         if slo.sli.kind == "correctness":  # no load shows a wrong answer: the golden check does
             criteria.append(Criterion(slo.key, "server", f">= {slo.objective:g}% good", "not measured", None,
                                       "golden probes: judged by validate --golden against a recorded baseline"))
+            continue
+        if slo.sli.timeslices is not None:  # minutes, not requests: the rules judge them
+            criteria.append(Criterion(slo.key, "server", f">= {slo.objective:g}% good slices", "not measured", None,
+                                      "a time-slice SLO: the rules judge its slices over the period"))
             continue
         if slo.sli.sidecar_can_evaluate and scrapes:
             criteria.append(_server_criterion(slo, scrapes, tenant))

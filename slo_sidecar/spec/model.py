@@ -85,6 +85,9 @@ GOLDEN_BAD_IN_A_ROW = "slo_golden_bad_in_a_row"  # bad golden probes since the l
 # ECC error), 64 (ECC page retirement or row remapping failed), 94 (contained ECC error) and 95 (uncontained ECC
 # error). https://docs.nvidia.com/deploy/xid-errors/ ; docs/correctness.md says why these and not others.
 GPU_CORRUPTING_XIDS = "slo_gpu_data_corrupting_xids_total"
+# The mean utilisation of the GPUs the sidecar reports (the pod's own), 0-1, with the service's identity labels
+# (the GPU series' own `model_name` is the GPU's product): what a time-slice SLO on GPU utilisation reads.
+GPU_UTILIZATION = "slo_gpu_utilization_ratio"
 DATA_CORRUPTING_XIDS = (48, 64, 94, 95)
 # Requests whose logits vLLM found NaN (counted with VLLM_COMPUTE_NANS_IN_LOGITS=1, which our engine sets).
 CORRUPTED_REQUESTS = "vllm:corrupted_requests_total"

@@ -8,7 +8,8 @@ disconnects are not judged, and a failed request misses every latency target. Wh
 serve, users' requests are lost uncounted, and the sidecar's probe (every 10 s) counts each
 unanswered one as the requests of its interval (model.PROBE_MISSED). A restart resets the engine's
 counters. The sidecar's golden probes (every 10 s too) score right whenever the engine serves, and its
-data-corrupting GPU XIDs stay at 0: none of these stories is a wrong answer.
+data-corrupting GPU XIDs stay at 0: none of these stories is a wrong answer. The GPUs are 90% busy while the
+engine serves and idle while it does not.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from slo_sidecar.spec.model import (
     GOLDEN_BAD_IN_A_ROW,
     GOLDEN_PROBES,
     GPU_CORRUPTING_XIDS,
+    GPU_UTILIZATION,
     HTTP_REQUESTS,
     PROBE_MISSED,
     SLO_COUNTER,
@@ -35,6 +37,7 @@ LATENCY_SLOS = ("ttft", "e2e-latency", "queue-time", "goodput")
 MISSES_TTFT = ("ttft", "goodput")  # a slow first token misses these
 MODEL = "lab-model"
 NOT_RUNNING = ("down", "gone")  # no engine process answers its scrapes
+GPU_BUSY = 0.9  # the GPUs' utilisation while the engine serves; 0 while it does not (none loaded or down)
 
 
 def constant(value: float) -> Callable[[float], float]:
@@ -98,6 +101,7 @@ class Pod:
                 add(GOLDEN_BAD_IN_A_ROW, self.labels("sidecar"), "gauge", t, 0.0)
                 for xid in DATA_CORRUPTING_XIDS:
                     add(GPU_CORRUPTING_XIDS, self.labels("sidecar", xid=str(xid)), "counter", t, 0.0)
+                add(GPU_UTILIZATION, self.labels("sidecar"), "gauge", t, GPU_BUSY if state == "serving" else 0.0)
             if engine_up:
                 add("slo_engine_ready", self.labels("engine"), "gauge", t, 1.0 if state == "serving" else 0.0)
                 for code in ("200", "400", "499", "500", "429"):

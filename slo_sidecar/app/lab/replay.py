@@ -22,6 +22,7 @@ Where this differs from a live Prometheus:
 from __future__ import annotations
 
 import math
+import re
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterator
@@ -95,7 +96,8 @@ class Replayed:
 
 def replay(series: list[Series], rule_files: list[Path], start: float, end: float, workdir: Path,
            step_s: int = 60, scrape_interval_s: int = 15,
-           instants: tuple[tuple[str, float], ...] = (), watch: tuple[tuple[str, str], ...] = ()) -> Replayed:
+           instants: tuple[tuple[str, float], ...] = (), watch: tuple[tuple[str, str], ...] = (),
+           lookback_s: int | None = None) -> Replayed:
     """Every FIRING interval, in [start, end], of every alerting rule in rule_files, as Prometheus's rule
     engine evaluating every step_s would have had it, the series scraped every scrape_interval_s.
 
@@ -110,7 +112,9 @@ def replay(series: list[Series], rule_files: list[Path], start: float, end: floa
     (prometheus_dir / "tsdb").mkdir(parents=True)
     recordings, alerts = _load_rules(rule_files)
     alerts += [_Alert(name, expr, 0, {}) for name, expr in watch]
-    lookback_s = max([step_s, scrape_interval_s, *(_seconds(r.interval) for r in recordings if r.interval)]) + 1
+    if lookback_s is None:
+        read_instantly = [r for r in recordings if r.interval and _read_instantly(r.rule["record"], recordings, alerts)]
+        lookback_s = max([step_s, scrape_interval_s, *(_seconds(r.interval) for r in read_instantly)]) + 1
     _backfill_series(series, workdir, prometheus_dir / "tsdb")
     data_start = min([start, *(s.samples[0][0] for s in series if s.samples)])
     for level, recordings_of_level in enumerate(_levels(recordings), 1):
@@ -130,6 +134,12 @@ def replay(series: list[Series], rule_files: list[Path], start: float, end: floa
         values = {(expr, t): get_json(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr, 'time': t})}")
                   ["data"]["result"] for expr, t in instants}
     return Replayed(sorted(firings, key=lambda f: (f.start, f.alert, sorted(f.labels.items()))), values)
+
+
+def _read_instantly(record: str, recordings: list[_Recording], alerts: list[_Alert]) -> bool:
+    """Whether some rule reads `record` at an instant (the lookback finds it), not only over a range."""
+    instant = re.compile(rf"(?<![\w:]){re.escape(record)}(?![\w:])(?!(\{{[^}}]*\}})?\s*\[)")
+    return any(instant.search(expr) for expr in [*(r.rule["expr"] for r in recordings), *(a.expr for a in alerts)])
 
 
 def _load_rules(rule_files: list[Path]) -> tuple[list[_Recording], list[_Alert]]:

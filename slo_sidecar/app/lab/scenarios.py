@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from slo_sidecar.spec.model import Spec
+from slo_sidecar.spec.model import GPU_UTILIZATION, NO_DATA_LOOKBACK, Spec, duration_seconds
 
 from .expect import ERROR_RATE, fires_after, frozen_between, slo_alerts
 from .pods import Story, constant
@@ -73,7 +73,8 @@ def _burns(spec: Spec, misses: dict[str, float], replay: Replay, rate: float = R
     expected: Expected = {}
     for slo in spec.slos:
         if misses.get(slo.name, 0.0) > 0:
-            expected.update(slo_alerts(slo.alert_name, slo.objective, misses[slo.name], rate,
+            events = rate if slo.sli.timeslices is None else 1 / slo.sli.timeslices.slice_s  # slices, a second
+            expected.update(slo_alerts(slo.alert_name, slo.objective, misses[slo.name], events,
                                        replay.history_s, replay.horizon_s, duration_s))
     after = fires_after(ERROR_RATE, 1.0, engine_errors, rate, replay.history_s, replay.horizon_s, duration_s)
     if after is not None:
@@ -90,8 +91,15 @@ def _down() -> Expected:
 
 def _every_slo(spec: Spec, miss: float) -> dict[str, float]:
     """A failed request misses every latency target too: every SLO sees the same miss fraction, but correctness
-    (its golden probes are not users' requests, and a failed one counts neither way)."""
-    return {slo.name: miss for slo in spec.slos if slo.sli.kind != "correctness"}
+    (its golden probes are not users' requests, and a failed one counts neither way) and the time-slice ones
+    (the GPUs are as busy answering with an error)."""
+    return {slo.name: miss for slo in spec.slos if slo.sli.kind not in ("correctness", "timeslices")}
+
+
+def _gpu_idle(spec: Spec) -> dict[str, float]:
+    """The GPU-utilisation time-slice SLOs, every slice bad: the engine does not serve, its GPUs idle."""
+    return {slo.name: 1.0 for slo in spec.slos
+            if slo.sli.timeslices is not None and slo.sli.timeslices.source.metric == GPU_UTILIZATION}
 
 
 def _crash_loop(t: float) -> str:
@@ -151,14 +159,19 @@ def scenarios(spec: Spec) -> list[Scenario]:
                  why="nothing fires: the counters' reset is no spike"),
         Scenario("engine killed, not restarted (the sidecar lives)", "lab-killed", HOURS,
                  Story(state=lambda t: "down" if t >= 0 else "serving"),
-                 {**_burns(spec, {"availability": 1.0}, HOURS), **_down(),
+                 {**_burns(spec, {"availability": 1.0, **_gpu_idle(spec)}, HOURS), **_down(),
                   ("LLMSidecarCollectorFailing", "ticket"): 300.0},
                  "probes: the outage page at 60 s, the hour page, the budget burning for hours; "
-                 "LLMServiceDown and LLMEngineDown after their 2m"),
+                 "LLMServiceDown and LLMEngineDown after their 2m; idle GPUs: every minute bad, the GPU ticket "
+                 "(1x: a quarter of the minutes since the replay began) after 50 min"),
         Scenario("whole pod gone (engine and sidecar)", "lab-pod-gone", HOURS,
-                 Story(state=lambda t: "gone" if t >= 0 else "serving"), _down(),
-                 "no one is left to count: LLMServiceDown pages after its 2m, LLMEngineDown tickets"),
+                 Story(state=lambda t: "gone" if t >= 0 else "serving"),
+                 {**_down(), **_burns(spec, _gpu_idle(spec), HOURS,
+                                      duration_s=duration_seconds(NO_DATA_LOOKBACK) or 0)},
+                 "no one is left to count: LLMServiceDown pages after its 2m, LLMEngineDown tickets; the GPU "
+                 "reading, seen within the hour and gone, makes each minute of that hour bad: its ticket at 50 min"),
         Scenario("crash loop (restart every 60 s)", "lab-crashloop", HOURS, Story(state=_crash_loop),
-                 _burns(spec, {"availability": crash_miss}, HOURS),
-                 "probes make 2/3 of its events missed: outage page ~90 s; LLMServiceDown's 2m never holds"),
+                 _burns(spec, {"availability": crash_miss, **_gpu_idle(spec)}, HOURS),
+                 "probes make 2/3 of its events missed: outage page ~90 s; LLMServiceDown's 2m never holds; the "
+                 "GPUs busy 20 s a minute (0.3): every minute bad, the GPU ticket at 50 min"),
     ]
