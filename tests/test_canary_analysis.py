@@ -117,6 +117,16 @@ def flagger_query(templates: list[dict], check: str, target: str) -> str:
     return template["spec"]["query"].replace("{{ namespace }}", "ns").replace("{{ target }}", target)
 
 
+def promtool_queries(tmp_path, series: list[dict], checks: list[dict]) -> None:
+    """promtool evaluates each check's expression over the series, a sample a minute: all as expected."""
+    test = {"rule_files": [], "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": checks}]}
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    result = subprocess.run(["promtool", "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
 @needs_promtool
 def test_the_checks_fail_a_burning_canary_pass_a_healthy_one_and_wait_for_events(generated, tmp_path):
     """Three canaries beside one stable set (Argo's hashes; Flagger's names: `t` and `t-primary`), each read by
@@ -149,12 +159,7 @@ def test_the_checks_fail_a_burning_canary_pass_a_healthy_one_and_wait_for_events
                        f"round(1000 * (\n{query}\n)) / 1000",
                "exp_samples": [{"labels": "{}", "value": 1 if value != value else value}]}
               for query, value in expected]
-    test = {"rule_files": [], "evaluation_interval": "1m",
-            "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": checks}]}
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
-    result = subprocess.run(["promtool", "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    promtool_queries(tmp_path, series, checks)
 
 
 @needs_promtool
@@ -181,12 +186,7 @@ def test_the_golden_check_fails_one_bad_probe_and_passes_a_whole_good_set(genera
         expr = {"fails": f"(\n{query}\n) > bool 0", "passes": f"(\n{query}\n) == bool 0",
                 "nan": f"count((\n{query}\n) != (\n{query}\n))"}[verdict]
         checks.append({"eval_time": "10m", "expr": expr, "exp_samples": [{"labels": "{}", "value": 1}]})
-    test = {"rule_files": [], "evaluation_interval": "1m",
-            "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": checks}]}
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
-    result = subprocess.run(["promtool", "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    promtool_queries(tmp_path, series, checks)
 
 
 def test_generate_refuses_a_golden_set_it_cannot_read_naming_the_field(tmp_path):
