@@ -3,12 +3,14 @@ through Prometheus's API exactly as the Argo Rollouts AnalysisTemplates hold the
 filled in, as Argo fills them). A healthy canary passes; one failing 30% of its requests, or one 1.2 s slow to
 its first token, fails, and the failed checks name the SLO.
 
-Expected verdicts from the spec, not from the generator: at 99% the budget is 1%, so a canary failing 30% burns
-30 (bound 2), 30 more than stable's 0 (bound 1); every latency SLO counts a failed request as missed, so they
-burn too. 1.2 s before the first token misses the TTFT target (1 s here) on every request (burn 100), and
-goodput's TTFT part with it; it fails no request, so availability passes. The healthy canary is the same model on
-the same request mix as stable: every burn 0. (The embedded 0.5 s first-token target is 1 s here: a CPU engine
-beside the rest of the suite on 2 cores took over 0.5 s for a few healthy first tokens, a burn over 2 at 99%.)"""
+Expected verdicts from the spec, not from the generator. The spec is the embedded one at 95% for every SLO and
+a 1 s first-token target: a budget of 5%, so a canary failing 30% burns 6 (bound 2), 6 more than stable's 0
+(bound 1); every latency SLO counts a failed request as missed, so they burn too. 1.2 s before the first token
+misses the target on every request (burn 20), and goodput's first-token part with it; it fails no request, so
+availability passes. The healthy canary is the same model on the same request mix as stable: every burn about 0.
+(Why 95% and 1 s: beside the rest of the suite on 2 cores a healthy CPU engine misses a first-token target now
+and then: at 99% and 0.5 s, a few misses in 150 burned over 2; at 99% and 1 s, two misses against stable's none
+were 1.3 more than stable. At 95% the margin is 7.5 requests.)"""
 
 from __future__ import annotations
 
@@ -37,15 +39,15 @@ STABLE_POD, CANARY_POD = "app-5f7c9-1", "app-8d2e4-1"  # <rollout>-<pod-template
 # machine starve each other unevenly (one served 2,054 requests in 25 s while the other served 5), and the
 # checks need the guard's events on both sides: 100 (the margin's) within the window.
 REQUESTS, CLIENTS = 150, 3
-TTFT_TARGET_S, SLOW_S = 1.0, 1.2
+TTFT_TARGET_S, SLOW_S, OBJECTIVE = 1.0, 1.2, 95
 
 
 def rollout_spec(tmp_path) -> Spec:
-    """The embedded spec at 99% for every SLO: its guards, 50 events for a burn of 2 and 100 for a margin of 1,
-    are what two CPU engines serve in seconds (at 99.9%, 500 and 1,000)."""
+    """The embedded spec at 95% for every SLO, first tokens within 1 s (the module's docstring): its guards, 10
+    events for a burn of 2 and 20 for a margin of 1, are what two CPU engines serve in seconds."""
     document = yaml.safe_load((REPO / "slo_sidecar" / "spec" / "slo.yaml").read_text())
     for slo in document["slos"]:
-        slo["objective"] = 99
+        slo["objective"] = OBJECTIVE
         sli = slo["sli"]
         if "latency" in sli and sli["latency"].get("measure") == "ttft":
             sli["latency"]["threshold_s"] = TTFT_TARGET_S
