@@ -99,9 +99,30 @@ def answer(url: str, method: str, path: str, body: dict | None) -> tuple[int, ob
     except urllib.error.HTTPError as error:
         status, text = error.code, error.read().decode()
     if text.startswith("data: "):  # a stream: its events, in order
-        return status, [normal(json.loads(line[6:])) for line in text.splitlines()
-                        if line.startswith("data: {")]
+        return status, stream_view([normal(json.loads(line[6:])) for line in text.splitlines()
+                                    if line.startswith("data: {")])
     return status, normal(json.loads(text))
+
+
+def stream_view(events: list) -> dict:
+    """A stream as its client reads it, whatever its chunking: vLLM sends in one chunk the tokens it produced
+    since its last send, so where chunks break follows timing (a fresh clone's busy run split " Poth" in two on
+    one side only). Each choice's text, the set of fields the chunks carry, and the first and last chunks whole."""
+    text: dict[int, str] = {}
+    for event in events:
+        for choice in event.get("choices", []):
+            piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+            text[choice.get("index", 0)] = text.get(choice.get("index", 0), "") + (piece or "")
+    fields = sorted({key for event in events for key in event})
+    return {"text": text, "fields": fields, "first": [without_text(e) for e in events[:1]],
+            "last": [without_text(e) for e in events[-1:]]}
+
+
+def without_text(event: dict) -> dict:
+    """A chunk less its text (the stream's text is compared whole)."""
+    choices = [{key: ({k: v for k, v in item.items() if k != "content"} if key == "delta" else item)
+                for key, item in choice.items() if key != "text"} for choice in event.get("choices", [])]
+    return {**event, "choices": choices} if "choices" in event else event
 
 
 def normal(value: object) -> object:
