@@ -181,6 +181,12 @@ def test_a_real_prometheus_fires_them_on_the_same_minutes(tmp_path):
     assert TTFT_TICKET_MIN <= first[("TtftP99SLO", "ticket")] <= TTFT_TICKET_MIN + 2, first
 
 
+def test_a_condition_reads_with_or_without_a_space():
+    for good, condition in (('">=0.8"', ">= 0.8"), ('"<  2e-1"', "< 0.2")):
+        spec = parse_spec(SPEC.replace('">= 0.8"', good), "slo.yaml")
+        assert spec.slos[0].sli.timeslices.condition == condition
+
+
 def test_the_schema_takes_a_time_slice_spec():
     import jsonschema
 

@@ -317,10 +317,10 @@ def _parse_timeslices(reader: FieldReader, body: Any, here: Path_, selector: tup
         raise reader.fail((*here, "slice"), f"expected a duration from {SLICE_BOUNDS_S[0]}s to "
                                             f"{duration_label(SLICE_BOUNDS_S[1])}, like 1m, got {text!r}")
     good = spec["good"]
-    parts = good.split() if isinstance(good, str) else []
+    match = re.fullmatch(r"\s*(>=|>|<=|<)\s*(\S+)\s*", good) if isinstance(good, str) else None
     try:
-        op, bound = parts[0], float(parts[1]) if len(parts) == 2 else math.nan
-    except (IndexError, ValueError):
+        op, bound = (match[1], float(match[2])) if match else ("", math.nan)
+    except ValueError:
         op, bound = "", math.nan
     if op not in SLICE_OPS or not math.isfinite(bound):
         raise reader.fail((*here, "good"), f"expected a comparison and a number, like \">= 0.8\" (one of "
