@@ -84,7 +84,7 @@ def versus_query(slo: Slo, canary: tuple[Matcher, ...], stable: tuple[Matcher, .
 def golden_query(slo: Slo, canary: tuple[Matcher, ...], golden_items: int) -> str:
     """The canary's bad golden probes in the window; NaN while there are none and it has scored fewer than the
     golden set's items (a pass needs every item scored once)."""
-    probes = next(selection for _, selection in slo.sli.total.terms if selection.metric == GOLDEN_PROBES)
+    probes = slo.sli.golden_probes
     window = duration_label(CANARY_WINDOW_S)
     on_canary = (*probes.matchers, *canary)
     bad = f"sum(increase({Selection(GOLDEN_PROBES, (*on_canary, Matcher('result', '=', 'bad'))).promql()}[{window}]))"

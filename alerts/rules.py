@@ -27,7 +27,6 @@ from slo_sidecar.dashboards import definitions
 from slo_sidecar.dashboards.model import panel_url
 from slo_sidecar.spec.model import (
     GOLDEN_BAD_IN_A_ROW,
-    GOLDEN_PROBES,
     PROBE_MISSED,
     RELEASE_ALLOWED,
     RELEASE_ALLOWED_REASON,
@@ -402,7 +401,7 @@ def _page_labels(spec: Spec, slo: Slo) -> dict[str, str]:
 def _golden_page(spec: Spec, slo: Slo) -> dict[str, Any]:
     """A correctness SLO's fast page: `bad_in_a_row` golden probes in a row were bad. No wait and no burn rate:
     a pod that answers wrong is worse than one that does not answer (the sidecar quarantines it, if asked)."""
-    probes = next(selection for _, selection in slo.sli.total.terms if selection.metric == GOLDEN_PROBES)
+    probes = slo.sli.golden_probes
     in_a_row = Selection(GOLDEN_BAD_IN_A_ROW, probes.matchers).promql()
     if spec.identity:  # one sidecar per pod: the worst pod of the service
         in_a_row = f"max by ({', '.join(spec.identity)}) ({in_a_row})"

@@ -300,6 +300,12 @@ class Sli:
     timeslices: Timeslices | None = None  # a time-slice SLI (kind "timeslices"): the rules judge its slices
 
     @property
+    def golden_probes(self) -> Selection:
+        """A correctness SLI's golden-probe selection (its scope's matchers, no `result`)."""
+        assert self.total is not None
+        return next(selection for _, selection in self.total.terms if selection.metric == GOLDEN_PROBES)
+
+    @property
     def sidecar_can_evaluate(self) -> bool:
         return self.errors is not None and self.total is not None
 
